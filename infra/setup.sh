@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up .venv with loraops and its tested dependency set. Idempotent: re-running is cheap.
+#   LORAOPS_EXTRAS=test  also installs the test dependencies.
+# With no NVIDIA GPU, torch comes from the CPU wheel (pip install torch==2.13.0) so nothing
+# pulls a multi-GB CUDA build; with one, pip resolves pyproject's torch range to a CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    pip install "torch>=2.3,<3"
+  else
+    pip install torch==2.13.0
+  fi
+fi
+extras=${LORAOPS_EXTRAS:+[$LORAOPS_EXTRAS]}
+pip install -c infra/constraints.txt -e ".${extras}"

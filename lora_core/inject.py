@@ -1,0 +1,174 @@
+"""Put adapters into a model, switch between them and take them out again."""
+
+import difflib
+import re
+
+from torch import nn
+
+from .config import ALL_LINEAR, LoraConfig
+from .errors import LoraError, MergeError, TargetError
+from .layer import LoraLayer, ModulesToSave, is_wrappable
+
+CONFIGS_ATTR = "lora_configs"  # {adapter name: LoraConfig}, set on the root model
+
+
+def adapter_configs(model: nn.Module) -> dict[str, LoraConfig]:
+    return model.__dict__.setdefault(CONFIGS_ATTR, {})
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+    return {path: m for path, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def saved_modules(model: nn.Module) -> dict[str, ModulesToSave]:
+    return {path: m for path, m in model.named_modules() if isinstance(m, ModulesToSave)}
+
+
+def _plain_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Module paths as the user sees them: a wrapper stands for the module it wraps."""
+    hidden: list[str] = []
+    found = {}
+    for path, module in model.named_modules():
+        if path and not any(path.startswith(h) for h in hidden):
+            found[path] = module
+            if isinstance(module, (LoraLayer, ModulesToSave)):
+                hidden.append(path + ".")
+    return found
+
+
+def _name_matches(path: str, names: list[str]) -> bool:
+    return any(path == n or path.endswith("." + n) for n in names)
+
+
+def _output_head(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if callable(get) else None
+
+
+def resolve_saved_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]:
+    """{module path: module} that `config.modules_to_save` selects (outermost matches only)."""
+    matched = [p for p in _plain_modules(model) if _name_matches(p, config.modules_to_save)]
+    outer = [p for p in matched if not any(p.startswith(q + ".") for q in matched)]
+    return {p: model.get_submodule(p) for p in outer}
+
+
+def resolve_targets(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]:
+    """{module path: module} that `config.target_modules` selects, checked for type and rank."""
+    modules = _plain_modules(model)
+    spec = config.target_modules
+    if spec == ALL_LINEAR:
+        head = _output_head(model)
+        kept = list(resolve_saved_modules(model, config))
+        chosen = {p: m for p, m in modules.items()
+                  if (is_wrappable(m) or isinstance(m, LoraLayer)) and m is not head
+                  and not any(p == k or p.startswith(k + ".") for k in kept)}
+    elif isinstance(spec, str):
+        chosen = {p: m for p, m in modules.items() if re.fullmatch(spec, p)}
+    else:
+        chosen = {p: m for p, m in modules.items() if _name_matches(p, spec)}
+    if not chosen:
+        raise TargetError(_no_match_message(spec, modules))
+    for path, module in chosen.items():
+        if not (is_wrappable(module) or isinstance(module, LoraLayer)):
+            raise TargetError(f"target {path!r} is a {type(module).__name__}; LoRA wraps nn.Linear and Conv1D "
+                              "layers only: name its linear sub-modules instead")
+        layer = module.base_layer if isinstance(module, LoraLayer) else module
+        w = layer.weight
+        r, limit = config.rank_for(path), min(w.shape)
+        if r > limit:
+            raise LoraError(f"r={r} exceeds min(out, in)={limit} of {path!r} {tuple(w.shape)}: "
+                            f"use r <= {limit} or leave this module out")
+    return chosen
+
+
+def _no_match_message(spec, modules: dict[str, nn.Module]) -> str:
+    leaves = sorted({p.rsplit(".", 1)[-1] for p, m in modules.items() if is_wrappable(m) or isinstance(m, LoraLayer)})
+    asked = [spec] if isinstance(spec, str) else spec
+    close = sorted({c for a in asked for c in difflib.get_close_matches(a.rsplit(".", 1)[-1], leaves, n=5, cutoff=0.4)})
+    hint = f"close names: {close}" if close else f"linear modules here: {leaves[:12]}"
+    return f"target_modules {spec!r} matched no module of the model; {hint}"
+
+
+def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default") -> nn.Module:
+    """Wrap the targets of `config` in LoraLayers carrying adapter `adapter_name`; make it active.
+
+    Base weights are frozen; only the new adapter (and its modules_to_save copies) trains.
+    A layer that already has adapters gets one more instead of a nested wrapper.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", adapter_name):
+        raise LoraError(f"adapter name {adapter_name!r} must be letters, digits, '_' or '-'")
+    configs = adapter_configs(model)
+    if adapter_name in configs:
+        raise LoraError(f"adapter {adapter_name!r} is already in this model; delete_adapter() it or pick another name")
+    if any(layer.merged_adapter for layer in lora_layers(model).values()):
+        raise MergeError("an adapter is merged into the base weights; unmerge() before adding another")
+    targets = resolve_targets(model, config)
+    keep = resolve_saved_modules(model, config)
+    if config.modules_to_save and not keep:
+        raise TargetError(f"modules_to_save {config.modules_to_save} matched no module; name e.g. the classifier head")
+    for path, module in targets.items():
+        layer = module if isinstance(module, LoraLayer) else LoraLayer(module)
+        layer.add_adapter(adapter_name, config.rank_for(path), config.scaling_for(path), config.dropout, config.init)
+        if layer is not module:
+            model.set_submodule(path, layer)
+    for path, module in keep.items():
+        wrapper = module if isinstance(module, ModulesToSave) else ModulesToSave(module)
+        wrapper.add_adapter(adapter_name)
+        if wrapper is not module:
+            model.set_submodule(path, wrapper)
+    configs[adapter_name] = config
+    set_active_adapter(model, adapter_name)
+    return model
+
+
+def set_active_adapter(model: nn.Module, adapter_name: str | None) -> None:
+    """Route every wrapped layer through `adapter_name` (None: the base model alone).
+
+    Only pointers change: base weights are neither copied nor reloaded. The active adapter's
+    parameters become trainable, every other parameter frozen.
+    """
+    if adapter_name is not None and adapter_name not in adapter_configs(model):
+        raise LoraError(f"no adapter {adapter_name!r} in this model; have {sorted(adapter_configs(model))}")
+    layers = lora_layers(model)
+    if any(layer.merged_adapter for layer in layers.values()):
+        raise MergeError("an adapter is merged into the base weights; unmerge() before switching adapters")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for wrapper in [*layers.values(), *saved_modules(model).values()]:
+        wrapper.active_adapter = adapter_name
+        if adapter_name is None:
+            continue
+        trainable = ([wrapper.lora_A, wrapper.lora_B] if isinstance(wrapper, LoraLayer) else [wrapper.modules_to_save])
+        for store in trainable:
+            if adapter_name in store:
+                store[adapter_name].requires_grad_(True)
+
+
+def active_adapter(model: nn.Module) -> str | None:
+    return next((layer.active_adapter for layer in lora_layers(model).values()), None)
+
+
+def delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove an adapter; layers left with none are unwrapped back to their base layer."""
+    configs = adapter_configs(model)
+    if adapter_name not in configs:
+        raise LoraError(f"no adapter {adapter_name!r} in this model; have {sorted(configs)}")
+    for path, layer in lora_layers(model).items():
+        if adapter_name in layer.lora_A:
+            layer.remove_adapter(adapter_name)
+            if not layer.lora_A:
+                model.set_submodule(path, layer.base_layer)
+    for path, wrapper in saved_modules(model).items():
+        if adapter_name in wrapper.modules_to_save:
+            del wrapper.modules_to_save[adapter_name]
+            if wrapper.active_adapter == adapter_name:
+                wrapper.active_adapter = None
+            if not wrapper.modules_to_save:
+                model.set_submodule(path, wrapper.original_module)
+    del configs[adapter_name]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; for LoRA alone trainable = Σ r·(in + out) over targets."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

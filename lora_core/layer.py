@@ -1,0 +1,199 @@
+"""LoRA layers: a wrapper that owns a frozen base layer and adds named low-rank updates.
+
+For a base layer computing h = W0·x (+ b), adapter `name` adds s·B(A(dropout(x))):
+A: [r, in], B: [out, r], s = alpha / r (or alpha / √r). W0 is [out, in] for nn.Linear and
+stored transposed, [in, out], for transformers' GPT-2 Conv1D.
+"""
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .errors import LoraError, MergeError
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2): a Linear whose weight is stored as [in, out]."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def is_wrappable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def delta_weight(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
+                 fan_in_fan_out: bool = False) -> torch.Tensor:
+    """ΔW = s·B·A in float32: [out, in], or [in, out] when the base stores W transposed."""
+    delta = (lora_b.float() @ lora_a.float()) * scaling
+    return delta.T if fan_in_fan_out else delta
+
+
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Adapters train in float32 on half-precision bases (small, and fp16/bf16 Adam is fragile)."""
+    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+
+
+class LoraLayer(nn.Module):
+    """Wraps `base_layer` (nn.Linear or Conv1D) and holds any number of named adapters.
+
+    At most one adapter is active; `merged_adapter` names the one whose update is currently
+    folded into the base weight (then the forward is the base layer alone).
+    """
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.fan_in_fan_out = is_conv1d(base_layer)
+        w = base_layer.weight
+        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.active_adapter: str | None = None
+        self.merged_adapter: str | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def pissa_adapter(self) -> str | None:
+        """The adapter whose PiSSA init rewrote W0 to the residual W0 − s·B0·A0, if any."""
+        return next((n for n in self.lora_A if hasattr(self, f"pissa_a0_{n}")), None)
+
+    def add_adapter(self, name: str, r: int, scaling: float, dropout: float, init: str) -> None:
+        if name in self.lora_A:
+            raise LoraError(f"adapter {name!r} already exists on this layer; delete_adapter() it first or pick another name")
+        if self.pissa_adapter or (init == "pissa" and len(self.lora_A)):
+            raise LoraError("a PiSSA adapter rewrites the base weight and cannot share a layer with another adapter; "
+                            "use init='default' for several adapters on one base")
+        w = self.base_layer.weight
+        dtype = adapter_dtype(w)
+        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=dtype)
+        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=dtype)
+        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling[name] = scaling
+        if init == "pissa":
+            self._init_pissa(name, r, scaling)
+        else:
+            self._init_zero_update(name, r, init)
+
+    def _init_zero_update(self, name: str, r: int, init: str) -> None:
+        a = self.lora_A[name].weight
+        if init == "gaussian":
+            nn.init.normal_(a, std=1.0 / r)
+        else:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B[name].weight)
+
+    @torch.no_grad()
+    def _init_pissa(self, name: str, r: int, scaling: float) -> None:
+        """W0 = U S Vᵀ; B = U_r √S_r / √s, A = √S_r V_rᵀ / √s, so s·BA is W0's best rank-r part."""
+        w = self.base_layer.weight
+        w0 = w.float().T if self.fan_in_fan_out else w.float()
+        u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+        root = (s[:r] / scaling).sqrt()
+        a, b = root[:, None] * vh[:r], u[:, :r] * root[None, :]
+        self.lora_A[name].weight.copy_(a)
+        self.lora_B[name].weight.copy_(b)
+        # Kept to undo the residual on delete and to export a plain LoRA adapter on save.
+        self.register_buffer(f"pissa_a0_{name}", a.clone(), persistent=False)
+        self.register_buffer(f"pissa_b0_{name}", b.clone(), persistent=False)
+        w.copy_((w.float() - delta_weight(a, b, scaling, self.fan_in_fan_out)).to(w.dtype))
+
+    def pissa_init_factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if not hasattr(self, f"pissa_a0_{name}"):
+            return None
+        return getattr(self, f"pissa_a0_{name}"), getattr(self, f"pissa_b0_{name}")
+
+    def remove_adapter(self, name: str) -> None:
+        if self.merged_adapter == name:
+            raise MergeError(f"adapter {name!r} is merged into the base weights; unmerge() before deleting it")
+        init = self.pissa_init_factors(name)
+        if init is not None:  # give back the W0 that PiSSA's residual took away
+            w = self.base_layer.weight
+            with torch.no_grad():
+                w.copy_((w.float() + delta_weight(*init, self.scaling[name], self.fan_in_fan_out)).to(w.dtype))
+            delattr(self, f"pissa_a0_{name}")
+            delattr(self, f"pissa_b0_{name}")
+        for store in (self.lora_A, self.lora_B, self.lora_dropout):
+            del store[name]
+        del self.scaling[name]
+        if self.active_adapter == name:
+            self.active_adapter = None
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """ΔW of adapter `name` in float32, laid out like the base weight."""
+        return delta_weight(self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], self.fan_in_fan_out)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W ← W + s·B·A for the active adapter; the sum is formed in float32 and checked for NaN/Inf."""
+        if self.merged_adapter is not None:
+            raise MergeError(f"adapter {self.merged_adapter!r} is already merged; unmerge() before merging again")
+        name = self.active_adapter
+        w = self.base_layer.weight
+        merged = w.float() + self.delta_weight(name)
+        if not torch.isfinite(merged).all():
+            raise MergeError(f"merging adapter {name!r} would write NaN/Inf into the base weights; "
+                             "the adapter is corrupt or diverged: retrain it or lower the learning rate")
+        w.copy_(merged.to(w.dtype))
+        self.merged_adapter = name
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W ← W − s·B·A: restores W0 up to float32 rounding (dtype rounding for half weights)."""
+        name = self.merged_adapter
+        w = self.base_layer.weight
+        w.copy_((w.float() - self.delta_weight(name)).to(w.dtype))
+        self.merged_adapter = None
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        name = self.active_adapter if self.active_adapter in self.lora_A else None
+        if self.merged_adapter is not None:
+            return result
+        if name is None:
+            pissa = self.pissa_adapter
+            if pissa is None:
+                return result
+            # Base-only output of a PiSSA layer: the residual plus the initial top-r part.
+            a0, b0 = self.pissa_init_factors(pissa)
+            return result + (x.to(a0.dtype) @ a0.T @ b0.T * self.scaling[pissa]).to(result.dtype)
+        lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+        h = self.lora_dropout[name](x.to(lora_a.weight.dtype))
+        return result + (lora_b(lora_a(h)) * self.scaling[name]).to(result.dtype)
+
+    def extra_repr(self) -> str:
+        ranks = {n: a.out_features for n, a in self.lora_A.items()}
+        return f"in={self.in_features}, out={self.out_features}, adapters={ranks}, active={self.active_adapter!r}"
+
+
+class ModulesToSave(nn.Module):
+    """A module trained in full per adapter (e.g. a classifier head); the original stays frozen."""
+
+    def __init__(self, original_module: nn.Module):
+        super().__init__()
+        self.original_module = original_module
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter: str | None = None
+
+    def add_adapter(self, name: str) -> None:
+        if name in self.modules_to_save:
+            raise LoraError(f"adapter {name!r} already has a copy of this module; pick another name")
+        self.modules_to_save[name] = copy.deepcopy(self.original_module)
+
+    def active_module(self) -> nn.Module:
+        if self.active_adapter in self.modules_to_save:
+            return self.modules_to_save[self.active_adapter]
+        return self.original_module
+
+    def forward(self, *args, **kwargs):
+        return self.active_module()(*args, **kwargs)

@@ -1,0 +1,202 @@
+"""Save and load adapters in Hugging Face PEFT's on-disk format (safetensors only).
+
+Folder: adapter_config.json + adapter_model.safetensors with keys
+`base_model.model.<module path>.lora_A.weight` ([r, in]), `.lora_B.weight` ([out, r]) and
+`base_model.model.<module path>.<param>` for modules_to_save.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import ALL_LINEAR, LoraConfig
+from .errors import AdapterMismatchError, LoraError, UnsafeFormatError
+from .inject import adapter_configs, inject, lora_layers, resolve_saved_modules, resolve_targets, saved_modules
+from .layer import is_conv1d
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+PREFIX = "base_model.model."
+
+
+def adapter_tensors(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's weights under PEFT's names; a PiSSA adapter is exported as a plain LoRA.
+
+    PiSSA trains B·A on the residual W0 − s·B0·A0. On the original W0 the same update is
+    s·B·A − s·B0·A0 = s'·[B, −B0]·[A; A0] with rank 2r and s' = s (alpha scaled to match).
+    """
+    tensors = {}
+    for path, layer in lora_layers(model).items():
+        if adapter_name not in layer.lora_A:
+            continue
+        a, b = layer.lora_A[adapter_name].weight.detach(), layer.lora_B[adapter_name].weight.detach()
+        init = layer.pissa_init_factors(adapter_name)
+        if init is not None:
+            a, b = torch.cat([a, init[0].to(a.dtype)]), torch.cat([b, -init[1].to(b.dtype)], dim=1)
+        tensors[f"{PREFIX}{path}.lora_A.weight"] = a
+        tensors[f"{PREFIX}{path}.lora_B.weight"] = b
+    for path, wrapper in saved_modules(model).items():
+        if adapter_name in wrapper.modules_to_save:
+            for key, value in wrapper.modules_to_save[adapter_name].state_dict().items():
+                tensors[f"{PREFIX}{path}.{key}"] = value.detach()
+    return {k: v.contiguous().cpu() for k, v in tensors.items()}
+
+
+def peft_config_dict(model: nn.Module, adapter_name: str = "default", base_model_name_or_path: str | None = None) -> dict:
+    """adapter_config.json content: only keys every PEFT version understands."""
+    config = adapter_configs(model)[adapter_name]
+    layers = {p: l for p, l in lora_layers(model).items() if adapter_name in l.lora_A}
+    pissa = any(l.pissa_init_factors(adapter_name) is not None for l in layers.values())
+    # Exported PiSSA has rank 2r; alpha grows so that the scale s stays the same.
+    rank_factor = 2 if pissa else 1
+    alpha_factor = (math.sqrt(2) if config.use_rslora else 2.0) if pissa else 1.0
+    targets = config.target_modules
+    if targets == ALL_LINEAR:  # PEFT expands it the same way; write what we resolved
+        targets = sorted(layers)
+    if base_model_name_or_path is None:
+        base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    return {
+        "peft_type": "LORA",
+        "task_type": config.task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": config.r * rank_factor,
+        "lora_alpha": config.alpha * alpha_factor,
+        "lora_dropout": config.dropout,
+        "target_modules": targets,
+        "use_rslora": config.use_rslora,
+        "fan_in_fan_out": any(l.fan_in_fan_out for l in layers.values()),
+        "modules_to_save": list(config.modules_to_save) or None,
+        "bias": config.bias,
+        "rank_pattern": {k: v * rank_factor for k, v in config.rank_pattern.items()},
+        "alpha_pattern": {k: v * alpha_factor for k, v in config.alpha_pattern.items()},
+        "init_lora_weights": "gaussian" if config.init == "gaussian" else True,
+        "inference_mode": True,
+    }
+
+
+def save_adapter(model: nn.Module, path: str | Path, adapter_name: str = "default",
+                 base_model_name_or_path: str | None = None) -> Path:
+    """Write adapter `adapter_name` as a PEFT folder that PeftModel.from_pretrained loads."""
+    if adapter_name not in adapter_configs(model):
+        raise LoraError(f"no adapter {adapter_name!r} in this model; have {sorted(adapter_configs(model))}")
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_tensors(model, adapter_name), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    config = peft_config_dict(model, adapter_name, base_model_name_or_path)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def read_adapter_config(path: str | Path) -> LoraConfig:
+    """LoraConfig from a PEFT adapter_config.json; refuses what lora_core cannot reproduce."""
+    folder = Path(path)
+    file = folder / CONFIG_FILE
+    if not file.is_file():
+        raise LoraError(f"{folder} has no {CONFIG_FILE}: not a PEFT adapter folder; point at the folder save_adapter() wrote")
+    raw = json.loads(file.read_text())
+    if raw.get("peft_type", "LORA") != "LORA":
+        raise AdapterMismatchError(f"{file}: peft_type {raw.get('peft_type')!r} is not LORA; only LoRA adapters load here")
+    for flag in ("use_dora", "lora_bias"):
+        if raw.get(flag):
+            raise AdapterMismatchError(f"{file}: {flag}=true is not supported by lora_core; merge it in PEFT first")
+    if raw.get("bias", "none") != "none":
+        raise AdapterMismatchError(f"{file}: bias={raw['bias']!r} is not supported; only bias='none' adapters load here")
+    if str(raw.get("init_lora_weights")).lower() in ("pissa", "olora", "corda", "eva", "loftq"):
+        raise AdapterMismatchError(f"{file}: init_lora_weights={raw['init_lora_weights']!r} needs a rewritten base; "
+                                   "save it from PEFT with path_initial_model_for_weight_conversion to get a plain LoRA")
+    return LoraConfig(
+        r=raw["r"], alpha=raw.get("lora_alpha", 8), dropout=raw.get("lora_dropout", 0.0),
+        target_modules=raw["target_modules"], use_rslora=raw.get("use_rslora", False),
+        modules_to_save=raw.get("modules_to_save") or [], rank_pattern=raw.get("rank_pattern") or {},
+        alpha_pattern=raw.get("alpha_pattern") or {}, task_type=raw.get("task_type"),
+        init="gaussian" if raw.get("init_lora_weights") == "gaussian" else "default",
+    )
+
+
+def read_adapter_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    folder = Path(path)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        pickled = [name for name in PICKLE_FILES if (folder / name).exists()]
+        if pickled:
+            raise UnsafeFormatError(f"{folder / pickled[0]} is a pickle file, which can run code on load; loraops loads "
+                                    f"safetensors only: re-save it as {WEIGHTS_FILE} (PEFT: save_pretrained(safe_serialization=True))")
+        raise LoraError(f"{folder} has no {WEIGHTS_FILE}; point at the folder save_adapter() wrote")
+    with safe_open(str(weights), framework="pt") as f:
+        return {key: f.get_tensor(key) for key in f.keys()}
+
+
+def expected_shapes(model: nn.Module, config: LoraConfig) -> dict[str, tuple[int, ...]]:
+    """PEFT key → shape the model needs for an adapter with this config."""
+    shapes = {}
+    for path, module in resolve_targets(model, config).items():
+        layer = getattr(module, "base_layer", module)
+        out_f, in_f = layer.weight.shape[::-1] if is_conv1d(layer) else layer.weight.shape
+        r = config.rank_for(path)
+        shapes[f"{PREFIX}{path}.lora_A.weight"] = (r, in_f)
+        shapes[f"{PREFIX}{path}.lora_B.weight"] = (out_f, r)
+    for path, module in resolve_saved_modules(model, config).items():
+        source = getattr(module, "original_module", module)
+        for key, value in source.state_dict().items():
+            shapes[f"{PREFIX}{path}.{key}"] = tuple(value.shape)
+    return shapes
+
+
+def check_adapter_fits(model: nn.Module, config: LoraConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse, naming the modules, an adapter made for other modules or other shapes."""
+    expected = expected_shapes(model, config)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != expected[k])
+    problems = []
+    if missing:
+        problems.append(f"missing weights for {_modules(missing)}")
+    if unexpected:
+        problems.append(f"weights for modules this model lacks: {_modules(unexpected)}")
+    if wrong:
+        problems.append("wrong shapes: " + ", ".join(f"{_strip(k)} {tuple(tensors[k].shape)} != {expected[k]}" for k in wrong[:4]))
+    if problems:
+        raise AdapterMismatchError("adapter does not fit this model (" + "; ".join(problems) +
+                                   "): load it onto the base model it was trained on")
+
+
+def _strip(key: str) -> str:
+    return key.removeprefix(PREFIX)
+
+
+def _modules(keys: list[str]) -> str:
+    names = sorted({_strip(k).replace(".lora_A.weight", "").replace(".lora_B.weight", "") for k in keys})
+    return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+
+
+def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "default",
+                 trainable: bool = False) -> nn.Module:
+    """Add the PEFT-format adapter in `path` as `adapter_name` and make it active.
+
+    Names and shapes are checked before the model is touched; on a mismatch nothing changes.
+    """
+    config = read_adapter_config(path)
+    tensors = read_adapter_tensors(path)
+    present = [m for m in config.modules_to_save if any(f".{m}." in f".{_strip(k)}" for k in tensors)]
+    config = config.model_copy(update={"modules_to_save": present})  # PEFT lists heads a task type may lack
+    check_adapter_fits(model, config, tensors)
+    inject(model, config, adapter_name)
+    with torch.no_grad():
+        for path_, layer in lora_layers(model).items():
+            if adapter_name in layer.lora_A:
+                layer.lora_A[adapter_name].weight.copy_(tensors[f"{PREFIX}{path_}.lora_A.weight"])
+                layer.lora_B[adapter_name].weight.copy_(tensors[f"{PREFIX}{path_}.lora_B.weight"])
+        for path_, wrapper in saved_modules(model).items():
+            if adapter_name in wrapper.modules_to_save:
+                copy = wrapper.modules_to_save[adapter_name]
+                copy.load_state_dict({k: tensors[f"{PREFIX}{path_}.{k}"] for k in copy.state_dict()})
+    if not trainable:
+        for param in model.parameters():
+            param.requires_grad_(False)
+    return model

@@ -1,0 +1,1 @@
+"""pipelines: data, training, evaluation and the loraops CLI; composes lora_core and registry."""
