@@ -45,39 +45,58 @@ def adapter_tensors(model: nn.Module, adapter_name: str = "default") -> dict[str
         if adapter_name in wrapper.modules_to_save:
             for key, value in wrapper.modules_to_save[adapter_name].state_dict().items():
                 tensors[f"{PREFIX}{path}.{key}"] = value.detach()
-    return {k: v.contiguous().cpu() for k, v in tensors.items()}
+    return tensors
 
 
-def peft_config_dict(model: nn.Module, adapter_name: str = "default", base_model_name_or_path: str | None = None) -> dict:
-    """adapter_config.json content: only keys every PEFT version understands."""
-    config = adapter_configs(model)[adapter_name]
-    layers = {p: l for p, l in lora_layers(model).items() if adapter_name in l.lora_A}
-    pissa = any(l.pissa_init_factors(adapter_name) is not None for l in layers.values())
-    # Exported PiSSA has rank 2r; alpha grows so that the scale s stays the same.
-    rank_factor = 2 if pissa else 1
-    alpha_factor = (math.sqrt(2) if config.use_rslora else 2.0) if pissa else 1.0
-    targets = config.target_modules
-    if targets == ALL_LINEAR:  # PEFT expands it the same way; write what we resolved
-        targets = sorted(layers)
-    if base_model_name_or_path is None:
-        base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+def peft_config_dict(config: LoraConfig, fan_in_fan_out: bool, base_model_name_or_path: str | None) -> dict:
+    """adapter_config.json content for `config`: only keys every PEFT version understands."""
     return {
         "peft_type": "LORA",
         "task_type": config.task_type,
         "base_model_name_or_path": base_model_name_or_path,
-        "r": config.r * rank_factor,
-        "lora_alpha": config.alpha * alpha_factor,
+        "r": config.r,
+        "lora_alpha": config.alpha,
         "lora_dropout": config.dropout,
-        "target_modules": targets,
+        "target_modules": config.target_modules,
         "use_rslora": config.use_rslora,
-        "fan_in_fan_out": any(l.fan_in_fan_out for l in layers.values()),
+        "fan_in_fan_out": fan_in_fan_out,
         "modules_to_save": list(config.modules_to_save) or None,
         "bias": config.bias,
-        "rank_pattern": {k: v * rank_factor for k, v in config.rank_pattern.items()},
-        "alpha_pattern": {k: v * alpha_factor for k, v in config.alpha_pattern.items()},
+        "rank_pattern": config.rank_pattern,
+        "alpha_pattern": config.alpha_pattern,
         "init_lora_weights": "gaussian" if config.init == "gaussian" else True,
         "inference_mode": True,
     }
+
+
+def write_adapter(path: str | Path, tensors: dict[str, torch.Tensor], config: LoraConfig,
+                  fan_in_fan_out: bool = False, base_model_name_or_path: str | None = None) -> Path:
+    """Write a PEFT adapter folder from PEFT-named tensors and their config."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    content = peft_config_dict(config, fan_in_fan_out, base_model_name_or_path)
+    (out / CONFIG_FILE).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def exported_config(model: nn.Module, adapter_name: str) -> LoraConfig:
+    """The config as written to disk: "all-linear" resolved, PiSSA turned into a plain rank-2r LoRA.
+
+    Exported PiSSA has rank 2r; alpha grows so that the scale s stays the same.
+    """
+    config = adapter_configs(model)[adapter_name]
+    layers = {p: l for p, l in lora_layers(model).items() if adapter_name in l.lora_A}
+    update: dict = {"init": "gaussian" if config.init == "gaussian" else "default"}
+    if config.target_modules == ALL_LINEAR:  # PEFT expands it the same way; write what we resolved
+        update["target_modules"] = sorted(layers)
+    if any(l.pissa_init_factors(adapter_name) is not None for l in layers.values()):
+        a = math.sqrt(2) if config.use_rslora else 2.0
+        update |= {"r": config.r * 2, "alpha": config.alpha * a,
+                   "rank_pattern": {k: v * 2 for k, v in config.rank_pattern.items()},
+                   "alpha_pattern": {k: v * a for k, v in config.alpha_pattern.items()}}
+    return config.model_copy(update=update)
 
 
 def save_adapter(model: nn.Module, path: str | Path, adapter_name: str = "default",
@@ -85,12 +104,11 @@ def save_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     """Write adapter `adapter_name` as a PEFT folder that PeftModel.from_pretrained loads."""
     if adapter_name not in adapter_configs(model):
         raise LoraError(f"no adapter {adapter_name!r} in this model; have {sorted(adapter_configs(model))}")
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_tensors(model, adapter_name), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    config = peft_config_dict(model, adapter_name, base_model_name_or_path)
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return out
+    if base_model_name_or_path is None:
+        base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    fan_in_fan_out = any(l.fan_in_fan_out for l in lora_layers(model).values() if adapter_name in l.lora_A)
+    return write_adapter(path, adapter_tensors(model, adapter_name), exported_config(model, adapter_name),
+                         fan_in_fan_out, base_model_name_or_path)
 
 
 def read_adapter_config(path: str | Path) -> LoraConfig:

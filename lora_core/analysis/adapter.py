@@ -1,0 +1,116 @@
+"""An adapter as data: per module the factors A: [r, k], B: [d, r] and the scale s of ΔW = s·B·A."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..config import LoraConfig
+from ..errors import AdapterMismatchError, LoraError
+from ..peft_format import CONFIG_FILE, PREFIX, read_adapter_config, read_adapter_tensors, write_adapter
+
+A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+
+
+@dataclass(frozen=True)
+class AdaptedModule:
+    path: str
+    lora_a: torch.Tensor  # [r, k]
+    lora_b: torch.Tensor  # [d, r]
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return self.lora_a.shape[0]
+
+    def delta(self) -> torch.Tensor:
+        """ΔW = s·B·A as [d, k] = [out, in], float64."""
+        return self.scale * self.lora_b.double() @ self.lora_a.double()
+
+
+@dataclass(frozen=True)
+class Adapter:
+    config: LoraConfig
+    modules: dict[str, AdaptedModule]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # modules_to_save weights, PEFT names
+    fan_in_fan_out: bool = False
+    base_model_name_or_path: str | None = None
+
+    def save(self, path: str | Path) -> Path:
+        tensors = dict(self.extra)
+        for m in self.modules.values():
+            tensors[f"{PREFIX}{m.path}{A_SUFFIX}"] = m.lora_a
+            tensors[f"{PREFIX}{m.path}{B_SUFFIX}"] = m.lora_b
+        return write_adapter(path, tensors, self.config, self.fan_in_fan_out, self.base_model_name_or_path)
+
+
+def read_adapter(path: str | Path) -> Adapter:
+    """Load a PEFT-format adapter folder as factors (no model needed)."""
+    folder = Path(path)
+    config = read_adapter_config(folder)
+    raw = json.loads((folder / CONFIG_FILE).read_text())
+    tensors = read_adapter_tensors(folder)
+    modules, extra = {}, {}
+    for key, value in tensors.items():
+        if key.endswith(A_SUFFIX):
+            module = key.removeprefix(PREFIX).removesuffix(A_SUFFIX)
+            b = tensors.get(f"{PREFIX}{module}{B_SUFFIX}")
+            if b is None or b.shape[1] != value.shape[0]:
+                raise AdapterMismatchError(f"{folder}: {module} has lora_A {tuple(value.shape)} but lora_B "
+                                           f"{None if b is None else tuple(b.shape)}; the adapter file is damaged")
+            modules[module] = AdaptedModule(module, value, b, config.scaling_for(module))
+        elif not key.endswith(B_SUFFIX):
+            extra[key] = value
+    if not modules:
+        raise LoraError(f"{folder}: no lora_A/lora_B weights; point at a LoRA adapter folder")
+    return Adapter(config, dict(sorted(modules.items())), extra, bool(raw.get("fan_in_fan_out")),
+                   raw.get("base_model_name_or_path"))
+
+
+def as_adapter(adapter: "Adapter | str | Path") -> Adapter:
+    return adapter if isinstance(adapter, Adapter) else read_adapter(adapter)
+
+
+class BaseWeights:
+    """Base model weights by module path, from an HF model folder (*.safetensors) or a state dict.
+
+    Adapter paths are those of the task model (e.g. `bert.encoder...query`); base checkpoints
+    often drop the task wrapper's prefix (`encoder...query`), so leading components are tried off.
+    """
+
+    def __init__(self, source: "str | Path | dict[str, torch.Tensor]"):
+        if isinstance(source, dict):
+            self._state, self._files = source, {}
+            return
+        folder = Path(source)
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise LoraError(f"{folder} has no *.safetensors weights; pass the base model's folder")
+        self._state, self._files = {}, {}
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                self._files.update({key: file for key in f.keys()})
+
+    def _get(self, key: str) -> torch.Tensor | None:
+        if key in self._state:
+            return self._state[key]
+        if key in self._files:
+            with safe_open(str(self._files[key]), framework="pt") as f:
+                return f.get_tensor(key)
+        return None
+
+    def weight(self, module_path: str, shape: tuple[int, int], fan_in_fan_out: bool = False) -> torch.Tensor:
+        """W0 of `module_path` as [out, in] = `shape`."""
+        parts = module_path.split(".")
+        for start in range(len(parts)):
+            w = self._get(".".join(parts[start:]) + ".weight")
+            if w is not None:
+                w = w.T if fan_in_fan_out else w
+                if tuple(w.shape) != tuple(shape):
+                    raise AdapterMismatchError(f"base weight of {module_path} is {tuple(w.shape)} but the adapter's "
+                                               f"ΔW is {tuple(shape)}: pass the base model the adapter was trained on")
+                return w
+        raise AdapterMismatchError(f"the base model has no weight for {module_path}: "
+                                   "pass the base model the adapter was trained on")
