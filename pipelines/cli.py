@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lora_core import LoraError
 
+from . import rank_commands
 from .data import DataError
 
 
@@ -22,7 +23,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="LoRA on the offline MiniLM base: train, evaluate, merge, save")
     demo.add_argument("--steps", type=positive_int, default=300, help="optimizer steps (default 300)")
     demo.add_argument("--out", default=None, help="adapter folder (default $LORAOPS_HOME/demo/adapter)")
+    analyze = commands.add_parser("analyze", help="SVD spectrum, PVE, elbow and rank advice for an adapter")
+    analyze.add_argument("adapter_dir")
+    analyze.add_argument("--base", help="base model folder: adds the amplification factor")
+    analyze.add_argument("--compare", help="second adapter folder: subspace similarity phi(i, j)")
+    analyze.add_argument("--out", help="folder for report.json and the PNG plots")
+    compress = commands.add_parser("compress", help="best lower-rank approximation of an adapter")
+    compress.add_argument("adapter_dir")
+    _rank_or_pve(compress)
+    compress.add_argument("--out", required=True)
+    extract = commands.add_parser("extract", help="LoRA adapter from a full fine-tune (truncated SVD of W_ft - W0)")
+    extract.add_argument("--base", required=True, help="base model folder")
+    extract.add_argument("--finetuned", required=True, help="fine-tuned model folder")
+    _rank_or_pve(extract)
+    extract.add_argument("--out", required=True)
     return parser
+
+
+def _rank_or_pve(parser: argparse.ArgumentParser) -> None:
+    choice = parser.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--rank", type=positive_int, help="keep the top K directions of every module")
+    choice.add_argument("--pve", type=float, help="keep the smallest rank explaining this share of |dW|^2, in (0, 1]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo  # imports torch and transformers: only when needed
             run_demo(steps=args.steps, out_dir=Path(args.out) if args.out else None)
+        elif args.command == "analyze":
+            rank_commands.analyze(args.adapter_dir, args.base, args.compare, args.out)
+        elif args.command == "compress":
+            rank_commands.compress_command(args.adapter_dir, args.rank, args.pve, args.out)
+        elif args.command == "extract":
+            rank_commands.extract_command(args.base, args.finetuned, args.rank, args.pve, args.out)
     except (LoraError, DataError) as e:
         print(f"loraops: error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from conftest import build, inputs, output, randomize_b, rel_diff
 
 from lora_core import AdapterMismatchError, LoraConfig, LoraError, inject, load_adapter, save_adapter
 from lora_core.analysis import (adapter_report, adapter_similarity, amplification_factor, compress, extract,
-                                read_adapter, spectrum, subspace_similarity)
+                                dense_spectrum, read_adapter, spectrum, subspace_similarity)
 from lora_core.analysis.plots import plot_ranks, plot_scree, plot_similarity
 
 
@@ -37,11 +37,20 @@ def test_factor_spectrum_equals_dense_svd():
 def test_exact_rank_is_recovered_from_low_rank_plus_noise():
     b, a = factors_with_spectrum([10, 4, 2] + [1e-3] * 5)  # energy shares 0.83, 0.13, 0.03, ~0
     s = spectrum(b, a)
-    assert (s.rank_at(0.90), s.rank_at(0.99), s.elbow) == (2, 3, 3)
+    assert (s.rank_at(0.90), s.rank_at(0.99), s.elbow) == (2, 3, 2)  # 0.03 < 1/8: below the elbow
     assert s.cumulative_pve[-1].item() == pytest.approx(1.0)
     assert s.rank_at(1.0) == 8
     assert spectrum(*factors_with_spectrum([5.0] * 6)).elbow == 6  # flat: no bend, every direction counts
     assert spectrum(*factors_with_spectrum([5.0] + [0.0] * 5)).elbow == 1
+
+
+@pytest.mark.parametrize("true_rank", [1, 3, 6])
+def test_exact_rank_is_recovered_from_a_dense_low_rank_plus_noise_matrix(true_rank):
+    g = torch.Generator().manual_seed(true_rank)
+    signal = torch.randn(64, true_rank, generator=g, dtype=torch.float64) @ torch.randn(true_rank, 48, generator=g, dtype=torch.float64)
+    noise = 0.02 * torch.randn(64, 48, generator=g, dtype=torch.float64)
+    s = dense_spectrum(signal + noise)
+    assert s.elbow == true_rank and s.rank_at(0.99) == true_rank
 
 
 def test_pve_and_effective_rank_follow_their_definitions():

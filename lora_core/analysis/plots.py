@@ -29,7 +29,8 @@ def plot_scree(report: dict, path: str | Path) -> Path:
     for t in THRESHOLDS:
         k = recommended[str(round(t * 100))]
         ax.axhline(t, color="#d94801", linestyle="--", linewidth=0.8)
-        ax.text(n + 0.4, t, f"{round(t * 100)}%: r={k}", va="center", fontsize=8, color="#d94801")
+        ax.text(n + 0.4, t, f"{round(t * 100)}%: r={k}", va="center", fontsize=8, color="#d94801",
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
     ax.axvline(recommended["elbow"], color="black", linestyle=":", label=f"elbow: r={recommended['elbow']}")
     ax.set(xlabel="direction i (singular value rank)", ylabel="proportion of variance explained",
            ylim=(0, 1.02), xlim=(0.4, n + 2.2), xticks=list(x),

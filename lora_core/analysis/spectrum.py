@@ -51,17 +51,14 @@ class Spectrum:
 
     @property
     def elbow(self) -> int:
-        """Kneedle on the cumulative PVE curve: the k whose point lies farthest above the chord
-        from its first point (1, PVE_1) to its last (n, 1). Past the elbow the remaining
-        directions add little. A rank-one update gives 1; a flat spectrum (no bend) gives n."""
+        """Elbow of the cumulative scree curve: the k whose point (k, PVE_{≤k}) lies farthest above
+        the chord from (0, 0) to (n, 1). Equivalently, the number of directions whose share of
+        ‖ΔW‖² exceeds the average 1/n; the rest carry less than an even spread would.
+        A flat spectrum (no bend) gives n."""
         n = len(self.sigma)
         if self.energy == 0 or n == 0:
             return 0
-        cum = self.cumulative_pve
-        if cum[0] >= 1 - 1e-12:
-            return 1
-        chord = cum[0] + (1 - cum[0]) * torch.arange(n, dtype=cum.dtype) / max(1, n - 1)
-        gap = cum - chord
+        gap = self.cumulative_pve - torch.arange(1, n + 1, dtype=self.sigma.dtype) / n
         return int(torch.argmax(gap)) + 1 if gap.max() > 1e-9 else n
 
     @property
