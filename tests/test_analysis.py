@@ -8,8 +8,8 @@ import torch
 from conftest import build, inputs, output, randomize_b, rel_diff
 
 from lora_core import AdapterMismatchError, LoraConfig, LoraError, inject, load_adapter, save_adapter
-from lora_core.analysis import (adapter_report, adapter_similarity, amplification_factor, compress, extract,
-                                dense_spectrum, read_adapter, spectrum, subspace_similarity)
+from lora_core.analysis import (adapter_report, amplification_factor, compress, dense_spectrum, extract, read_adapter,
+                                similarity_grid, spectrum, subspace_similarity)
 from lora_core.analysis.plots import plot_ranks, plot_scree, plot_similarity
 
 
@@ -64,9 +64,9 @@ def test_pve_and_effective_rank_follow_their_definitions():
 
 def test_subspace_similarity_is_one_for_identical_and_zero_for_orthogonal():
     basis = orthonormal(32, 12, 3).T.float()
-    assert torch.allclose(subspace_similarity(basis[:4], basis[:4]).diagonal(), torch.ones(4, dtype=torch.float64))
-    assert subspace_similarity(basis[:4], basis[4:12]).abs().max() < 1e-12
-    grid = subspace_similarity(basis[:4] * 3, basis[:8])
+    assert torch.allclose(similarity_grid(basis[:4], basis[:4]).diagonal(), torch.ones(4, dtype=torch.float64))
+    assert similarity_grid(basis[:4], basis[4:12]).abs().max() < 1e-12
+    grid = similarity_grid(basis[:4] * 3, basis[:8])
     # The 4-dim span lies inside the 8-dim one: φ(i, 8) = 1 for every i.
     assert grid.shape == (4, 8) and torch.allclose(grid[:, 7], torch.ones(4, dtype=torch.float64))
 
@@ -176,7 +176,7 @@ def test_mismatched_adapters_and_models_are_refused(tmp_path):
     saved_adapter(tmp_path / "llama", "llama")
     saved_adapter(tmp_path / "gpt2", "gpt2")
     with pytest.raises(AdapterMismatchError, match="share no module"):
-        adapter_similarity(tmp_path / "llama", tmp_path / "gpt2")
+        subspace_similarity(tmp_path / "llama", tmp_path / "gpt2")
     with pytest.raises(AdapterMismatchError, match="differ in architecture"):
         extract(build("llama"), build("gpt2"), rank=1)
     with pytest.raises(LoraError, match="nothing to extract"):
@@ -194,7 +194,7 @@ def test_similar_adapters_share_their_top_direction(tmp_path):
             a = torch.cat([shared * 5, 0.1 * torch.randn(r - 1, 32, generator=g)])
             layer.lora_A["default"].weight.data.copy_(a)
         save_adapter(model, tmp_path / name)
-    grids = adapter_similarity(tmp_path / "small", tmp_path / "large")
+    grids = subspace_similarity(tmp_path / "small", tmp_path / "large")
     grid = next(iter(grids.values()))
     assert grid.shape == (2, 8) and grid[0, 0] > 0.99 and grid[1, 1] < 0.6  # (1 + small) / 2
     assert plot_similarity(grid, tmp_path / "phi.png").stat().st_size > 5000

@@ -1,6 +1,5 @@
 """The README's main command on the real MiniLM base (shortened to a few steps)."""
 
-from pathlib import Path
 
 import pytest
 

@@ -2,12 +2,11 @@
 compression to a lower rank and extraction from a full fine-tune. Plots live in `.plots`."""
 
 from .adapter import AdaptedModule, Adapter, BaseWeights, read_adapter
-from .report import adapter_report, adapter_similarity, amplification_factor, subspace_similarity
+from .report import adapter_report, amplification_factor, similarity_grid, subspace_similarity
 from .spectrum import Spectrum, dense_spectrum, spectrum
 from .transform import Reduced, compress, extract
 
 __all__ = [
-    "AdaptedModule", "Adapter", "BaseWeights", "Reduced", "Spectrum", "adapter_report", "adapter_similarity",
-    "amplification_factor", "compress", "dense_spectrum", "extract", "read_adapter", "spectrum",
-    "subspace_similarity",
+    "AdaptedModule", "Adapter", "BaseWeights", "Reduced", "Spectrum", "adapter_report", "amplification_factor",
+    "compress", "dense_spectrum", "extract", "read_adapter", "similarity_grid", "spectrum", "subspace_similarity",
 ]

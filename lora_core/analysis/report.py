@@ -50,7 +50,7 @@ def adapter_report(adapter: "Adapter | str | Path", base: "BaseWeights | str | P
     return {"adapter": adapter.base_model_name_or_path, "summary": summary, "modules": rows}
 
 
-def subspace_similarity(a_1: torch.Tensor, a_2: torch.Tensor) -> torch.Tensor:
+def similarity_grid(a_1: torch.Tensor, a_2: torch.Tensor) -> torch.Tensor:
     """φ(i, j) = ‖V1[:, :i]ᵀ V2[:, :j]‖_F² / min(i, j) for i ≤ r1, j ≤ r2 (LoRA paper §7.2).
 
     A1: [r1, k], A2: [r2, k]; V1, V2 their right-singular vectors ([k, r]). Returns [r1, r2]
@@ -68,11 +68,11 @@ def subspace_similarity(a_1: torch.Tensor, a_2: torch.Tensor) -> torch.Tensor:
     return totals / torch.minimum(i, j)
 
 
-def adapter_similarity(adapter_1: "Adapter | str | Path", adapter_2: "Adapter | str | Path") -> dict[str, torch.Tensor]:
+def subspace_similarity(adapter_1: "Adapter | str | Path", adapter_2: "Adapter | str | Path") -> dict[str, torch.Tensor]:
     """φ grid per module the two adapters share."""
     first, second = as_adapter(adapter_1), as_adapter(adapter_2)
     shared = sorted(set(first.modules) & set(second.modules))
     if not shared:
         raise AdapterMismatchError(f"the adapters share no module (first: {list(first.modules)[:3]}, "
                                    f"second: {list(second.modules)[:3]}): compare adapters of the same base and targets")
-    return {p: subspace_similarity(first.modules[p].lora_a, second.modules[p].lora_a) for p in shared}
+    return {p: similarity_grid(first.modules[p].lora_a, second.modules[p].lora_a) for p in shared}
