@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from pydantic import ValidationError
 from torch import nn
 
 from .config import ALL_LINEAR, LoraConfig
@@ -35,7 +36,7 @@ def adapter_tensors(model: nn.Module, adapter_name: str = "default") -> dict[str
     for path, layer in lora_layers(model).items():
         if adapter_name not in layer.lora_A:
             continue
-        a, b = layer.lora_A[adapter_name].weight.detach(), layer.lora_B[adapter_name].weight.detach()
+        a, b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
         init = layer.pissa_init_factors(adapter_name)
         if init is not None:
             a, b = torch.cat([a, init[0].to(a.dtype)]), torch.cat([b, -init[1].to(b.dtype)], dim=1)
@@ -44,7 +45,7 @@ def adapter_tensors(model: nn.Module, adapter_name: str = "default") -> dict[str
     for path, wrapper in saved_modules(model).items():
         if adapter_name in wrapper.modules_to_save:
             for key, value in wrapper.modules_to_save[adapter_name].state_dict().items():
-                tensors[f"{PREFIX}{path}.{key}"] = value.detach()
+                tensors[f"{PREFIX}{path}.{key}"] = value
     return tensors
 
 
@@ -111,30 +112,50 @@ def save_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
                          fan_in_fan_out, base_model_name_or_path)
 
 
-def read_adapter_config(path: str | Path) -> LoraConfig:
-    """LoraConfig from a PEFT adapter_config.json; refuses what lora_core cannot reproduce."""
+def read_peft_config(path: str | Path) -> dict:
+    """adapter_config.json of an adapter folder, as written."""
     folder = Path(path)
     file = folder / CONFIG_FILE
     if not file.is_file():
         raise LoraError(f"{folder} has no {CONFIG_FILE}: not a PEFT adapter folder; point at the folder save_adapter() wrote")
-    raw = json.loads(file.read_text())
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterMismatchError(f"{file} is not valid JSON ({e}); re-save the adapter") from None
+
+
+def lora_config_from_peft(raw: dict, source: str | Path = CONFIG_FILE) -> LoraConfig:
+    """LoraConfig from PEFT's config keys; refuses what lora_core cannot reproduce."""
     if raw.get("peft_type", "LORA") != "LORA":
-        raise AdapterMismatchError(f"{file}: peft_type {raw.get('peft_type')!r} is not LORA; only LoRA adapters load here")
+        raise AdapterMismatchError(f"{source}: peft_type {raw.get('peft_type')!r} is not LORA; only LoRA adapters load here")
     for flag in ("use_dora", "lora_bias"):
         if raw.get(flag):
-            raise AdapterMismatchError(f"{file}: {flag}=true is not supported by lora_core; merge it in PEFT first")
+            raise AdapterMismatchError(f"{source}: {flag}=true is not supported by lora_core; merge it in PEFT first")
     if raw.get("bias", "none") != "none":
-        raise AdapterMismatchError(f"{file}: bias={raw['bias']!r} is not supported; only bias='none' adapters load here")
+        raise AdapterMismatchError(f"{source}: bias={raw['bias']!r} is not supported; only bias='none' adapters load here")
     if str(raw.get("init_lora_weights")).lower() in ("pissa", "olora", "corda", "eva", "loftq"):
-        raise AdapterMismatchError(f"{file}: init_lora_weights={raw['init_lora_weights']!r} needs a rewritten base; "
+        raise AdapterMismatchError(f"{source}: init_lora_weights={raw['init_lora_weights']!r} needs a rewritten base; "
                                    "save it from PEFT with path_initial_model_for_weight_conversion to get a plain LoRA")
-    return LoraConfig(
-        r=raw["r"], alpha=raw.get("lora_alpha", 8), dropout=raw.get("lora_dropout", 0.0),
-        target_modules=raw["target_modules"], use_rslora=raw.get("use_rslora", False),
-        modules_to_save=raw.get("modules_to_save") or [], rank_pattern=raw.get("rank_pattern") or {},
-        alpha_pattern=raw.get("alpha_pattern") or {}, task_type=raw.get("task_type"),
-        init="gaussian" if raw.get("init_lora_weights") == "gaussian" else "default",
-    )
+    try:
+        return LoraConfig(
+            r=raw["r"], alpha=raw.get("lora_alpha", 8), dropout=raw.get("lora_dropout", 0.0),
+            target_modules=raw["target_modules"], use_rslora=raw.get("use_rslora", False),
+            modules_to_save=raw.get("modules_to_save") or [], rank_pattern=raw.get("rank_pattern") or {},
+            alpha_pattern=raw.get("alpha_pattern") or {}, task_type=raw.get("task_type"),
+            init="gaussian" if raw.get("init_lora_weights") == "gaussian" else "default",
+        )
+    except (KeyError, ValidationError) as e:
+        if isinstance(e, KeyError):
+            detail = f"missing key {e}"
+        else:
+            first = e.errors()[0]
+            detail = f"{'.'.join(map(str, first['loc'])) or 'config'}: {first['msg']}"
+        raise AdapterMismatchError(f"{source}: {detail}; the adapter config is damaged, re-save the adapter") from None
+
+
+def read_adapter_config(path: str | Path) -> LoraConfig:
+    """LoraConfig from a PEFT adapter folder's adapter_config.json."""
+    return lora_config_from_peft(read_peft_config(path), Path(path) / CONFIG_FILE)
 
 
 def read_adapter_tensors(path: str | Path) -> dict[str, torch.Tensor]:

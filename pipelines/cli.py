@@ -6,7 +6,6 @@ from pathlib import Path
 
 from lora_core import LoraError
 
-from . import rank_commands
 from .data import DataError
 
 
@@ -46,18 +45,25 @@ def _rank_or_pve(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--pve", type=float, help="keep the smallest rank explaining this share of |dW|^2, in (0, 1]")
 
 
+def run(args: argparse.Namespace) -> None:
+    # Command modules load transformers or matplotlib: import only the one that runs.
+    if args.command == "demo":
+        from .demo import run_demo
+        run_demo(steps=args.steps, out_dir=Path(args.out) if args.out else None)
+        return
+    from . import rank_commands
+    if args.command == "analyze":
+        rank_commands.analyze(args.adapter_dir, args.base, args.compare, args.out)
+    elif args.command == "compress":
+        rank_commands.compress_command(args.adapter_dir, args.rank, args.pve, args.out)
+    elif args.command == "extract":
+        rank_commands.extract_command(args.base, args.finetuned, args.rank, args.pve, args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "demo":
-            from .demo import run_demo  # imports torch and transformers: only when needed
-            run_demo(steps=args.steps, out_dir=Path(args.out) if args.out else None)
-        elif args.command == "analyze":
-            rank_commands.analyze(args.adapter_dir, args.base, args.compare, args.out)
-        elif args.command == "compress":
-            rank_commands.compress_command(args.adapter_dir, args.rank, args.pve, args.out)
-        elif args.command == "extract":
-            rank_commands.extract_command(args.base, args.finetuned, args.rank, args.pve, args.out)
+        run(args)
     except (LoraError, DataError) as e:
         print(f"loraops: error: {e}", file=sys.stderr)
         return 2

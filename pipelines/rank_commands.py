@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from lora_core import LoraError
-from lora_core.analysis import adapter_report, subspace_similarity, compress, extract
+from lora_core.analysis import adapter_report, compress, extract, read_adapter, subspace_similarity
 from lora_core.analysis.plots import plot_ranks, plot_scree, plot_similarity
 
 COLUMNS = ("module", "shape", "r", "|dW|_F", "90%", "95%", "99%", "elbow", "eff.rank", "amplif.")
@@ -40,10 +40,11 @@ def mean_similarity(grids: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def analyze(adapter_dir: str, base: str | None, compare: str | None, out: str | None, print_=print) -> dict:
-    report = adapter_report(adapter_dir, base=base)
+    adapter = read_adapter(adapter_dir)
+    report = adapter_report(adapter, base=base)
     print_(format_table(report))
     if compare:
-        grids = subspace_similarity(adapter_dir, compare)
+        grids = subspace_similarity(adapter, compare)
         grid = mean_similarity(grids)
         report["similarity"] = {"compared_with": str(compare), "mean_phi": grid.tolist(),
                                 "per_module_phi_1_1": {p: float(g[0, 0]) for p, g in grids.items()}}

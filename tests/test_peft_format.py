@@ -124,3 +124,15 @@ def test_unsupported_peft_variants_are_refused(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps(config | {"use_dora": True}))
     with pytest.raises(AdapterMismatchError, match="use_dora"):
         load_adapter(build("mlp"), tmp_path)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ({"r": 0}, "r=0: the rank must be a positive integer"),
+    ({"target_modules": None}, "target_modules"),
+])
+def test_damaged_config_is_refused_with_the_cause(tmp_path, damage, match):
+    save_adapter(trained("mlp"), tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config | damage))
+    with pytest.raises(AdapterMismatchError, match=match):
+        load_adapter(build("mlp"), tmp_path)

@@ -1,6 +1,5 @@
 """An adapter as data: per module the factors A: [r, k], B: [d, r] and the scale s of ΔW = s·B·A."""
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,7 +8,8 @@ from safetensors import safe_open
 
 from ..config import LoraConfig
 from ..errors import AdapterMismatchError, LoraError
-from ..peft_format import CONFIG_FILE, PREFIX, read_adapter_config, read_adapter_tensors, write_adapter
+from ..peft_format import (CONFIG_FILE, PREFIX, lora_config_from_peft, read_adapter_tensors, read_peft_config,
+                           write_adapter)
 
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 
@@ -49,8 +49,8 @@ class Adapter:
 def read_adapter(path: str | Path) -> Adapter:
     """Load a PEFT-format adapter folder as factors (no model needed)."""
     folder = Path(path)
-    config = read_adapter_config(folder)
-    raw = json.loads((folder / CONFIG_FILE).read_text())
+    raw = read_peft_config(folder)
+    config = lora_config_from_peft(raw, folder / CONFIG_FILE)
     tensors = read_adapter_tensors(folder)
     modules, extra = {}, {}
     for key, value in tensors.items():

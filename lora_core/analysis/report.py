@@ -47,7 +47,7 @@ def adapter_report(adapter: "Adapter | str | Path", base: "BaseWeights | str | P
     }
     if base is not None:
         summary["mean_amplification"] = sum(row["amplification"] for row in rows) / len(rows)
-    return {"adapter": adapter.base_model_name_or_path, "summary": summary, "modules": rows}
+    return {"base_model": adapter.base_model_name_or_path, "summary": summary, "modules": rows}
 
 
 def similarity_grid(a_1: torch.Tensor, a_2: torch.Tensor) -> torch.Tensor:

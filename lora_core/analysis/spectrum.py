@@ -72,7 +72,6 @@ class Spectrum:
 
     def summary(self) -> dict:
         return {
-            "rank": len(self.sigma),
             "frobenius": self.frobenius,
             "sigma": [float(s) for s in self.sigma],
             "cumulative_pve": [float(c) for c in self.cumulative_pve],
