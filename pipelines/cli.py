@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from lora_core import LoraError
+from registry.errors import IntegrityError, RegistryError, StoreError
 
 from .data import DataError
 
@@ -36,7 +37,27 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--finetuned", required=True, help="fine-tuned model folder")
     _rank_or_pve(extract)
     extract.add_argument("--out", required=True)
+    _registry_commands(commands)
     return parser
+
+
+def _registry_commands(commands) -> None:
+    adapters = commands.add_parser("adapters", help="look adapters up in the registry")
+    adapters.add_argument("action", choices=["list", "show", "lineage", "history", "fetch"])
+    adapters.add_argument("ref", nargs="?", help="TASK, or TASK@alias / TASK:version for show and fetch")
+    adapters.add_argument("--task", help="list: only this task")
+    adapters.add_argument("--base", help="list: only adapters on this base (name or fingerprint prefix)")
+    adapters.add_argument("--mode", choices=["adapter", "merged"], default="adapter", help="fetch: which artifacts")
+    adapters.add_argument("--json", action="store_true", help="machine-readable output")
+    promote = commands.add_parser("promote", help="upload a version, verify it, then make it production")
+    promote.add_argument("task")
+    promote.add_argument("--version", required=True, help="version number (or an alias such as candidate)")
+    promote.add_argument("--mode", choices=["adapter", "merged"], default="adapter")
+    promote.add_argument("--target", help="s3://bucket/prefix or a folder (default $LORAOPS_PROMOTION_TARGET)")
+    promote.add_argument("--reason", help="recorded in the history")
+    rollback = commands.add_parser("rollback", help="production goes back to the previous production version")
+    rollback.add_argument("task")
+    rollback.add_argument("--reason", help="recorded in the history")
 
 
 def _rank_or_pve(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +72,12 @@ def run(args: argparse.Namespace) -> None:
         from .demo import run_demo
         run_demo(steps=args.steps, out_dir=Path(args.out) if args.out else None)
         return
+    if args.command in ("adapters", "promote", "rollback"):
+        from . import registry_commands
+        if args.command == "adapters" and args.action != "list" and not args.ref:
+            raise RegistryError(f"adapters {args.action} needs a task; e.g. loraops adapters {args.action} my-task")
+        getattr(registry_commands, args.command)(args)
+        return
     from . import rank_commands
     if args.command == "analyze":
         rank_commands.analyze(args.adapter_dir, args.base, args.compare, args.out)
@@ -64,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (LoraError, DataError) as e:
+    except (IntegrityError, StoreError) as e:
+        print(f"loraops: error: {e}", file=sys.stderr)
+        return 1
+    except (LoraError, DataError, RegistryError) as e:
         print(f"loraops: error: {e}", file=sys.stderr)
         return 2
     return 0

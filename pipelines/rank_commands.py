@@ -9,6 +9,8 @@ from lora_core import LoraError
 from lora_core.analysis import adapter_report, compress, extract, read_adapter, subspace_similarity
 from lora_core.analysis.plots import plot_ranks, plot_scree, plot_similarity
 
+from .tables import render_table
+
 COLUMNS = ("module", "shape", "r", "|dW|_F", "90%", "95%", "99%", "elbow", "eff.rank", "amplif.")
 
 
@@ -24,12 +26,7 @@ def format_table(report: dict) -> str:
     rows.append(("all modules (uniform rank)", "", str(s["r"]), f"{s['frobenius']:.4f}", str(rec["90"]),
                  str(rec["95"]), str(rec["99"]), str(rec["elbow"]), f"{s['mean_effective_rank']:.2f}",
                  f"{s['mean_amplification']:.1f}" if "mean_amplification" in s else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    lines.insert(len(lines) - 1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return render_table(rows, footer=True)
 
 
 def mean_similarity(grids: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -87,3 +87,23 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(params=list(MODELS))
 def model_name(request):
     return request.param
+
+
+def write_artifacts(root, seed: int = 0) -> dict:
+    """A tiny BERT base, a trained-looking adapter on it and the merged model, saved as a user would.
+
+    Returns the folders and the adapted model's logits on `inputs("bert")` for round-trip checks.
+    """
+    from lora_core import LoraConfig, inject, merge_and_unload, save_adapter
+    model = build("bert")
+    model.save_pretrained(root / "base")
+    inject(model, LoraConfig(r=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"]))
+    randomize_b(model, seed=seed + 2)
+    save_adapter(model, root / f"adapter-{seed}", base_model_name_or_path="tiny/bert")
+    logits = output(model, inputs("bert"))
+    merge_and_unload(model).save_pretrained(root / f"merged-{seed}")
+    return {"base": root / "base", "adapter": root / f"adapter-{seed}", "merged": root / f"merged-{seed}",
+            "logits": logits}
+
+
+from servers import mlflow_server, s3_server, s3_env  # noqa: E402,F401  (session fixtures)

@@ -1,0 +1,85 @@
+"""`loraops adapters list|show|lineage|history|fetch`, `promote`, `rollback`: the registry from the shell."""
+
+import json
+
+from registry import AdapterRegistry, VersionRecord
+from registry.names import check_task_name
+
+from .tables import render_table
+
+
+def split_ref(text: str) -> tuple[str, str | None]:
+    """'topics@production' -> ('topics', 'production'); 'topics:3' -> ('topics', '3'); 'topics' -> ('topics', None)."""
+    for mark in "@:":
+        if mark in text:
+            task, ref = text.split(mark, 1)
+            return check_task_name(task), ref
+    return check_task_name(text), None
+
+
+def versions_table(records: list[VersionRecord]) -> str:
+    rows = [("task", "version", "aliases", "base", "base fp", "dataset fp", "r", "metrics", "promoted", "created")]
+    for r in records:
+        metrics = " ".join(f"{k}={v:.3f}" for k, v in sorted(r.metrics.items())[:3])
+        rows.append((r.task, str(r.version), ",".join(r.aliases) or "-", r.base_name, r.base_fingerprint[:12],
+                     r.dataset_fingerprint[:12], str(r.lora["r"]), metrics or "-", ",".join(sorted(r.promoted)) or "-",
+                     r.created))
+    return render_table(rows) if records else "no adapter versions registered"
+
+
+def history_table(events) -> str:
+    rows = [("time", "actor", "action", "alias", "from -> to", "mode", "reason")]
+    for e in events:
+        moved = f"{e.from_version or '-'} -> {e.to_version or '-'}"
+        rows.append((e.time, e.actor, e.action, e.alias, moved, e.mode or "-", e.reason or "-"))
+    return render_table(rows) if events else "no alias moves recorded"
+
+
+def lineage_text(lineage: dict) -> str:
+    lines = [f"task {lineage['task']}"]
+    for base in lineage["bases"]:
+        lines.append(f"  base {base['name']} (fingerprint {base.get('fingerprint', '?')[:12]}, "
+                     f"{base.get('model', '?')} v{base.get('version', '?')}, source {base.get('source', '?')})")
+        for v in lineage["versions"]:
+            if v["base_fingerprint"] != base.get("fingerprint"):
+                continue
+            aliases = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
+            metrics = " ".join(f"{k}={val:.3f}" for k, val in sorted(v["metrics"].items()))
+            lines.append(f"    v{v['version']}{aliases} r={v['lora']['r']} data {v['dataset_fingerprint'][:12]} "
+                         f"code {v['code_version']} {metrics}")
+            for mode, uri in sorted(v["promoted"].items()):
+                lines.append(f"      promoted {mode}: {uri}")
+    lines.append(f"  {len(lineage['history'])} alias moves (loraops adapters history {lineage['task']})")
+    return "\n".join(lines)
+
+
+def adapters(args, print_=print) -> None:
+    registry = AdapterRegistry()
+    if args.action == "list":
+        records = registry.list_versions(task=args.task, base=args.base)
+        print_(json.dumps([r.model_dump() for r in records], indent=2) if args.json else versions_table(records))
+    elif args.action == "show":
+        print_(json.dumps(registry.resolve(*split_ref(args.ref)).model_dump(), indent=2))
+    elif args.action == "lineage":
+        lineage = registry.lineage(check_task_name(args.ref))
+        print_(json.dumps(lineage, indent=2) if args.json else lineage_text(lineage))
+    elif args.action == "history":
+        events = registry.history(check_task_name(args.ref))
+        print_(json.dumps([e.model_dump() for e in events], indent=2) if args.json else history_table(events))
+    elif args.action == "fetch":
+        print_(registry.fetch(*split_ref(args.ref), mode=args.mode))
+
+
+def promote(args, print_=print) -> None:
+    result = AdapterRegistry().promote(args.task, args.version, args.mode, args.target, args.reason or "")
+    print_(f"promoted {result.task} v{result.version} ({result.mode}) to {result.uri}: "
+           f"{len(result.uploaded)} files uploaded ({result.bytes_uploaded:,} bytes), {len(result.skipped)} already there, "
+           f"all verified by sha256")
+    if result.previous != result.version:
+        print_(f"production: {result.previous or '-'} -> {result.version}")
+
+
+def rollback(args, print_=print) -> None:
+    events = AdapterRegistry().rollback(args.task, args.reason or "")
+    print_(f"production: {events[0].from_version} -> {events[0].to_version}; "
+           f"previous-production is now {events[1].to_version or 'unset'}")

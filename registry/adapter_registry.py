@@ -1,0 +1,336 @@
+"""AdapterRegistry: adapter versions per task on MLflow's model registry, with lineage to the base model.
+
+One registered model per task (name = task slug); base models registered as `base.<slug>`,
+one version per weight fingerprint. Aliases production / previous-production / candidate;
+every alias move is appended to the task's history (registered-model tags, one per event).
+"""
+
+import json
+import math
+import re
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from .code_version import code_version
+from .errors import BaseMismatchError, IntegrityError, RegistryError
+from .fingerprint import CONFIG_FILE, fingerprint_weights
+from .manifest import MANIFEST_FILE, Manifest, scan_folder
+from .names import base_model_name, check_task_name, parse_ref
+from .records import MODES, BaseRecord, HistoryEvent, Promotion, VersionRecord
+from .settings import RegistrySettings
+from .stores import open_store
+from .transfer import materialize, upload_verified
+
+TAG = "loraops."
+HISTORY_TAG = TAG + "history."
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class AdapterRegistry:
+    def __init__(self, settings: RegistrySettings | None = None):
+        self.settings = settings or RegistrySettings.from_env()
+        if self.settings.embedded:
+            self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.settings.tracking_uri, registry_uri=self.settings.tracking_uri)
+
+    # ---- base models -------------------------------------------------------------------------
+    def register_base(self, path: str | Path, name: str | None = None, source: str | None = None,
+                      revision: str | None = None) -> BaseRecord:
+        """Register a base model folder once per weight fingerprint; the same weights return the same record."""
+        path = Path(path)
+        fingerprint = fingerprint_weights(path)
+        config = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).exists() else {}
+        name = name or config.get("_name_or_path") or path.name
+        model = base_model_name(name)
+        if found := self.find_base(fingerprint):
+            return found
+        self._ensure_model(model, {TAG + "kind": "base", TAG + "base.name": name})
+        tags = {TAG + "kind": "base", TAG + "base.name": name, TAG + "base.fingerprint": fingerprint,
+                TAG + "base.source": source or str(path.resolve())}
+        if revision:
+            tags[TAG + "base.revision"] = revision
+        run = self.client.create_run(self._experiment("loraops-bases"), run_name=f"base {name}", tags=tags)
+        if (path / CONFIG_FILE).exists():
+            self.client.log_artifact(run.info.run_id, str(path / CONFIG_FILE), "base")
+        self.client.set_terminated(run.info.run_id)
+        version = self.client.create_model_version(model, f"{run.info.artifact_uri}/base", run_id=run.info.run_id,
+                                                   tags=tags, await_creation_for=0)
+        return self._base_record(version)
+
+    def find_base(self, fingerprint: str) -> BaseRecord | None:
+        found = self.client.search_model_versions(
+            f"tags.`{TAG}kind` = 'base' and tags.`{TAG}base.fingerprint` = '{_quote(fingerprint)}'")
+        return self._base_record(found[0]) if found else None
+
+    def check_base(self, record: VersionRecord, base_path: str | Path) -> str:
+        """Refuse to use `record` on a base whose weights differ from its training base; returns the fingerprint."""
+        actual = fingerprint_weights(base_path)
+        if actual != record.base_fingerprint:
+            raise BaseMismatchError(
+                f"{record.task} v{record.version} was trained on {record.base_name} (fingerprint "
+                f"{record.base_fingerprint[:12]}), but {base_path} has fingerprint {actual[:12]}; "
+                f"load it on its own base or retrain the task on this one")
+        return actual
+
+    # ---- adapter versions --------------------------------------------------------------------
+    def register(self, task: str, adapter_dir: str | Path, base: BaseRecord, dataset_fingerprint: str,
+                 metrics: dict[str, float], merged_dir: str | Path | None = None, run_id: str | None = None,
+                 description: str = "") -> VersionRecord:
+        """A new version of `task`: artifacts + manifests logged to the run, lineage in tags, alias `candidate`."""
+        check_task_name(task)
+        lora = _read_adapter_config(Path(adapter_dir))
+        if merged_dir is not None:
+            _check_merged(Path(merged_dir))
+        if not HEX64.fullmatch(dataset_fingerprint):
+            raise RegistryError(f"dataset fingerprint {dataset_fingerprint!r} is not a sha256 hex digest; pass the digest of the data")
+        bad = [k for k, v in metrics.items() if not isinstance(v, (int, float)) or not math.isfinite(v)]
+        if bad:
+            raise RegistryError(f"metric {bad[0]!r} = {metrics[bad[0]]!r} is not a finite number; fix the evaluation")
+        folders = {"adapter": Path(adapter_dir)} | ({"merged": Path(merged_dir)} if merged_dir else {})
+        manifests = {mode: Manifest(task=task, mode=mode, base_fingerprint=base.fingerprint, files=scan_folder(folder))
+                     for mode, folder in folders.items()}
+        own_run = run_id is None
+        if own_run:
+            run_id = self.client.create_run(self._experiment(f"loraops-{task}"), run_name=f"register {task}").info.run_id
+            for key, value in metrics.items():
+                self.client.log_metric(run_id, key, value)
+        for mode, folder in folders.items():
+            self._log_folder(run_id, folder, manifests[mode], mode)
+        if own_run:
+            self.client.set_terminated(run_id)
+        tags = {TAG + "base.name": base.name, TAG + "base.fingerprint": base.fingerprint,
+                TAG + "base.version": str(base.version), TAG + "dataset.fingerprint": dataset_fingerprint,
+                TAG + "lora.r": str(lora["r"]), TAG + "lora.alpha": str(lora["lora_alpha"]),
+                TAG + "lora.targets": json.dumps(lora["target_modules"]), TAG + "code.version": code_version(),
+                TAG + "metrics": json.dumps(metrics, sort_keys=True), TAG + "manifest.sha256": manifests["adapter"].digest}
+        if "merged" in manifests:
+            tags[TAG + "merged.manifest.sha256"] = manifests["merged"].digest
+        self._ensure_model(task, {TAG + "kind": "task"})
+        artifact_uri = self.client.get_run(run_id).info.artifact_uri
+        version = int(self.client.create_model_version(task, f"{artifact_uri}/adapter", run_id=run_id, tags=tags,
+                                                       description=description, await_creation_for=0).version)
+        self._move_alias(task, "candidate", version, "register", "registered")
+        return self.resolve(task, version)
+
+    def resolve(self, task: str, ref: str | int | None = None) -> VersionRecord:
+        """The version an alias points at (default production) or a version number, with its lineage."""
+        check_task_name(task)
+        ref = parse_ref(ref)
+        try:
+            if isinstance(ref, int):
+                version = self.client.get_model_version(task, str(ref))
+            else:
+                version = self.client.get_model_version_by_alias(task, ref)
+        except MlflowException as e:
+            # A missing alias is INVALID_PARAMETER_VALUE in MLflow's SQL store, a missing version RESOURCE_DOES_NOT_EXIST.
+            if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            what = f"version {ref}" if isinstance(ref, int) else f"version with alias {ref!r}"
+            raise RegistryError(f"task {task!r} has no {what}; see `loraops adapters list --task {task}`") from None
+        return self._version_record(version, self._aliases(task))
+
+    def list_versions(self, task: str | None = None, base: str | None = None) -> list[VersionRecord]:
+        """Versions of one task or of all tasks; `base` filters by base name or fingerprint (prefix)."""
+        tasks = [check_task_name(task)] if task else sorted(
+            m.name for m in self.client.search_registered_models(f"tags.`{TAG}kind` = 'task'"))
+        records = []
+        for name in tasks:
+            aliases = self._aliases(name)
+            versions = self.client.search_model_versions(f"name = '{name}'")
+            records += sorted((self._version_record(v, aliases) for v in versions), key=lambda r: r.version)
+        if base:
+            records = [r for r in records if base in (r.base_name, base_model_name(r.base_name))
+                       or (len(base) >= 8 and r.base_fingerprint.startswith(base))]
+        return records
+
+    def history(self, task: str) -> list[HistoryEvent]:
+        """Every alias move of `task`, oldest first."""
+        check_task_name(task)
+        try:
+            tags = self.client.get_registered_model(task).tags
+        except MlflowException:
+            raise RegistryError(f"no task {task!r} in the registry; see `loraops adapters list`") from None
+        return [HistoryEvent.model_validate_json(tags[key]) for key in sorted(tags) if key.startswith(HISTORY_TAG)]
+
+    def lineage(self, task: str) -> dict:
+        """base model(s) -> versions -> promotions for one task."""
+        versions = self.list_versions(task)
+        bases = {}
+        for record in versions:
+            if record.base_fingerprint not in bases:
+                found = self.find_base(record.base_fingerprint)
+                bases[record.base_fingerprint] = found.model_dump() if found else {"name": record.base_name}
+        return {"task": task, "bases": list(bases.values()), "versions": [v.model_dump() for v in versions],
+                "history": [e.model_dump() for e in self.history(task)]}
+
+    # ---- promotion ---------------------------------------------------------------------------
+    def promote(self, task: str, version: int | str, mode: str = "adapter", target: str | None = None,
+                reason: str = "", progress: bool = True) -> Promotion:
+        """Upload + verify under <target>/<task>/v<version>/<mode>/, manifest last; only then move `production`."""
+        check_task_name(task)
+        if mode not in MODES:
+            raise RegistryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        record = self.resolve(task, version)
+        if mode not in record.manifests:
+            raise RegistryError(f"{task} v{record.version} has no merged model; register it with a merged folder "
+                                f"or promote --mode adapter")
+        store = open_store(target or self.settings.promotion_target)
+        store.check()
+        source = self._fetch_from_mlflow(record, mode)
+        manifest = Manifest.from_json((source / MANIFEST_FILE).read_bytes(), str(source))
+        manifest = manifest.model_copy(update={"version": record.version})
+        prefix = f"{task}/v{record.version}/{mode}"
+        uploaded, skipped, sent = upload_verified(store, prefix, source, manifest, progress)
+        self.client.set_model_version_tag(task, str(record.version), f"{TAG}promoted.{mode}", store.uri(prefix))
+        current = self._aliases(task).get("production")
+        events = []
+        if current != record.version:
+            if current is not None:
+                events.append(self._move_alias(task, "previous-production", current, "promote", reason, mode))
+            events.append(self._move_alias(task, "production", record.version, "promote", reason, mode))
+        return Promotion(task=task, version=record.version, mode=mode, uri=store.uri(prefix), uploaded=uploaded,
+                         skipped=skipped, bytes_uploaded=sent, previous=current, events=events)
+
+    def rollback(self, task: str, reason: str = "") -> list[HistoryEvent]:
+        """production <- previous-production; previous-production <- the version before that, if any."""
+        check_task_name(task)
+        aliases = self._aliases(task)
+        back_to = aliases.get("previous-production")
+        if back_to is None:
+            raise RegistryError(f"task {task!r} has no previous production version; nothing to roll back to")
+        # The version that was production before `back_to` was promoted to it (rollbacks do not count,
+        # or two rollbacks in a row would swap back and forth).
+        before = next((e.from_version for e in reversed(self.history(task))
+                       if e.action == "promote" and e.alias == "production" and e.to_version == back_to), None)
+        events = [self._move_alias(task, "production", back_to, "rollback", reason)]
+        events.append(self._move_alias(task, "previous-production", before, "rollback", reason))
+        return events
+
+    def fetch(self, task: str, ref: str | int | None = None, mode: str = "adapter") -> Path:
+        """A verified local copy in the content-addressed cache: from the promoted copy if any, else MLflow."""
+        record = self.resolve(task, ref)
+        if mode not in record.manifests:
+            raise RegistryError(f"{task} v{record.version} has no {mode} artifacts; use --mode adapter")
+        if mode not in record.promoted:
+            return self._fetch_from_mlflow(record, mode)
+        store = open_store(record.promoted[mode])
+
+        def download(tmp: Path) -> None:
+            manifest = store.get_bytes(MANIFEST_FILE)
+            if manifest is None:
+                raise RegistryError(f"{store.uri(MANIFEST_FILE)} is missing; promote {task} v{record.version} again")
+            parsed = Manifest.from_json(manifest, store.uri(MANIFEST_FILE))
+            if parsed.digest != record.manifests[mode]:  # checked before any file name from it is used
+                raise IntegrityError(f"{store.uri(MANIFEST_FILE)}: digest {parsed.digest[:12]}... is not the "
+                                     f"registered {record.manifests[mode][:12]}...; promote {task} v{record.version} again")
+            (tmp / MANIFEST_FILE).write_bytes(manifest)
+            for name in parsed.files:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                store.download(name, tmp / name)
+        return materialize(record.manifests[mode], self.settings.cache, download, store.uri())
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _fetch_from_mlflow(self, record: VersionRecord, mode: str) -> Path:
+        def download(tmp: Path) -> None:
+            self.client.download_artifacts(record.run_id, mode, str(tmp))
+            for path in (tmp / mode).iterdir():
+                path.rename(tmp / path.name)
+        return materialize(record.manifests[mode], self.settings.cache, download, record.artifacts[mode])
+
+    def _log_folder(self, run_id: str, folder: Path, manifest: Manifest, mode: str) -> None:
+        self.client.log_artifacts(run_id, str(folder), mode)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / MANIFEST_FILE).write_bytes(manifest.to_json())
+            self.client.log_artifact(run_id, str(Path(tmp) / MANIFEST_FILE), mode)
+
+    def _move_alias(self, task: str, alias: str, version: int | None, action: str, reason: str,
+                    mode: str | None = None) -> HistoryEvent:
+        previous = self._aliases(task).get(alias)
+        if version is None:
+            if previous is not None:
+                self.client.delete_registered_model_alias(task, alias)
+        else:
+            self.client.set_registered_model_alias(task, alias, str(version))
+        event = HistoryEvent(time=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                             actor=self.settings.actor, action=action, alias=alias, from_version=previous,
+                             to_version=version, reason=reason[:500], mode=mode)
+        self.client.set_registered_model_tag(task, f"{HISTORY_TAG}{time.time_ns():020d}", event.model_dump_json())
+        return event
+
+    def _aliases(self, task: str) -> dict[str, int]:
+        try:
+            return {alias: int(v) for alias, v in self.client.get_registered_model(task).aliases.items()}
+        except MlflowException:
+            raise RegistryError(f"no task {task!r} in the registry; see `loraops adapters list`") from None
+
+    def _ensure_model(self, name: str, tags: dict[str, str]) -> None:
+        try:
+            self.client.create_registered_model(name, tags=tags)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found:
+            return found.experiment_id
+        location = (self.settings.home / "mlartifacts" / name).as_uri() if self.settings.embedded else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created concurrently
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def _base_record(self, version) -> BaseRecord:
+        tags = version.tags
+        return BaseRecord(name=tags[TAG + "base.name"], model=version.name, version=int(version.version),
+                          fingerprint=tags[TAG + "base.fingerprint"], source=tags.get(TAG + "base.source", ""),
+                          revision=tags.get(TAG + "base.revision"))
+
+    def _version_record(self, version, aliases: dict[str, int]) -> VersionRecord:
+        tags, number = version.tags, int(version.version)
+        manifests = {"adapter": tags[TAG + "manifest.sha256"]}
+        if TAG + "merged.manifest.sha256" in tags:
+            manifests["merged"] = tags[TAG + "merged.manifest.sha256"]
+        artifact_root = version.source.rsplit("/", 1)[0]
+        return VersionRecord(
+            task=version.name, version=number, aliases=sorted(a for a, v in aliases.items() if v == number),
+            base_name=tags[TAG + "base.name"], base_fingerprint=tags[TAG + "base.fingerprint"],
+            base_version=int(tags[TAG + "base.version"]) if TAG + "base.version" in tags else None,
+            dataset_fingerprint=tags[TAG + "dataset.fingerprint"],
+            lora={"r": int(tags[TAG + "lora.r"]), "alpha": float(tags[TAG + "lora.alpha"]),
+                  "targets": json.loads(tags[TAG + "lora.targets"])},
+            metrics=json.loads(tags.get(TAG + "metrics", "{}")), code_version=tags.get(TAG + "code.version", ""),
+            run_id=version.run_id,
+            created=datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
+            artifacts={mode: f"{artifact_root}/{mode}" for mode in manifests},
+            manifests=manifests,
+            promoted={mode: tags[f"{TAG}promoted.{mode}"] for mode in MODES if f"{TAG}promoted.{mode}" in tags})
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "")
+
+
+def _read_adapter_config(folder: Path) -> dict:
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise RegistryError(f"{folder}: missing {', '.join(missing)}; pass a folder written by save_adapter (PEFT format)")
+    try:
+        config = json.loads((folder / ADAPTER_FILES[0]).read_text())
+        if config.get("peft_type") != "LORA":
+            raise ValueError(f"peft_type is {config.get('peft_type')!r}")
+        return {"r": int(config["r"]), "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise RegistryError(f"{folder / ADAPTER_FILES[0]}: not a LoRA adapter config ({e}); re-save it with save_adapter") from None
+
+
+def _check_merged(folder: Path) -> None:
+    if not (folder / CONFIG_FILE).is_file() or not any(folder.glob("*.safetensors")):
+        raise RegistryError(f"{folder}: a merged model needs config.json and *.safetensors; save it with "
+                            f"save_pretrained(..., safe_serialization=True)")

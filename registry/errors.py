@@ -1,0 +1,17 @@
+"""Exception types raised by registry. Each message names the cause and the fix."""
+
+
+class RegistryError(ValueError):
+    """Bad input or a request the registry cannot satisfy (unknown task, version or alias; bad name)."""
+
+
+class StoreError(RegistryError):
+    """The artifact store cannot be reached or used: missing bucket, rejected credentials, bad target."""
+
+
+class IntegrityError(RegistryError):
+    """Bytes do not match their manifest: a flipped byte, a truncated or missing file."""
+
+
+class BaseMismatchError(RegistryError):
+    """An adapter is being used on a base model other than the one it was trained on."""

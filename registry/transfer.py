@@ -1,0 +1,77 @@
+"""Moving verified folders: upload to a store (manifest last) and fetch into the content-addressed cache."""
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import IntegrityError
+from .manifest import MANIFEST_FILE, Manifest, verify_folder
+from .stores import LocalStore, S3Store
+
+
+def upload_verified(store: LocalStore | S3Store, prefix: str, folder: Path, manifest: Manifest,
+                    progress: bool = True) -> tuple[list[str], list[str], int]:
+    """Upload `folder` under `prefix`, verify every object by reading it back, write manifest.json last.
+
+    Objects already present with the manifest's sha256 and size are not uploaded again, so a
+    repeated promotion moves no bytes. Returns (uploaded, skipped, bytes uploaded).
+    """
+    store.check()
+    present = {name: store.checksum(f"{prefix}/{name}") for name in manifest.files}
+    todo = [name for name, entry in manifest.files.items() if present[name] != entry]
+    total = sum(manifest.files[name].bytes for name in todo)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if todo else True) as bar:
+        for name in todo:
+            store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update)
+    for name in todo:
+        stored = store.checksum(f"{prefix}/{name}")
+        if stored != manifest.files[name]:
+            raise IntegrityError(f"{store.uri(f'{prefix}/{name}')}: read back as {stored}, expected "
+                                 f"{manifest.files[name]}; the store altered the upload, promotion stopped")
+    data = manifest.to_json()
+    store.put_bytes(f"{prefix}/{MANIFEST_FILE}", data)
+    if store.get_bytes(f"{prefix}/{MANIFEST_FILE}") != data:
+        raise IntegrityError(f"{store.uri(f'{prefix}/{MANIFEST_FILE}')}: read back differently; promotion stopped")
+    return todo, [name for name in manifest.files if name not in todo], total
+
+
+def materialize(digest: str, cache: Path, download: Callable[[Path], None], where: str) -> Path:
+    """The folder whose manifest has content digest `digest`, in the cache at cache/<digest>, verified.
+
+    download(tmp) fills a temporary folder (files + manifest.json); it is checked against the
+    digest the registry recorded before it is moved into place, so the cache never holds bad bytes.
+    """
+    dest = cache / digest
+    if dest.is_dir():
+        try:
+            verify_folder(dest, _manifest(dest, digest, where).files)
+            return dest
+        except IntegrityError:
+            shutil.rmtree(dest)  # tampered or half-written: fetch it again
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".fetch-"))
+    try:
+        download(tmp)
+        verify_folder(tmp, _manifest(tmp, digest, where).files)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not dest.is_dir():
+                raise  # else a concurrent fetch won the race with the same verified bytes
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _manifest(folder: Path, digest: str, where: str) -> Manifest:
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise IntegrityError(f"{where}: no {MANIFEST_FILE}; the folder is incomplete, promote the version again")
+    manifest = Manifest.from_json(path.read_bytes(), where)
+    if manifest.digest != digest:
+        raise IntegrityError(f"{where}: manifest digest {manifest.digest[:12]}... differs from the registry's "
+                             f"{digest[:12]}...; the copy is not the registered version")
+    return manifest

@@ -1,0 +1,132 @@
+"""Real servers for integration tests, started once per session.
+
+- S3: moto's standalone server over HTTP with IAM authentication on (wrong keys are rejected).
+- MLflow: `mlflow server` over HTTP with its artifacts proxied to that S3, on PostgreSQL when
+  the machine has it (.ci/run installs it from Debian), else on SQLite.
+"""
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    process.terminate()
+    raise RuntimeError(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def start(command: list[str], url: str, log: Path, env: dict | None = None) -> subprocess.Popen:
+    process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    wait_for(url, process, log)
+    return process
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """{endpoint, key, secret}: a moto S3 server whose only valid keys are an IAM user's, made here."""
+    import boto3
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    # The first three requests (create user, policy, key) are let through unauthenticated; all others are checked.
+    process = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/",
+                    tmp_path_factory.mktemp("moto") / "moto.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap",
+                       aws_secret_access_key="bootstrap")
+    iam.create_user(UserName="loraops-ci")
+    iam.put_user_policy(UserName="loraops-ci", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="loraops-ci")["AccessKey"]
+    server = {"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=server["key"],
+                      aws_secret_access_key=server["secret"])
+    for bucket in ("mlflow-artifacts", "promoted"):
+        s3.create_bucket(Bucket=bucket)
+    yield server
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The standard AWS variables pointing at the test S3 server, as a user would set them."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["endpoint"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_server
+
+
+def postgres_bin() -> Path | None:
+    found = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1:]), None)
+    return Path(os.path.realpath(found)).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_uri():
+    """A throwaway PostgreSQL cluster on a free port, or None where PostgreSQL is not installed."""
+    bindir = postgres_bin()
+    if bindir is None:
+        yield None
+        return
+    # initdb refuses to run as root: run the server as the `postgres` user in a folder it can reach.
+    root = Path(tempfile.mkdtemp(prefix="loraops-pg-"))
+    root.chmod(0o755)
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(root / "data"), "-U", "loraops", "-A", "trust", "--no-sync")
+    run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "start", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
+    run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "loraops", "mlflow")
+    yield f"postgresql://loraops@127.0.0.1:{port}/mlflow"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"],
+                   capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, postgres_uri, tmp_path_factory):
+    """{url, backend}: `mlflow server` on PostgreSQL (or SQLite), artifacts proxied to s3://mlflow-artifacts."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    backend = postgres_uri or f"sqlite:///{folder / 'mlflow.db'}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"MLFLOW_S3_ENDPOINT_URL": s3_server["endpoint"], "AWS_ACCESS_KEY_ID": s3_server["key"],
+           "AWS_SECRET_ACCESS_KEY": s3_server["secret"], "AWS_DEFAULT_REGION": "us-east-1"}
+    process = start([str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination",
+                     "s3://mlflow-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                    f"{url}/health", folder / "server.log", env)
+    yield {"url": url, "backend": backend.split(":")[0]}
+    process.terminate()
+    process.wait(20)
