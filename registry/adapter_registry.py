@@ -133,7 +133,7 @@ class AdapterRegistry:
                 raise
             what = f"version {ref}" if isinstance(ref, int) else f"version with alias {ref!r}"
             raise RegistryError(f"task {task!r} has no {what}; see `loraops adapters list --task {task}`") from None
-        return self._version_record(version, self._aliases(task))
+        return self._version_record(version, self.aliases(task))
 
     def list_versions(self, task: str | None = None, base: str | None = None) -> list[VersionRecord]:
         """Versions of one task or of all tasks; `base` filters by base name or fingerprint (prefix)."""
@@ -141,7 +141,7 @@ class AdapterRegistry:
             m.name for m in self.client.search_registered_models(f"tags.`{TAG}kind` = 'task'"))
         records = []
         for name in tasks:
-            aliases = self._aliases(name)
+            aliases = self.aliases(name)
             versions = self.client.search_model_versions(f"name = '{name}'")
             records += sorted((self._version_record(v, aliases) for v in versions), key=lambda r: r.version)
         if base:
@@ -188,7 +188,7 @@ class AdapterRegistry:
         prefix = f"{task}/v{record.version}/{mode}"
         uploaded, skipped, sent = upload_verified(store, prefix, source, manifest, progress)
         self.client.set_model_version_tag(task, str(record.version), f"{TAG}promoted.{mode}", store.uri(prefix))
-        current = self._aliases(task).get("production")
+        current = self.aliases(task).get("production")
         events = []
         if current != record.version:
             if current is not None:
@@ -200,7 +200,7 @@ class AdapterRegistry:
     def rollback(self, task: str, reason: str = "") -> list[HistoryEvent]:
         """production <- previous-production; previous-production <- the version before that, if any."""
         check_task_name(task)
-        aliases = self._aliases(task)
+        aliases = self.aliases(task)
         back_to = aliases.get("previous-production")
         if back_to is None:
             raise RegistryError(f"task {task!r} has no previous production version; nothing to roll back to")
@@ -251,7 +251,7 @@ class AdapterRegistry:
 
     def _move_alias(self, task: str, alias: str, version: int | None, action: str, reason: str,
                     mode: str | None = None) -> HistoryEvent:
-        previous = self._aliases(task).get(alias)
+        previous = self.aliases(task).get(alias)
         if version is None:
             if previous is not None:
                 self.client.delete_registered_model_alias(task, alias)
@@ -263,7 +263,7 @@ class AdapterRegistry:
         self.client.set_registered_model_tag(task, f"{HISTORY_TAG}{time.time_ns():020d}", event.model_dump_json())
         return event
 
-    def _aliases(self, task: str) -> dict[str, int]:
+    def aliases(self, task: str) -> dict[str, int]:
         try:
             return {alias: int(v) for alias, v in self.client.get_registered_model(task).aliases.items()}
         except MlflowException:

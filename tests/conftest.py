@@ -106,4 +106,4 @@ def write_artifacts(root, seed: int = 0) -> dict:
             "logits": logits}
 
 
-from servers import mlflow_server, s3_server, s3_env  # noqa: E402,F401  (session fixtures)
+from servers import mlflow_server, postgres_uri, s3_auth_server, s3_env, s3_server  # noqa: E402,F401  (fixtures)

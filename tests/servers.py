@@ -1,6 +1,6 @@
 """Real servers for integration tests, started once per session.
 
-- S3: moto's standalone server over HTTP with IAM authentication on (wrong keys are rejected).
+- S3: moto's standalone server over HTTP (and a second one with IAM authentication on, where wrong keys are rejected).
 - MLflow: `mlflow server` over HTTP with its artifacts proxied to that S3, on PostgreSQL when
   the machine has it (.ci/run installs it from Debian), else on SQLite.
 """
@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,39 +39,70 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 90
             return
         except OSError:
             time.sleep(0.3)
-    process.terminate()
+    stop(process)
     raise RuntimeError(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def start(command: list[str], url: str, log: Path, env: dict | None = None) -> subprocess.Popen:
-    process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                               start_new_session=True)
     wait_for(url, process, log)
     return process
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """{endpoint, key, secret}: a moto S3 server whose only valid keys are an IAM user's, made here."""
-    import boto3
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server and everything it forked (mlflow server starts uvicorn and job runners)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def start_moto(folder: Path, auth: bool) -> tuple[subprocess.Popen, str]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    # The first three requests (create user, policy, key) are let through unauthenticated; all others are checked.
+    # With auth on, the first three requests (create user, policy, key) pass unauthenticated; all others are checked.
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": "3"} if auth else {}
     process = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/",
-                    tmp_path_factory.mktemp("moto") / "moto.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
+                    folder / "moto.log", env)
+    return process, endpoint
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """{endpoint, key, secret}: moto's S3 server over HTTP with the buckets MLflow and promotion use.
+
+    moto answers presigned URLs (which MLflow's server hands its clients) only with IAM auth off,
+    so this one accepts any key; `s3_auth_server` is the one that rejects wrong keys.
+    """
+    import boto3
+    process, endpoint = start_moto(tmp_path_factory.mktemp("moto"), auth=False)
+    server = {"endpoint": endpoint, "key": "AKIALORAOPSTESTKEY01", "secret": "loraops-test-secret-never-logged"}
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=server["key"],
+                      aws_secret_access_key=server["secret"])
+    for bucket in ("mlflow-artifacts", "promoted"):
+        s3.create_bucket(Bucket=bucket)
+    yield server
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def s3_auth_server(tmp_path_factory):
+    """{endpoint, key, secret, bucket}: moto with IAM auth on; only the IAM user's key made here is accepted."""
+    import boto3
+    process, endpoint = start_moto(tmp_path_factory.mktemp("moto-auth"), auth=True)
     iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap",
                        aws_secret_access_key="bootstrap")
     iam.create_user(UserName="loraops-ci")
     iam.put_user_policy(UserName="loraops-ci", PolicyName="all", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
     key = iam.create_access_key(UserName="loraops-ci")["AccessKey"]
-    server = {"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=server["key"],
-                      aws_secret_access_key=server["secret"])
-    for bucket in ("mlflow-artifacts", "promoted"):
-        s3.create_bucket(Bucket=bucket)
+    server = {"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "bucket": "guarded"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=server["key"],
+                 aws_secret_access_key=server["secret"]).create_bucket(Bucket=server["bucket"])
     yield server
-    process.terminate()
-    process.wait(10)
+    stop(process)
 
 
 @pytest.fixture
@@ -109,7 +141,7 @@ def postgres_uri():
     run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "start", "-o",
         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
     run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "loraops", "mlflow")
-    yield f"postgresql://loraops@127.0.0.1:{port}/mlflow"
+    yield f"postgresql+psycopg2://loraops@127.0.0.1:{port}/mlflow"
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"],
                    capture_output=True)
     shutil.rmtree(root, ignore_errors=True)
@@ -127,6 +159,5 @@ def mlflow_server(s3_server, postgres_uri, tmp_path_factory):
     process = start([str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination",
                      "s3://mlflow-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                     f"{url}/health", folder / "server.log", env)
-    yield {"url": url, "backend": backend.split(":")[0]}
-    process.terminate()
-    process.wait(20)
+    yield {"url": url, "backend": backend.split(":")[0].split("+")[0]}
+    stop(process)

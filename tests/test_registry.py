@@ -204,7 +204,7 @@ def test_promote_errors_move_no_alias(registered, tmp_path):
         registry.promote("topics", 1, "adapter", target="gs://bucket")
     with pytest.raises(RegistryError, match="has no version 7"):
         registry.promote("topics", 7)
-    assert registry._aliases("topics") == {"candidate": 1}
+    assert registry.aliases("topics") == {"candidate": 1}
     assert [e.action for e in registry.history("topics")] == ["register"]
 
 

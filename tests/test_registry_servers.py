@@ -1,0 +1,149 @@
+"""The registry the way a team runs it: a real `mlflow server` (PostgreSQL when present) over HTTP,
+artifacts and promotions on an S3-compatible server over HTTP, and the `loraops` CLI as a process."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from conftest import build, inputs, output, write_artifacts
+from lora_core import load_adapter
+from registry import AdapterRegistry, IntegrityError, RegistrySettings, StoreError
+from servers import postgres_bin
+
+DATASET = "e" * 64
+LORAOPS = str(Path(sys.executable).parent / "loraops")
+
+
+@pytest.fixture
+def team(mlflow_server, s3_env, tmp_path, request):
+    """A registry on the servers with its own task name, and the folders to register."""
+    task = f"topics-{request.node.name.replace('_', '-').lower()[5:40].strip('-')}"
+    settings = RegistrySettings.from_env(home=tmp_path / "home", tracking_uri=mlflow_server["url"],
+                                         promotion_target=f"s3://promoted/team/{task}-root", actor="ci")
+    registry = AdapterRegistry(settings)
+    folders = write_artifacts(tmp_path)
+    base = registry.register_base(folders["base"], name="tiny/bert")
+    v1 = registry.register(task, folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"])
+    s3 = boto3.client("s3")
+    return registry, task, folders, v1, s3
+
+
+def objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"][len(prefix):]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def test_round_trip_through_mlflow_server_and_s3_both_modes(team, mlflow_server):
+    registry, task, folders, v1, s3 = team
+    assert mlflow_server["backend"] == ("postgresql" if postgres_bin() else "sqlite")
+    assert v1.artifacts["adapter"].startswith("mlflow-artifacts:")  # proxied by the server to S3
+    stored = objects(s3, "mlflow-artifacts", "")
+    assert any(key.endswith("adapter/adapter_model.safetensors") for key in stored)
+
+    adapter = registry.promote(task, 1, "adapter", reason="first")
+    merged = registry.promote(task, 1, "merged")
+    assert adapter.uri == f"s3://promoted/team/{task}-root/{task}/v1/adapter"
+    for promotion in (adapter, merged):
+        prefix = promotion.uri.removeprefix("s3://promoted/") + "/"
+        on_s3 = objects(s3, "promoted", prefix)
+        manifest = json.loads(on_s3.pop("manifest.json"))
+        assert manifest["version"] == 1 and manifest["mode"] == promotion.mode
+        assert {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in on_s3.items()} \
+            == manifest["files"]
+    record = registry.resolve(task, "production")
+    assert record.version == 1 and record.promoted == {"adapter": adapter.uri, "merged": merged.uri}
+
+    model = build("bert")
+    load_adapter(model, registry.fetch(task, "production", "adapter"))
+    merged_model = AutoModelForSequenceClassification.from_pretrained(registry.fetch(task, ":1", "merged")).eval()
+    for loaded in (model, merged_model):
+        assert (output(loaded, inputs("bert")) - folders["logits"]).abs().max() < 1e-5
+
+
+def test_repeated_promotion_uploads_nothing(team):
+    registry, task, _, _, s3 = team
+    registry.promote(task, 1, "adapter")
+    before = {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket="promoted", Prefix=f"team/{task}")["Contents"]}
+    again = registry.promote(task, 1, "adapter")
+    assert again.uploaded == [] and again.bytes_uploaded == 0 and len(again.skipped) == 2
+    after = {o["Key"]: o["LastModified"] for o in s3.list_objects_v2(Bucket="promoted", Prefix=f"team/{task}")["Contents"]}
+    data_keys = [k for k in before if not k.endswith("manifest.json")]
+    assert [before[k] for k in data_keys] == [after[k] for k in data_keys]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_fetch_refuses_a_damaged_object_on_s3(team, damage):
+    registry, task, _, _, s3 = team
+    promotion = registry.promote(task, 1, "adapter")
+    key = promotion.uri.removeprefix("s3://promoted/") + "/adapter_model.safetensors"
+    data = s3.get_object(Bucket="promoted", Key=key)["Body"].read()
+    s3.put_object(Bucket="promoted", Key=key, Body=data[:-1] + bytes([data[-1] ^ 1]) if damage == "flip" else data[:-100])
+    fresh = AdapterRegistry(registry.settings.model_copy(update={"home": registry.settings.home.parent / "other"}))
+    with pytest.raises(IntegrityError, match="altered" if damage == "flip" else "truncated"):
+        fresh.fetch(task, "production")
+    assert not (fresh.settings.cache.exists() and any(p for p in fresh.settings.cache.iterdir() if not p.name.startswith(".")))
+
+
+def test_missing_bucket_and_wrong_credentials_move_no_alias(team, s3_auth_server, monkeypatch):
+    registry, task, _, _, _ = team
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket' does not exist"):
+        registry.promote(task, 1, "adapter", target="s3://no-such-bucket/x")
+    guarded = f"s3://{s3_auth_server['bucket']}/team"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_auth_server["endpoint"])
+    for key, secret in ((s3_auth_server["key"], "wrong-secret"), ("AKIAUNKNOWN", s3_auth_server["secret"])):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        with pytest.raises(StoreError, match="credentials rejected") as error:
+            registry.promote(task, 1, "adapter", target=guarded)
+        assert secret not in str(error.value)
+    assert registry.aliases(task) == {"candidate": 1}
+    assert [e.action for e in registry.history(task)] == ["register"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_auth_server["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_auth_server["secret"])
+    assert registry.promote(task, 1, "adapter", target=guarded).uri == f"{guarded}/{task}/v1/adapter"
+
+
+def test_rollback_and_history_on_the_server(team):
+    registry, task, folders, _, _ = team
+    extra = write_artifacts(folders["base"].parent, seed=1)
+    base = registry.find_base(registry.resolve(task, 1).base_fingerprint)
+    registry.register(task, extra["adapter"], base, DATASET, {"accuracy": 0.9})
+    registry.promote(task, 1, "adapter")
+    registry.promote(task, 2, "adapter", reason="better")
+    registry.rollback(task, reason="latency regression")
+    assert registry.resolve(task).version == 1
+    moves = [(e.action, e.alias, e.from_version, e.to_version, e.reason) for e in registry.history(task)]
+    assert moves[-2:] == [("rollback", "production", 2, 1, "latency regression"),
+                          ("rollback", "previous-production", 1, None, "latency regression")]
+    assert all(e.actor == "ci" for e in registry.history(task))
+
+
+def test_credentials_never_reach_mlflow(team, s3_env):
+    registry, task, _, record, _ = team
+    registry.promote(task, 1, "adapter")
+    client = registry.client
+    version = client.get_model_version(task, "1")
+    run = client.get_run(record.run_id)
+    recorded = json.dumps([version.tags, run.data.tags, run.data.params, client.get_registered_model(task).tags])
+    for secret in (s3_env["secret"], s3_env["key"]):
+        assert secret not in recorded
+
+
+def test_cli_reads_the_team_registry_and_fails_in_one_line(team, mlflow_server):
+    registry, task, _, _, _ = team
+    registry.promote(task, 1, "merged")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server["url"], "LORAOPS_HOME": str(registry.settings.home)}
+    listed = subprocess.run([LORAOPS, "adapters", "list", "--task", task], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0 and f"{task} " in listed.stdout and "production" in listed.stdout
+    bad = subprocess.run([LORAOPS, "promote", task, "--version", "1", "--target", "s3://no-such-bucket"], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1].startswith("loraops: error: bucket 'no-such-bucket' does not exist")
+    assert registry.aliases(task)["production"] == 1
