@@ -8,6 +8,8 @@ from lora_core import LoraError
 from registry.errors import IntegrityError, RegistryError, StoreError
 
 from .data import DataError
+from .models import BaseModelError
+from .spec import SpecError
 
 
 def positive_int(text: str) -> int:
@@ -38,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     _rank_or_pve(extract)
     extract.add_argument("--out", required=True)
     _registry_commands(commands)
+    run = commands.add_parser("run", help="run the train_adapter flow for one or more task files")
+    run.add_argument("tasks", nargs="+", metavar="TASK.yaml")
+    schedule = commands.add_parser("schedule", help="serve a task as a scheduled Prefect deployment")
+    schedule.add_argument("task", metavar="TASK.yaml")
+    schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
+    schedule.add_argument("--apply-only", action="store_true", help="create/update the deployment and exit")
+    predict = commands.add_parser("predict", help="predict with a task's adapter on the shared base")
+    predict.add_argument("ref", metavar="TASK[@alias|:version]")
+    predict.add_argument("texts", nargs="+", metavar="TEXT")
     return parser
 
 
@@ -72,6 +83,15 @@ def run(args: argparse.Namespace) -> None:
         from .demo import run_demo
         run_demo(steps=args.steps, out_dir=Path(args.out) if args.out else None)
         return
+    if args.command in ("run", "schedule", "predict"):
+        from . import run_commands
+        if args.command == "run":
+            run_commands.run(args.tasks)
+        elif args.command == "schedule":
+            run_commands.schedule(args.task, args.cron, args.apply_only)
+        else:
+            run_commands.predict(args.ref, args.texts)
+        return
     if args.command in ("adapters", "promote", "rollback"):
         from . import registry_commands
         if args.command == "adapters" and args.action != "list" and not args.ref:
@@ -94,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except (IntegrityError, StoreError) as e:
         print(f"loraops: error: {e}", file=sys.stderr)
         return 1
-    except (LoraError, DataError, RegistryError) as e:
+    except (LoraError, DataError, RegistryError, SpecError, BaseModelError) as e:
         print(f"loraops: error: {e}", file=sys.stderr)
         return 2
     return 0

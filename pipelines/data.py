@@ -1,47 +1,96 @@
-"""Labelled text examples: load, validate, split deterministically, batch."""
+"""Task data: read JSONL / CSV / Parquet (local or s3://), validate, split deterministically,
+fingerprint, and batch for classification or causal LM (loss on the completion only)."""
 
+import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+MAX_BAD_ROWS = 3
+
 
 class DataError(ValueError):
-    """The data file is unusable; the message names the first bad row and the fix."""
+    """The data is unusable; the message names the first bad rows and the fix."""
 
 
 @dataclass(frozen=True)
 class Example:
+    """Classification: text and its label. Causal LM: the prompt (text) and its completion (label)."""
     text: str
     label: str
 
 
-def load_jsonl(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Example]:
-    """Examples from a JSON-lines file; duplicates (same text) are dropped, first one kept."""
-    path = Path(path)
+def read_rows(path: str) -> list[dict]:
+    """Rows of a .jsonl / .csv / .parquet file, local or s3:// (standard AWS settings)."""
+    data = _read_bytes(path)
+    suffix = Path(path.split("?")[0]).suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+        return pq.read_table(io.BytesIO(data)).to_pylist()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file; check the data path") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
-    examples, seen = [], set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
+    if suffix == ".csv":
+        return list(csv.DictReader(io.StringIO(text)))
+    if suffix not in (".jsonl", ".json"):
+        raise DataError(f"{path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not a JSON object ({e.msg}); one JSON object per line") from None
+    return rows
+
+
+def _read_bytes(path: str) -> bytes:
+    if path.startswith("s3://"):
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+        bucket, _, key = path[len("s3://"):].partition("/")
         try:
-            row = json.loads(line)
-            example = Example(str(row[text_field]), str(row[label_field]))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"{path}:{number}: needs a JSON object with fields {text_field!r} and {label_field!r} ({e})") from None
+            return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as e:
+            raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); check the path and AWS settings") from None
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; check data.path in the task file") from None
+
+
+def load_examples(path: str, text_field: str = "text", label_field: str = "label") -> list[Example]:
+    """Validated examples; exact duplicates of the text are dropped (first kept)."""
+    rows = read_rows(path)
+    if not rows:
+        raise DataError(f"{path}: no examples; the file is empty")
+    bad = [i for i, row in enumerate(rows, 1) if not isinstance(row, dict)
+           or not _filled(row.get(text_field)) or not _filled(row.get(label_field))]
+    if bad:
+        shown = ", ".join(map(str, bad[:MAX_BAD_ROWS])) + (f" and {len(bad) - MAX_BAD_ROWS} more" if len(bad) > MAX_BAD_ROWS else "")
+        raise DataError(f"{path}: rows {shown} lack a non-empty {text_field!r} or {label_field!r}; "
+                        f"fix those rows or set data.text_field / data.label_field")
+    examples, seen = [], set()
+    for row in rows:
+        example = Example(str(row[text_field]), str(row[label_field]))
         if example.text not in seen:
             seen.add(example.text)
             examples.append(example)
-    if not examples:
-        raise DataError(f"{path}: no examples; the file is empty")
     return examples
+
+
+def _filled(value) -> bool:
+    return value is not None and str(value).strip() != ""
+
+
+def load_jsonl(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Example]:
+    return load_examples(str(path), text_field, label_field)
 
 
 def split(examples: list[Example], test_fraction: float = 0.2) -> tuple[list[Example], list[Example]]:
@@ -52,16 +101,40 @@ def split(examples: list[Example], test_fraction: float = 0.2) -> tuple[list[Exa
     return [e for e in examples if not is_test(e)], [e for e in examples if is_test(e)]
 
 
+def check_classes(train: list[Example], test: list[Example], where: str) -> None:
+    """At least two classes, and no test label the model never saw in training."""
+    seen = {e.label for e in train}
+    if len(seen) < 2:
+        raise DataError(f"{where}: the training split has a single class {sorted(seen)}; a classifier needs at least two")
+    unseen = [(i, e.label) for i, e in enumerate(test, 1) if e.label not in seen]
+    if unseen:
+        rows = ", ".join(f"test row {i} ({label!r})" for i, label in unseen[:MAX_BAD_ROWS])
+        raise DataError(f"{where}: {rows}: label never seen in training; add training examples or drop those rows")
+
+
+def fingerprint_examples(train: list[Example], test: list[Example]) -> str:
+    """sha256 of both splits, in order: same data and split, same fingerprint."""
+    digest = hashlib.sha256()
+    for name, examples in (("train", train), ("test", test)):
+        for e in examples:
+            digest.update(json.dumps([name, e.text, e.label]).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def label_names(examples: list[Example]) -> list[str]:
     return sorted({e.label for e in examples})
 
 
+def _order(n: int, shuffle_seed: int | None) -> list[int]:
+    if shuffle_seed is None:
+        return list(range(n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+
+
 def batches(examples: list[Example], labels: list[str], tokenizer, batch_size: int, max_length: int,
             shuffle_seed: int | None = None):
-    """Yield tokenized batches {input_ids, attention_mask, ..., labels}."""
-    order = list(range(len(examples)))
-    if shuffle_seed is not None:
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+    """Classification batches {input_ids, attention_mask, ..., labels [batch]}."""
+    order = _order(len(examples), shuffle_seed)
     index = {name: i for i, name in enumerate(labels)}
     for start in range(0, len(order), batch_size):
         chunk = [examples[i] for i in order[start:start + batch_size]]
@@ -69,3 +142,22 @@ def batches(examples: list[Example], labels: list[str], tokenizer, batch_size: i
                           return_tensors="pt")
         batch["labels"] = torch.tensor([index[e.label] for e in chunk])
         yield batch
+
+
+def lm_batches(examples: list[Example], tokenizer, batch_size: int, max_length: int, shuffle_seed: int | None = None):
+    """Causal LM batches: prompt + completion + EOS, right-padded; labels are -100 on prompt and padding,
+    so the loss counts completion tokens only."""
+    order = _order(len(examples), shuffle_seed)
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    for start in range(0, len(order), batch_size):
+        rows = []
+        for e in (examples[i] for i in order[start:start + batch_size]):
+            prompt = tokenizer(e.text, add_special_tokens=False)["input_ids"]
+            completion = tokenizer(" " + e.label, add_special_tokens=False)["input_ids"] + [eos]
+            ids = (prompt + completion)[:max_length]
+            rows.append((ids, ([-100] * len(prompt) + completion)[:max_length]))
+        width = max(len(ids) for ids, _ in rows)
+        yield {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
+               "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+               "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])}

@@ -1,22 +1,39 @@
-"""The training loop for a model whose trainable parameters are its adapter (and saved modules)."""
+"""The training loop for a model whose trainable parameters are its adapter (and saved modules).
+
+Resumable: every `checkpoint_every` optimizer steps it writes the trainable weights, AdamW's
+moments, the schedule position, the data position and the RNG states (safetensors + JSON, never
+pickle), so a killed run continues to the same adapter. Under torchrun (DDP) each rank takes
+every world-th batch and rank 0 alone writes.
+"""
 
 import contextlib
+import json
 import math
+import os
+import shutil
+import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+STATE_FILE = "state.json"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("training.device is 'cuda' but no CUDA device is visible; use device: auto or cpu")
     return torch.device(device)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; full precision on CPU, where bf16 matmuls are slow and lossy."""
-    if device.type == "cuda":
+    if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -30,40 +47,112 @@ def warmup_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], 
     return factor
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps: int, lr: float,
-          weight_decay: float = 0.0, warmup_fraction: float = 0.1, device: str = "auto",
+          weight_decay: float = 0.0, warmup_fraction: float = 0.1, device: str = "auto", bf16: bool = True,
+          grad_accumulation: int = 1, checkpoint_dir: Path | None = None, checkpoint_every: int = 50,
           on_step: Callable[[int, float, float], None] | None = None) -> list[float]:
     """AdamW over the trainable parameters for `steps` optimizer steps; returns the loss per step.
 
     make_batches(epoch) yields batches with a `labels` entry; epochs roll over until `steps`.
+    With checkpoint_dir, training resumes from the checkpoint found there.
     """
     dev = resolve_device(device)
     model.to(dev).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not named:
         raise ValueError("the model has no trainable parameters; inject an adapter first")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    rank, size = world()
+    runner = nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    optimizer = torch.optim.AdamW(named.values(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear_decay(max(1, math.ceil(warmup_fraction * steps)), steps))
-    losses: list[float] = []
-    epoch = 0
+    position = {"epoch": 0, "batch": 0, "losses": []}
+    if checkpoint_dir and (checkpoint_dir / STATE_FILE).exists():
+        position = load_checkpoint(checkpoint_dir, named, optimizer, schedule)
+    losses: list[float] = position["losses"]
+    epoch, accumulated, micro = position["epoch"], 0.0, 0
     while len(losses) < steps:
-        for batch in make_batches(epoch):
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            with autocast(dev):
-                loss = model(**batch).loss
+        for index, batch in enumerate(make_batches(epoch)):
+            if index < position["batch"] or index % size != rank:
+                continue  # already trained on before the checkpoint, or another rank's share
+            with autocast(dev, bf16):
+                loss = runner(**{k: v.to(dev) for k, v in batch.items()}).loss / grad_accumulation
             loss.backward()
+            accumulated += loss.item()
+            micro += 1
+            if micro < grad_accumulation:
+                continue
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if on_step:
+            losses.append(accumulated)
+            accumulated, micro = 0.0, 0
+            if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:
+                save_checkpoint(checkpoint_dir, named, optimizer, schedule,
+                                {"epoch": epoch, "batch": index + 1, "losses": losses})
+            if on_step and rank == 0:
                 on_step(len(losses), losses[-1], schedule.get_last_lr()[0])
             if len(losses) == steps:
                 break
         epoch += 1
+        position["batch"] = 0
     model.eval()
     return losses
+
+
+def save_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+                    schedule, position: dict) -> None:
+    """Write to a sibling folder, then swap it in: a kill mid-write leaves the previous checkpoint intact."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({n: p.detach().cpu().contiguous() for n, p in named.items()}, tmp / "weights.safetensors")
+    moments = {}
+    for name, param in named.items():
+        for key, value in optimizer.state.get(param, {}).items():
+            moments[f"{name}::{key}"] = value.detach().cpu().reshape(value.shape).contiguous()
+    save_file(moments, tmp / "optimizer.safetensors")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    save_file(rng, tmp / "rng.safetensors")
+    (tmp / STATE_FILE).write_text(json.dumps({**position, "schedule_step": schedule.last_epoch}))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer, schedule) -> dict:
+    state = json.loads((folder / STATE_FILE).read_text())
+    weights = load_file(folder / "weights.safetensors")
+    if set(weights) != set(named):
+        raise ValueError(f"checkpoint {folder} holds other parameters than this model; delete it to start over")
+    with torch.no_grad():
+        for name, param in named.items():
+            param.copy_(weights[name])
+    moments = load_file(folder / "optimizer.safetensors")
+    for name, param in named.items():
+        entries = {key.split("::", 1)[1]: value for key, value in moments.items() if key.startswith(name + "::")}
+        if entries:
+            optimizer.state[param] = {k: v.to(param.device) for k, v in entries.items()}
+    with warnings.catch_warnings():  # replaying the schedule without optimizer steps is intended here
+        warnings.simplefilter("ignore")
+        for _ in range(state["schedule_step"]):
+            schedule.step()
+    rng = load_file(folder / "rng.safetensors")
+    torch.set_rng_state(rng["cpu"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
+    return state
 
 
 @torch.no_grad()

@@ -55,7 +55,7 @@ class AdapterRegistry:
                 TAG + "base.source": source or str(path.resolve())}
         if revision:
             tags[TAG + "base.revision"] = revision
-        run = self.client.create_run(self._experiment("loraops-bases"), run_name=f"base {name}", tags=tags)
+        run = self.client.create_run(self.experiment("loraops-bases"), run_name=f"base {name}", tags=tags)
         if (path / CONFIG_FILE).exists():
             self.client.log_artifact(run.info.run_id, str(path / CONFIG_FILE), "base")
         self.client.set_terminated(run.info.run_id)
@@ -95,9 +95,11 @@ class AdapterRegistry:
         folders = {"adapter": Path(adapter_dir)} | ({"merged": Path(merged_dir)} if merged_dir else {})
         manifests = {mode: Manifest(task=task, mode=mode, base_fingerprint=base.fingerprint, files=scan_folder(folder))
                      for mode, folder in folders.items()}
+        if same := self._same_version(task, manifests, base, dataset_fingerprint):
+            return same  # re-registering identical bytes on the same base and data adds nothing
         own_run = run_id is None
         if own_run:
-            run_id = self.client.create_run(self._experiment(f"loraops-{task}"), run_name=f"register {task}").info.run_id
+            run_id = self.client.create_run(self.experiment(f"loraops-{task}"), run_name=f"register {task}").info.run_id
             for key, value in metrics.items():
                 self.client.log_metric(run_id, key, value)
         for mode, folder in folders.items():
@@ -117,6 +119,20 @@ class AdapterRegistry:
                                                        description=description, await_creation_for=0).version)
         self._move_alias(task, "candidate", version, "register", "registered")
         return self.resolve(task, version)
+
+    def _same_version(self, task: str, manifests: dict[str, Manifest], base: BaseRecord,
+                      dataset_fingerprint: str) -> VersionRecord | None:
+        try:
+            found = self.client.search_model_versions(
+                f"name = '{task}' and tags.`{TAG}manifest.sha256` = '{manifests['adapter'].digest}'")
+        except MlflowException:
+            return None
+        for version in found:
+            record = self._version_record(version, self.aliases(task))
+            if (record.base_fingerprint, record.dataset_fingerprint) == (base.fingerprint, dataset_fingerprint) \
+                    and record.manifests.get("merged") == (manifests["merged"].digest if "merged" in manifests else None):
+                return record
+        return None
 
     def resolve(self, task: str, ref: str | int | None = None) -> VersionRecord:
         """The version an alias points at (default production) or a version number, with its lineage."""
@@ -276,7 +292,8 @@ class AdapterRegistry:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
 
-    def _experiment(self, name: str) -> str:
+    def experiment(self, name: str) -> str:
+        """The id of experiment `name`, created (with artifacts under $LORAOPS_HOME when embedded) if missing."""
         found = self.client.get_experiment_by_name(name)
         if found:
             return found.experiment_id

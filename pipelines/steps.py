@@ -1,0 +1,144 @@
+"""The flow's steps as plain functions: typed inputs, JSON-able outputs, callable without Prefect.
+
+Each step writes under a content-addressed work folder, $LORAOPS_HOME/work/<task>/<key>, where
+the key is a fingerprint of everything the step's output depends on.
+"""
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from lora_core import (count_parameters, inject, load_adapter, merge, merge_and_unload, save_adapter,
+                       set_active_adapter, unmerge)
+
+from . import data as datasets
+from .evaluate import classification_metrics, decide, lm_outputs, relative_gap
+from .models import load_model
+from .spec import TaskSpec
+from .train import predict_logits, train, world
+
+LABELS_FILE = "labels.json"
+TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+
+
+class EvaluationError(RuntimeError):
+    """The adapter misbehaves in a way no gate should let through (merged and unmerged models disagree)."""
+
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prepare_data(spec: TaskSpec, work: Path) -> dict:
+    """Load, validate, dedupe and split the task's data; write the splits; return their fingerprint."""
+    d = spec.data
+    text, label = (d.text_field, d.label_field) if spec.type == "classification" else (d.prompt_field, d.completion_field)
+    source = spec.resolve(d.path)
+    examples = datasets.load_examples(source, text, label)
+    if d.test_path:
+        train_set, test_set = examples, datasets.load_examples(spec.resolve(d.test_path), text, label)
+    else:
+        train_set, test_set = datasets.split(examples, d.test_fraction)
+    if not train_set or not test_set:
+        raise datasets.DataError(f"{source}: the split left {len(train_set)} train / {len(test_set)} test examples; "
+                                 f"add data or change data.test_fraction")
+    if spec.type == "classification":
+        datasets.check_classes(train_set, test_set, source)
+    digest = datasets.fingerprint_examples(train_set, test_set)
+    folder = work / "data" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", train_set), ("test", test_set)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
+    return {"fingerprint": digest, "folder": str(folder), "source": source, "train": len(train_set), "test": len(test_set),
+            "labels": datasets.label_names(train_set) if spec.type == "classification" else []}
+
+
+def read_split(prepared: dict, name: str) -> list[datasets.Example]:
+    return datasets.load_examples(str(Path(prepared["folder"]) / f"{name}.jsonl"))
+
+
+def make_batches(spec: TaskSpec, prepared: dict, examples, tokenizer, shuffle_seed: int | None = None, batch_size=None):
+    size, length = batch_size or spec.training.batch_size, spec.training.max_length
+    if spec.type == "classification":
+        return datasets.batches(examples, prepared["labels"], tokenizer, size, length, shuffle_seed)
+    return datasets.lm_batches(examples, tokenizer, size, length, shuffle_seed)
+
+
+def total_steps(spec: TaskSpec, n_train: int) -> int:
+    t = spec.training
+    if t.max_steps:
+        return t.max_steps
+    return max(1, math.ceil(t.epochs * math.ceil(n_train / t.batch_size) / t.grad_accumulation))
+
+
+def train_adapter(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, on_step=None) -> dict:
+    """Inject LoRA into the base, train (resuming from a checkpoint in `work` if one is there), save the adapter."""
+    t = spec.training
+    torch.manual_seed(t.seed)
+    model, tokenizer = load_model(base_path, spec.type, prepared["labels"])
+    inject(model, spec.lora.model_copy(update={"task_type": TASK_TYPES[spec.type]}))
+    trainable, total = count_parameters(model)
+    train_set = read_split(prepared, "train")
+    steps = total_steps(spec, len(train_set))
+    started = time.perf_counter()
+    losses = train(model, lambda epoch: make_batches(spec, prepared, train_set, tokenizer, t.seed + epoch),
+                   steps=steps, lr=t.lr, weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction,
+                   device=t.device, bf16=t.bf16, grad_accumulation=t.grad_accumulation,
+                   checkpoint_dir=work / "checkpoint", checkpoint_every=t.checkpoint_every, on_step=on_step)
+    result = {"adapter": str(work / "adapter"), "steps": steps, "final_loss": sum(losses[-10:]) / len(losses[-10:]),
+              "seconds": round(time.perf_counter() - started, 1), "trainable": trainable, "total": total}
+    if world()[0] == 0:  # under DDP only rank 0 writes
+        save_adapter(model, work / "adapter", base_model_name_or_path=str(base_path))
+        if prepared["labels"]:  # class names, for predictions; PEFT ignores extra files
+            (work / "adapter" / LABELS_FILE).write_text(json.dumps(prepared["labels"]))
+        (work / "train.json").write_text(json.dumps(result))
+        shutil.rmtree(work / "checkpoint", ignore_errors=True)
+    return result
+
+
+def evaluate(spec: TaskSpec, prepared: dict, base_path: Path, adapter: str, production: dict | None) -> dict:
+    """Base (no adapter), adapter unmerged and merged, and production (if any) on the held-out split; the gate."""
+    torch.manual_seed(spec.training.seed)  # the same fresh head as in training, for the base row
+    model, tokenizer = load_model(base_path, spec.type, prepared["labels"])
+    test_set = read_split(prepared, "test")
+
+    def measure():
+        batches = make_batches(spec, prepared, test_set, tokenizer, batch_size=64)
+        if spec.type == "classification":
+            logits, gold = predict_logits(model, batches, spec.training.device)
+            return logits, classification_metrics(logits, gold)
+        return lm_outputs(model, batches, spec.training.device)
+
+    results = {"base": measure()[1]}
+    load_adapter(model, adapter)
+    unmerged_logits, results["adapter"] = measure()
+    merge(model)
+    merged_logits, results["merged"] = measure()
+    gap = relative_gap(merged_logits, unmerged_logits)
+    if gap > spec.gate.merge_tolerance:
+        raise EvaluationError(f"merged and unmerged logits differ by {gap:.2e} (relative), above gate.merge_tolerance "
+                              f"{spec.gate.merge_tolerance:.0e}; the merge is not exact, nothing is registered")
+    unmerge(model)
+    if production and production.get("adapter"):
+        load_adapter(model, production["adapter"], adapter_name="production")
+        set_active_adapter(model, "production")
+        results["production"] = measure()[1]
+    elif production:
+        results["production"] = production["metrics"]
+    passed, reasons = decide(spec.gate, results["adapter"], results["base"], results.get("production"))
+    return {**results, "merge_gap": gap, "passed": passed, "reasons": reasons}
+
+
+def merge_model(spec: TaskSpec, prepared: dict, base_path: Path, adapter: str, out: Path) -> str:
+    """W = W0 + s·B·A written as a plain model (safetensors + config + tokenizer): no adapter at inference."""
+    model, tokenizer = load_model(base_path, spec.type, prepared["labels"])
+    load_adapter(model, adapter)
+    merged = merge_and_unload(model)
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return str(out)
