@@ -143,27 +143,30 @@ def train_adapter(spec_path: str) -> dict:
     spec = load_spec(spec_path)
     registry = AdapterRegistry(RegistrySettings.from_env())
     work = registry.settings.home / "work" / spec.task
-    prepared = prepare_data_task(spec, str(work), key=data_digest(spec))
+
+    def key(*parts) -> str:  # cache entries belong to one $LORAOPS_HOME: their results name files in it
+        return steps.fingerprint(str(work), *parts)
+    prepared = prepare_data_task(spec, str(work), key=key(data_digest(spec)))
     base_path, base_name = resolve_base(spec.base)
     base = registry.register_base(base_path, name=base_name, source=spec.base.model, revision=spec.base.revision)
     run_id = tracking.start_run(registry, spec, prepared, base)
     train_key = steps.fingerprint("train", prepared["fingerprint"], base.fingerprint, spec.type,
                                   spec.lora.model_dump(mode="json"), spec.training.model_dump(mode="json"), code_version())
     folder = work / train_key[:16]
-    trained = train_task(spec, prepared, str(base_path), str(folder), run_id, key=train_key)
+    trained = train_task(spec, prepared, str(base_path), str(folder), run_id, key=key(train_key))
     if not Path(trained["adapter"]).is_dir():  # cached result whose files were deleted: train again
-        trained = train_task.with_options(refresh_cache=True)(spec, prepared, str(base_path), str(folder), run_id, key=train_key)
+        trained = train_task.with_options(refresh_cache=True)(spec, prepared, str(base_path), str(folder), run_id,
+                                                              key=key(train_key))
     production = production_for(registry, spec.task, base.fingerprint)
     evaluation = evaluate_task(spec, prepared, str(base_path), trained["adapter"], production,
-                               key=steps.fingerprint("evaluate", train_key, production and production["version"],
-                                                     spec.gate.model_dump()))
+                               key=key("evaluate", train_key, production and production["version"], spec.gate.model_dump()))
     tracking.log_metrics(registry, run_id, evaluation)
     merged = None
     if spec.promotion.mode == "merged":
         merged = merge_task(spec, prepared, str(base_path), trained["adapter"], str(folder / "merged"),
-                            key=steps.fingerprint("merge", train_key))
+                            key=key("merge", train_key))
     analysis = analyze_task(spec, trained["adapter"], str(base_path), str(folder / "analysis"),
-                            key=steps.fingerprint("analyze", train_key))
+                            key=key("analyze", train_key))
     registry.client.log_artifacts(run_id, analysis["folder"], "analysis")
     record = register_task(spec, trained["adapter"], merged, base.model_dump(), prepared, evaluation, run_id)
     promotion = None

@@ -39,8 +39,10 @@ def load_model(path: Path, task_type: str, labels: list[str] | None = None):
     transformers.logging.set_verbosity_error()  # the load report of a new head is expected
     tokenizer = AutoTokenizer.from_pretrained(path)
     if task_type == "classification":
+        # The head is the task's own (trained as a saved module): a base that has one for other labels gets a new one.
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+            ignore_mismatched_sizes=True)
     else:
         model = AutoModelForCausalLM.from_pretrained(path)
         if tokenizer.pad_token is None:

@@ -75,7 +75,7 @@ class AdapterSwitcher:
                 for text, p in zip(texts, probs)]
 
     def _generate(self, prompt: str, max_new_tokens: int) -> dict:
-        ids = self.tokenizer(prompt, return_tensors="pt")
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")  # as in training (lm_batches)
         out = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.pad_token_id)
         return {"text": prompt, "completion": self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)}

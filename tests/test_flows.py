@@ -1,0 +1,162 @@
+"""The Prefect flow end to end on tiny models, through Prefect's test harness (a real local Prefect
+server), with the embedded registry (MLflow on SQLite, promotion into a folder) in a tmp dir."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from registry import AdapterRegistry, BaseMismatchError
+
+from tasks import data_slice, tiny_base, write_task
+
+LORAOPS = str(Path(sys.executable).parent / "loraops")
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bases")
+    return {"bert": tiny_base(folder / "bert"), "gpt2": tiny_base(folder / "gpt2", "gpt2"),
+            "other-bert": tiny_base(folder / "other-bert", seed=1)}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
+    for name in ("MLFLOW_TRACKING_URI", "LORAOPS_PROMOTION_TARGET"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "home"
+
+
+def task_runs(flow_run_id) -> dict[str, str]:
+    """{task name: state name} for one flow run, read back from the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is_cached(prefect_server, bases, home, tmp_path):
+    from pipelines.flows import train_adapter
+    path = write_task(tmp_path, "sections", bases["bert"], data_slice(tmp_path), training__max_steps=60,
+                      promotion={"mode": "merged", "auto": True}, gate={"metric": "accuracy", "min_gain_over_base": 0.1})
+    state = train_adapter(str(path), return_state=True)
+    first = state.result()
+    assert first["evaluation"]["adapter"]["accuracy"] > first["evaluation"]["base"]["accuracy"] + 0.1
+    assert first["promotion"]["mode"] == "merged" and first["evaluation"]["passed"]
+    registry = AdapterRegistry()
+    record = registry.resolve("sections")
+    assert record.version == 1 and set(record.manifests) == {"adapter", "merged"}
+    assert (home / "promoted" / "sections" / "v1" / "merged" / "manifest.json").exists()
+    run = registry.client.get_run(first["run_id"])
+    assert len(registry.client.get_metric_history(first["run_id"], "train_loss")) == 60
+    assert run.inputs.dataset_inputs[0].dataset.digest == record.dataset_fingerprint[:36]
+    assert {a.path for a in registry.client.list_artifacts(first["run_id"], "analysis")} >= {
+        "analysis/report.json", "analysis/scree.png"}
+    assert task_runs(state.state_details.flow_run_id)["train"] == "Completed"
+
+    again = train_adapter(str(path), return_state=True)
+    assert task_runs(again.state_details.flow_run_id)["train"] == "Cached"
+    assert again.result()["version"] == 1 and [r.version for r in registry.list_versions("sections")] == [1]
+
+
+def test_the_gate_blocks_an_adapter_worse_than_production(prefect_server, bases, home, tmp_path):
+    from pipelines.flows import train_adapter
+    data = data_slice(tmp_path)
+    good = train_adapter(str(write_task(tmp_path, "gated", bases["bert"], data, training__max_steps=60)))
+    assert good["promotion"] is not None
+    worse = write_task(tmp_path / "..", "gated", bases["bert"], data, training__max_steps=2, training__lr=1e-5)
+    result = train_adapter(str(worse))
+    assert not result["evaluation"]["passed"] and result["promotion"] is None
+    assert any("worse than production" in r or "below the required" in r for r in result["evaluation"]["reasons"])
+    registry = AdapterRegistry()
+    assert registry.resolve("gated").version == good["version"] == 1
+    assert registry.resolve("gated", "candidate").version == 2
+
+
+def test_causal_lm_flow_trains_on_completions_and_lowers_perplexity(prefect_server, bases, home, tmp_path):
+    from pipelines.flows import train_adapter
+    path = write_task(tmp_path, "section-words", bases["gpt2"], data_slice(tmp_path, causal=True), causal=True,
+                      training__max_steps=80, lora={"r": 8, "alpha": 16, "target_modules": "all-linear"})
+    result = train_adapter(str(path))
+    e = result["evaluation"]
+    assert e["adapter"]["perplexity"] < e["base"]["perplexity"] / 10 and e["merge_gap"] < 1e-4
+    assert result["promotion"]["mode"] == "adapter"
+    from pipelines.serving import AdapterSwitcher
+    completion = AdapterSwitcher().predict("section-words", ["Chess game with a 3D board . section :"])[0]["completion"]
+    assert completion.split()[0] in ("games", "graphics", "science", "sound")
+
+
+def test_predict_switches_adapters_on_one_base_and_refuses_another_base(prefect_server, bases, home, tmp_path):
+    from lora_core.inject import lora_layers
+    from pipelines.flows import train_adapter
+    from pipelines.serving import AdapterSwitcher
+    data = data_slice(tmp_path)
+    for name, base in (("first", "bert"), ("second", "bert"), ("elsewhere", "other-bert")):
+        train_adapter(str(write_task(tmp_path, name, bases[base], data, training__max_steps=20,
+                                     training__seed=len(name))))
+    switcher = AdapterSwitcher()
+    texts = ["a chess engine", "audio mixer for the desktop"]
+    first = switcher.predict("first", texts)
+    pointers = {p: layer.base_layer.weight.data_ptr() for p, layer in lora_layers(switcher.model).items()}
+    second = switcher.predict("second@production", texts)
+    assert switcher.predict("first:1", texts) == first
+    assert switcher.base_loads == 1 and set(switcher.labels) == {"first-v1", "second-v1"}
+    assert pointers == {p: layer.base_layer.weight.data_ptr() for p, layer in lora_layers(switcher.model).items()}
+    assert [r["probability"] for r in first] != [r["probability"] for r in second]
+    with pytest.raises(BaseMismatchError, match="trained on base"):
+        switcher.predict("elsewhere", texts)
+
+
+def test_schedule_creates_a_deployment_with_the_cron_and_no_overlap(prefect_server, bases, home, tmp_path):
+    from prefect.client.orchestration import get_client
+    from pipelines.run_commands import schedule
+    path = write_task(tmp_path, "nightly", bases["bert"], data_slice(tmp_path))
+    deployment_id = schedule(str(path), "0 3 * * *", apply_only=True, print_=lambda *_: None)
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(deployment_id)
+    assert deployment.name == "nightly" and deployment.parameters == {"spec_path": str(path.resolve())}
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+    assert deployment.global_concurrency_limit.limit == 1
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("yaml", "training.batch_size: Input should be greater than 0"),
+    ("data", "lack a non-empty 'text' or 'label'"),
+])
+def test_bad_yaml_or_data_exit_2_in_one_line_and_register_nothing(bases, home, tmp_path, problem, message):
+    data = data_slice(tmp_path)
+    if problem == "data":
+        data.write_text(data.read_text() + json.dumps({"text": "no label"}) + "\n")
+    path = write_task(tmp_path, "broken", bases["bert"], data, **({"training__batch_size": 0} if problem == "yaml" else {}))
+    done = subprocess.run([LORAOPS, "run", str(path)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr
+    assert not (home / "mlflow.db").exists() or AdapterRegistry().list_versions() == []
+
+
+def test_training_under_torchrun_with_two_processes(bases, home, tmp_path):
+    from pipelines import steps
+    from pipelines.distributed import train_with_torchrun
+    from pipelines.spec import load_spec
+    spec = load_spec(write_task(tmp_path, "ddp", bases["bert"], data_slice(tmp_path, 120), training__max_steps=6,
+                                training__nproc=2))
+    prepared = steps.prepare_data(spec, tmp_path / "work")
+    registry = AdapterRegistry()
+    run_id = registry.client.create_run(registry.experiment("loraops-ddp")).info.run_id
+    result = train_with_torchrun(spec, prepared, bases["bert"], tmp_path / "run", run_id)
+    assert result["steps"] == 6 and torch.isfinite(torch.tensor(result["final_loss"]))
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+    assert len(registry.client.get_metric_history(run_id, "train_loss")) == 6  # rank 0 alone logs
