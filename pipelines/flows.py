@@ -16,7 +16,7 @@ from registry.code_version import code_version
 from registry.fingerprint import sha256_file
 
 from . import steps, tracking
-from .models import resolve_base
+from .models import base_source, resolve_base
 from .spec import TaskSpec, load_spec
 
 CACHED = {"persist_result": True, "result_serializer": "json", "cache_key_fn": lambda context, parameters: parameters["key"]}
@@ -148,7 +148,8 @@ def train_adapter(spec_path: str) -> dict:
         return steps.fingerprint(str(work), *parts)
     prepared = prepare_data_task(spec, str(work), key=key(data_digest(spec)))
     base_path, base_name = resolve_base(spec.base)
-    base = registry.register_base(base_path, name=base_name, source=spec.base.model, revision=spec.base.revision)
+    base = registry.register_base(base_path, name=base_name, source=base_source(spec.base, base_path),
+                                  revision=spec.base.revision)
     run_id = tracking.start_run(registry, spec, prepared, base)
     train_key = steps.fingerprint("train", prepared["fingerprint"], base.fingerprint, spec.type,
                                   spec.lora.model_dump(mode="json"), spec.training.model_dump(mode="json"), code_version())

@@ -34,9 +34,17 @@ def resolve_base(base: BaseSpec) -> tuple[Path, str]:
                              f"({type(e).__name__}); give a folder or check the Hugging Face id and network") from None
 
 
+def base_source(base: BaseSpec, path: Path) -> str:
+    """Where the weights came from, for the registry: the Hugging Face id, or the local folder."""
+    if base.model == "default" or Path(base.model).expanduser().is_dir():
+        return str(path)
+    return f"hf://{base.model}"
+
+
 def load_model(path: Path, task_type: str, labels: list[str] | None = None):
     """(model in eval mode, tokenizer) for classification (a fresh head for `labels`) or causal LM."""
     transformers.logging.set_verbosity_error()  # the load report of a new head is expected
+    transformers.utils.logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if task_type == "classification":
         # The head is the task's own (trained as a saved module): a base that has one for other labels gets a new one.

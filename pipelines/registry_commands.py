@@ -20,7 +20,8 @@ def split_ref(text: str) -> tuple[str, str | None]:
 def versions_table(records: list[VersionRecord]) -> str:
     rows = [("task", "version", "aliases", "base", "base fp", "dataset fp", "r", "metrics", "promoted", "created")]
     for r in records:
-        metrics = " ".join(f"{k}={v:.3f}" for k, v in sorted(r.metrics.items())[:3])
+        metrics = " ".join(f"{k.removeprefix('adapter_')}={v:.3f}" for k, v in sorted(r.metrics.items())
+                           if k.startswith("adapter_") or "_" not in k)
         rows.append((r.task, str(r.version), ",".join(r.aliases) or "-", r.base_name, r.base_fingerprint[:12],
                      r.dataset_fingerprint[:12], str(r.lora["r"]), metrics or "-", ",".join(sorted(r.promoted)) or "-",
                      r.created))

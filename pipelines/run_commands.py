@@ -51,9 +51,12 @@ def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> st
     """A deployment of train_adapter for this task on `cron`, at most one run at a time."""
     spec = validate([path])[0]
     prefect_defaults(RegistrySettings.from_env())
+    from prefect.deployments.runner import EntrypointType
     from .flows import train_adapter
+    # A module entrypoint: the runner imports pipelines.flows as a package module (its imports are relative).
     deployment = train_adapter.to_deployment(name=spec.task, cron=cron, parameters={"spec_path": str(Path(path).resolve())},
                                              concurrency_limit=1, tags=["loraops", spec.task],
+                                             entrypoint_type=EntrypointType.MODULE_PATH,
                                              description=f"train, evaluate and ship the {spec.task} adapter")
     deployment_id = str(deployment.apply())
     print_(f"deployment train_adapter/{spec.task} ({deployment_id}) on cron {cron!r}, concurrency limit 1")

@@ -131,6 +131,8 @@ def test_schedule_creates_a_deployment_with_the_cron_and_no_overlap(prefect_serv
     assert deployment.name == "nightly" and deployment.parameters == {"spec_path": str(path.resolve())}
     assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
     assert deployment.global_concurrency_limit.limit == 1
+    from prefect.utilities.importtools import import_object
+    assert import_object(deployment.entrypoint).name == "train_adapter"  # what a worker or `serve` will load
 
 
 @pytest.mark.parametrize("problem, message", [
