@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 
 STATE_FILE = "state.json"
 
@@ -78,6 +79,8 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps
         position = load_checkpoint(checkpoint_dir, named, optimizer, schedule)
     losses: list[float] = position["losses"]
     epoch, accumulated, micro = position["epoch"], 0.0, 0
+    # A bar on a terminal only (disable=None); logs and Prefect get on_step instead.
+    bar = tqdm(total=steps, initial=len(losses), desc="train", unit="step", disable=None if rank == 0 else True)
     while len(losses) < steps:
         for index, batch in enumerate(make_batches(epoch)):
             if index < position["batch"] or index % size != rank:
@@ -94,6 +97,8 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps
             optimizer.zero_grad(set_to_none=True)
             losses.append(accumulated)
             accumulated, micro = 0.0, 0
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:
                 save_checkpoint(checkpoint_dir, named, optimizer, schedule,
                                 {"epoch": epoch, "batch": index + 1, "losses": losses})
@@ -103,6 +108,7 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps
                 break
         epoch += 1
         position["batch"] = 0
+    bar.close()
     model.eval()
     return losses
 

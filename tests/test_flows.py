@@ -67,6 +67,10 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
     assert {a.path for a in registry.client.list_artifacts(first["run_id"], "analysis")} >= {
         "analysis/report.json", "analysis/scree.png"}
     assert task_runs(state.state_details.flow_run_id)["train"] == "Completed"
+    from prefect.client.orchestration import get_client
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts() if a.key and a.key.startswith("sections-")}
+    assert keys == {f"sections-{step}" for step in ("data", "train", "evaluate", "merge", "analyze", "register", "promote")}
 
     again = train_adapter(str(path), return_state=True)
     assert task_runs(again.state_details.flow_run_id)["train"] == "Cached"

@@ -144,3 +144,12 @@ def test_evaluate_reports_base_adapter_merged_and_a_tight_merge_gap(tmp_path, be
     assert result["merged"]["accuracy"] == pytest.approx(result["adapter"]["accuracy"])
     assert result["merge_gap"] < 1e-5
     assert set(result["base"]) == {"accuracy", "macro_f1"} and "production" not in result
+
+
+def test_merged_logits_off_by_more_than_the_tolerance_fail_the_evaluation(tmp_path, bert_base):
+    spec = load_spec(write_task(tmp_path, "strict", bert_base, data_slice(tmp_path, 120), training__max_steps=5,
+                                gate={"metric": "accuracy", "merge_tolerance": 1e-12}))
+    prepared = steps.prepare_data(spec, tmp_path / "work")
+    trained = steps.train_adapter(spec, prepared, bert_base, tmp_path / "run")
+    with pytest.raises(steps.EvaluationError, match="above gate.merge_tolerance 1e-12"):
+        steps.evaluate(spec, prepared, bert_base, trained["adapter"], None)
