@@ -1,6 +1,9 @@
 """Task spec, data validation, resumable training, metrics and the gate: plain functions, no Prefect."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -113,21 +116,28 @@ def test_macro_f1_and_gate():
     assert not decide(lm, {"perplexity": 10.0}, {"perplexity": 50.0}, {"perplexity": 9.0})[0]
 
 
-class Killed(Exception):
-    pass
+KILL_AT_STEP_8 = """
+import json, os, signal, sys
+from pathlib import Path
+from pipelines import steps
+from pipelines.spec import load_spec
+spec_path, prepared, base, work = sys.argv[1:5]
+def on_step(step, loss, lr):
+    if step == 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+steps.train_adapter(load_spec(spec_path), json.loads(prepared), Path(base), Path(work), on_step=on_step)
+"""
 
 
 def test_a_run_killed_mid_training_resumes_to_the_same_adapter(tmp_path, bert_base):
-    spec = load_spec(write_task(tmp_path, "resume", bert_base, data_slice(tmp_path, 120),
-                                training__max_steps=12, training__checkpoint_every=5))
+    path = write_task(tmp_path, "resume", bert_base, data_slice(tmp_path, 120),
+                      training__max_steps=12, training__checkpoint_every=5)
+    spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp_path / "work")
     reference = steps.train_adapter(spec, prepared, bert_base, tmp_path / "uninterrupted")
-
-    def kill_at_step_8(step, loss, lr):
-        if step == 8:
-            raise Killed
-    with pytest.raises(Killed):
-        steps.train_adapter(spec, prepared, bert_base, tmp_path / "killed", on_step=kill_at_step_8)
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_STEP_8, str(path), json.dumps(prepared), str(bert_base),
+                             str(tmp_path / "killed")], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())["schedule_step"] == 5
     resumed = steps.train_adapter(spec, prepared, bert_base, tmp_path / "killed")
     a = load_file(f"{reference['adapter']}/adapter_model.safetensors")
