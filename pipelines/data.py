@@ -89,10 +89,6 @@ def _filled(value) -> bool:
     return value is not None and str(value).strip() != ""
 
 
-def load_jsonl(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Example]:
-    return load_examples(str(path), text_field, label_field)
-
-
 def split(examples: list[Example], test_fraction: float = 0.2) -> tuple[list[Example], list[Example]]:
     """Train/test split by a hash of the text: the same example always lands on the same side."""
     def is_test(e: Example) -> bool:

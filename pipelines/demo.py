@@ -28,7 +28,7 @@ def run_demo(steps: int = 300, batch_size: int = 16, lr: float = 1e-3, seed: int
     torch.manual_seed(seed)
     base_path = default_base_model()
     out_dir = out_dir or Path(os.environ.get("LORAOPS_HOME", ".loraops")) / "demo" / "adapter"
-    examples = data.load_jsonl(DATA)
+    examples = data.load_examples(str(DATA))
     train_set, test_set = data.split(examples)
     labels = data.label_names(examples)
     tokenizer = AutoTokenizer.from_pretrained(base_path)

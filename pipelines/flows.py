@@ -5,7 +5,6 @@ unchanged re-run is served from cache) with JSON results (no pickle). The MLflow
 gets the parameters, dataset, per-step loss and lr, metrics, and the analysis report and plots.
 """
 
-import json
 from pathlib import Path
 
 from prefect import flow, task

@@ -35,8 +35,10 @@ class AdapterSwitcher:
         name = f"{record.task}-v{record.version}"
         folder = self.registry.fetch(record.task, record.version)
         kind = read_peft_config(folder).get("task_type")
+        labels_file = folder / LABELS_FILE
+        labels = json.loads(labels_file.read_text()) if labels_file.exists() else []
         if self.model is None:
-            self._load_base(record, kind, folder)
+            self._load_base(record, kind, labels)
         elif record.base_fingerprint != self.base_fingerprint:
             raise BaseMismatchError(f"{record.task} v{record.version} was trained on base {record.base_name} "
                                     f"({record.base_fingerprint[:12]}); the loaded base is {self.base_fingerprint[:12]}; "
@@ -45,19 +47,16 @@ class AdapterSwitcher:
             raise BaseMismatchError(f"{record.task} is a {kind} adapter; this switcher serves {self.kind} tasks")
         if name not in self.labels:
             load_adapter(self.model, folder, adapter_name=name)
-            labels_file = folder / LABELS_FILE
-            self.labels[name] = json.loads(labels_file.read_text()) if labels_file.exists() else []
+            self.labels[name] = labels
         set_active_adapter(self.model, name)
         return name, record
 
-    def _load_base(self, record: VersionRecord, kind: str, folder: Path) -> None:
+    def _load_base(self, record: VersionRecord, kind: str, labels: list[str]) -> None:
         found = self.registry.find_base(record.base_fingerprint)
         path = Path(found.source) if found and Path(found.source).is_dir() else None
         if path is None:
             path = default_base_model() if record.base_name == DEFAULT_BASE_NAME else resolve_base(BaseSpec(model=record.base_name))[0]
         self.registry.check_base(record, path)
-        labels_file = folder / LABELS_FILE
-        labels = json.loads(labels_file.read_text()) if labels_file.exists() else None
         self.model, self.tokenizer = load_model(path, "classification" if kind == "SEQ_CLS" else "causal-lm", labels)
         self.base_fingerprint, self.kind = record.base_fingerprint, kind
         self.base_loads += 1
