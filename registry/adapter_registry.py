@@ -17,14 +17,14 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from .code_version import code_version
-from .errors import BaseMismatchError, IntegrityError, RegistryError
+from .errors import BaseMismatchError, RegistryError
 from .fingerprint import CONFIG_FILE, fingerprint_weights
 from .manifest import MANIFEST_FILE, Manifest, scan_folder
 from .names import base_model_name, check_task_name, parse_ref
 from .records import MODES, BaseRecord, HistoryEvent, Promotion, VersionRecord
 from .settings import RegistrySettings
 from .stores import open_store
-from .transfer import materialize, upload_verified
+from .transfer import download_promoted, materialize, upload_verified
 
 TAG = "loraops."
 HISTORY_TAG = TAG + "history."
@@ -236,20 +236,8 @@ class AdapterRegistry:
         if mode not in record.promoted:
             return self._fetch_from_mlflow(record, mode)
         store = open_store(record.promoted[mode])
-
-        def download(tmp: Path) -> None:
-            manifest = store.get_bytes(MANIFEST_FILE)
-            if manifest is None:
-                raise RegistryError(f"{store.uri(MANIFEST_FILE)} is missing; promote {task} v{record.version} again")
-            parsed = Manifest.from_json(manifest, store.uri(MANIFEST_FILE))
-            if parsed.digest != record.manifests[mode]:  # checked before any file name from it is used
-                raise IntegrityError(f"{store.uri(MANIFEST_FILE)}: digest {parsed.digest[:12]}... is not the "
-                                     f"registered {record.manifests[mode][:12]}...; promote {task} v{record.version} again")
-            (tmp / MANIFEST_FILE).write_bytes(manifest)
-            for name in parsed.files:
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                store.download(name, tmp / name)
-        return materialize(record.manifests[mode], self.settings.cache, download, store.uri())
+        return materialize(record.manifests[mode], self.settings.cache, download_promoted(store, record.manifests[mode]),
+                           store.uri())
 
     # ---- internals ---------------------------------------------------------------------------
     def _fetch_from_mlflow(self, record: VersionRecord, mode: str) -> Path:

@@ -23,7 +23,8 @@ def upload_verified(store: LocalStore | S3Store, prefix: str, folder: Path, mani
     present = {name: store.checksum(f"{prefix}/{name}") for name in manifest.files}
     todo = [name for name, entry in manifest.files.items() if present[name] != entry]
     total = sum(manifest.files[name].bytes for name in todo)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if todo else True) as bar:
+    # A bar on a terminal only (disable=None), and only when asked and there is something to send.
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress and todo else True) as bar:
         for name in todo:
             store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update)
     for name in todo:
@@ -36,6 +37,23 @@ def upload_verified(store: LocalStore | S3Store, prefix: str, folder: Path, mani
     if store.get_bytes(f"{prefix}/{MANIFEST_FILE}") != data:
         raise IntegrityError(f"{store.uri(f'{prefix}/{MANIFEST_FILE}')}: read back differently; promotion stopped")
     return todo, [name for name in manifest.files if name not in todo], total
+
+
+def download_promoted(store: LocalStore | S3Store, digest: str) -> Callable[[Path], None]:
+    """A `download` for `materialize` that copies a promoted folder (manifest first) out of `store`."""
+    def download(tmp: Path) -> None:
+        data = store.get_bytes(MANIFEST_FILE)
+        if data is None:
+            raise IntegrityError(f"{store.uri(MANIFEST_FILE)} is missing; promote the version again")
+        manifest = Manifest.from_json(data, store.uri(MANIFEST_FILE))
+        if manifest.digest != digest:  # checked before any file name from it is used
+            raise IntegrityError(f"{store.uri(MANIFEST_FILE)}: digest {manifest.digest[:12]}... is not the registered "
+                                 f"{digest[:12]}...; promote the version again")
+        (tmp / MANIFEST_FILE).write_bytes(data)
+        for name in manifest.files:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            store.download(name, tmp / name)
+    return download
 
 
 def materialize(digest: str, cache: Path, download: Callable[[Path], None], where: str) -> Path:
