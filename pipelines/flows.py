@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from registry import AdapterRegistry, RegistrySettings
+from registry import AdapterRegistry, BaseRecord, RegistrySettings
 from registry.code_version import code_version
 from registry.fingerprint import sha256_file
 
@@ -51,20 +51,19 @@ def prepare_data_task(spec: TaskSpec, work: str, key: str) -> dict:
 
 @task(name="train", **CACHED)
 def train_task(spec: TaskSpec, prepared: dict, base_path: str, work: str, run_id: str, key: str) -> dict:
-    registry = AdapterRegistry()
-    log = tracking.StepLog(registry, run_id)
-    every = max(1, steps.total_steps(spec, prepared["train"]) // 10)
-
-    def on_step(step, loss, lr):
-        log(step, loss, lr)
-        if step % every == 0:
-            print(f"{spec.task}: step {step} loss {loss:.4f} lr {lr:.2e}")
-    if spec.training.nproc > 1:
+    if spec.training.nproc > 1:  # rank 0 of torchrun logs to the run itself
         from .distributed import train_with_torchrun
         result = train_with_torchrun(spec, prepared, Path(base_path), Path(work), run_id)
     else:
+        log = tracking.StepLog(AdapterRegistry(), run_id)
+        every = max(1, steps.total_steps(spec, prepared["train"]) // 10)
+
+        def on_step(step, loss, lr):
+            log(step, loss, lr)
+            if step % every == 0:
+                print(f"{spec.task}: step {step} loss {loss:.4f} lr {lr:.2e}")
         result = steps.train_adapter(spec, prepared, Path(base_path), Path(work), on_step)
-    log.flush()
+        log.flush()
     create_markdown_artifact(table(result), key=f"{spec.task}-train", description="train")
     return result
 
@@ -102,7 +101,6 @@ def analyze_task(spec: TaskSpec, adapter: str, base_path: str, out: str, key: st
 @task(name="register", retries=2, retry_delay_seconds=5)
 def register_task(spec: TaskSpec, adapter: str, merged: str | None, base: dict, prepared: dict, evaluation: dict,
                   run_id: str) -> dict:
-    from registry import BaseRecord
     registry = AdapterRegistry()
     metrics = {f"{row}_{name}": v for row in ("adapter", "base") for name, v in evaluation[row].items()}
     record = registry.register(spec.task, adapter, BaseRecord(**base), prepared["fingerprint"], metrics,

@@ -14,7 +14,6 @@ def prefect_defaults(settings: RegistrySettings) -> None:
     local server for the run. Anonymous usage reporting stays off (this machine may have no network)."""
     os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
 
 
 def validate(paths: list[str]) -> list:
@@ -27,15 +26,15 @@ def validate(paths: list[str]) -> list:
 
 
 def run(paths: list[str], print_=print) -> list[dict]:
-    validate(paths)
+    specs = validate(paths)
     prefect_defaults(RegistrySettings.from_env())
     from .flows import train_adapter
     results = []
-    for path in paths:
+    for path, spec in zip(paths, specs):
         result = train_adapter(str(Path(path).resolve()))
         results.append(result)
         e, t = result["evaluation"], result["trained"]
-        metric = load_spec(path).gate.metric
+        metric = spec.gate.metric
         print_(f"{result['task']}: v{result['version']} trained {t['steps']} steps in {t['seconds']:.0f}s; "
                f"{metric} base {e['base'][metric]:.3f} -> adapter {e['adapter'][metric]:.3f} "
                f"(merged {e['merged'][metric]:.3f}, gap {e['merge_gap']:.1e}); "

@@ -33,6 +33,9 @@ class AdapterSwitcher:
         """Make TASK[@alias|:version] the active adapter (loading the base and the adapter on first use)."""
         record = self.registry.resolve(*split_ref(ref))
         name = f"{record.task}-v{record.version}"
+        if name in self.labels:  # loaded before: a pointer switch, no fetch
+            set_active_adapter(self.model, name)
+            return name, record
         folder = self.registry.fetch(record.task, record.version)
         kind = read_peft_config(folder).get("task_type")
         labels_file = folder / LABELS_FILE
@@ -45,9 +48,8 @@ class AdapterSwitcher:
                                     f"serve it with its own base")
         elif kind != self.kind:
             raise BaseMismatchError(f"{record.task} is a {kind} adapter; this switcher serves {self.kind} tasks")
-        if name not in self.labels:
-            load_adapter(self.model, folder, adapter_name=name)
-            self.labels[name] = labels
+        load_adapter(self.model, folder, adapter_name=name)
+        self.labels[name] = labels
         set_active_adapter(self.model, name)
         return name, record
 

@@ -127,8 +127,9 @@ class AdapterRegistry:
                 f"name = '{task}' and tags.`{TAG}manifest.sha256` = '{manifests['adapter'].digest}'")
         except MlflowException:
             return None
+        aliases = self.aliases(task) if found else {}
         for version in found:
-            record = self._version_record(version, self.aliases(task))
+            record = self._version_record(version, aliases)
             if (record.base_fingerprint, record.dataset_fingerprint) == (base.fingerprint, dataset_fingerprint) \
                     and record.manifests.get("merged") == (manifests["merged"].digest if "merged" in manifests else None):
                 return record

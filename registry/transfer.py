@@ -17,9 +17,9 @@ def upload_verified(store: LocalStore | S3Store, prefix: str, folder: Path, mani
     """Upload `folder` under `prefix`, verify every object by reading it back, write manifest.json last.
 
     Objects already present with the manifest's sha256 and size are not uploaded again, so a
-    repeated promotion moves no bytes. Returns (uploaded, skipped, bytes uploaded).
+    repeated promotion moves no bytes. Returns (uploaded, skipped, bytes uploaded). The caller has
+    run store.check(), so a missing bucket or bad credentials fail before any work.
     """
-    store.check()
     present = {name: store.checksum(f"{prefix}/{name}") for name in manifest.files}
     todo = [name for name, entry in manifest.files.items() if present[name] != entry]
     total = sum(manifest.files[name].bytes for name in todo)

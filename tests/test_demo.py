@@ -19,7 +19,7 @@ def test_demo_trains_merges_exactly_and_saves_a_loadable_adapter(tmp_path):
     assert any(line.startswith("eval   accuracy before") for line in lines)
     from transformers import AutoModelForSequenceClassification
 
-    from pipelines.demo import default_base_model
+    from pipelines.models import default_base_model
     model = AutoModelForSequenceClassification.from_pretrained(default_base_model(), num_labels=4)
     assert len(lora_layers(load_adapter(model, tmp_path / "adapter"))) == 12
 

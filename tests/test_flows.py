@@ -82,7 +82,8 @@ def test_the_gate_blocks_an_adapter_worse_than_production(prefect_server, bases,
     data = data_slice(tmp_path)
     good = train_adapter(str(write_task(tmp_path, "gated", bases["bert"], data, training__max_steps=60)))
     assert good["promotion"] is not None
-    worse = write_task(tmp_path / "..", "gated", bases["bert"], data, training__max_steps=2, training__lr=1e-5)
+    (tmp_path / "worse").mkdir()
+    worse = write_task(tmp_path / "worse", "gated", bases["bert"], data, training__max_steps=2, training__lr=1e-5)
     result = train_adapter(str(worse))
     assert not result["evaluation"]["passed"] and result["promotion"] is None
     assert any("worse than production" in r or "below the required" in r for r in result["evaluation"]["reasons"])
