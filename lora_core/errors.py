@@ -19,3 +19,7 @@ class MergeError(LoraError):
 
 class UnsafeFormatError(LoraError):
     """A pickle-based weight file was offered; only safetensors are loaded."""
+
+
+class WeightFileError(LoraError):
+    """A weight file is not valid safetensors, or is truncated or damaged."""

@@ -10,18 +10,32 @@ from .errors import LoraError, MergeError, TargetError
 from .layer import LoraLayer, ModulesToSave, is_wrappable
 
 CONFIGS_ATTR = "lora_configs"  # {adapter name: LoraConfig}, set on the root model
+WRAPPERS_ATTR = "lora_wrappers"  # {path: LoraLayer | ModulesToSave}, known since inject: switching walks only these
 
 
 def adapter_configs(model: nn.Module) -> dict[str, LoraConfig]:
     return model.__dict__.setdefault(CONFIGS_ATTR, {})
 
 
+def wrappers(model: nn.Module) -> dict[str, LoraLayer | ModulesToSave]:
+    """Every wrapper in the model, found once and kept on the root until inject/delete/unload changes them."""
+    found = model.__dict__.get(WRAPPERS_ATTR)
+    if found is None:
+        found = {p: m for p, m in model.named_modules() if isinstance(m, (LoraLayer, ModulesToSave))}
+        model.__dict__[WRAPPERS_ATTR] = found
+    return found
+
+
+def forget_wrappers(model: nn.Module) -> None:
+    model.__dict__.pop(WRAPPERS_ATTR, None)
+
+
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
-    return {path: m for path, m in model.named_modules() if isinstance(m, LoraLayer)}
+    return {path: m for path, m in wrappers(model).items() if isinstance(m, LoraLayer)}
 
 
 def saved_modules(model: nn.Module) -> dict[str, ModulesToSave]:
-    return {path: m for path, m in model.named_modules() if isinstance(m, ModulesToSave)}
+    return {path: m for path, m in wrappers(model).items() if isinstance(m, ModulesToSave)}
 
 
 def _plain_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -106,6 +120,9 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
     keep = resolve_saved_modules(model, config)
     if config.modules_to_save and not keep:
         raise TargetError(f"modules_to_save {config.modules_to_save} matched no module; name e.g. the classifier head")
+    forget_wrappers(model)
+    if not configs:  # the base is frozen once; switching then toggles adapter parameters only
+        model.requires_grad_(False)
     for path, module in targets.items():
         layer = module if isinstance(module, LoraLayer) else LoraLayer(module)
         layer.add_adapter(adapter_name, config.rank_for(path), config.scaling_for(path), config.dropout, config.init)
@@ -124,24 +141,26 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
 def set_active_adapter(model: nn.Module, adapter_name: str | None) -> None:
     """Route every wrapped layer through `adapter_name` (None: the base model alone).
 
-    Only pointers change: base weights are neither copied nor reloaded. The active adapter's
-    parameters become trainable, every other parameter frozen.
+    Only pointers change: base weights are neither copied nor reloaded, and only the wrappers
+    are visited (cost flat in the number of adapters loaded). The active adapter's parameters
+    become trainable, the previously active one's frozen; the base stays frozen.
     """
     if adapter_name is not None and adapter_name not in adapter_configs(model):
         raise LoraError(f"no adapter {adapter_name!r} in this model; have {sorted(adapter_configs(model))}")
-    layers = lora_layers(model)
-    if any(layer.merged_adapter for layer in layers.values()):
+    found = wrappers(model).values()
+    if any(getattr(w, "merged_adapter", None) for w in found):
         raise MergeError("an adapter is merged into the base weights; unmerge() before switching adapters")
-    for param in model.parameters():
-        param.requires_grad_(False)
-    for wrapper in [*layers.values(), *saved_modules(model).values()]:
+    for wrapper in found:
+        set_trainable(wrapper, wrapper.active_adapter, False)
         wrapper.active_adapter = adapter_name
-        if adapter_name is None:
-            continue
-        trainable = ([wrapper.lora_A, wrapper.lora_B] if isinstance(wrapper, LoraLayer) else [wrapper.modules_to_save])
-        for store in trainable:
-            if adapter_name in store:
-                store[adapter_name].requires_grad_(True)
+        set_trainable(wrapper, adapter_name, True)
+
+
+def set_trainable(wrapper: LoraLayer | ModulesToSave, adapter_name: str | None, trainable: bool) -> None:
+    stores = [wrapper.lora_A, wrapper.lora_B] if isinstance(wrapper, LoraLayer) else [wrapper.modules_to_save]
+    for store in stores:
+        if adapter_name in store:
+            store[adapter_name].requires_grad_(trainable)
 
 
 def active_adapter(model: nn.Module) -> str | None:
@@ -153,12 +172,14 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     configs = adapter_configs(model)
     if adapter_name not in configs:
         raise LoraError(f"no adapter {adapter_name!r} in this model; have {sorted(configs)}")
-    for path, layer in lora_layers(model).items():
+    layers, saved = lora_layers(model), saved_modules(model)
+    forget_wrappers(model)
+    for path, layer in layers.items():
         if adapter_name in layer.lora_A:
             layer.remove_adapter(adapter_name)
             if not layer.lora_A:
                 model.set_submodule(path, layer.base_layer)
-    for path, wrapper in saved_modules(model).items():
+    for path, wrapper in saved.items():
         if adapter_name in wrapper.modules_to_save:
             del wrapper.modules_to_save[adapter_name]
             if wrapper.active_adapter == adapter_name:

@@ -30,6 +30,27 @@ def delta_weight(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
     return delta.T if fan_in_fan_out else delta
 
 
+@torch.no_grad()
+def add_delta_(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
+               fan_in_fan_out: bool = False, name: str = "default") -> torch.Tensor:
+    """weight += s·B·A in place, one fused addmm (float32 accumulation where weight is half precision).
+
+    Checked before anything is written: finite factors and |s|·r·max|B|·max|A| (a bound on every
+    entry of ΔW) well inside the accumulator's range, so the update cannot put NaN/Inf into W.
+    """
+    a, b = lora_a.detach().float(), lora_b.detach().float()
+    bound = abs(scaling) * a.shape[0] * b.abs().max() * a.abs().max() if a.numel() and b.numel() else torch.tensor(0.0)
+    limit = torch.finfo(weight.dtype if weight.dtype == torch.float16 else torch.float32).max / 2
+    if not torch.isfinite(bound) or bound > limit:
+        raise MergeError(f"merging adapter {name!r} would write NaN/Inf into the base weights; "
+                         "the adapter is corrupt or diverged: retrain it or lower the learning rate")
+    acc = weight if weight.dtype == torch.float32 else weight.float()
+    acc.addmm_(*((a.T, b.T) if fan_in_fan_out else (b, a)), alpha=scaling)
+    if acc is not weight:
+        weight.copy_(acc)
+    return weight
+
+
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     """Adapters train in float32 on half-precision bases (small, and fp16/bf16 Adam is fragile)."""
     return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
@@ -133,26 +154,20 @@ class LoraLayer(nn.Module):
         """ΔW of adapter `name` in float32, laid out like the base weight."""
         return delta_weight(self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], self.fan_in_fan_out)
 
-    @torch.no_grad()
     def merge(self) -> None:
-        """W ← W + s·B·A for the active adapter; the sum is formed in float32 and checked for NaN/Inf."""
+        """W ← W + s·B·A for the active adapter, in place (float32 accumulation for half-precision W)."""
         if self.merged_adapter is not None:
             raise MergeError(f"adapter {self.merged_adapter!r} is already merged; unmerge() before merging again")
         name = self.active_adapter
-        w = self.base_layer.weight
-        merged = w.float() + self.delta_weight(name)
-        if not torch.isfinite(merged).all():
-            raise MergeError(f"merging adapter {name!r} would write NaN/Inf into the base weights; "
-                             "the adapter is corrupt or diverged: retrain it or lower the learning rate")
-        w.copy_(merged.to(w.dtype))
+        add_delta_(self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name],
+                   self.fan_in_fan_out, name)
         self.merged_adapter = name
 
-    @torch.no_grad()
     def unmerge(self) -> None:
         """W ← W − s·B·A: restores W0 up to float32 rounding (dtype rounding for half weights)."""
         name = self.merged_adapter
-        w = self.base_layer.weight
-        w.copy_((w.float() - self.delta_weight(name)).to(w.dtype))
+        add_delta_(self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight, -self.scaling[name],
+                   self.fan_in_fan_out, name)
         self.merged_adapter = None
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:

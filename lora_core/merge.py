@@ -3,7 +3,7 @@
 from torch import nn
 
 from .errors import MergeError
-from .inject import CONFIGS_ATTR, active_adapter, lora_layers, saved_modules
+from .inject import CONFIGS_ATTR, active_adapter, forget_wrappers, lora_layers, saved_modules
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -42,11 +42,12 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active adapter and replace every wrapper by a plain layer: the model to export."""
     if not any(layer.merged_adapter for layer in lora_layers(model).values()):
         merge(model)
-    for path, layer in lora_layers(model).items():
+    layers, saved = lora_layers(model), saved_modules(model)
+    for path, layer in layers.items():
         model.set_submodule(path, layer.base_layer)
-    for path, wrapper in saved_modules(model).items():
+    for path, wrapper in saved.items():
         model.set_submodule(path, wrapper.active_module())
     model.__dict__.pop(CONFIGS_ATTR, None)
-    for param in model.parameters():
-        param.requires_grad_(False)
+    forget_wrappers(model)
+    model.requires_grad_(False)
     return model

@@ -17,7 +17,8 @@ from torch import nn
 
 from .config import ALL_LINEAR, LoraConfig
 from .errors import AdapterMismatchError, LoraError, UnsafeFormatError
-from .inject import adapter_configs, inject, lora_layers, resolve_saved_modules, resolve_targets, saved_modules
+from .inject import (adapter_configs, inject, lora_layers, resolve_saved_modules, resolve_targets, saved_modules,
+                     set_trainable, wrappers)
 from .layer import is_conv1d
 
 CONFIG_FILE = "adapter_config.json"
@@ -236,6 +237,6 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
                 copy = wrapper.modules_to_save[adapter_name]
                 copy.load_state_dict({k: tensors[f"{PREFIX}{path_}.{k}"] for k in copy.state_dict()})
     if not trainable:
-        for param in model.parameters():
-            param.requires_grad_(False)
+        for wrapper in wrappers(model).values():
+            set_trainable(wrapper, adapter_name, False)
     return model

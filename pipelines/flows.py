@@ -88,7 +88,7 @@ def merge_task(spec: TaskSpec, prepared: dict, base_path: str, adapter: str, out
 
 @task(name="analyze", **CACHED)
 def analyze_task(spec: TaskSpec, adapter: str, base_path: str, out: str, key: str) -> dict:
-    from .rank_commands import analyze
+    from .cli.rank import analyze
     report = analyze(adapter, base_path, None, out, print_=lambda *_: None)
     s = report["summary"]
     create_markdown_artifact(table({"r": s["r"], "rank for 90/95/99% of |dW|^2": "/".join(

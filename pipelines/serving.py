@@ -17,7 +17,7 @@ from lora_core.peft_format import read_peft_config
 from registry import AdapterRegistry, BaseMismatchError, VersionRecord
 
 from .models import DEFAULT_BASE_NAME, default_base_model, load_model, resolve_base
-from .registry_commands import split_ref
+from .cli.adapters import split_ref
 from .spec import BaseSpec
 from .steps import LABELS_FILE
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from lora_core import (count_parameters, inject, load_adapter, merge, merge_and_unload, save_adapter,
-                       set_active_adapter, unmerge)
+from lora_core import count_parameters, inject, load_adapter, merge, save_adapter, set_active_adapter, unmerge
+from lora_core.checkpoint_merge import merge_checkpoint
 
 from . import data as datasets
 from .evaluate import classification_metrics, decide, lm_outputs, relative_gap
@@ -135,10 +135,22 @@ def evaluate(spec: TaskSpec, prepared: dict, base_path: Path, adapter: str, prod
 
 
 def merge_model(spec: TaskSpec, prepared: dict, base_path: Path, adapter: str, out: Path) -> str:
-    """W = W0 + s·B·A written as a plain model (safetensors + config + tokenizer): no adapter at inference."""
-    model, tokenizer = load_model(base_path, spec.type, prepared["labels"])
-    load_adapter(model, adapter)
-    merged = merge_and_unload(model)
-    merged.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    """W = W0 + s·B·A streamed shard by shard from the base's files into a plain model (no adapter at inference).
+
+    A classifier's head (a saved module of the adapter) and its labels go into the merged model's config.
+    """
+    shutil.rmtree(out, ignore_errors=True)  # our own work folder: a leftover from a killed run is redone
+    merge_checkpoint(base_path, adapter, out, config_updates=head_config(base_path, spec.type, prepared["labels"]))
     return str(out)
+
+
+def head_config(base_path: Path, task_type: str, labels: list[str]) -> dict:
+    """config.json entries that make AutoModelFor<task> load the merged model with the task's head and labels."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+    model_type = AutoConfig.from_pretrained(base_path).model_type
+    if task_type == "classification":
+        return {"architectures": [MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES[model_type]],
+                "id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+    return {"architectures": [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]}

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from .code_version import code_version
+from .digests import DigestCache
 from .errors import BaseMismatchError, RegistryError
 from .fingerprint import CONFIG_FILE, fingerprint_weights
 from .manifest import MANIFEST_FILE, Manifest, scan_folder
@@ -24,7 +25,7 @@ from .names import base_model_name, check_task_name, parse_ref
 from .records import MODES, BaseRecord, HistoryEvent, Promotion, VersionRecord
 from .settings import RegistrySettings
 from .stores import open_store
-from .transfer import download_promoted, materialize, upload_verified
+from .transfer import download_promoted, materialize, seed, upload_verified
 
 TAG = "loraops."
 HISTORY_TAG = TAG + "history."
@@ -38,13 +39,14 @@ class AdapterRegistry:
         if self.settings.embedded:
             self.settings.home.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.settings.tracking_uri, registry_uri=self.settings.tracking_uri)
+        self.digests = DigestCache(self.settings.digests)
 
     # ---- base models -------------------------------------------------------------------------
     def register_base(self, path: str | Path, name: str | None = None, source: str | None = None,
                       revision: str | None = None) -> BaseRecord:
         """Register a base model folder once per weight fingerprint; the same weights return the same record."""
         path = Path(path)
-        fingerprint = fingerprint_weights(path)
+        fingerprint = fingerprint_weights(path, self.digests)
         config = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).exists() else {}
         name = name or config.get("_name_or_path") or path.name
         model = base_model_name(name)
@@ -70,7 +72,7 @@ class AdapterRegistry:
 
     def check_base(self, record: VersionRecord, base_path: str | Path) -> str:
         """Refuse to use `record` on a base whose weights differ from its training base; returns the fingerprint."""
-        actual = fingerprint_weights(base_path)
+        actual = fingerprint_weights(base_path, self.digests)
         if actual != record.base_fingerprint:
             raise BaseMismatchError(
                 f"{record.task} v{record.version} was trained on {record.base_name} (fingerprint "
@@ -93,7 +95,7 @@ class AdapterRegistry:
         if bad:
             raise RegistryError(f"metric {bad[0]!r} = {metrics[bad[0]]!r} is not a finite number; fix the evaluation")
         folders = {"adapter": Path(adapter_dir)} | ({"merged": Path(merged_dir)} if merged_dir else {})
-        manifests = {mode: Manifest(task=task, mode=mode, base_fingerprint=base.fingerprint, files=scan_folder(folder))
+        manifests = {mode: Manifest(task=task, mode=mode, base_fingerprint=base.fingerprint, files=scan_folder(folder, self.digests))
                      for mode, folder in folders.items()}
         if same := self._same_version(task, manifests, base, dataset_fingerprint):
             return same  # re-registering identical bytes on the same base and data adds nothing
@@ -104,6 +106,7 @@ class AdapterRegistry:
                 self.client.log_metric(run_id, key, value)
         for mode, folder in folders.items():
             self._log_folder(run_id, folder, manifests[mode], mode)
+            seed(self.settings.cache, folder, manifests[mode])
         if own_run:
             self.client.set_terminated(run_id)
         tags = {TAG + "base.name": base.name, TAG + "base.fingerprint": base.fingerprint,
@@ -150,7 +153,8 @@ class AdapterRegistry:
                 raise
             what = f"version {ref}" if isinstance(ref, int) else f"version with alias {ref!r}"
             raise RegistryError(f"task {task!r} has no {what}; see `loraops adapters list --task {task}`") from None
-        return self._version_record(version, self.aliases(task))
+        # One round trip: MLflow returns the version with the aliases that point at it.
+        return self._version_record(version, {alias: int(version.version) for alias in version.aliases})
 
     def list_versions(self, task: str | None = None, base: str | None = None) -> list[VersionRecord]:
         """Versions of one task or of all tasks; `base` filters by base name or fingerprint (prefix)."""
@@ -203,7 +207,7 @@ class AdapterRegistry:
         manifest = Manifest.from_json((source / MANIFEST_FILE).read_bytes(), str(source))
         manifest = manifest.model_copy(update={"version": record.version})
         prefix = f"{task}/v{record.version}/{mode}"
-        uploaded, skipped, sent = upload_verified(store, prefix, source, manifest, progress)
+        uploaded, skipped, sent = upload_verified(store, prefix, source, manifest, self.digests, progress)
         self.client.set_model_version_tag(task, str(record.version), f"{TAG}promoted.{mode}", store.uri(prefix))
         current = self.aliases(task).get("production")
         events = []
@@ -238,7 +242,7 @@ class AdapterRegistry:
             return self._fetch_from_mlflow(record, mode)
         store = open_store(record.promoted[mode])
         return materialize(record.manifests[mode], self.settings.cache, download_promoted(store, record.manifests[mode]),
-                           store.uri())
+                           store.uri(), self.digests)
 
     # ---- internals ---------------------------------------------------------------------------
     def _fetch_from_mlflow(self, record: VersionRecord, mode: str) -> Path:
@@ -246,7 +250,7 @@ class AdapterRegistry:
             self.client.download_artifacts(record.run_id, mode, str(tmp))
             for path in (tmp / mode).iterdir():
                 path.rename(tmp / path.name)
-        return materialize(record.manifests[mode], self.settings.cache, download, record.artifacts[mode])
+        return materialize(record.manifests[mode], self.settings.cache, download, record.artifacts[mode], self.digests)
 
     def _log_folder(self, run_id: str, folder: Path, manifest: Manifest, mode: str) -> None:
         self.client.log_artifacts(run_id, str(folder), mode)

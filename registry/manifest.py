@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import IntegrityError
-from .fingerprint import sha256_file
+from .digests import DigestCache
 
 MANIFEST_FILE = "manifest.json"
 
@@ -51,18 +51,23 @@ def files_digest(files: dict[str, FileEntry]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def scan_folder(folder: Path) -> dict[str, FileEntry]:
+def scan_folder(folder: Path, digests: DigestCache | None = None) -> dict[str, FileEntry]:
     """Every regular file under `folder` (POSIX relative paths), manifest.json excluded."""
+    digests = digests or DigestCache()
     files = {}
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
         if path.is_file() and name != MANIFEST_FILE:
-            files[name] = FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+            files[name] = FileEntry(sha256=digests.get(path).sha256, bytes=path.stat().st_size)
     return files
 
 
-def verify_folder(folder: Path, files: dict[str, FileEntry]) -> None:
-    """Raise IntegrityError naming the first file that is missing, truncated or altered."""
+def verify_folder(folder: Path, files: dict[str, FileEntry], digests: DigestCache | None = None) -> None:
+    """Raise IntegrityError naming the first file that is missing, truncated or altered.
+
+    With a digest cache, a file unchanged since it was last hashed (same inode, size, mtime) is not read again.
+    """
+    digests = digests or DigestCache()
     for name, expected in sorted(files.items()):
         path = folder / name
         if not path.is_file():
@@ -70,6 +75,6 @@ def verify_folder(folder: Path, files: dict[str, FileEntry]) -> None:
         size = path.stat().st_size
         if size != expected.bytes:
             raise IntegrityError(f"{path}: {size} bytes, manifest says {expected.bytes}; the copy is truncated or altered")
-        actual = sha256_file(path)
+        actual = digests.get(path).sha256
         if actual != expected.sha256:
             raise IntegrityError(f"{path}: sha256 {actual[:12]}..., manifest says {expected.sha256[:12]}...; the copy is altered")

@@ -40,3 +40,8 @@ class RegistrySettings(BaseModel):
     @property
     def cache(self) -> Path:
         return self.home / "cache"
+
+    @property
+    def digests(self) -> Path:
+        """The file-digest cache (registry/digests.py)."""
+        return self.home / "digests.sqlite"

@@ -3,20 +3,38 @@
 Keys are POSIX paths below the store's root/prefix. S3 settings come from the standard AWS
 environment or profile (AWS_ENDPOINT_URL, AWS_PROFILE, AWS_ACCESS_KEY_ID, ...); credentials are
 never echoed into messages or records.
+
+`upload` reads a file once: that pass computes the sha256 the manifest promised (a mismatch stops
+before anything becomes visible) and the S3 additional checksums (SHA-256 per part), which the
+store checks on receipt and reports back on HEAD. `present` answers "already there?" from one
+HEAD (S3) or a stat (folder, through the digest cache).
 """
 
+import base64
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from .errors import StoreError
-from .fingerprint import CHUNK
+from .digests import CHUNK, DigestCache, FileDigest, part_size
+from .errors import IntegrityError, StoreError
 from .manifest import FileEntry
 
 Progress = Callable[[int], None]
+log = logging.getLogger("loraops.store")
+
+
+def _mismatch(source: Path, actual: str, expected: FileEntry) -> IntegrityError:
+    return IntegrityError(f"{source}: sha256 {actual[:12]}... while reading it for upload, manifest says "
+                          f"{expected.sha256[:12]}...; the local copy changed, nothing was published from it")
+
+
+def b64(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
 class LocalStore:
@@ -37,25 +55,30 @@ class LocalStore:
         except OSError as e:
             raise StoreError(f"promotion target {self.root} cannot be created ({e.strerror}); pick a writable folder") from None
 
-    def checksum(self, key: str) -> FileEntry | None:
+    def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool:
         path = self.root / key
-        if not path.is_file():
-            return None
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        return FileEntry(sha256=digest.hexdigest(), bytes=path.stat().st_size)
+        return path.is_file() and path.stat().st_size == entry.bytes and digests.get(path).sha256 == entry.sha256
 
     def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None) -> None:
+        """Copy to a temporary name beside the destination, hashing as it goes; fsync; rename into place."""
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
         with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".upload-", delete=False) as tmp:
-            with open(source, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    tmp.write(chunk)
-                    if progress:
-                        progress(len(chunk))
+            try:
+                with open(source, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+                        tmp.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+                tmp.flush()
+                os.fsync(tmp.fileno())
+                if digest.hexdigest() != entry.sha256:
+                    raise _mismatch(source, digest.hexdigest(), entry)
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
         os.replace(tmp.name, dest)
 
     def download(self, key: str, dest: Path) -> None:
@@ -68,7 +91,10 @@ class LocalStore:
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".upload-{dest.name}")
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, dest)
 
     def get_bytes(self, key: str) -> bytes | None:
@@ -77,9 +103,11 @@ class LocalStore:
 
 
 class S3Store:
-    """s3://bucket/prefix through boto3's transfer manager (multipart above `multipart_threshold`)."""
+    """s3://bucket/prefix: one PUT up to part_size(file), else a multipart upload with `workers` parts in flight."""
 
-    def __init__(self, bucket: str, prefix: str = "", multipart_threshold: int = 64 * 1024 * 1024, client=None):
+    fallback_said = False  # "no additional checksums here" is logged once per process
+
+    def __init__(self, bucket: str, prefix: str = "", client=None, workers: int = 4):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -91,8 +119,8 @@ class S3Store:
             response_checksum_validation=os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
             retries={"max_attempts": 5, "mode": "standard"})
         self.client = client or boto3.session.Session().client("s3", config=config)
-        self.transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=max(
-            5 * 1024 * 1024, multipart_threshold // 4))
+        self.transfer = TransferConfig(multipart_chunksize=16 * 1024 * 1024)  # downloads
+        self.workers = workers
 
     def __repr__(self) -> str:
         return f"S3Store({self.uri()})"
@@ -107,7 +135,31 @@ class S3Store:
     def check(self) -> None:
         self._call(self.client.head_bucket, Bucket=self.bucket)
 
-    def checksum(self, key: str) -> FileEntry | None:
+    def head(self, key: str) -> dict | None:
+        """{bytes, checksum (SHA-256 as the store reports it, '-N' dropped) or None, sha256 (our metadata)}."""
+        response = self._call(self.client.head_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key),
+                              ChecksumMode="ENABLED")
+        if response is None:
+            return None
+        checksum = response.get("ChecksumSHA256")
+        return {"bytes": response["ContentLength"], "checksum": checksum.split("-")[0] if checksum else None,
+                "sha256": response.get("Metadata", {}).get("sha256")}
+
+    def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool:
+        """One HEAD: the size and the store's own checksum match the file (full-object, or composite of parts)."""
+        info = self.head(key)
+        if info is None or info["bytes"] != entry.bytes:
+            return False
+        if info["checksum"] is None:  # a store without additional checksums: read it back
+            return self.read_back(key) == entry
+        if info["checksum"] == b64(entry.sha256):
+            return True
+        if source is None or not source.is_file():
+            return False
+        local = digests.get(source)
+        return local.sha256 == entry.sha256 and info["checksum"] == local.s3_checksum().split("-")[0]
+
+    def read_back(self, key: str) -> FileEntry | None:
         response = self._call(self.client.get_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key))
         if response is None:
             return None
@@ -117,9 +169,108 @@ class S3Store:
             size += len(chunk)
         return FileEntry(sha256=digest.hexdigest(), bytes=size)
 
-    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None) -> None:
-        self._call(self.client.upload_file, str(source), self.bucket, self._key(key),
-                   ExtraArgs={"Metadata": {"sha256": entry.sha256}}, Config=self.transfer, Callback=progress)
+    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None) -> FileDigest:
+        """Send `source` read once, with SHA-256 checksums the store verifies; then confirm with one HEAD."""
+        step = part_size(entry.bytes)
+        with open(source, "rb") as f:
+            if entry.bytes <= step:
+                digest = self._put_single(f, source, key, entry, progress)
+            else:
+                digest = self._put_multipart(f, source, key, entry, step, progress)
+        self.verify(key, digest, entry)
+        return digest
+
+    def verify(self, key: str, digest: FileDigest, entry: FileEntry) -> None:
+        info = self.head(key)
+        if info is not None and info["checksum"] is None:
+            if not S3Store.fallback_said:
+                log.warning("%s reports no SHA-256 checksums; verifying uploads by reading them back", self.uri())
+                S3Store.fallback_said = True
+            stored = self.read_back(key)
+            good = stored == entry
+        else:
+            stored = info and f"{info['bytes']} bytes, checksum {info['checksum']}"
+            good = info is not None and info["bytes"] == entry.bytes and info["checksum"] in (
+                b64(entry.sha256), digest.s3_checksum().split("-")[0])
+        if not good:
+            raise IntegrityError(f"{self.uri(key)}: the store holds {stored}, expected {entry.bytes} bytes with sha256 "
+                                 f"{entry.sha256[:12]}...; the store altered the upload, promotion stopped")
+
+    def _put_single(self, f, source: Path, key: str, entry: FileEntry, progress: Progress | None) -> FileDigest:
+        data = f.read()
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != entry.sha256 or len(data) != entry.bytes:
+            raise _mismatch(source, sha, entry)
+        self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256",
+                   ChecksumSHA256=b64(sha), Metadata={"sha256": sha})
+        if progress:
+            progress(len(data))
+        return FileDigest(sha, len(data), (sha,))
+
+    def _put_multipart(self, f, source: Path, key: str, entry: FileEntry, step: int,
+                       progress: Progress | None) -> FileDigest:
+        created = self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=self._key(key),
+                             ChecksumAlgorithm="SHA256", Metadata={"sha256": entry.sha256})
+        upload_id, whole, futures = created["UploadId"], hashlib.sha256(), []
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                for number in range(1, -(-entry.bytes // step) + 1):
+                    data = f.read(step)
+                    whole.update(data)  # the reading thread hashes the file; workers hash and send parts
+                    while sum(not x.done() for x in futures) >= self.workers:  # at most `workers` parts in memory
+                        wait(futures, return_when=FIRST_COMPLETED)
+                    futures.append(pool.submit(self._put_part, key, upload_id, number, data, progress))
+                parts = [x.result() for x in futures]
+            if whole.hexdigest() != entry.sha256:
+                raise _mismatch(source, whole.hexdigest(), entry)
+            self._call(self.client.complete_multipart_upload, Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+                       MultipartUpload={"Parts": [p for p, _ in parts]})
+        except BaseException:
+            self.abort(key, upload_id)
+            raise
+        return FileDigest(entry.sha256, entry.bytes, tuple(h for _, h in parts))
+
+    def _put_part(self, key: str, upload_id: str, number: int, data: bytes, progress: Progress | None):
+        sha = hashlib.sha256(data).hexdigest()
+        response = self._call(self.client.upload_part, Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
+                              PartNumber=number, Body=data, ChecksumSHA256=b64(sha))
+        if progress:
+            progress(len(data))
+        return {"ETag": response["ETag"], "PartNumber": number, "ChecksumSHA256": b64(sha)}, sha
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+        except Exception:  # the upload failed already; the next promotion aborts what is left (abort_stale)
+            pass
+
+    def abort_stale(self, prefix: str) -> int:
+        """Abort incomplete multipart uploads under `prefix` (left by a killed promotion); returns how many."""
+        listed = self._call(self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=self._key(prefix))
+        uploads = listed.get("Uploads", [])
+        for upload in uploads:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        return len(uploads)
+
+    def copy_from(self, source_uri: str, key: str, entry: FileEntry) -> bool:
+        """Server-side copy of s3://bucket/key on this store, verified by the SHA-256 the store computes of the copy.
+
+        False when the source is elsewhere or too large for one CopyObject (5 GB): then the caller uploads.
+        """
+        bucket, _, source_key = source_uri.removeprefix("s3://").partition("/")
+        if not source_uri.startswith("s3://") or entry.bytes > 5 * 10**9:
+            return False
+        response = self._call(self.client.copy_object, Bucket=self.bucket, Key=self._key(key),
+                              CopySource={"Bucket": bucket, "Key": source_key}, ChecksumAlgorithm="SHA256",
+                              MetadataDirective="REPLACE", Metadata={"sha256": entry.sha256})
+        copied = response.get("CopyObjectResult", {}).get("ChecksumSHA256")
+        if copied is None:
+            return False
+        if copied.split("-")[0] != b64(entry.sha256):
+            self._call(self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+            raise IntegrityError(f"{source_uri}: the store's SHA-256 of the copy is not the manifest's "
+                                 f"{entry.sha256[:12]}...; the registered artifact is damaged, promotion stopped")
+        return True
 
     def download(self, key: str, dest: Path) -> None:
         self._call(self.client.download_file, self.bucket, self._key(key), str(dest), Config=self.transfer)

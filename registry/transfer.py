@@ -1,5 +1,6 @@
 """Moving verified folders: upload to a store (manifest last) and fetch into the content-addressed cache."""
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -8,30 +9,31 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import IntegrityError
+from .digests import DigestCache
 from .manifest import MANIFEST_FILE, Manifest, verify_folder
 from .stores import LocalStore, S3Store
 
 
-def upload_verified(store: LocalStore | S3Store, prefix: str, folder: Path, manifest: Manifest,
+def upload_verified(store: LocalStore | S3Store, prefix: str, folder: Path, manifest: Manifest, digests: DigestCache,
                     progress: bool = True) -> tuple[list[str], list[str], int]:
-    """Upload `folder` under `prefix`, verify every object by reading it back, write manifest.json last.
+    """Upload `folder` under `prefix`, each file read once and verified by the store; manifest.json last.
 
-    Objects already present with the manifest's sha256 and size are not uploaded again, so a
-    repeated promotion moves no bytes. Returns (uploaded, skipped, bytes uploaded). The caller has
-    run store.check(), so a missing bucket or bad credentials fail before any work.
+    Objects already there (one HEAD, or a stat for a folder) are not sent again, so a repeated
+    promotion moves no bytes. Incomplete multipart uploads a killed promotion left under the
+    prefix are aborted first. Returns (uploaded, skipped, bytes uploaded). The caller has run
+    store.check(), so a missing bucket or bad credentials fail before any work.
     """
-    present = {name: store.checksum(f"{prefix}/{name}") for name in manifest.files}
-    todo = [name for name, entry in manifest.files.items() if present[name] != entry]
+    if isinstance(store, S3Store):
+        store.abort_stale(prefix + "/")
+    todo = [name for name, entry in manifest.files.items()
+            if not store.present(f"{prefix}/{name}", entry, digests, folder / name)]
     total = sum(manifest.files[name].bytes for name in todo)
     # A bar on a terminal only (disable=None), and only when asked and there is something to send.
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress and todo else True) as bar:
         for name in todo:
-            store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update)
-    for name in todo:
-        stored = store.checksum(f"{prefix}/{name}")
-        if stored != manifest.files[name]:
-            raise IntegrityError(f"{store.uri(f'{prefix}/{name}')}: read back as {stored}, expected "
-                                 f"{manifest.files[name]}; the store altered the upload, promotion stopped")
+            sent = store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update)
+            if sent is not None:  # the part digests of this pass answer the next "already there?"
+                digests.put(folder / name, sent)
     data = manifest.to_json()
     store.put_bytes(f"{prefix}/{MANIFEST_FILE}", data)
     if store.get_bytes(f"{prefix}/{MANIFEST_FILE}") != data:
@@ -56,7 +58,30 @@ def download_promoted(store: LocalStore | S3Store, digest: str) -> Callable[[Pat
     return download
 
 
-def materialize(digest: str, cache: Path, download: Callable[[Path], None], where: str) -> Path:
+def seed(cache: Path, folder: Path, manifest: Manifest) -> None:
+    """Put a folder just registered into the cache as hard links (no copy, no download at promotion time).
+
+    Best effort: where links are impossible (another filesystem) promotion fetches from MLflow instead.
+    """
+    dest = cache / manifest.digest
+    if dest.is_dir():
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".seed-"))
+    try:
+        for name in manifest.files:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            os.link(folder / name, tmp / name)
+        (tmp / MANIFEST_FILE).write_bytes(manifest.to_json())
+        tmp.rename(dest)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def materialize(digest: str, cache: Path, download: Callable[[Path], None], where: str,
+                digests: DigestCache | None = None) -> Path:
     """The folder whose manifest has content digest `digest`, in the cache at cache/<digest>, verified.
 
     download(tmp) fills a temporary folder (files + manifest.json); it is checked against the
@@ -65,7 +90,7 @@ def materialize(digest: str, cache: Path, download: Callable[[Path], None], wher
     dest = cache / digest
     if dest.is_dir():
         try:
-            verify_folder(dest, _manifest(dest, digest, where).files)
+            verify_folder(dest, _manifest(dest, digest, where).files, digests)
             return dest
         except IntegrityError:
             shutil.rmtree(dest)  # tampered or half-written: fetch it again
@@ -73,7 +98,7 @@ def materialize(digest: str, cache: Path, download: Callable[[Path], None], wher
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".fetch-"))
     try:
         download(tmp)
-        verify_folder(tmp, _manifest(tmp, digest, where).files)
+        verify_folder(tmp, _manifest(tmp, digest, where).files, digests)
         try:
             tmp.rename(dest)
         except OSError:

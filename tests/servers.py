@@ -161,3 +161,43 @@ def mlflow_server(s3_server, postgres_uri, tmp_path_factory):
                     f"{url}/health", folder / "server.log", env)
     yield {"url": url, "backend": backend.split(":")[0].split("+")[0]}
     stop(process)
+
+
+class ChecksumStrippingProxy:
+    """An S3-compatible endpoint that knows no additional checksums: forwards to `upstream`, drops x-amz-checksum-*.
+
+    Stands for the stores (older MinIO, Ceph RGW versions, ...) whose HEAD reports no SHA-256.
+    """
+
+    def __init__(self, upstream: str):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        host, port = upstream.removeprefix("http://").split(":")
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                upstream_conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                headers = {k: v for k, v in self.headers.items() if not k.lower().startswith("x-amz-checksum")}
+                upstream_conn.request(self.command, self.path, body=body, headers=headers)
+                response = upstream_conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if not key.lower().startswith("x-amz-checksum") and key.lower() not in ("transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()

@@ -128,7 +128,7 @@ def test_predict_switches_adapters_on_one_base_and_refuses_another_base(prefect_
 
 def test_schedule_creates_a_deployment_with_the_cron_and_no_overlap(prefect_server, bases, home, tmp_path):
     from prefect.client.orchestration import get_client
-    from pipelines.run_commands import schedule
+    from pipelines.cli.run import schedule
     path = write_task(tmp_path, "nightly", bases["bert"], data_slice(tmp_path))
     deployment_id = schedule(str(path), "0 3 * * *", apply_only=True, print_=lambda *_: None)
     with get_client(sync_client=True) as client:

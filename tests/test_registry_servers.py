@@ -1,6 +1,7 @@
 """The registry the way a team runs it: a real `mlflow server` (PostgreSQL when present) over HTTP,
 artifacts and promotions on an S3-compatible server over HTTP, and the `loraops` CLI as a process."""
 
+import base64
 import hashlib
 import json
 import os
@@ -149,16 +150,56 @@ def test_cli_reads_the_team_registry_and_fails_in_one_line(team, mlflow_server):
     assert registry.aliases(task)["production"] == 1
 
 
-def test_large_files_go_up_in_parts_and_read_back_verified(s3_env, tmp_path):
+def test_large_files_go_up_in_parts_verified_by_the_stores_checksums(s3_env, tmp_path, monkeypatch):
+    from registry.digests import DigestCache
     from registry.manifest import FileEntry
     from registry.stores import S3Store
+    monkeypatch.setattr("registry.digests.MIN_PART", 5 * 1024 * 1024)
     data = os.urandom(11 * 1024 * 1024)
     (tmp_path / "big.safetensors").write_bytes(data)
     entry = FileEntry(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    store = S3Store("promoted", "multipart-test", multipart_threshold=5 * 1024 * 1024)
-    sent = []
-    store.upload(tmp_path / "big.safetensors", "big.safetensors", entry, sent.append)
-    head = boto3.client("s3").head_object(Bucket="promoted", Key="multipart-test/big.safetensors")
+    store = S3Store("promoted", "multipart-test")
+    sent, gets = [], []
+    store.client.meta.events.register("before-call.s3.GetObject", lambda **kw: gets.append(kw))
+    digest = store.upload(tmp_path / "big.safetensors", "big.safetensors", entry, sent.append)
+    head = boto3.client("s3").head_object(Bucket="promoted", Key="multipart-test/big.safetensors", ChecksumMode="ENABLED")
     assert head["ETag"].strip('"').endswith("-3")  # three parts of 5, 5 and 1 MiB
+    parts = [data[i:i + 5 * 2**20] for i in range(0, len(data), 5 * 2**20)]
+    composite = base64.b64encode(hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).digest()).decode()
+    assert head["ChecksumSHA256"].split("-")[0] == composite == digest.s3_checksum().split("-")[0]
     assert head["Metadata"]["sha256"] == entry.sha256 and sum(sent) == len(data)
-    assert store.checksum("big.safetensors") == entry
+    assert store.present("big.safetensors", entry, DigestCache(), tmp_path / "big.safetensors")
+    assert gets == []  # verified and found by HEAD alone, no body read back
+
+    # The local file changed after the manifest was made: refused while reading, nothing left on the store.
+    (tmp_path / "big.safetensors").write_bytes(data[:-1] + b"x")
+    with pytest.raises(IntegrityError, match="the local copy changed"):
+        store.upload(tmp_path / "big.safetensors", "other.safetensors", entry)
+    assert store.head("other.safetensors") is None
+    assert boto3.client("s3").list_multipart_uploads(Bucket="promoted", Prefix="multipart-test/").get("Uploads") is None
+
+
+def test_store_without_checksums_falls_back_to_reading_back(s3_env, tmp_path, monkeypatch, caplog):
+    from registry.digests import DigestCache
+    from registry.manifest import FileEntry
+    from registry.stores import S3Store
+    from servers import ChecksumStrippingProxy
+    proxy = ChecksumStrippingProxy(s3_env["endpoint"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+    monkeypatch.setattr(S3Store, "fallback_said", False)
+    data = os.urandom(300_000)
+    (tmp_path / "w.safetensors").write_bytes(data)
+    entry = FileEntry(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    store = S3Store("promoted", "no-checksums")
+    gets = []
+    store.client.meta.events.register("before-call.s3.GetObject", lambda **kw: gets.append(kw))
+    with caplog.at_level("WARNING", logger="loraops.store"):
+        store.upload(tmp_path / "w.safetensors", "w.safetensors", entry)
+        store.upload(tmp_path / "w.safetensors", "w2.safetensors", entry)
+    assert store.head("w.safetensors")["checksum"] is None and len(gets) == 2
+    assert [r.message for r in caplog.records].count(
+        f"s3://promoted/no-checksums reports no SHA-256 checksums; verifying uploads by reading them back") == 1
+    assert store.present("w.safetensors", entry, DigestCache())
+    boto3.client("s3").put_object(Bucket="promoted", Key="no-checksums/w.safetensors", Body=data[:-1] + b"\0")
+    assert not store.present("w.safetensors", entry, DigestCache())  # damaged: found by the read-back
+    proxy.close()

@@ -8,9 +8,9 @@ from pathlib import Path
 from lora_core import LoraError
 from registry.errors import IntegrityError, RegistryError, StoreError
 
-from .data import DataError
-from .models import BaseModelError
-from .spec import SpecError
+from ..data import DataError
+from ..models import BaseModelError
+from ..spec import SpecError
 
 
 def positive_int(text: str) -> int:
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--finetuned", required=True, help="fine-tuned model folder")
     _rank_or_pve(extract)
     extract.add_argument("--out", required=True)
+    merge = commands.add_parser("merge", help="fold a PEFT adapter into its base on disk, shard by shard")
+    merge.add_argument("base_dir", help="base model folder (config.json + *.safetensors)")
+    merge.add_argument("adapter_dir", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
+    merge.add_argument("out_dir", help="new folder for the merged model")
     _registry_commands(commands)
     run = commands.add_parser("run", help="run the train_adapter flow for one or more task files")
     run.add_argument("tasks", nargs="+", metavar="TASK.yaml")
@@ -81,11 +85,15 @@ def _rank_or_pve(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     # Command modules load transformers or matplotlib: import only the one that runs.
     if args.command == "demo":
-        from .demo import run_demo
+        from ..demo import run_demo
         run_demo(steps=args.steps, out_dir=Path(args.out) if args.out else None)
         return
+    if args.command == "merge":
+        from .merge import merge_command
+        merge_command(args.base_dir, args.adapter_dir, args.out_dir)
+        return
     if args.command in ("run", "schedule", "predict"):
-        from . import run_commands
+        from . import run as run_commands
         if args.command == "run":
             run_commands.run(args.tasks)
         elif args.command == "schedule":
@@ -94,12 +102,12 @@ def run(args: argparse.Namespace) -> None:
             run_commands.predict(args.ref, args.texts)
         return
     if args.command in ("adapters", "promote", "rollback"):
-        from . import registry_commands
+        from . import adapters as registry_commands
         if args.command == "adapters" and args.action != "list" and not args.ref:
             raise RegistryError(f"adapters {args.action} needs a task; e.g. loraops adapters {args.action} my-task")
         getattr(registry_commands, args.command)(args)
         return
-    from . import rank_commands
+    from . import rank as rank_commands
     if args.command == "analyze":
         rank_commands.analyze(args.adapter_dir, args.base, args.compare, args.out)
     elif args.command == "compress":

@@ -9,7 +9,7 @@ from lora_core import LoraError
 from lora_core.analysis import adapter_report, compress, extract, read_adapter, subspace_similarity
 from lora_core.analysis.plots import plot_ranks, plot_scree, plot_similarity
 
-from .tables import render_table
+from ..tables import render_table
 
 COLUMNS = ("module", "shape", "r", "|dW|_F", "90%", "95%", "99%", "elbow", "eff.rank", "amplif.")
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from registry import RegistrySettings
 
-from . import steps
-from .spec import load_spec
+from .. import steps
+from ..spec import load_spec
 
 
 def prefect_defaults(settings: RegistrySettings) -> None:
@@ -28,7 +28,7 @@ def validate(paths: list[str]) -> list:
 def run(paths: list[str], print_=print) -> list[dict]:
     specs = validate(paths)
     prefect_defaults(RegistrySettings.from_env())
-    from .flows import train_adapter
+    from ..flows import train_adapter
     results = []
     for path, spec in zip(paths, specs):
         result = train_adapter(str(Path(path).resolve()))
@@ -51,7 +51,7 @@ def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> st
     spec = validate([path])[0]
     prefect_defaults(RegistrySettings.from_env())
     from prefect.deployments.runner import EntrypointType
-    from .flows import train_adapter
+    from ..flows import train_adapter
     # A module entrypoint: the runner imports pipelines.flows as a package module (its imports are relative).
     deployment = train_adapter.to_deployment(name=spec.task, cron=cron, parameters={"spec_path": str(Path(path).resolve())},
                                              concurrency_limit=1, tags=["loraops", spec.task],
@@ -67,7 +67,7 @@ def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> st
 
 
 def predict(ref: str, texts: list[str], print_=print) -> list[dict]:
-    from .serving import AdapterSwitcher
+    from ..serving import AdapterSwitcher
     results = AdapterSwitcher().predict(ref, texts)
     for r in results:
         answer = r["completion"] if "completion" in r else f"{r['label']}  (p={r['probability']:.2f}, {r['task']} v{r['version']})"

@@ -5,7 +5,7 @@ import json
 from registry import AdapterRegistry, VersionRecord
 from registry.names import check_task_name
 
-from .tables import render_table
+from ..tables import render_table
 
 
 def split_ref(text: str) -> tuple[str, str | None]:

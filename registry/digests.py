@@ -1,0 +1,137 @@
+"""File digests computed in one read and remembered: sha256, S3 part digests and per-tensor digests.
+
+A file is read once, front to back, feeding three hashes at once: the whole file (manifests), each
+upload part (S3 additional checksums) and, for safetensors, each tensor (weight fingerprints).
+The result is cached by the file's identity (device, inode, size, mtime_ns): an unchanged file
+costs a stat, a changed one is read again. As in git's index, an entry hashed less than
+RACY_NS after the file's mtime is not trusted (a same-size rewrite within the filesystem's
+timestamp granularity would keep the mtime), so a fresh file is simply read again.
+"""
+
+import base64
+import hashlib
+import json
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_core.safetensors_io import read_header
+
+CHUNK = 8 * 1024 * 1024
+MIN_PART = 64 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit on parts per upload
+RACY_NS = 2_000_000_000
+
+
+def part_size(nbytes: int) -> int:
+    """Upload part size for a file of `nbytes`: 64 MiB, larger in whole MiB when 10,000 parts would not hold it."""
+    return max(MIN_PART, math.ceil(nbytes / MAX_PARTS / 2**20) * 2**20)
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    sha256: str
+    bytes: int
+    parts: tuple[str, ...]  # sha256 hex of each part_size(bytes) slice
+    tensors: dict[str, list] | None = None  # tensor name -> [dtype, shape, sha256 hex of its bytes] (safetensors)
+
+    def s3_checksum(self) -> str:
+        """What S3 reports as ChecksumSHA256: the file's digest for one PUT, else the digest of the part digests + '-N'."""
+        if len(self.parts) <= 1:
+            return base64.b64encode(bytes.fromhex(self.sha256)).decode()
+        joined = b"".join(bytes.fromhex(p) for p in self.parts)
+        return f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(self.parts)}"
+
+
+def identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def digest_file(path: Path, tensors: bool = False) -> FileDigest:
+    """One sequential read of `path`: whole-file, per-part and (tensors=True: a safetensors file) per-tensor sha256."""
+    size = path.stat().st_size
+    step = part_size(size)
+    whole, part, parts = hashlib.sha256(), hashlib.sha256(), []
+    spans = sorted(read_header(path)[0].values(), key=lambda e: e.start) if tensors else []
+    found, next_span, current, at = {}, 0, None, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            whole.update(chunk)
+            view = memoryview(chunk)
+            while view:  # cut the chunk at part and tensor boundaries
+                if current is None and next_span < len(spans) and spans[next_span].start <= at:
+                    current, tensor_hash, next_span = spans[next_span], hashlib.sha256(), next_span + 1
+                cut = min(len(view), step - at % step)
+                if current is not None:
+                    cut = min(cut, current.end - at)
+                elif next_span < len(spans):
+                    cut = min(cut, spans[next_span].start - at)
+                piece, view = view[:cut], view[cut:]
+                part.update(piece)
+                if current is not None:
+                    tensor_hash.update(piece)
+                at += cut
+                if current is not None and at == current.end:
+                    found[current.name] = [current.dtype, list(current.shape), tensor_hash.hexdigest()]
+                    current = None
+                if cut and at % step == 0:
+                    parts.append(part.hexdigest())
+                    part = hashlib.sha256()
+    if at != size:
+        raise OSError(f"{path}: read {at} of {size} bytes; the file changed while it was read")
+    found |= {e.name: [e.dtype, list(e.shape), hashlib.sha256().hexdigest()]  # empty tensors at the end
+              for e in spans[next_span:] if e.start == e.end}
+    if at % step or not parts:
+        parts.append(part.hexdigest())
+    return FileDigest(whole.hexdigest(), size, tuple(parts), found if tensors else None)
+
+
+class DigestCache:
+    """Digests by file identity in an SQLite file ($LORAOPS_HOME/digests.sqlite; None: remember nothing).
+
+    Only a cache: if its file is unusable, files are simply hashed again.
+    """
+
+    def __init__(self, path: Path | None = None):
+        self.db = None
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+                self.db.execute("create table if not exists digests (dev int, ino int, size int, mtime_ns int, "
+                                "hashed_ns int, record text, primary key (dev, ino, size, mtime_ns))")
+            except (OSError, sqlite3.Error):
+                self.db = None
+
+    def get(self, path: Path, tensors: bool = False) -> FileDigest:
+        """The file's digests: from the cache when its identity is unchanged (and tensors were hashed if asked)."""
+        key = identity(path)
+        row = self._execute("select hashed_ns, record from digests where dev=? and ino=? and size=? and mtime_ns=?", key)
+        record = json.loads(row[1]) if row and row[0] > key[3] + RACY_NS else None
+        if record and (not tensors or record["tensors"] is not None):
+            return FileDigest(record["sha256"], record["bytes"], tuple(record["parts"]), record["tensors"])
+        hashed_ns = time.time_ns()
+        digest = digest_file(path, tensors)
+        self.put(path, digest, key, hashed_ns)
+        return digest
+
+    def put(self, path: Path, digest: FileDigest, key: tuple | None = None, hashed_ns: int | None = None) -> None:
+        """Remember digests of `path` taken when it had identity `key` (default: now), starting at `hashed_ns`."""
+        key = key or identity(path)
+        if self.db is None or key[2] != digest.bytes:
+            return
+        record = json.dumps({"sha256": digest.sha256, "bytes": digest.bytes, "parts": list(digest.parts),
+                             "tensors": digest.tensors})
+        self._execute("insert or replace into digests values (?, ?, ?, ?, ?, ?)", (*key, hashed_ns or time.time_ns(), record))
+
+    def _execute(self, sql: str, values: tuple):
+        if self.db is None:
+            return None
+        try:
+            return self.db.execute(sql, values).fetchone()
+        except sqlite3.Error:  # deleted or locked for too long: hashing again is always correct
+            return None
+
