@@ -184,7 +184,10 @@ class LoraLayer(nn.Module):
             return result + (x.to(a0.dtype) @ a0.T @ b0.T * self.scaling[pissa]).to(result.dtype)
         lora_a, lora_b = self.lora_A[name], self.lora_B[name]
         h = self.lora_dropout[name](x.to(lora_a.weight.dtype))
-        return result + (lora_b(lora_a(h)) * self.scaling[name]).to(result.dtype)
+        update = lora_b(lora_a(h))
+        if update.dtype == result.dtype:  # one fused pass: result += s·update (the base output is not needed in backward)
+            return result.add_(update, alpha=self.scaling[name])
+        return result + (update * self.scaling[name]).to(result.dtype)
 
     def extra_repr(self) -> str:
         ranks = {n: a.out_features for n, a in self.lora_A.items()}

@@ -121,19 +121,36 @@ def label_names(examples: list[Example]) -> list[str]:
     return sorted({e.label for e in examples})
 
 
-def _order(n: int, shuffle_seed: int | None) -> list[int]:
+GROUP_WINDOW = 50  # batches per window whose examples are sorted by length
+
+
+def batch_order(lengths: list[int], batch_size: int, shuffle_seed: int | None) -> list[list[int]]:
+    """Batches of example indices grouped by length, so a batch carries little padding.
+
+    Training (a seed): shuffle, sort each window of GROUP_WINDOW batches by length, cut it into
+    batches and shuffle the batches, so lengths are mixed across steps but alike within one.
+    Evaluation (no seed): all examples sorted by length.
+    """
+    n = len(lengths)
     if shuffle_seed is None:
-        return list(range(n))
-    return torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+        ordered = sorted(range(n), key=lambda i: lengths[i])
+        return [ordered[i:i + batch_size] for i in range(0, n, batch_size)]
+    g = torch.Generator().manual_seed(shuffle_seed)
+    order = torch.randperm(n, generator=g).tolist()
+    window = batch_size * GROUP_WINDOW
+    grouped = []
+    for start in range(0, n, window):
+        ordered = sorted(order[start:start + window], key=lambda i: lengths[i])
+        grouped += [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return [grouped[i] for i in torch.randperm(len(grouped), generator=g).tolist()]
 
 
 def batches(examples: list[Example], labels: list[str], tokenizer, batch_size: int, max_length: int,
             shuffle_seed: int | None = None):
     """Classification batches {input_ids, attention_mask, ..., labels [batch]}."""
-    order = _order(len(examples), shuffle_seed)
     index = {name: i for i, name in enumerate(labels)}
-    for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
+    for members in batch_order([len(e.text) for e in examples], batch_size, shuffle_seed):
+        chunk = [examples[i] for i in members]
         batch = tokenizer([e.text for e in chunk], padding=True, truncation=True, max_length=max_length,
                           return_tensors="pt")
         batch["labels"] = torch.tensor([index[e.label] for e in chunk])
@@ -142,17 +159,17 @@ def batches(examples: list[Example], labels: list[str], tokenizer, batch_size: i
 
 def lm_batches(examples: list[Example], tokenizer, batch_size: int, max_length: int, shuffle_seed: int | None = None):
     """Causal LM batches: prompt + completion + EOS, right-padded; labels are -100 on prompt and padding,
-    so the loss counts completion tokens only."""
-    order = _order(len(examples), shuffle_seed)
+    so the loss counts completion tokens only. Over max_length, the prompt is cut from the left, so the
+    completion (what is learned and measured) always fits."""
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    for start in range(0, len(order), batch_size):
+    for members in batch_order([len(e.text) + len(e.label) for e in examples], batch_size, shuffle_seed):
         rows = []
-        for e in (examples[i] for i in order[start:start + batch_size]):
+        for e in (examples[i] for i in members):
             prompt = tokenizer(e.text, add_special_tokens=False)["input_ids"]
-            completion = tokenizer(" " + e.label, add_special_tokens=False)["input_ids"] + [eos]
-            ids = (prompt + completion)[:max_length]
-            rows.append((ids, ([-100] * len(prompt) + completion)[:max_length]))
+            completion = (tokenizer(" " + e.label, add_special_tokens=False)["input_ids"] + [eos])[:max_length - 1]
+            prompt = prompt[max(0, len(prompt) - (max_length - len(completion))):]  # a long prompt loses its start
+            rows.append((prompt + completion, [-100] * len(prompt) + completion))
         width = max(len(ids) for ids, _ in rows)
         yield {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
                "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),

@@ -5,6 +5,7 @@ import math
 import torch
 from torch import nn
 
+from .data import DataError
 from .spec import GateSpec
 from .train import autocast, resolve_device
 
@@ -38,7 +39,9 @@ def lm_outputs(model: nn.Module, batches, device: str = "auto") -> tuple[torch.T
         total += nn.functional.cross_entropy(shifted[mask], targets[mask], reduction="sum").item()
         count += mask.sum().item()
         kept.append(shifted[mask].cpu())
-    loss = total / max(count, 1)
+    if not count:
+        raise DataError("the held-out split has no completion tokens to score; raise training.max_length")
+    loss = total / count
     return torch.cat(kept), {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 

@@ -59,7 +59,8 @@ class GateSpec(Strict):
     metric: str = Field("accuracy", description="accuracy | macro_f1 (classification), perplexity (causal LM)")
     min_gain_over_base: float = Field(0.0, description="the adapter must beat the base by at least this much")
     must_beat_production: bool = Field(True, description="refuse an adapter worse than current production")
-    merge_tolerance: float = Field(1e-3, gt=0, description="max |merged - unmerged| / max|unmerged| on logits")
+    merge_tolerance: float | None = Field(None, gt=0, description="max |merged - unmerged| / max|unmerged| on logits; "
+                                          "default by the base's dtype: 1e-3 float32, 1e-2 float16, 3e-2 bfloat16")
 
 
 class PromotionSpec(Strict):

@@ -18,13 +18,13 @@ from mlflow.exceptions import MlflowException
 
 from .code_version import code_version
 from .digests import DigestCache
-from .errors import BaseMismatchError, RegistryError
+from .errors import BaseMismatchError, IntegrityError, RegistryError
 from .fingerprint import CONFIG_FILE, fingerprint_weights
 from .manifest import MANIFEST_FILE, Manifest, scan_folder
 from .names import base_model_name, check_task_name, parse_ref
 from .records import MODES, BaseRecord, HistoryEvent, Promotion, VersionRecord
 from .settings import RegistrySettings
-from .stores import open_store
+from .stores import S3Store, open_store
 from .transfer import download_promoted, materialize, seed, upload_verified
 
 TAG = "loraops."
@@ -203,11 +203,14 @@ class AdapterRegistry:
                                 f"or promote --mode adapter")
         store = open_store(target or self.settings.promotion_target)
         store.check()
-        source = self._fetch_from_mlflow(record, mode)
-        manifest = Manifest.from_json((source / MANIFEST_FILE).read_bytes(), str(source))
-        manifest = manifest.model_copy(update={"version": record.version})
+        # Artifacts already in S3 (an MLflow server writing straight to the bucket) are copied server-side:
+        # no byte passes through this machine. Anything else comes from the verified local cache.
+        remote = record.artifacts[mode] if isinstance(store, S3Store) and record.artifacts[mode].startswith("s3://") else None
+        source = None if remote else self._fetch_from_mlflow(record, mode)
+        manifest = self._manifest(record, mode, source)
         prefix = f"{task}/v{record.version}/{mode}"
-        uploaded, skipped, sent = upload_verified(store, prefix, source, manifest, self.digests, progress)
+        uploaded, skipped, sent = upload_verified(store, prefix, manifest, self.digests, progress, source,
+                                                  copy_from=remote, fetch=lambda: self._fetch_from_mlflow(record, mode))
         self.client.set_model_version_tag(task, str(record.version), f"{TAG}promoted.{mode}", store.uri(prefix))
         current = self.aliases(task).get("production")
         events = []
@@ -251,6 +254,20 @@ class AdapterRegistry:
             for path in (tmp / mode).iterdir():
                 path.rename(tmp / path.name)
         return materialize(record.manifests[mode], self.settings.cache, download, record.artifacts[mode], self.digests)
+
+    def _manifest(self, record: VersionRecord, mode: str, source: Path | None) -> Manifest:
+        """The version's manifest (from the fetched folder, else manifest.json alone from MLflow), checked against
+        the registry's digest before any file name in it is used."""
+        if source is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                data = Path(self.client.download_artifacts(record.run_id, f"{mode}/{MANIFEST_FILE}", tmp)).read_bytes()
+        else:
+            data = (source / MANIFEST_FILE).read_bytes()
+        manifest = Manifest.from_json(data, record.artifacts[mode])
+        if manifest.digest != record.manifests[mode]:
+            raise IntegrityError(f"{record.artifacts[mode]}: manifest digest {manifest.digest[:12]}... is not the "
+                                 f"registered {record.manifests[mode][:12]}...; the artifacts were altered")
+        return manifest.model_copy(update={"version": record.version})
 
     def _log_folder(self, run_id: str, folder: Path, manifest: Manifest, mode: str) -> None:
         self.client.log_artifacts(run_id, str(folder), mode)

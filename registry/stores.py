@@ -253,12 +253,13 @@ class S3Store:
         return len(uploads)
 
     def copy_from(self, source_uri: str, key: str, entry: FileEntry) -> bool:
-        """Server-side copy of s3://bucket/key on this store, verified by the SHA-256 the store computes of the copy.
+        """Server-side copy of s3://bucket/key into this store, verified by the SHA-256 the store computes of the copy.
 
-        False when the source is elsewhere or too large for one CopyObject (5 GB): then the caller uploads.
+        False where a single CopyObject cannot do it (over 5 GB) or the store computes no checksum of it:
+        then the caller uploads the file instead.
         """
         bucket, _, source_key = source_uri.removeprefix("s3://").partition("/")
-        if not source_uri.startswith("s3://") or entry.bytes > 5 * 10**9:
+        if entry.bytes > 5 * 10**9:
             return False
         response = self._call(self.client.copy_object, Bucket=self.bucket, Key=self._key(key),
                               CopySource={"Bucket": bucket, "Key": source_key}, ChecksumAlgorithm="SHA256",

@@ -14,23 +14,33 @@ from .manifest import MANIFEST_FILE, Manifest, verify_folder
 from .stores import LocalStore, S3Store
 
 
-def upload_verified(store: LocalStore | S3Store, prefix: str, folder: Path, manifest: Manifest, digests: DigestCache,
-                    progress: bool = True) -> tuple[list[str], list[str], int]:
-    """Upload `folder` under `prefix`, each file read once and verified by the store; manifest.json last.
+def upload_verified(store: LocalStore | S3Store, prefix: str, manifest: Manifest, digests: DigestCache,
+                    progress: bool = True, folder: Path | None = None, copy_from: str | None = None,
+                    fetch: Callable[[], Path] | None = None) -> tuple[list[str], list[str], int]:
+    """Publish the manifest's files under `prefix`, each verified by the store; manifest.json last.
 
+    Files come from `folder`, each read once; or, with `copy_from` (the artifacts' s3:// folder on the
+    same store), by server-side copy, fetching the folder (`fetch`) only for what cannot be copied.
     Objects already there (one HEAD, or a stat for a folder) are not sent again, so a repeated
-    promotion moves no bytes. Incomplete multipart uploads a killed promotion left under the
-    prefix are aborted first. Returns (uploaded, skipped, bytes uploaded). The caller has run
+    promotion moves no bytes. Incomplete multipart uploads a killed promotion left under the prefix
+    are aborted first. Returns (uploaded or copied, skipped, bytes sent from this machine). The caller has run
     store.check(), so a missing bucket or bad credentials fail before any work.
     """
     if isinstance(store, S3Store):
         store.abort_stale(prefix + "/")
     todo = [name for name, entry in manifest.files.items()
-            if not store.present(f"{prefix}/{name}", entry, digests, folder / name)]
-    total = sum(manifest.files[name].bytes for name in todo)
+            if not store.present(f"{prefix}/{name}", entry, digests, folder / name if folder else None)]
+    if copy_from:
+        copied = [n for n in todo if store.copy_from(f"{copy_from}/{n}", f"{prefix}/{n}", manifest.files[n])]
+    else:
+        copied = []
+    send = [name for name in todo if name not in copied]
+    if send and folder is None:
+        folder = fetch()
+    total = sum(manifest.files[name].bytes for name in send)
     # A bar on a terminal only (disable=None), and only when asked and there is something to send.
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress and todo else True) as bar:
-        for name in todo:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress and send else True) as bar:
+        for name in send:
             sent = store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update)
             if sent is not None:  # the part digests of this pass answer the next "already there?"
                 digests.put(folder / name, sent)

@@ -111,8 +111,9 @@ def test_predict_switches_adapters_on_one_base_and_refuses_another_base(prefect_
     from pipelines.serving import AdapterSwitcher
     data = data_slice(tmp_path)
     for name, base in (("first", "bert"), ("second", "bert"), ("elsewhere", "other-bert")):
+        # The gate is not what this test is about: every version is promoted, near chance or not.
         train_adapter(str(write_task(tmp_path, name, bases[base], data, training__max_steps=20,
-                                     training__seed=len(name))))
+                                     training__seed=len(name), gate__min_gain_over_base=-1.0)))
     switcher = AdapterSwitcher()
     texts = ["a chess engine", "audio mixer for the desktop"]
     first = switcher.predict("first", texts)

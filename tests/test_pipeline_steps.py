@@ -13,7 +13,7 @@ from pipelines import data as datasets
 from pipelines import steps
 from pipelines.evaluate import classification_metrics, decide
 from pipelines.spec import GateSpec, SpecError, load_spec
-from tasks import data_slice, tiny_base, write_task
+from tasks import DATA, data_slice, tiny_base, write_task
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +97,34 @@ def test_causal_lm_batches_count_the_completion_only(bert_base):
     batch = next(datasets.lm_batches([datasets.Example("a chess game .", "games"), datasets.Example("x", "sound")],
                                      tokenizer, 2, 32))
     prompt = tokenizer("a chess game .", add_special_tokens=False)["input_ids"]
-    labels = batch["labels"][0]
+    labels = batch["labels"][1]  # evaluation batches run shortest first
     assert (labels[:len(prompt)] == -100).all()
     assert labels[len(prompt):].tolist()[:2] == tokenizer(" games", add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]
-    assert (batch["labels"][1][batch["attention_mask"][1] == 0] == -100).all()
+    assert (batch["labels"][0][batch["attention_mask"][0] == 0] == -100).all() and batch["attention_mask"][0, -1] == 0
+
+
+def test_long_prompts_lose_their_start_so_the_completion_always_fits(bert_base):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(bert_base)
+    long = " ".join(f"word{i}" for i in range(100))
+    batch = next(datasets.lm_batches([datasets.Example(long, "games")], tokenizer, 1, 16))
+    completion = tokenizer(" games", add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]
+    assert batch["input_ids"].shape == (1, 16)
+    assert batch["labels"][0, -len(completion):].tolist() == completion == batch["input_ids"][0, -len(completion):].tolist()
+    prompt = tokenizer(long, add_special_tokens=False)["input_ids"]
+    assert batch["input_ids"][0, :16 - len(completion)].tolist() == prompt[-(16 - len(completion)):]
+
+
+def test_batches_grouped_by_length_cover_every_example_once_with_less_padding():
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
+    lengths = [len(r["text"]) for r in rows]
+    grouped = datasets.batch_order(lengths, 16, shuffle_seed=3)
+    assert sorted(i for b in grouped for i in b) == list(range(len(rows)))
+    assert grouped == datasets.batch_order(lengths, 16, shuffle_seed=3) != datasets.batch_order(lengths, 16, 4)
+    plain = torch.randperm(len(rows), generator=torch.Generator().manual_seed(3)).tolist()
+    padding = lambda batches: sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)  # noqa: E731
+    assert padding(grouped) < 0.2 * padding([plain[i:i + 16] for i in range(0, len(plain), 16)])
+    assert [len(b) for b in datasets.batch_order(lengths, 16, None)].count(16) == len(rows) // 16
 
 
 def test_macro_f1_and_gate():

@@ -203,3 +203,29 @@ def test_store_without_checksums_falls_back_to_reading_back(s3_env, tmp_path, mo
     boto3.client("s3").put_object(Bucket="promoted", Key="no-checksums/w.safetensors", Body=data[:-1] + b"\0")
     assert not store.present("w.safetensors", entry, DigestCache())  # damaged: found by the read-back
     proxy.close()
+
+
+def test_artifacts_already_on_the_same_s3_are_promoted_by_server_side_copy(s3_env, tmp_path, monkeypatch):
+    """An MLflow whose artifact root is the bucket itself: promotion copies inside the store, verified by its SHA-256."""
+    from registry.stores import S3Store
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env["endpoint"])
+    settings = RegistrySettings.from_env(home=tmp_path / "home", promotion_target="s3://promoted/copied", actor="ci")
+    registry = AdapterRegistry(settings)
+    registry.client.create_experiment("loraops-direct", artifact_location="s3://mlflow-artifacts/direct")
+    folders = write_artifacts(tmp_path)
+    base = registry.register_base(folders["base"], name="tiny/bert")
+    record = registry.register("direct", folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"])
+    assert record.artifacts["merged"].startswith("s3://mlflow-artifacts/direct/")
+    calls = []
+    monkeypatch.setattr(S3Store, "upload", lambda *a, **k: calls.append(a))  # nothing may be sent from here
+    promotion = registry.promote("direct", record.version, "merged")
+    assert calls == [] and promotion.bytes_uploaded == 0 and len(promotion.uploaded) > 0
+    s3 = boto3.client("s3")
+    for name in promotion.uploaded:
+        head = s3.head_object(Bucket="promoted", Key=f"copied/direct/v1/merged/{name}", ChecksumMode="ENABLED")
+        body = s3.get_object(Bucket="promoted", Key=f"copied/direct/v1/merged/{name}")["Body"].read()
+        assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+    merged = AutoModelForSequenceClassification.from_pretrained(registry.fetch("direct", "production", "merged")).eval()
+    assert (output(merged, inputs("bert")) - folders["logits"]).abs().max() < 1e-5
+    again = registry.promote("direct", record.version, "merged")
+    assert again.uploaded == [] and len(again.skipped) == len(promotion.uploaded)

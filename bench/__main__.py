@@ -1,0 +1,104 @@
+"""`python -m bench [--quick] [--out DIR]`: every case beside its anchor; writes BENCHMARKS.md and results.json.
+
+--quick runs tiny sizes in seconds (CI keeps the harness working; no timing is asserted). The full
+mode builds a 1.1B-parameter bf16 Llama checkpoint on first use (under --work) and takes minutes.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from bench import cases
+
+
+def fmt(value, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "bytes":
+        return f"{value / 2**20:,.0f} MiB" if value >= 2**20 else f"{value / 1024:,.0f} KiB"
+    if unit == "B/s":
+        return f"{value / 1e6:,.0f} MB/s"
+    if unit == "count":
+        return f"{value:,}"
+    return f"{value * 1e6:,.0f} us" if value < 1e-3 else f"{value * 1e3:,.1f} ms" if value < 1 else f"{value:,.2f} s"
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    import peft
+    import transformers
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"transformers {transformers.__version__}, peft {peft.__version__}, Python {platform.python_version()}, GPU: {gpu}")
+
+
+def report(rows: list[dict], failures: list[str], quick: bool) -> str:
+    lines = [f"# Benchmarks ({'quick' if quick else 'full'} mode)", "",
+             f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} with `python -m bench{' --quick' if quick else ''}` "
+             f"on: {machine()}.", "",
+             "Each case runs loraops and its anchor in the same run on the same inputs, repeats interleaved, medians; "
+             "ratio = loraops / anchor (for bytes/s higher is better, for everything else lower is better).", "",
+             "| case | loraops | anchor | ratio | target | notes |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "-" if r["anchor"] is None else f"{r['ratio']:.2f}x"
+        lines.append(f"| {r['case']} | {fmt(r['ours'], r['unit'])} | {fmt(r['anchor'], r['unit'])} | {ratio} | "
+                     f"{r['target']} | {r['note']} |")
+    lines += ["", "Not measured here: GPU cases (no GPU on this machine; the code paths are the same with device: cuda)."]
+    lines += [f"Failed: {f}" for f in failures]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
+    parser.add_argument("--out", default=".", help="folder for BENCHMARKS.md and bench-results.json")
+    parser.add_argument("--work", default=None, help="folder for built models (kept between runs); default a temp dir")
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    work = Path(args.work or tempfile.mkdtemp(prefix="loraops-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows, failures = [], []
+
+    def attempt(name, fn, *a):
+        try:
+            result = fn(*a)
+            rows.extend(result[0] if isinstance(result, tuple) else result)
+            for r in rows[-len(result[0] if isinstance(result, tuple) else result):]:
+                print(f"{r['case']}: {fmt(r['ours'], r['unit'])} vs {fmt(r['anchor'], r['unit'])}", flush=True)
+            return result
+        except Exception as e:  # one broken case must not hide the others; it is reported
+            traceback.print_exc()
+            failures.append(f"{name}: {type(e).__name__}: {e}")
+            return None
+    attempt("train step", cases.train_step, args.quick)
+    attempt("merge in memory", cases.merge_in_memory, args.quick)
+    scratch = Path(tempfile.mkdtemp(dir=work))
+    attempt("load and switch", cases.load_and_switch, args.quick, scratch)
+    merged = attempt("disk merge", cases.disk_merge, args.quick, work)
+    if merged:
+        _, base, adapter = merged
+        attempt("fingerprint", cases.fingerprint, base, work)
+        attempt("registry", cases.registry_cases, args.quick, scratch, base, base, adapter)
+        attempt("llm flow", cases.llm_flow, args.quick, work, base)
+    attempt("flow overhead", cases.flow_overhead, args.quick, work)
+    shutil.rmtree(scratch, ignore_errors=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "BENCHMARKS.md").write_text(report(rows, failures, args.quick))
+    (out / "bench-results.json").write_text(json.dumps({"quick": args.quick, "rows": rows, "failures": failures}, indent=2))
+    print(f"wrote {out / 'BENCHMARKS.md'}")
+    if failures:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

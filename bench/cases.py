@@ -1,0 +1,279 @@
+"""The benchmark cases. Each runs loraops and its anchor side by side on the same inputs and returns rows:
+{case, ours, anchor, unit, ratio, target, note}; `ratio` = ours / anchor (lower is better for seconds and bytes)."""
+
+import copy
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.harness import in_child, interleaved, ratio
+from bench.models import adapter_for, describe, folder_bytes, llama, llama_on_disk, shard_sizes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def row(case, ours, anchor, unit, target, note="", floor=None):
+    return {"case": case, "ours": ours, "anchor": anchor, "unit": unit, "ratio": ratio(ours, anchor), "target": target,
+            "note": note, "floor": floor}
+
+
+def train_step(quick: bool) -> list[dict]:
+    steps, runs = (2, 1) if quick else (6, 3)
+    results = {impl: [in_child("bench.worker", "train", impl, str(steps)) for _ in range(runs)]
+               for impl in ("ours", "peft", "full")}
+    med = lambda impl, key: sorted(r[key] for r in results[impl])[len(results[impl]) // 2]  # noqa: E731
+    ours, peft, full = ({k: med(i, k) for k in results[i][0]} for i in ("ours", "peft", "full"))
+    return [
+        row("LoRA train step, MiniLM r=8 q,v, batch 32x64 (s)", ours["step"], peft["step"], "s", "<= 0.9x PEFT"),
+        row("  same, peak RSS of the training process", ours["peak"], peft["peak"], "bytes", "<= 1.0x PEFT"),
+        row("LoRA vs full fine-tune: step time", ours["step"], full["step"], "s", "report"),
+        row("LoRA vs full fine-tune: trainable parameters", ours["trainable"], full["trainable"], "count", "report"),
+        row("LoRA vs full fine-tune: checkpoint bytes", ours["checkpoint_bytes"], full["checkpoint_bytes"], "bytes", "report"),
+        row("LoRA vs full fine-tune: peak RSS", ours["peak"], full["peak"], "bytes", "report"),
+    ]
+
+
+def merge_in_memory(quick: bool) -> list[dict]:
+    """merge_and_unload of an all-linear r=16 adapter on a Llama-like model, fresh copies each repeat."""
+    import peft
+    from lora_core import LoraConfig, inject, merge_and_unload
+    from lora_core.inject import lora_layers
+    base = llama("tiny" if quick else "100m")
+    names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    models = {}
+
+    def setup():
+        ours = copy.deepcopy(base)
+        inject(ours, LoraConfig(r=16, alpha=32, target_modules=names))
+        for layer in lora_layers(ours).values():
+            torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.01)
+        theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=16, lora_alpha=32, target_modules=names))
+        for module in theirs.modules():
+            if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {}):
+                torch.nn.init.normal_(module.lora_B["default"].weight, std=0.01)
+        targets = [m.weight for n, m in base.named_modules() if n.rsplit(".", 1)[-1] in names]
+        models.update(ours=ours, peft=theirs, floor=(targets, [t.clone() for t in targets]))
+
+    def floor():  # read and write every adapted weight once: the copy-bandwidth floor of any merge
+        for dst, src in zip(*models["floor"]):
+            dst.copy_(src)
+
+    with torch.no_grad():
+        times = interleaved({"ours": lambda: merge_and_unload(models["ours"]),
+                             "peft": lambda: models["peft"].merge_and_unload(), "floor": floor},
+                            repeats=2 if quick else 5, setup=setup)
+    params = sum(p.numel() for p in base.parameters()) / 1e6
+    return [row(f"merge all-linear r=16, Llama-like {params:.0f}M, in memory (s)", times["ours"], times["peft"], "s",
+                "<= 0.5x PEFT, <= 3x floor", f"floor {times['floor']:.4f}s, ours/floor {times['ours'] / times['floor']:.1f}x",
+                times["floor"])]
+
+
+def load_and_switch(quick: bool, tmp: Path) -> list[dict]:
+    import peft
+    from lora_core import LoraConfig, delete_adapter, inject, load_adapter, save_adapter, set_active_adapter
+    from transformers import AutoModelForSequenceClassification
+    from pipelines.models import default_base_model
+
+    def minilm():
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_pretrained(default_base_model(), num_labels=4).eval()
+    loaded = 4 if quick else 20
+    model = minilm()
+    inject(model, LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"]))
+    save_adapter(model, tmp / "adapter")
+    delete_adapter(model, "default")
+    theirs = peft.PeftModel.from_pretrained(minilm(), tmp / "adapter", adapter_name="a0")
+    ours = model
+    load_adapter(ours, tmp / "adapter", "a0")
+    counter = iter(range(1, 10**6))
+
+    def ours_load():
+        name = f"x{next(counter)}"
+        load_adapter(ours, tmp / "adapter", name)
+        delete_adapter(ours, name)
+
+    def peft_load():
+        name = f"x{next(counter)}"
+        theirs.load_adapter(tmp / "adapter", adapter_name=name)
+        theirs.delete_adapter(name)
+        theirs.set_adapter("a0")
+    load = interleaved({"ours": ours_load, "peft": peft_load}, repeats=3 if quick else 15)
+    for i in range(1, loaded):
+        load_adapter(ours, tmp / "adapter", f"a{i}")
+        theirs.load_adapter(tmp / "adapter", adapter_name=f"a{i}")
+    turn = iter(range(10**6))
+    switches = 20 if quick else 200
+
+    def ours_switch():
+        for _ in range(switches):
+            set_active_adapter(ours, f"a{next(turn) % loaded}")
+
+    def peft_switch():
+        for _ in range(switches):
+            theirs.set_adapter(f"a{next(turn) % loaded}")
+    switch = interleaved({"ours": ours_switch, "peft": peft_switch}, repeats=3 if quick else 7)
+    # flat in the number loaded: the same switch with only two adapters loaded
+    for i in range(2, loaded):
+        delete_adapter(ours, f"a{i}")
+    two = interleaved({"ours": lambda: [set_active_adapter(ours, f"a{k % 2}") for k in range(switches)]},
+                      repeats=3 if quick else 7)["ours"]
+    return [row("load one adapter onto a loaded MiniLM (s)", load["ours"], load["peft"], "s", "<= 0.5x PEFT"),
+            row(f"switch the active adapter, {loaded} loaded (s per switch)", switch["ours"] / switches,
+                switch["peft"] / switches, "s", "<= 0.5x PEFT; flat in the number loaded",
+                f"with 2 loaded: {two / switches * 1e6:.0f} us per switch (x{switch['ours'] / two:.2f})")]
+
+
+def disk_merge(quick: bool, home: Path) -> tuple[list[dict], Path, Path]:
+    base = llama_on_disk("tiny" if quick else "1b", home / ("llama-tiny" if quick else "llama-1b"),
+                         shard="200KB" if quick else "500MB")
+    adapter = adapter_for(base, home / f"{base.name}-adapter")
+    runs = {impl: in_child("bench.worker", "disk-merge", impl, str(base), str(adapter), str(home / f"out-{impl}"))
+            for impl in ("ours", "peft")}
+    note = f"{describe(base)}, largest shard {max(shard_sizes(base)) / 1e6:.0f} MB; all-linear r=16"
+    rows = [row("merge a bf16 sharded Llama disk to disk (s)", runs["ours"]["seconds"], runs["peft"]["seconds"], "s",
+                "<= 0.5x PEFT", note),
+            row("  same, peak RSS", runs["ours"]["peak"], runs["peft"]["peak"], "bytes", "<= 0.3x PEFT")]
+    return rows, base, adapter
+
+
+def fingerprint(base: Path, home: Path) -> list[dict]:
+    from registry import fingerprint_weights
+    from registry.digests import DigestCache
+    db = home / "fingerprint-digests.sqlite"
+    db.unlink(missing_ok=True)
+    cache = DigestCache(db)
+    started = time.perf_counter()
+    first = fingerprint_weights(base, cache)
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    assert fingerprint_weights(base, cache) == first
+    warm = time.perf_counter() - started
+    return [row("base fingerprint of an unchanged base, second run (s)", warm, cold, "s", "<= 2% of the first run",
+                f"{folder_bytes(base) / 1e9:.2f} GB; first run {folder_bytes(base) / cold / 1e9:.2f} GB/s")]
+
+
+def registry_cases(quick: bool, home: Path, merged_source: Path, base: Path, adapter: Path) -> list[dict]:
+    """resolve vs MlflowClient on an mlflow server; promote vs boto3 upload_file on moto's S3 server."""
+    import boto3
+    from bench.servers import mlflow_server, moto_server
+    from registry import AdapterRegistry, RegistrySettings
+    with moto_server(home) as endpoint, mlflow_server(home) as url:
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                           "AWS_DEFAULT_REGION": "us-east-1"})
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="promoted")
+        settings = RegistrySettings.from_env(home=home / "registry", tracking_uri=url,
+                                             promotion_target="s3://promoted/bench", actor="bench")
+        registry = AdapterRegistry(settings)
+        record = registry.register_base(base, name="bench/llama")
+        merged = home / "merged"
+        if not merged.is_dir():
+            from lora_core.checkpoint_merge import merge_checkpoint
+            merge_checkpoint(merged_source, adapter, merged)
+        version = registry.register("bench-task", adapter, record, "b" * 64, {"loss": 1.0}, merged_dir=merged)
+        registry.promote("bench-task", version.version, "adapter")
+        resolve = interleaved({"ours": lambda: registry.resolve("bench-task", "production"),
+                               "anchor": lambda: registry.client.get_model_version_by_alias("bench-task", "production")},
+                              repeats=5 if quick else 30)
+        size = folder_bytes(merged)
+        files = [p for p in merged.iterdir() if p.is_file()]
+
+        def raw_upload():
+            for path in files:
+                s3.upload_file(str(path), "promoted", f"raw/{path.name}")
+        started = time.perf_counter()
+        raw_upload()
+        raw = time.perf_counter() - started
+        started = time.perf_counter()
+        registry.promote("bench-task", version.version, "merged", progress=False)
+        ours = time.perf_counter() - started
+        started = time.perf_counter()
+        again = registry.promote("bench-task", version.version, "merged", progress=False)
+        repeat = time.perf_counter() - started
+        assert again.bytes_uploaded == 0
+    return [row("resolve task@production (s)", resolve["ours"], resolve["anchor"], "s", "<= 1.2x MlflowClient",
+                "AdapterRegistry.resolve vs get_model_version_by_alias, same mlflow server"),
+            row(f"promote a {size / 1e9:.2f} GB merged model, verified (bytes/s)", size / ours, size / raw, "B/s",
+                ">= 0.9x boto3 upload_file", f"ours {ours:.1f}s, boto3 upload_file without verification {raw:.1f}s"),
+            row("promote the same version again (s)", repeat, None, "s", "<= 1 s", "one HEAD per object")]
+
+
+def package_pairs(path: Path, per_label: int) -> Path:
+    """Prompt/completion pairs from the shipped Debian synopses (real text): synopsis -> section."""
+    import json
+    rows = [json.loads(line) for line in (ROOT / "examples/data/package-sections.jsonl").read_text().splitlines()]
+    seen: dict[str, int] = {}
+    with open(path, "w") as f:
+        for row in rows:
+            if seen.setdefault(row["label"], 0) < per_label:
+                seen[row["label"]] += 1
+                f.write(json.dumps({"prompt": f"Debian package: {row['text']}\nSection:", "completion": row["label"]}) + "\n")
+    return path
+
+
+def llm_flow(quick: bool, home: Path, base: Path) -> list[dict]:
+    """`loraops run` on a causal-LM task over the Llama base, promoting the merged model to an S3 server."""
+    import boto3
+    import yaml
+    from bench.harness import run_watched
+    from bench.servers import moto_server
+    folder = home / "llm"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    data = package_pairs(folder / "pairs.jsonl", per_label=20)
+    task = folder / "llm-sections.yaml"
+    task.write_text(yaml.safe_dump({
+        "task": "llm-sections", "type": "causal-lm", "base": {"model": str(base)},
+        "data": {"path": str(data), "test_fraction": 0.2},
+        "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"]},
+        "training": {"max_steps": 2 if quick else 4, "batch_size": 4, "lr": 1e-3, "max_length": 64, "device": "cpu"},
+        # A random-weight base: the benchmark is about the path and its memory, so the gate lets any adapter through.
+        "gate": {"metric": "perplexity", "min_gain_over_base": -1e9, "must_beat_production": False},
+        "promotion": {"mode": "merged", "target": "s3://promoted/llm"}}))
+    with moto_server(folder) as endpoint:
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_DEFAULT_REGION": "us-east-1", "LORAOPS_HOME": str(folder / "home")}
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                          aws_secret_access_key="bench")
+        s3.create_bucket(Bucket="promoted")
+        run = run_watched([str(Path(sys.executable).parent / "loraops"), "run", str(task)], env=env)
+        if run["returncode"]:
+            raise RuntimeError(f"loraops run failed:\n{run['output'][-3000:]}")
+        listed = s3.list_objects_v2(Bucket="promoted", Prefix="llm/llm-sections/v1/merged/").get("Contents", [])
+        shipped = sum(o["Size"] for o in listed)
+        if not any(o["Key"].endswith("manifest.json") for o in listed):
+            raise RuntimeError("the merged model's manifest is not on the S3 server")
+    size = folder_bytes(base)
+    return [row("loraops run, causal LM on the Llama base, merged model promoted to S3: peak RSS", run["peak"], size,
+                "bytes", "<= 2x the base's bytes on disk",
+                f"{describe(base)}; anchor = the base's bytes on disk; {run['seconds']:.0f}s end to end; "
+                f"{shipped / 1e9:.2f} GB on S3")]
+
+
+def flow_overhead(quick: bool, home: Path) -> list[dict]:
+    """The quickstart task through `loraops run` vs the same steps called as plain functions, each on a fresh home."""
+    import yaml
+    from bench.harness import run_watched
+    spec = yaml.safe_load((ROOT / "examples/tasks/package-sections.yaml").read_text())
+    spec["data"]["path"] = str(ROOT / "examples/data/package-sections.jsonl")
+    if quick:
+        spec["training"]["max_steps"] = 5
+        spec["gate"]["min_gain_over_base"] = -1.0
+    folder = home / "overhead"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    task = folder / "package-sections.yaml"
+    task.write_text(yaml.safe_dump(spec))
+    steps = in_child("bench.worker", "steps", "-", str(task), str(folder / "steps-home"))
+    flow = run_watched([str(Path(sys.executable).parent / "loraops"), "run", str(task)],
+                       env={"LORAOPS_HOME": str(folder / "flow-home")})
+    if flow["returncode"]:
+        raise RuntimeError(f"loraops run failed:\n{flow['output'][-3000:]}")
+    return [row("flow overhead: quickstart task via `loraops run` vs its steps as plain functions (s)", flow["seconds"],
+                steps["seconds"], "s", "<= 1.10x (overhead <= 10%)",
+                "both whole processes on a fresh home; the flow adds Prefect's local server, task caching and MLflow run logging")]

@@ -1,0 +1,99 @@
+"""One measured job in a fresh process, so its peak RSS is its own: `python -m bench.worker JOB IMPL ARGS...`."""
+
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.harness import peak_rss
+
+torch.set_num_threads(2)
+
+
+def minilm_step(impl: str, steps: int, full: bool = False) -> dict:
+    """Median seconds of an AdamW train step (MiniLM classifier, batch 32 x 64 tokens) and the peak RSS."""
+    from transformers import AutoModelForSequenceClassification
+    from pipelines.models import default_base_model
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(default_base_model(), num_labels=4)
+    if impl == "ours":
+        from lora_core import LoraConfig, inject
+        inject(model, LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"]))
+    elif impl == "peft":
+        import peft
+        model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"],
+                                                           task_type="SEQ_CLS"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(1)
+    batch = {"input_ids": torch.randint(1000, 20000, (32, 64), generator=g),
+             "attention_mask": torch.ones(32, 64, dtype=torch.long), "labels": torch.randint(0, 4, (32,), generator=g)}
+    model.train()
+    times = []
+    for _ in range(steps + 2):  # two warm-up steps
+        started = time.perf_counter()
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    checkpoint = sum(p.numel() * p.element_size() for p in params)
+    return {"step": statistics.median(times[2:]), "peak": peak_rss(), "trainable": sum(p.numel() for p in params),
+            "checkpoint_bytes": checkpoint}
+
+
+def disk_merge(impl: str, base: str, adapter: str, out: str) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    if impl == "ours":
+        from lora_core.checkpoint_merge import merge_checkpoint
+        merge_checkpoint(base, adapter, out)
+    else:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        merged.save_pretrained(out, max_shard_size="500MB")
+    seconds = time.perf_counter() - started
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, "peak": peak_rss()}
+
+
+def plain_steps(task: str, home: str) -> dict:
+    """The flow's steps as plain functions, no Prefect, no caching: the anchor of the flow-overhead case."""
+    import os
+    os.environ["LORAOPS_HOME"] = home
+    from pipelines import steps
+    from pipelines.cli.rank import analyze
+    from pipelines.models import base_source, resolve_base
+    from pipelines.spec import load_spec
+    from registry import AdapterRegistry
+    spec = load_spec(task)
+    registry = AdapterRegistry()
+    work = registry.settings.home / "work" / spec.task
+    prepared = steps.prepare_data(spec, work)
+    base_path, base_name = resolve_base(spec.base)
+    base = registry.register_base(base_path, name=base_name, source=base_source(spec.base, base_path))
+    trained = steps.train_adapter(spec, prepared, base_path, work / "run")
+    evaluation = steps.evaluate(spec, prepared, base_path, trained["adapter"], None)
+    merged = steps.merge_model(spec, prepared, base_path, trained["adapter"], work / "run" / "merged") \
+        if spec.promotion.mode == "merged" else None
+    analyze(trained["adapter"], str(base_path), None, str(work / "analysis"), print_=lambda *_: None)
+    metrics = {f"{row}_{name}": v for row in ("adapter", "base") for name, v in evaluation[row].items()}
+    record = registry.register(spec.task, trained["adapter"], base, prepared["fingerprint"], metrics, merged_dir=merged)
+    registry.promote(spec.task, record.version, spec.promotion.mode, spec.promotion.target, progress=False)
+    return {"version": record.version}
+
+
+if __name__ == "__main__":
+    job, impl, *args = sys.argv[1:]
+    if job == "train":
+        result = minilm_step(impl, int(args[0]), full=impl == "full")
+    elif job == "steps":
+        result = plain_steps(*args)
+    else:
+        result = disk_merge(impl, *args)
+    print(json.dumps(result))

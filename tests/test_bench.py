@@ -1,0 +1,19 @@
+"""The benchmark harness keeps working: quick mode runs every case beside its anchor (no timing asserted)."""
+
+import json
+import subprocess
+import sys
+
+
+def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path), "--work", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "bench-results.json").read_text())
+    cases = [r["case"] for r in results["rows"]]
+    assert results["failures"] == [] and len(cases) == 17
+    for needle in ("train step", "full fine-tune", "in memory", "load one adapter", "switch", "disk to disk",
+                   "fingerprint", "resolve", "promote a", "promote the same", "causal LM", "flow overhead"):
+        assert any(needle in c for c in cases), needle
+    assert all(r["ours"] > 0 for r in results["rows"])
+    assert "| case | loraops | anchor | ratio |" in (tmp_path / "BENCHMARKS.md").read_text()
