@@ -131,11 +131,18 @@ def disk_merge(quick: bool, home: Path) -> tuple[list[dict], Path, Path]:
     base = llama_on_disk("tiny" if quick else "1b", home / ("llama-tiny" if quick else "llama-1b"),
                          shard="200KB" if quick else "500MB")
     adapter = adapter_for(base, home / f"{base.name}-adapter")
-    runs = {impl: in_child("bench.worker", "disk-merge", impl, str(base), str(adapter), str(home / f"out-{impl}"))
-            for impl in ("ours", "peft")}
-    note = f"{describe(base)}, largest shard {max(shard_sizes(base)) / 1e6:.0f} MB; all-linear r=16"
+    results = {impl: [] for impl in ("ours", "peft", "floor")}
+    for _ in range(1 if quick else 2):  # interleaved; each run starts and ends with the page cache written back
+        for impl, found in results.items():
+            found.append(in_child("bench.worker", "disk-merge", impl, str(base), str(adapter), str(home / f"out-{impl}")))
+    runs = {impl: {k: sorted(r[k] for r in found)[len(found) // 2] for k in ("seconds", "peak")}
+            for impl, found in results.items()}
+    floor = runs["floor"]["seconds"]
+    note = (f"{describe(base)}, largest shard {max(shard_sizes(base)) / 1e6:.0f} MB; all-linear r=16; both until the "
+            f"output is on disk (sync); floor = read + write every byte once: {floor:.2f}s, ours/floor "
+            f"{runs['ours']['seconds'] / floor:.1f}x")
     rows = [row("merge a bf16 sharded Llama disk to disk (s)", runs["ours"]["seconds"], runs["peft"]["seconds"], "s",
-                "<= 0.5x PEFT", note),
+                "<= 0.5x PEFT", note, floor),
             row("  same, peak RSS", runs["ours"]["peak"], runs["peft"]["peak"], "bytes", "<= 0.3x PEFT")]
     return rows, base, adapter
 
@@ -185,12 +192,14 @@ def registry_cases(quick: bool, home: Path, merged_source: Path, base: Path, ada
         def raw_upload():
             for path in files:
                 s3.upload_file(str(path), "promoted", f"raw/{path.name}")
-        started = time.perf_counter()
-        raw_upload()
-        raw = time.perf_counter() - started
-        started = time.perf_counter()
+
+        def clear():  # each promotion starts from an empty prefix
+            for key in [o["Key"] for o in s3.list_objects_v2(Bucket="promoted", Prefix="bench/").get("Contents", [])]:
+                s3.delete_object(Bucket="promoted", Key=key)
+        promote = interleaved({"ours": lambda: registry.promote("bench-task", version.version, "merged", progress=False),
+                               "anchor": raw_upload}, repeats=1 if quick else 2, setup=clear)
+        ours, raw = promote["ours"], promote["anchor"]
         registry.promote("bench-task", version.version, "merged", progress=False)
-        ours = time.perf_counter() - started
         started = time.perf_counter()
         again = registry.promote("bench-task", version.version, "merged", progress=False)
         repeat = time.perf_counter() - started
@@ -256,24 +265,39 @@ def llm_flow(quick: bool, home: Path, base: Path) -> list[dict]:
 
 
 def flow_overhead(quick: bool, home: Path) -> list[dict]:
-    """The quickstart task through `loraops run` vs the same steps called as plain functions, each on a fresh home."""
+    """The quickstart tasks through one `loraops run` vs the same steps as plain functions, each on a fresh home."""
     import yaml
     from bench.harness import run_watched
-    spec = yaml.safe_load((ROOT / "examples/tasks/package-sections.yaml").read_text())
-    spec["data"]["path"] = str(ROOT / "examples/data/package-sections.jsonl")
-    if quick:
-        spec["training"]["max_steps"] = 5
-        spec["gate"]["min_gain_over_base"] = -1.0
     folder = home / "overhead"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    task = folder / "package-sections.yaml"
-    task.write_text(yaml.safe_dump(spec))
-    steps = in_child("bench.worker", "steps", "-", str(task), str(folder / "steps-home"))
-    flow = run_watched([str(Path(sys.executable).parent / "loraops"), "run", str(task)],
-                       env={"LORAOPS_HOME": str(folder / "flow-home")})
-    if flow["returncode"]:
-        raise RuntimeError(f"loraops run failed:\n{flow['output'][-3000:]}")
-    return [row("flow overhead: quickstart task via `loraops run` vs its steps as plain functions (s)", flow["seconds"],
-                steps["seconds"], "s", "<= 1.10x (overhead <= 10%)",
-                "both whole processes on a fresh home; the flow adds Prefect's local server, task caching and MLflow run logging")]
+    tasks = []
+    for name in ["package-sections"] if quick else ["package-sections", "server-sections"]:
+        spec = yaml.safe_load((ROOT / f"examples/tasks/{name}.yaml").read_text())
+        spec["data"]["path"] = str(ROOT / "examples/data" / Path(spec["data"]["path"]).name)
+        if quick:
+            spec["training"]["max_steps"] = 5
+            spec["gate"]["min_gain_over_base"] = -1.0
+        tasks.append(folder / f"{name}.yaml")
+        tasks[-1].write_text(yaml.safe_dump(spec))
+    steps = in_child("bench.worker", "steps", "-", str(folder / "steps-home"), *map(str, tasks))
+    loraops = str(Path(sys.executable).parent / "loraops")
+
+    def flow(name: str, tasks: list[Path], prefect_home: Path | None = None) -> float:
+        env = {"LORAOPS_HOME": str(folder / name)} | ({"PREFECT_HOME": str(prefect_home)} if prefect_home else {})
+        done = run_watched([loraops, "run", *map(str, tasks)], env=env)
+        if done["returncode"]:
+            raise RuntimeError(f"loraops run failed:\n{done['output'][-3000:]}")
+        return done["seconds"]
+    title = f"flow overhead: {len(tasks)} quickstart task(s) in one `loraops run` vs their steps as plain functions (s)"
+    what = "the flow adds Prefect's local server, task caching and MLflow run logging"
+    rows = [row(title + ", first run on a fresh home", flow("fresh", tasks), steps["seconds"], "s",
+                "<= 1.10x (overhead <= 10%)", f"both whole processes; {what}; Prefect migrates its new database first")]
+    if not quick:  # every later run: Prefect's database exists (a scheduled task's second night)
+        prefect_home = folder / "prefect-home"
+        quick_task = folder / "warm-up.yaml"
+        quick_task.write_text(tasks[0].read_text().replace("max_steps: 300", "max_steps: 2"))
+        flow("warm-up", [quick_task], prefect_home)
+        rows.append(row(title + ", Prefect's database already made", flow("warm", tasks, prefect_home),
+                        steps["seconds"], "s", "<= 1.10x (overhead <= 10%)", f"fresh loraops state otherwise; {what}"))
+    return rows

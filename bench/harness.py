@@ -11,8 +11,13 @@ from pathlib import Path
 
 
 def interleaved(runs: dict[str, Callable[[], None]], repeats: int, setup: Callable[[], None] | None = None) -> dict[str, float]:
-    """Median seconds per callable, the callables taking turns so drift hits all of them alike."""
+    """Median seconds per callable after one untimed warm-up call each, the callables taking turns so drift hits
+    all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in runs}
+    for name, fn in runs.items():  # warm-up: first calls pay for connections, caches and lazy imports
+        if setup:
+            setup()
+        fn()
     for _ in range(repeats):
         for name, fn in runs.items():
             if setup:

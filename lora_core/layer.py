@@ -33,7 +33,7 @@ def delta_weight(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
 @torch.no_grad()
 def add_delta_(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
                fan_in_fan_out: bool = False, name: str = "default") -> torch.Tensor:
-    """weight += s·B·A in place, one fused addmm (float32 accumulation where weight is half precision).
+    """weight += s·B·A in place: one fused addmm for float32, else ΔW in float32 added with one rounding.
 
     Checked before anything is written: finite factors and |s|·r·max|B|·max|A| (a bound on every
     entry of ΔW) well inside the accumulator's range, so the update cannot put NaN/Inf into W.
@@ -44,10 +44,11 @@ def add_delta_(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
     if not torch.isfinite(bound) or bound > limit:
         raise MergeError(f"merging adapter {name!r} would write NaN/Inf into the base weights; "
                          "the adapter is corrupt or diverged: retrain it or lower the learning rate")
-    acc = weight if weight.dtype == torch.float32 else weight.float()
-    acc.addmm_(*((a.T, b.T) if fan_in_fan_out else (b, a)), alpha=scaling)
-    if acc is not weight:
-        weight.copy_(acc)
+    left, right = (a.T, b.T) if fan_in_fan_out else (b, a)
+    if weight.dtype == torch.float32:
+        weight.addmm_(left, right, alpha=scaling)
+    else:  # the sum is formed in float32 inside add_ and rounded to the weight's dtype once
+        weight.add_(left @ right, alpha=scaling)
     return weight
 
 

@@ -10,6 +10,8 @@ import json
 import math
 import os
 import struct
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ DTYPES = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 COPY_CHUNK = 64 * 1024 * 1024
+WRITE_AHEAD = 2  # tensors queued for the writer thread
 
 
 @dataclass(frozen=True)
@@ -80,24 +83,23 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorEntry], dict[str, str
 
 
 def read_tensor(f, entry: TensorEntry) -> torch.Tensor:
-    """The tensor at `entry` from an open binary file, as a new CPU tensor."""
-    buffer = bytearray(entry.nbytes)
-    f.seek(entry.start)
-    view, done = memoryview(buffer), 0
+    """The tensor at `entry` from an open binary file, as a new CPU tensor (positional reads: no shared offset)."""
+    out = torch.empty(entry.nbytes, dtype=torch.uint8)  # not zero-filled: every byte is read into it
+    view, done = memoryview(out.numpy()), 0
     while done < entry.nbytes:
-        n = f.readinto(view[done:])
+        n = os.preadv(f.fileno(), [view[done:]], entry.start + done)
         if not n:
             raise WeightFileError(f"{f.name}: ended while reading {entry.name!r}; the file is truncated")
         done += n
-    if not entry.nbytes:
-        return torch.empty(entry.shape, dtype=DTYPES[entry.dtype])
-    return torch.frombuffer(buffer, dtype=DTYPES[entry.dtype]).reshape(entry.shape)
+    return out.view(DTYPES[entry.dtype]).reshape(entry.shape)
 
 
 class SafetensorsWriter:
     """Writes a safetensors file whose tensors are declared up front and then supplied in that order.
 
-    The file appears under its name only when every tensor was written (temp name + rename).
+    Writes go to the disk from one background thread, in order, while the caller prepares the next
+    tensor (at most WRITE_AHEAD tensors wait in memory). The file appears under its name only when
+    every tensor was written (temp name + rename).
     """
 
     def __init__(self, path: str | Path, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict | None = None):
@@ -114,6 +116,8 @@ class SafetensorsWriter:
         self.pending = [(name, header[name]["data_offsets"][1] - header[name]["data_offsets"][0]) for name, _, _ in layout]
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
         self.file = open(self.tmp, "wb", buffering=0)  # unbuffered: kernel copies and writes share one offset
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="safetensors-writer")
+        self.queued: deque[Future] = deque()
         self._write_all(struct.pack("<Q", len(raw)) + raw)
 
     def _write_all(self, data) -> None:
@@ -127,14 +131,22 @@ class SafetensorsWriter:
             raise WeightFileError(f"{self.path}: wrote {name!r} ({nbytes} bytes) where {expected} was declared")
         self.pending.pop(0)
 
+    def _queue(self, job, *args) -> None:
+        while len(self.queued) >= WRITE_AHEAD or (self.queued and self.queued[0].done()):
+            self.queued.popleft().result()  # re-raises a failed write here
+        self.queued.append(self.writer.submit(job, *args))
+
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-        self._next(name, data.nbytes)
-        self._write_all(data)
+        tensor = tensor.detach().contiguous().cpu()
+        self._next(name, tensor.numel() * tensor.element_size())
+        self._queue(self._write_all, tensor.reshape(-1).view(torch.uint8).numpy())
 
     def copy(self, name: str, source, entry: TensorEntry) -> None:
         """Copy a tensor's bytes from an open source file without decoding them (kernel copy where possible)."""
         self._next(name, entry.nbytes)
+        self._queue(self._copy_range, name, source, entry)
+
+    def _copy_range(self, name: str, source, entry: TensorEntry) -> None:
         left, position = entry.nbytes, entry.start
         while left:
             try:
@@ -142,23 +154,37 @@ class SafetensorsWriter:
             except OSError:
                 n = 0  # cross-filesystem or unsupported: fall back to read/write
             if not n:
-                source.seek(position)
-                chunk = source.read(min(left, COPY_CHUNK))
+                chunk = os.pread(source.fileno(), min(left, COPY_CHUNK), position)
                 if not chunk:
                     raise WeightFileError(f"{source.name}: ended while copying {name!r}; the file is truncated")
                 self._write_all(chunk)
                 n = len(chunk)
             left, position = left - n, position + n
 
+    def _drain(self) -> None:
+        try:
+            while self.queued:
+                self.queued.popleft().result()
+        finally:
+            self.writer.shutdown(wait=True, cancel_futures=True)
+            self.file.close()
+
     def close(self) -> None:
-        self.file.close()
+        try:
+            self._drain()
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         if self.pending:
             self.tmp.unlink(missing_ok=True)
             raise WeightFileError(f"{self.path}: {len(self.pending)} declared tensors were never written")
         os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
-        self.file.close()
+        try:
+            self._drain()
+        except BaseException:
+            pass  # the error that made us abort is the one to report
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "SafetensorsWriter":

@@ -1,5 +1,8 @@
 """Base models for tasks: where the weights are, and the model + tokenizer for a task type."""
 
+import ctypes
+import gc
+import sys
 from pathlib import Path
 
 import transformers
@@ -41,6 +44,17 @@ def base_source(base: BaseSpec, path: Path) -> str:
     return f"hf://{base.model}"
 
 
+def free_memory() -> None:
+    """Give a dropped model's memory back before the next step loads one: collect reference cycles, then ask
+    glibc to return freed heap pages to the system (else two steps' models can add up in the peak)."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
+
+
 def load_model(path: Path, task_type: str, labels: list[str] | None = None):
     """(model in eval mode, tokenizer) for classification (a fresh head for `labels`) or causal LM."""
     transformers.logging.set_verbosity_error()  # the load report of a new head is expected
@@ -55,4 +69,5 @@ def load_model(path: Path, task_type: str, labels: list[str] | None = None):
         model = AutoModelForCausalLM.from_pretrained(path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+    free_memory()  # the loader's memory-mapped shards are garbage now: unmap them before training starts
     return model.eval(), tokenizer

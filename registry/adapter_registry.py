@@ -5,6 +5,9 @@ one version per weight fingerprint. Aliases production / previous-production / c
 every alias move is appended to the task's history (registered-model tags, one per event).
 """
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import math
 import re
@@ -209,8 +212,10 @@ class AdapterRegistry:
         source = None if remote else self._fetch_from_mlflow(record, mode)
         manifest = self._manifest(record, mode, source)
         prefix = f"{task}/v{record.version}/{mode}"
-        uploaded, skipped, sent = upload_verified(store, prefix, manifest, self.digests, progress, source,
-                                                  copy_from=remote, fetch=lambda: self._fetch_from_mlflow(record, mode))
+        # One promotion of a prefix at a time on this machine: the next one may then abort what a killed one left.
+        with exclusive(self.settings.home / "locks", store.uri(prefix)):
+            uploaded, skipped, sent = upload_verified(store, prefix, manifest, self.digests, progress, source,
+                                                      copy_from=remote, fetch=lambda: self._fetch_from_mlflow(record, mode))
         self.client.set_model_version_tag(task, str(record.version), f"{TAG}promoted.{mode}", store.uri(prefix))
         current = self.aliases(task).get("production")
         events = []
@@ -338,6 +343,18 @@ class AdapterRegistry:
             artifacts={mode: f"{artifact_root}/{mode}" for mode in manifests},
             manifests=manifests,
             promoted={mode: tags[f"{TAG}promoted.{mode}"] for mode in MODES if f"{TAG}promoted.{mode}" in tags})
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path, name: str):
+    """An advisory lock (flock) named after `name`, released when the block ends or the process dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / hashlib.sha256(name.encode()).hexdigest()[:32], "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _quote(value: str) -> str:

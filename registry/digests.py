@@ -20,21 +20,21 @@ from pathlib import Path
 from lora_core.safetensors_io import read_header
 
 CHUNK = 8 * 1024 * 1024
-MIN_PART = 64 * 1024 * 1024
+MIN_PART = 16 * 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit on parts per upload
 RACY_NS = 2_000_000_000
 
 
 def part_size(nbytes: int) -> int:
-    """Upload part size for a file of `nbytes`: 64 MiB, larger in whole MiB when 10,000 parts would not hold it."""
+    """Upload part size for a file of `nbytes`: 16 MiB, larger in whole MiB when 10,000 parts would not hold it."""
     return max(MIN_PART, math.ceil(nbytes / MAX_PARTS / 2**20) * 2**20)
 
 
 @dataclass(frozen=True)
 class FileDigest:
-    sha256: str
+    sha256: str | None  # None when only the tensors were hashed (a base's fingerprint needs no more)
     bytes: int
-    parts: tuple[str, ...]  # sha256 hex of each part_size(bytes) slice
+    parts: tuple[str, ...]  # sha256 hex of each part_size(bytes) slice (empty with sha256 None)
     tensors: dict[str, list] | None = None  # tensor name -> [dtype, shape, sha256 hex of its bytes] (safetensors)
 
     def s3_checksum(self) -> str:
@@ -50,16 +50,19 @@ def identity(path: Path) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def digest_file(path: Path, tensors: bool = False) -> FileDigest:
-    """One sequential read of `path`: whole-file, per-part and (tensors=True: a safetensors file) per-tensor sha256."""
+def digest_file(path: Path, tensors: bool = False, whole_file: bool = True) -> FileDigest:
+    """One sequential read of `path`: whole-file and per-part sha256 (unless whole_file=False) and, with tensors=True
+    (a safetensors file), per-tensor sha256."""
     size = path.stat().st_size
     step = part_size(size)
     whole, part, parts = hashlib.sha256(), hashlib.sha256(), []
+    hash_file = whole.update if whole_file else (lambda _: None)
+    hash_part = part.update if whole_file else (lambda _: None)
     spans = sorted(read_header(path)[0].values(), key=lambda e: e.start) if tensors else []
     found, next_span, current, at = {}, 0, None, 0
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
-            whole.update(chunk)
+            hash_file(chunk)
             view = memoryview(chunk)
             while view:  # cut the chunk at part and tensor boundaries
                 if current is None and next_span < len(spans) and spans[next_span].start <= at:
@@ -70,23 +73,24 @@ def digest_file(path: Path, tensors: bool = False) -> FileDigest:
                 elif next_span < len(spans):
                     cut = min(cut, spans[next_span].start - at)
                 piece, view = view[:cut], view[cut:]
-                part.update(piece)
+                hash_part(piece)
                 if current is not None:
                     tensor_hash.update(piece)
                 at += cut
                 if current is not None and at == current.end:
                     found[current.name] = [current.dtype, list(current.shape), tensor_hash.hexdigest()]
                     current = None
-                if cut and at % step == 0:
+                if cut and at % step == 0 and whole_file:
                     parts.append(part.hexdigest())
                     part = hashlib.sha256()
+                    hash_part = part.update
     if at != size:
         raise OSError(f"{path}: read {at} of {size} bytes; the file changed while it was read")
     found |= {e.name: [e.dtype, list(e.shape), hashlib.sha256().hexdigest()]  # empty tensors at the end
               for e in spans[next_span:] if e.start == e.end}
-    if at % step or not parts:
+    if whole_file and (at % step or not parts):
         parts.append(part.hexdigest())
-    return FileDigest(whole.hexdigest(), size, tuple(parts), found if tensors else None)
+    return FileDigest(whole.hexdigest() if whole_file else None, size, tuple(parts), found if tensors else None)
 
 
 class DigestCache:
@@ -106,15 +110,21 @@ class DigestCache:
             except (OSError, sqlite3.Error):
                 self.db = None
 
-    def get(self, path: Path, tensors: bool = False) -> FileDigest:
-        """The file's digests: from the cache when its identity is unchanged (and tensors were hashed if asked)."""
-        key = identity(path)
+    def cached(self, path: Path, key: tuple | None = None) -> FileDigest | None:
+        """The file's digests if the cache holds them for its current identity; never reads the file."""
+        key = key or identity(path)
         row = self._execute("select hashed_ns, record from digests where dev=? and ino=? and size=? and mtime_ns=?", key)
         record = json.loads(row[1]) if row and row[0] > key[3] + RACY_NS else None
-        if record and (not tensors or record["tensors"] is not None):
-            return FileDigest(record["sha256"], record["bytes"], tuple(record["parts"]), record["tensors"])
+        return record and FileDigest(record["sha256"], record["bytes"], tuple(record["parts"]), record["tensors"])
+
+    def get(self, path: Path, tensors: bool = False, whole_file: bool = True) -> FileDigest:
+        """The file's digests: from the cache when its identity is unchanged and it holds what is asked for."""
+        key = identity(path)
+        found = self.cached(path, key)
+        if found and (not tensors or found.tensors is not None) and (not whole_file or found.sha256 is not None):
+            return found
         hashed_ns = time.time_ns()
-        digest = digest_file(path, tensors)
+        digest = digest_file(path, tensors, whole_file)
         self.put(path, digest, key, hashed_ns)
         return digest
 
@@ -123,6 +133,10 @@ class DigestCache:
         key = key or identity(path)
         if self.db is None or key[2] != digest.bytes:
             return
+        known = self.cached(path, key)  # keep what an earlier pass learnt of the same file
+        if known is not None:
+            digest = FileDigest(digest.sha256 or known.sha256, digest.bytes, digest.parts or known.parts,
+                                digest.tensors if digest.tensors is not None else known.tensors)
         record = json.dumps({"sha256": digest.sha256, "bytes": digest.bytes, "parts": list(digest.parts),
                              "tensors": digest.tensors})
         self._execute("insert or replace into digests values (?, ?, ?, ?, ?, ?)", (*key, hashed_ns or time.time_ns(), record))

@@ -37,7 +37,7 @@ def fingerprint_weights(folder: str | Path, cache: DigestCache | None = None) ->
         digest.update(json.dumps(values, sort_keys=True).encode())
     tensors = {}
     for path in files:
-        for name, entry in cache.get(path, tensors=True).tensors.items():
+        for name, entry in cache.get(path, tensors=True, whole_file=False).tensors.items():
             if name in tensors:
                 raise RegistryError(f"{folder}: tensor {name!r} appears in two weight files; remove the stale shard")
             tensors[name] = entry

@@ -59,7 +59,8 @@ class LocalStore:
         path = self.root / key
         return path.is_file() and path.stat().st_size == entry.bytes and digests.get(path).sha256 == entry.sha256
 
-    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None) -> None:
+    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None,
+               digests: DigestCache | None = None) -> None:
         """Copy to a temporary name beside the destination, hashing as it goes; fsync; rename into place."""
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ class S3Store:
 
     fallback_said = False  # "no additional checksums here" is logged once per process
 
-    def __init__(self, bucket: str, prefix: str = "", client=None, workers: int = 4):
+    def __init__(self, bucket: str, prefix: str = "", client=None, workers: int = 8):
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
@@ -169,14 +170,22 @@ class S3Store:
             size += len(chunk)
         return FileEntry(sha256=digest.hexdigest(), bytes=size)
 
-    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None) -> FileDigest:
-        """Send `source` read once, with SHA-256 checksums the store verifies; then confirm with one HEAD."""
+    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None,
+               digests: DigestCache | None = None) -> FileDigest:
+        """Send `source` read once, with SHA-256 checksums the store verifies; then confirm with one HEAD.
+
+        When the digest cache holds the file's digests for its current identity (hashed when it was
+        registered), they are the checksums sent and nothing is hashed again: the store's check of each
+        part then ties the bytes it received to the bytes hashed then.
+        """
         step = part_size(entry.bytes)
+        known = digests.cached(source) if digests else None
+        known = known if known and known.sha256 == entry.sha256 and len(known.parts) == -(-entry.bytes // step) else None
         with open(source, "rb") as f:
             if entry.bytes <= step:
                 digest = self._put_single(f, source, key, entry, progress)
             else:
-                digest = self._put_multipart(f, source, key, entry, step, progress)
+                digest = self._put_multipart(f, source, key, entry, step, progress, known)
         self.verify(key, digest, entry)
         return digest
 
@@ -207,8 +216,8 @@ class S3Store:
             progress(len(data))
         return FileDigest(sha, len(data), (sha,))
 
-    def _put_multipart(self, f, source: Path, key: str, entry: FileEntry, step: int,
-                       progress: Progress | None) -> FileDigest:
+    def _put_multipart(self, f, source: Path, key: str, entry: FileEntry, step: int, progress: Progress | None,
+                       known: FileDigest | None = None) -> FileDigest:
         created = self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=self._key(key),
                              ChecksumAlgorithm="SHA256", Metadata={"sha256": entry.sha256})
         upload_id, whole, futures = created["UploadId"], hashlib.sha256(), []
@@ -216,12 +225,14 @@ class S3Store:
             with ThreadPoolExecutor(self.workers) as pool:
                 for number in range(1, -(-entry.bytes // step) + 1):
                     data = f.read(step)
-                    whole.update(data)  # the reading thread hashes the file; workers hash and send parts
+                    if known is None:
+                        whole.update(data)  # the reading thread hashes the file; workers hash and send parts
                     while sum(not x.done() for x in futures) >= self.workers:  # at most `workers` parts in memory
                         wait(futures, return_when=FIRST_COMPLETED)
-                    futures.append(pool.submit(self._put_part, key, upload_id, number, data, progress))
+                    sha = known.parts[number - 1] if known else None
+                    futures.append(pool.submit(self._put_part, key, upload_id, number, data, progress, sha))
                 parts = [x.result() for x in futures]
-            if whole.hexdigest() != entry.sha256:
+            if known is None and whole.hexdigest() != entry.sha256:
                 raise _mismatch(source, whole.hexdigest(), entry)
             self._call(self.client.complete_multipart_upload, Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
                        MultipartUpload={"Parts": [p for p, _ in parts]})
@@ -230,8 +241,9 @@ class S3Store:
             raise
         return FileDigest(entry.sha256, entry.bytes, tuple(h for _, h in parts))
 
-    def _put_part(self, key: str, upload_id: str, number: int, data: bytes, progress: Progress | None):
-        sha = hashlib.sha256(data).hexdigest()
+    def _put_part(self, key: str, upload_id: str, number: int, data: bytes, progress: Progress | None,
+                  sha: str | None = None):
+        sha = sha or hashlib.sha256(data).hexdigest()
         response = self._call(self.client.upload_part, Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
                               PartNumber=number, Body=data, ChecksumSHA256=b64(sha))
         if progress:

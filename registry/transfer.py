@@ -23,7 +23,7 @@ def upload_verified(store: LocalStore | S3Store, prefix: str, manifest: Manifest
     same store), by server-side copy, fetching the folder (`fetch`) only for what cannot be copied.
     Objects already there (one HEAD, or a stat for a folder) are not sent again, so a repeated
     promotion moves no bytes. Incomplete multipart uploads a killed promotion left under the prefix
-    are aborted first. Returns (uploaded or copied, skipped, bytes sent from this machine). The caller has run
+    are aborted first (the caller holds the prefix's lock, so none of them is in flight here). Returns (uploaded or copied, skipped, bytes sent from this machine). The caller has run
     store.check(), so a missing bucket or bad credentials fail before any work.
     """
     if isinstance(store, S3Store):
@@ -41,7 +41,7 @@ def upload_verified(store: LocalStore | S3Store, prefix: str, manifest: Manifest
     # A bar on a terminal only (disable=None), and only when asked and there is something to send.
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress and send else True) as bar:
         for name in send:
-            sent = store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update)
+            sent = store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update, digests)
             if sent is not None:  # the part digests of this pass answer the next "already there?"
                 digests.put(folder / name, sent)
     data = manifest.to_json()

@@ -31,7 +31,7 @@ def test_unchanged_file_is_not_read_again_and_a_changed_one_is(tmp_path, monkeyp
     cache = DigestCache(tmp_path / "digests.sqlite")
     reads = []
     real = digests.digest_file
-    monkeypatch.setattr(digests, "digest_file", lambda p, tensors=False: reads.append(p) or real(p, tensors))
+    monkeypatch.setattr(digests, "digest_file", lambda p, *args: reads.append(p) or real(p, *args))
     first = cache.get(path)
     assert DigestCache(tmp_path / "digests.sqlite").get(path) == first and len(reads) == 1  # a stat, no read
     path.write_bytes(os.urandom(1000))
@@ -61,7 +61,7 @@ def test_base_fingerprint_cached_per_file_and_invalidated_by_a_changed_shard(tmp
     cache = DigestCache(tmp_path / "digests.sqlite")
     reads = []
     real = digests.digest_file
-    monkeypatch.setattr(digests, "digest_file", lambda p, tensors=False: reads.append(p.name) or real(p, tensors))
+    monkeypatch.setattr(digests, "digest_file", lambda p, *args: reads.append(p.name) or real(p, *args))
     first = fingerprint_weights(tmp_path / "base", cache)
     assert fingerprint_weights(tmp_path / "base", cache) == first and len(reads) == len(shards)
     entries, _ = read_header(shards[0])

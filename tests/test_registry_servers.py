@@ -229,3 +229,16 @@ def test_artifacts_already_on_the_same_s3_are_promoted_by_server_side_copy(s3_en
     assert (output(merged, inputs("bert")) - folders["logits"]).abs().max() < 1e-5
     again = registry.promote("direct", record.version, "merged")
     assert again.uploaded == [] and len(again.skipped) == len(promotion.uploaded)
+
+
+def test_promotion_aborts_multipart_uploads_a_killed_promotion_left(team):
+    registry, task, _, _, s3 = team
+    prefix = registry.settings.promotion_target.removeprefix("s3://promoted/") + f"/{task}/v1/merged/"
+    left = s3.create_multipart_upload(Bucket="promoted", Key=prefix + "model.safetensors")  # as a kill -9 leaves it
+    s3.upload_part(Bucket="promoted", Key=prefix + "model.safetensors", UploadId=left["UploadId"], PartNumber=1,
+                   Body=b"x" * 1024)
+    elsewhere = s3.create_multipart_upload(Bucket="promoted", Key="someone-else/file")
+    registry.promote(task, 1, "merged")
+    uploads = s3.list_multipart_uploads(Bucket="promoted").get("Uploads", [])
+    assert [u["UploadId"] for u in uploads] == [elsewhere["UploadId"]]  # only ours, only under this version's prefix
+    s3.abort_multipart_upload(Bucket="promoted", Key="someone-else/file", UploadId=elsewhere["UploadId"])
