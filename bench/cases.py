@@ -138,8 +138,8 @@ def disk_merge(quick: bool, home: Path) -> tuple[list[dict], Path, Path]:
     runs = {impl: {k: sorted(r[k] for r in found)[len(found) // 2] for k in ("seconds", "peak")}
             for impl, found in results.items()}
     floor = runs["floor"]["seconds"]
-    note = (f"{describe(base)}, largest shard {max(shard_sizes(base)) / 1e6:.0f} MB; all-linear r=16; both until the "
-            f"output is on disk (sync); floor = read + write every byte once: {floor:.2f}s, ours/floor "
+    note = (f"{describe(base)}, largest shard {max(shard_sizes(base)) / 1e6:.0f} MB; all-linear r=16; base in the page "
+            f"cache, each until its output is on disk (sync); floor = read + write every byte once: {floor:.2f}s, ours/floor "
             f"{runs['ours']['seconds'] / floor:.1f}x")
     rows = [row("merge a bf16 sharded Llama disk to disk (s)", runs["ours"]["seconds"], runs["peft"]["seconds"], "s",
                 "<= 0.5x PEFT", note, floor),
