@@ -3,7 +3,8 @@
 Nothing is loaded as a model. For each base shard an output shard of the same name is written
 tensor by tensor: untouched tensors are copied as bytes, each adapted weight is read, updated in
 float32 (W0 [out, in] += s·B [out, r]·A [r, in], transposed for Conv1D) and written back in the
-base dtype. Peak memory: the adapter + one weight in float32, whatever the model's size.
+base dtype. Peak memory: the adapter, the weight being updated (with its float32 ΔW) and at most
+WRITE_AHEAD weights waiting for the writer thread, whatever the model's size.
 """
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .layer import add_delta_
+from .layer import add_delta_, check_delta
 from .errors import AdapterMismatchError, MergeError, WeightFileError
 from .peft_format import PICKLE_FILES, PREFIX, read_adapter_tensors, read_peft_config, lora_config_from_peft
 from .safetensors_io import DTYPE_NAMES, DTYPES, SafetensorsWriter, TensorEntry, read_header, read_tensor
@@ -70,10 +71,7 @@ def _updates(adapter_dir: Path) -> tuple[dict[str, _Update], dict[str, torch.Ten
                 raise AdapterMismatchError(f"{adapter_dir}: {path} has lora_A {tuple(value.shape)} and lora_B "
                                            f"{None if b is None else tuple(b.shape)}, not rank {config.rank_for(path)}; "
                                            "the adapter is damaged, re-save it")
-            a, b = value.float(), b.float()
-            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                raise MergeError(f"{adapter_dir}: {path} holds NaN/Inf; the adapter diverged, retrain it")
-            updates[path] = _Update(a, b, config.scaling_for(path))
+            updates[path] = _Update(value.float(), b.float(), config.scaling_for(path))
         elif not key.endswith(".lora_B.weight"):
             saved[key.removeprefix(PREFIX)] = value
     if not updates:
@@ -123,7 +121,9 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
     prefix = _prefix(list(updates), set(located))
     report = MergeReport(out_dir=str(out_dir), shards=[p.name for p in shards], prefix=prefix)
     for path, update in updates.items():
-        _check_shape(path, located[f"{path.removeprefix(prefix)}.weight"][1], update, fan_in_fan_out)
+        entry = located[f"{path.removeprefix(prefix)}.weight"][1]
+        _check_shape(path, entry, update, fan_in_fan_out)
+        check_delta(update.a, update.b, update.scaling, DTYPES[entry.dtype], path)
     for name in saved:  # a saved module is the adapter's own copy: it replaces the base's, whatever its shape
         in_base = name.startswith(prefix) and name.removeprefix(prefix) in located
         (report.replaced if in_base else report.added).append(name)

@@ -31,19 +31,26 @@ def delta_weight(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
 
 
 @torch.no_grad()
-def add_delta_(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
-               fan_in_fan_out: bool = False, name: str = "default") -> torch.Tensor:
-    """weight += s·B·A in place: one fused addmm for float32, else ΔW in float32 added with one rounding.
-
-    Checked before anything is written: finite factors and |s|·r·max|B|·max|A| (a bound on every
-    entry of ΔW) well inside the accumulator's range, so the update cannot put NaN/Inf into W.
-    """
-    a, b = lora_a.detach().float(), lora_b.detach().float()
-    bound = abs(scaling) * a.shape[0] * b.abs().max() * a.abs().max() if a.numel() and b.numel() else torch.tensor(0.0)
-    limit = torch.finfo(weight.dtype if weight.dtype == torch.float16 else torch.float32).max / 2
+def check_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, dtype: torch.dtype,
+                name: str = "default") -> None:
+    """Refuse an update that could put NaN/Inf into a `dtype` weight: the factors must be finite and
+    |s|·r·max|B|·max|A|, a bound on every entry of ΔW, well inside the accumulator's range."""
+    a, b = lora_a.detach(), lora_b.detach()
+    bound = abs(scaling) * a.shape[0] * b.abs().max().float() * a.abs().max().float() if a.numel() and b.numel() \
+        else torch.tensor(0.0)
+    limit = torch.finfo(dtype if dtype == torch.float16 else torch.float32).max / 2
     if not torch.isfinite(bound) or bound > limit:
         raise MergeError(f"merging adapter {name!r} would write NaN/Inf into the base weights; "
                          "the adapter is corrupt or diverged: retrain it or lower the learning rate")
+
+
+@torch.no_grad()
+def add_delta_(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
+               fan_in_fan_out: bool = False, name: str = "default") -> torch.Tensor:
+    """weight += s·B·A in place: one fused addmm for float32, else ΔW in float32 added with one rounding.
+    Checked (check_delta) before anything is written."""
+    check_delta(lora_a, lora_b, scaling, weight.dtype, name)
+    a, b = lora_a.detach().float(), lora_b.detach().float()
     left, right = (a.T, b.T) if fan_in_fan_out else (b, a)
     if weight.dtype == torch.float32:
         weight.addmm_(left, right, alpha=scaling)

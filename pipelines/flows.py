@@ -15,7 +15,7 @@ from registry.code_version import code_version
 from registry.fingerprint import sha256_file
 
 from . import steps, tracking
-from .models import base_source, resolve_base
+from .models import base_source, free_memory, resolve_base
 from .spec import TaskSpec, load_spec
 
 CACHED = {"persist_result": True, "result_serializer": "json", "cache_key_fn": lambda context, parameters: parameters["key"]}
@@ -64,6 +64,7 @@ def train_task(spec: TaskSpec, prepared: dict, base_path: str, work: str, run_id
                 print(f"{spec.task}: step {step} loss {loss:.4f} lr {lr:.2e}")
         result = steps.train_adapter(spec, prepared, Path(base_path), Path(work), on_step)
         log.flush()
+    free_memory()  # the trained model is garbage now; evaluate loads the base again
     create_markdown_artifact(table(result), key=f"{spec.task}-train", description="train")
     return result
 
@@ -71,6 +72,7 @@ def train_task(spec: TaskSpec, prepared: dict, base_path: str, work: str, run_id
 @task(name="evaluate", **CACHED)
 def evaluate_task(spec: TaskSpec, prepared: dict, base_path: str, adapter: str, production: dict | None, key: str) -> dict:
     evaluation = steps.evaluate(spec, prepared, Path(base_path), adapter, production)
+    free_memory()
     rows = {f"{row} {name}": f"{value:.4f}" for row in ("base", "adapter", "merged", "production")
             for name, value in evaluation.get(row, {}).items()}
     rows |= {"merge gap": f"{evaluation['merge_gap']:.2e}", "gate": "passed" if evaluation["passed"] else

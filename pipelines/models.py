@@ -45,8 +45,8 @@ def base_source(base: BaseSpec, path: Path) -> str:
 
 
 def free_memory() -> None:
-    """Give a dropped model's memory back before the next step loads one: collect reference cycles, then ask
-    glibc to return freed heap pages to the system (else two steps' models can add up in the peak)."""
+    """Give a finished step's model memory back before the next step loads one: collect reference cycles, then
+    ask glibc to return freed heap pages to the system (else two steps' models add up in the peak)."""
     gc.collect()
     if sys.platform.startswith("linux"):
         try:
@@ -69,5 +69,4 @@ def load_model(path: Path, task_type: str, labels: list[str] | None = None):
         model = AutoModelForCausalLM.from_pretrained(path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-    free_memory()  # the loader's memory-mapped shards are garbage now: unmap them before training starts
     return model.eval(), tokenizer

@@ -15,9 +15,9 @@ import torch
 from lora_core import load_adapter, set_active_adapter
 from lora_core.peft_format import read_peft_config
 from registry import AdapterRegistry, BaseMismatchError, VersionRecord
+from registry.names import split_ref
 
 from .models import DEFAULT_BASE_NAME, default_base_model, load_model, resolve_base
-from .cli.adapters import split_ref
 from .spec import BaseSpec
 from .steps import LABELS_FILE
 

@@ -18,7 +18,7 @@ from lora_core.checkpoint_merge import merge_checkpoint
 
 from . import data as datasets
 from .evaluate import classification_metrics, decide, lm_outputs, relative_gap
-from .models import free_memory, load_model
+from .models import load_model
 from .spec import TaskSpec
 from .train import predict_logits, train, world
 
@@ -101,8 +101,6 @@ def train_adapter(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, o
             (work / "adapter" / LABELS_FILE).write_text(json.dumps(prepared["labels"]))
         (work / "train.json").write_text(json.dumps(result))
         shutil.rmtree(work / "checkpoint", ignore_errors=True)
-    del model
-    free_memory()
     return result
 
 
@@ -139,8 +137,6 @@ def evaluate(spec: TaskSpec, prepared: dict, base_path: Path, adapter: str, prod
     elif production:
         results["production"] = production["metrics"]
     passed, reasons = decide(spec.gate, results["adapter"], results["base"], results.get("production"))
-    del model, unmerged_logits, merged_logits
-    free_memory()
     return {**results, "merge_gap": gap, "passed": passed, "reasons": reasons}
 
 

@@ -37,3 +37,12 @@ def parse_ref(ref: str | int | None) -> str | int:
     if text not in ALIASES:
         raise RegistryError(f"{ref!r} is neither a version number nor an alias; use a number or one of {', '.join(ALIASES)}")
     return text
+
+
+def split_ref(text: str) -> tuple[str, str | None]:
+    """'topics@production' -> ('topics', 'production'); 'topics:3' -> ('topics', '3'); 'topics' -> ('topics', None)."""
+    for mark in "@:":
+        if mark in text:
+            task, ref = text.split(mark, 1)
+            return check_task_name(task), ref
+    return check_task_name(text), None

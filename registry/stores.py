@@ -137,28 +137,33 @@ class S3Store:
         self._call(self.client.head_bucket, Bucket=self.bucket)
 
     def head(self, key: str) -> dict | None:
-        """{bytes, checksum (SHA-256 as the store reports it, '-N' dropped) or None, sha256 (our metadata)}."""
+        """{bytes, checksum}: the size and the SHA-256 as the store reports it ('-N' dropped; None if it keeps none)."""
         response = self._call(self.client.head_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key),
                               ChecksumMode="ENABLED")
         if response is None:
             return None
         checksum = response.get("ChecksumSHA256")
-        return {"bytes": response["ContentLength"], "checksum": checksum.split("-")[0] if checksum else None,
-                "sha256": response.get("Metadata", {}).get("sha256")}
+        return {"bytes": response["ContentLength"], "checksum": checksum.split("-")[0] if checksum else None}
 
     def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool:
         """One HEAD: the size and the store's own checksum match the file (full-object, or composite of parts)."""
+        def composite() -> str | None:
+            local = digests.get(source) if source is not None and source.is_file() else None
+            return local.s3_checksum().split("-")[0] if local and local.sha256 == entry.sha256 else None
+        return self._holds(key, entry, composite)
+
+    def _holds(self, key: str, entry: FileEntry, composite) -> bool:
+        """The object at `key` is `entry`: by the checksum the store reports (the file's, or `composite()` of its
+        parts), or, where the store keeps no checksums, by reading it back (said once in the log)."""
         info = self.head(key)
         if info is None or info["bytes"] != entry.bytes:
             return False
-        if info["checksum"] is None:  # a store without additional checksums: read it back
+        if info["checksum"] is None:
+            if not S3Store.fallback_said:
+                log.warning("%s reports no SHA-256 checksums; verifying uploads by reading them back", self.uri())
+                S3Store.fallback_said = True
             return self.read_back(key) == entry
-        if info["checksum"] == b64(entry.sha256):
-            return True
-        if source is None or not source.is_file():
-            return False
-        local = digests.get(source)
-        return local.sha256 == entry.sha256 and info["checksum"] == local.s3_checksum().split("-")[0]
+        return info["checksum"] == b64(entry.sha256) or info["checksum"] == composite()
 
     def read_back(self, key: str) -> FileEntry | None:
         response = self._call(self.client.get_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key))
@@ -190,20 +195,9 @@ class S3Store:
         return digest
 
     def verify(self, key: str, digest: FileDigest, entry: FileEntry) -> None:
-        info = self.head(key)
-        if info is not None and info["checksum"] is None:
-            if not S3Store.fallback_said:
-                log.warning("%s reports no SHA-256 checksums; verifying uploads by reading them back", self.uri())
-                S3Store.fallback_said = True
-            stored = self.read_back(key)
-            good = stored == entry
-        else:
-            stored = info and f"{info['bytes']} bytes, checksum {info['checksum']}"
-            good = info is not None and info["bytes"] == entry.bytes and info["checksum"] in (
-                b64(entry.sha256), digest.s3_checksum().split("-")[0])
-        if not good:
-            raise IntegrityError(f"{self.uri(key)}: the store holds {stored}, expected {entry.bytes} bytes with sha256 "
-                                 f"{entry.sha256[:12]}...; the store altered the upload, promotion stopped")
+        if not self._holds(key, entry, lambda: digest.s3_checksum().split("-")[0]):
+            raise IntegrityError(f"{self.uri(key)}: the store does not hold {entry.bytes} bytes with sha256 "
+                                 f"{entry.sha256[:12]}... after the upload; the store altered it, promotion stopped")
 
     def _put_single(self, f, source: Path, key: str, entry: FileEntry, progress: Progress | None) -> FileDigest:
         data = f.read()
@@ -256,13 +250,11 @@ class S3Store:
         except Exception:  # the upload failed already; the next promotion aborts what is left (abort_stale)
             pass
 
-    def abort_stale(self, prefix: str) -> int:
-        """Abort incomplete multipart uploads under `prefix` (left by a killed promotion); returns how many."""
+    def abort_stale(self, prefix: str) -> None:
+        """Abort incomplete multipart uploads under `prefix` (left by a killed promotion)."""
         listed = self._call(self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=self._key(prefix))
-        uploads = listed.get("Uploads", [])
-        for upload in uploads:
+        for upload in listed.get("Uploads", []):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-        return len(uploads)
 
     def copy_from(self, source_uri: str, key: str, entry: FileEntry) -> bool:
         """Server-side copy of s3://bucket/key into this store, verified by the SHA-256 the store computes of the copy.

@@ -198,7 +198,7 @@ def test_store_without_checksums_falls_back_to_reading_back(s3_env, tmp_path, mo
         store.upload(tmp_path / "w.safetensors", "w2.safetensors", entry)
     assert store.head("w.safetensors")["checksum"] is None and len(gets) == 2
     assert [r.message for r in caplog.records].count(
-        f"s3://promoted/no-checksums reports no SHA-256 checksums; verifying uploads by reading them back") == 1
+        "s3://promoted/no-checksums reports no SHA-256 checksums; verifying uploads by reading them back") == 1
     assert store.present("w.safetensors", entry, DigestCache())
     boto3.client("s3").put_object(Bucket="promoted", Key="no-checksums/w.safetensors", Body=data[:-1] + b"\0")
     assert not store.present("w.safetensors", entry, DigestCache())  # damaged: found by the read-back

@@ -3,18 +3,9 @@
 import json
 
 from registry import AdapterRegistry, VersionRecord
-from registry.names import check_task_name
+from registry.names import check_task_name, split_ref
 
 from ..tables import render_table
-
-
-def split_ref(text: str) -> tuple[str, str | None]:
-    """'topics@production' -> ('topics', 'production'); 'topics:3' -> ('topics', '3'); 'topics' -> ('topics', None)."""
-    for mark in "@:":
-        if mark in text:
-            task, ref = text.split(mark, 1)
-            return check_task_name(task), ref
-    return check_task_name(text), None
 
 
 def versions_table(records: list[VersionRecord]) -> str:
