@@ -105,8 +105,9 @@ def register_task(spec: TaskSpec, adapter: str, merged: str | None, base: dict, 
                   run_id: str) -> dict:
     registry = AdapterRegistry()
     metrics = {f"{row}_{name}": v for row in ("adapter", "base") for name, v in evaluation[row].items()}
+    example = [e.text for e in steps.read_split(prepared, "test")[:2]]
     record = registry.register(spec.task, adapter, BaseRecord(**base), prepared["fingerprint"], metrics,
-                               merged_dir=merged, run_id=run_id,
+                               merged_dir=merged, run_id=run_id, input_example=example,
                                description="gate passed" if evaluation["passed"] else "gate blocked: " + "; ".join(evaluation["reasons"]))
     create_markdown_artifact(table({"version": record.version, "aliases": ", ".join(record.aliases),
                                     "base": f"{record.base_name} ({record.base_fingerprint[:12]})"}),

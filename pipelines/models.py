@@ -37,6 +37,16 @@ def resolve_base(base: BaseSpec) -> tuple[Path, str]:
                              f"({type(e).__name__}); give a folder or check the Hugging Face id and network") from None
 
 
+def locate_base(name: str, source: str) -> Path:
+    """A registered base's folder on this machine: where it was registered from, else the packaged default, else
+    a download by name (the caller checks the fingerprint)."""
+    if source and Path(source).is_dir():
+        return Path(source)
+    if name == DEFAULT_BASE_NAME:
+        return default_base_model()
+    return resolve_base(BaseSpec(model=name))[0]
+
+
 def base_source(base: BaseSpec, path: Path) -> str:
     """Where the weights came from, for the registry: the Hugging Face id, or the local folder."""
     if base.model == "default" or Path(base.model).expanduser().is_dir():

@@ -8,7 +8,6 @@ An adapter made for another base (by weight fingerprint) is refused.
 """
 
 import json
-from pathlib import Path
 
 import torch
 
@@ -17,8 +16,7 @@ from lora_core.peft_format import read_peft_config
 from registry import AdapterRegistry, BaseMismatchError, VersionRecord
 from registry.names import split_ref
 
-from .models import DEFAULT_BASE_NAME, default_base_model, load_model, resolve_base
-from .spec import BaseSpec
+from .models import load_model, locate_base
 from .steps import LABELS_FILE
 
 
@@ -55,9 +53,7 @@ class AdapterSwitcher:
 
     def _load_base(self, record: VersionRecord, kind: str, labels: list[str]) -> None:
         found = self.registry.find_base(record.base_fingerprint)
-        path = Path(found.source) if found and Path(found.source).is_dir() else None
-        if path is None:
-            path = default_base_model() if record.base_name == DEFAULT_BASE_NAME else resolve_base(BaseSpec(model=record.base_name))[0]
+        path = locate_base(record.base_name, found.source if found else "")
         self.registry.check_base(record, path)
         self.model, self.tokenizer = load_model(path, "classification" if kind == "SEQ_CLS" else "causal-lm", labels)
         self.base_fingerprint, self.kind = record.base_fingerprint, kind
@@ -67,16 +63,23 @@ class AdapterSwitcher:
     def predict(self, ref: str, texts: list[str], max_new_tokens: int = 20) -> list[dict]:
         name, record = self.activate(ref)
         if self.kind == "CAUSAL_LM":
-            return [self._generate(text, max_new_tokens) for text in texts]
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-        probs = self.model(**batch).logits.float().softmax(-1)
-        labels = self.labels[name]
-        return [{"text": text, "label": labels[int(p.argmax())] if labels else int(p.argmax()),
-                 "probability": float(p.max()), "task": record.task, "version": record.version}
-                for text, p in zip(texts, probs)]
+            return [{"text": text, "completion": complete(self.model, self.tokenizer, text, max_new_tokens)} for text in texts]
+        return [{"text": text, **answer, "task": record.task, "version": record.version}
+                for text, answer in zip(texts, classify(self.model, self.tokenizer, texts, self.labels[name]))]
 
-    def _generate(self, prompt: str, max_new_tokens: int) -> dict:
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")  # as in training (lm_batches)
-        out = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                  pad_token_id=self.tokenizer.pad_token_id)
-        return {"text": prompt, "completion": self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)}
+
+@torch.no_grad()
+def classify(model, tokenizer, texts: list[str], labels: list[str]) -> list[dict]:
+    """{label, probability} per text: the most probable class."""
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    probs = model(**batch).logits.float().softmax(-1)
+    return [{"label": labels[int(p.argmax())] if labels else str(int(p.argmax())), "probability": float(p.max())}
+            for p in probs]
+
+
+@torch.no_grad()
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 20) -> str:
+    """The greedy continuation of `prompt`, tokenized as in training (no special tokens added)."""
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import mlflow.artifacts
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -24,6 +25,7 @@ from .digests import DigestCache
 from .errors import BaseMismatchError, IntegrityError, RegistryError
 from .fingerprint import CONFIG_FILE, fingerprint_weights
 from .manifest import MANIFEST_FILE, Manifest, scan_folder
+from .mlflow_model import MODEL_DIR, write_model
 from .names import base_model_name, check_task_name, parse_ref
 from .records import MODES, BaseRecord, HistoryEvent, Promotion, VersionRecord
 from .settings import RegistrySettings
@@ -86,8 +88,9 @@ class AdapterRegistry:
     # ---- adapter versions --------------------------------------------------------------------
     def register(self, task: str, adapter_dir: str | Path, base: BaseRecord, dataset_fingerprint: str,
                  metrics: dict[str, float], merged_dir: str | Path | None = None, run_id: str | None = None,
-                 description: str = "") -> VersionRecord:
-        """A new version of `task`: artifacts + manifests logged to the run, lineage in tags, alias `candidate`."""
+                 description: str = "", input_example: list[str] | None = None) -> VersionRecord:
+        """A new version of `task`, an MLflow Model (mlflow_model.py) whose weights and manifests are logged to the
+        run; lineage in tags; alias `candidate`. `input_example`: texts the model's input example shows."""
         check_task_name(task)
         lora = _read_adapter_config(Path(adapter_dir))
         if merged_dir is not None:
@@ -107,8 +110,11 @@ class AdapterRegistry:
             run_id = self.client.create_run(self.experiment(f"loraops-{task}"), run_name=f"register {task}").info.run_id
             for key, value in metrics.items():
                 self.client.log_metric(run_id, key, value)
+        with tempfile.TemporaryDirectory() as tmp:
+            write_model(Path(tmp) / MODEL_DIR, lora["task_type"], base, input_example or ["an example text"])
+            self.client.log_artifacts(run_id, str(Path(tmp) / MODEL_DIR), MODEL_DIR)
         for mode, folder in folders.items():
-            self._log_folder(run_id, folder, manifests[mode], mode)
+            self._log_folder(run_id, folder, manifests[mode], f"{MODEL_DIR}/{mode}")
             seed(self.settings.cache, folder, manifests[mode])
         if own_run:
             self.client.set_terminated(run_id)
@@ -121,7 +127,7 @@ class AdapterRegistry:
             tags[TAG + "merged.manifest.sha256"] = manifests["merged"].digest
         self._ensure_model(task, {TAG + "kind": "task"})
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
-        version = int(self.client.create_model_version(task, f"{artifact_uri}/adapter", run_id=run_id, tags=tags,
+        version = int(self.client.create_model_version(task, f"{artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=tags,
                                                        description=description, await_creation_for=0).version)
         self._move_alias(task, "candidate", version, "register", "registered")
         return self.resolve(task, version)
@@ -255,8 +261,7 @@ class AdapterRegistry:
     # ---- internals ---------------------------------------------------------------------------
     def _fetch_from_mlflow(self, record: VersionRecord, mode: str) -> Path:
         def download(tmp: Path) -> None:
-            self.client.download_artifacts(record.run_id, mode, str(tmp))
-            for path in (tmp / mode).iterdir():
+            for path in Path(self._download(record.artifacts[mode], tmp)).iterdir():
                 path.rename(tmp / path.name)
         return materialize(record.manifests[mode], self.settings.cache, download, record.artifacts[mode], self.digests)
 
@@ -265,7 +270,7 @@ class AdapterRegistry:
         the registry's digest before any file name in it is used."""
         if source is None:
             with tempfile.TemporaryDirectory() as tmp:
-                data = Path(self.client.download_artifacts(record.run_id, f"{mode}/{MANIFEST_FILE}", tmp)).read_bytes()
+                data = Path(self._download(f"{record.artifacts[mode]}/{MANIFEST_FILE}", Path(tmp))).read_bytes()
         else:
             data = (source / MANIFEST_FILE).read_bytes()
         manifest = Manifest.from_json(data, record.artifacts[mode])
@@ -273,6 +278,11 @@ class AdapterRegistry:
             raise IntegrityError(f"{record.artifacts[mode]}: manifest digest {manifest.digest[:12]}... is not the "
                                  f"registered {record.manifests[mode][:12]}...; the artifacts were altered")
         return manifest.model_copy(update={"version": record.version})
+
+    def _download(self, uri: str, folder: Path) -> str:
+        """The artifact (file or folder) at `uri` into `folder`; returns the local path."""
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder),
+                                                   tracking_uri=self.settings.tracking_uri)
 
     def _log_folder(self, run_id: str, folder: Path, manifest: Manifest, mode: str) -> None:
         self.client.log_artifacts(run_id, str(folder), mode)
@@ -329,7 +339,7 @@ class AdapterRegistry:
         manifests = {"adapter": tags[TAG + "manifest.sha256"]}
         if TAG + "merged.manifest.sha256" in tags:
             manifests["merged"] = tags[TAG + "merged.manifest.sha256"]
-        artifact_root = version.source.rsplit("/", 1)[0]
+        artifact_root = version.source.removesuffix("/adapter")  # versions registered before MLflow Models: the run root
         return VersionRecord(
             task=version.name, version=number, aliases=sorted(a for a, v in aliases.items() if v == number),
             base_name=tags[TAG + "base.name"], base_fingerprint=tags[TAG + "base.fingerprint"],
@@ -369,7 +379,8 @@ def _read_adapter_config(folder: Path) -> dict:
         config = json.loads((folder / ADAPTER_FILES[0]).read_text())
         if config.get("peft_type") != "LORA":
             raise ValueError(f"peft_type is {config.get('peft_type')!r}")
-        return {"r": int(config["r"]), "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"]}
+        return {"r": int(config["r"]), "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"],
+                "task_type": config.get("task_type")}
     except (ValueError, KeyError, TypeError) as e:
         raise RegistryError(f"{folder / ADAPTER_FILES[0]}: not a LoRA adapter config ({e}); re-save it with save_adapter") from None
 

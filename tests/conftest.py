@@ -97,7 +97,8 @@ def write_artifacts(root, seed: int = 0) -> dict:
     from lora_core import LoraConfig, inject, merge_and_unload, save_adapter
     model = build("bert")
     model.save_pretrained(root / "base")
-    inject(model, LoraConfig(r=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"]))
+    inject(model, LoraConfig(r=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"],
+                             task_type="SEQ_CLS"))
     randomize_b(model, seed=seed + 2)
     save_adapter(model, root / f"adapter-{seed}", base_model_name_or_path="tiny/bert")
     logits = output(model, inputs("bert"))

@@ -68,3 +68,21 @@ def write_task(folder: Path, name: str, base: Path, data: Path, causal: bool = F
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def saved_adapter(folder: Path, base: Path, causal: bool = False, seed: int = 0):
+    """An adapter on `base` as train_adapter saves it (PEFT format, class names beside it), with random B so it
+    changes the output. Returns (folder, the adapted model in memory, its tokenizer, labels)."""
+    from conftest import randomize_b
+    from lora_core import LoraConfig, inject, save_adapter
+    from pipelines.models import load_model
+    labels = [] if causal else ["games", "graphics", "science"]
+    model, tokenizer = load_model(base, "causal-lm" if causal else "classification", labels)
+    inject(model, LoraConfig(r=4, alpha=8, target_modules=["c_attn"] if causal else ["query", "value"],
+                             modules_to_save=[] if causal else ["classifier"],
+                             task_type="CAUSAL_LM" if causal else "SEQ_CLS"))
+    randomize_b(model, seed=seed + 2, std=0.5)
+    save_adapter(model, folder, base_model_name_or_path=str(base))
+    if labels:
+        (folder / "labels.json").write_text(json.dumps(labels))
+    return folder, model, tokenizer, labels

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipelines.serving import AdapterSwitcher
 from registry import AdapterRegistry, BaseMismatchError
 
 from tasks import data_slice, tiny_base, write_task
@@ -49,7 +50,8 @@ def task_runs(flow_run_id) -> dict[str, str]:
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
-def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is_cached(prefect_server, bases, home, tmp_path):
+def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is_cached(prefect_server, bases, home, tmp_path,
+                                                                                       monkeypatch):
     from pipelines.flows import train_adapter
     path = write_task(tmp_path, "sections", bases["bert"], data_slice(tmp_path), training__max_steps=60,
                       promotion={"mode": "merged", "auto": True}, gate={"metric": "accuracy", "min_gain_over_base": 0.1})
@@ -67,6 +69,13 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
     assert {a.path for a in registry.client.list_artifacts(first["run_id"], "analysis")} >= {
         "analysis/report.json", "analysis/scree.png"}
     assert task_runs(state.state_details.flow_run_id)["train"] == "Completed"
+    import mlflow.pyfunc  # the version is an MLflow Model on the embedded registry too
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.settings.tracking_uri)
+    texts = ["a chess engine", "a 3D modeller"]
+    predictions = mlflow.pyfunc.load_model("models:/sections@production").predict(texts)
+    expected = AdapterSwitcher(registry).predict("sections@production", texts)
+    assert list(predictions["label"]) == [e["label"] for e in expected]
+    assert predictions["probability"].tolist() == pytest.approx([e["probability"] for e in expected], abs=1e-4)
     from prefect.client.orchestration import get_client
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key and a.key.startswith("sections-")}

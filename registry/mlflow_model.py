@@ -1,0 +1,77 @@
+"""Every task version is an MLflow Model: `models:/<task>@production` loads with mlflow.pyfunc and serves with
+`mlflow models serve`.
+
+A version's run holds, under `model/`: the MLmodel (a pyfunc flavour whose loader is `pipelines.pyfunc`, shipped
+in `code/` with the rest of loraops), the signature and an input example, pinned requirements, and
+`data/loraops/description.json`, which names the task kind and the base the adapter was trained on (registered location and
+weight fingerprint). The weights sit beside it in `adapter/` and `merged/`, logged once with their manifests; an
+adapter-only version never copies its base into MLflow.
+"""
+
+import importlib.metadata
+import importlib.util
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from .records import BaseRecord
+
+MODEL_DIR = "model"  # run-relative folder of the MLflow Model
+LOADER = "pipelines.pyfunc"
+DESCRIPTION = "description.json"  # in data/loraops/, the pyfunc flavour's data folder
+PACKAGES = ("lora_core", "registry", "pipelines")
+KINDS = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
+
+
+def signature(kind: str):
+    """Texts in (a list, or a DataFrame's one column); label + probability, or a completion, out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    if kind == "classification":
+        return ModelSignature(Schema([ColSpec("string")]),
+                              Schema([ColSpec("string", "label"), ColSpec("double", "probability")]))
+    return ModelSignature(Schema([ColSpec("string")]), Schema([ColSpec("string", "completion")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 20)]))
+
+
+def requirements() -> list[str]:
+    """loraops's runtime dependencies pinned to the versions installed here (local tags such as +cpu dropped:
+    the serving machine picks its own torch build)."""
+    from packaging.requirements import Requirement
+    pinned = []
+    for line in importlib.metadata.requires("loraops") or []:
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an extra (test dependencies)
+        try:
+            pinned.append(f"{requirement.name}=={importlib.metadata.version(requirement.name).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            pinned.append(str(requirement))
+    return pinned
+
+
+def write_model(out: Path, task_type: str, base: BaseRecord, input_example: list[str]) -> None:
+    """The MLflow Model folder of a version, without its weights (logged beside it)."""
+    import mlflow.pyfunc
+    kind = KINDS.get(task_type)
+    if kind is None:
+        from .errors import RegistryError
+        raise RegistryError(f"adapter task_type {task_type!r} is not one of {', '.join(KINDS)}; "
+                            f"save the adapter with the task's type")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "loraops"
+        data.mkdir()
+        (data / DESCRIPTION).write_text(json.dumps({"kind": kind, "base": base.model_dump()}, indent=1))
+        code = [_copy_package(name, Path(tmp) / "code") for name in PACKAGES]
+        mlflow.pyfunc.save_model(str(out), loader_module=LOADER, data_path=str(data), code_paths=code,
+                                 signature=signature(kind), input_example=input_example,
+                                 pip_requirements=requirements(), model_config={"base_path": ""})
+
+
+def _copy_package(name: str, folder: Path) -> str:
+    """The package's Python sources (no caches), found without importing it."""
+    source = Path(importlib.util.find_spec(name).submodule_search_locations[0])
+    target = folder / name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return str(target)
