@@ -5,18 +5,20 @@ unchanged re-run is served from cache) with JSON results (no pickle). The MLflow
 gets the parameters, dataset, per-step loss and lr, metrics, and the analysis report and plots.
 """
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from registry import AdapterRegistry, BaseRecord, RegistrySettings
+from registry import AdapterRegistry, BaseRecord, RegistryError, RegistrySettings
+from registry.aliases import DriftError
 from registry.code_version import code_version
 from registry.fingerprint import sha256_file
 
 from . import steps, tracking
 from .models import base_source, free_memory, resolve_base
-from .spec import TaskSpec, load_spec
+from .spec import SpecError, TaskSpec, load_spec
 
 CACHED = {"persist_result": True, "result_serializer": "json", "cache_key_fn": lambda context, parameters: parameters["key"]}
 
@@ -118,11 +120,21 @@ def register_task(spec: TaskSpec, adapter: str, merged: str | None, base: dict, 
 @task(name="promote", retries=2, retry_delay_seconds=5)
 def promote_task(spec: TaskSpec, version: int) -> dict:
     promotion = AdapterRegistry().promote(spec.task, version, spec.promotion.mode, spec.promotion.target,
-                                          reason="gate passed", progress=False)
+                                          reason="gate passed", progress=False, serve_with=spec.promotion.serve_with)
     create_markdown_artifact(table({"version": version, "mode": promotion.mode, "uri": promotion.uri,
                                     "uploaded": len(promotion.uploaded), "already there": len(promotion.skipped)}),
                              key=f"{spec.task}-promote", description="promote")
     return promotion.model_dump()
+
+
+def refuse_drift(registry: AdapterRegistry, task_name: str) -> None:
+    """An alias moved outside loraops stops the run before training (promotion would refuse it after)."""
+    try:
+        registry.book.settle(task_name, None, "promote")
+    except DriftError:
+        raise
+    except RegistryError:  # a task with no versions yet
+        pass
 
 
 def production_for(registry: AdapterRegistry, task_name: str, base_fingerprint: str) -> dict | None:
@@ -137,11 +149,32 @@ def production_for(registry: AdapterRegistry, task_name: str, base_fingerprint: 
             "adapter": str(registry.fetch(task_name, record.version)) if same_base else None}
 
 
-@flow(name="train_adapter", log_prints=True)
+def run_name() -> str:
+    """`<task>-<UTC time>` while it runs (renamed `<task>-v<N>` once registered): the Prefect UI reads like a log."""
+    from prefect.runtime import flow_run
+    path = Path(flow_run.parameters["spec_path"])
+    try:
+        name = load_spec(path).task
+    except SpecError:
+        name = path.stem
+    return f"{name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+
+def name_run(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, name=name)
+
+
+@flow(name="train_adapter", flow_run_name=run_name, log_prints=True)
 def train_adapter(spec_path: str) -> dict:
     """One task, end to end. Returns what was trained, measured, registered and promoted."""
     spec = load_spec(spec_path)
+    steps.check_serving(spec)
     registry = AdapterRegistry(RegistrySettings.from_env())
+    if spec.promotion.auto:
+        refuse_drift(registry, spec.task)
     work = registry.settings.home / "work" / spec.task
 
     def key(*parts) -> str:  # cache entries belong to one $LORAOPS_HOME: their results name files in it
@@ -170,6 +203,7 @@ def train_adapter(spec_path: str) -> dict:
                             key=key("analyze", train_key))
     registry.client.log_artifacts(run_id, analysis["folder"], "analysis")
     record = register_task(spec, trained["adapter"], merged, base.model_dump(), prepared, evaluation, run_id)
+    name_run(f"{spec.task}-v{record['version']}")
     promotion = None
     if evaluation["passed"] and spec.promotion.auto:
         promotion = promote_task(spec, record["version"])

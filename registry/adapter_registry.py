@@ -12,7 +12,6 @@ import json
 import math
 import re
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,8 +19,12 @@ import mlflow.artifacts
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from lora_core.peft_format import read_peft_config
+
+from .aliases import AliasBook
 from .code_version import code_version
 from .digests import DigestCache
+from .engines import Adapter, adapted_modules, check_servable
 from .errors import BaseMismatchError, IntegrityError, RegistryError
 from .fingerprint import CONFIG_FILE, fingerprint_weights
 from .manifest import MANIFEST_FILE, Manifest, scan_folder
@@ -33,7 +36,6 @@ from .stores import S3Store, open_store
 from .transfer import download_promoted, materialize, seed, upload_verified
 
 TAG = "loraops."
-HISTORY_TAG = TAG + "history."
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -45,6 +47,7 @@ class AdapterRegistry:
             self.settings.home.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.settings.tracking_uri, registry_uri=self.settings.tracking_uri)
         self.digests = DigestCache(self.settings.digests)
+        self.book = AliasBook(self.client, self.settings.actor)
 
     # ---- base models -------------------------------------------------------------------------
     def register_base(self, path: str | Path, name: str | None = None, source: str | None = None,
@@ -62,6 +65,8 @@ class AdapterRegistry:
                 TAG + "base.source": source or str(path.resolve())}
         if revision:
             tags[TAG + "base.revision"] = revision
+        if config.get("model_type"):
+            tags[TAG + "base.model_type"] = config["model_type"]
         run = self.client.create_run(self.experiment("loraops-bases"), run_name=f"base {name}", tags=tags)
         if (path / CONFIG_FILE).exists():
             self.client.log_artifact(run.info.run_id, str(path / CONFIG_FILE), "base")
@@ -129,7 +134,7 @@ class AdapterRegistry:
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         version = int(self.client.create_model_version(task, f"{artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=tags,
                                                        description=description, await_creation_for=0).version)
-        self._move_alias(task, "candidate", version, "register", "registered")
+        self.book.move(task, "candidate", version, "register", "registered")
         return self.resolve(task, version)
 
     def _same_version(self, task: str, manifests: dict[str, Manifest], base: BaseRecord,
@@ -179,15 +184,6 @@ class AdapterRegistry:
                        or (len(base) >= 8 and r.base_fingerprint.startswith(base))]
         return records
 
-    def history(self, task: str) -> list[HistoryEvent]:
-        """Every alias move of `task`, oldest first."""
-        check_task_name(task)
-        try:
-            tags = self.client.get_registered_model(task).tags
-        except MlflowException:
-            raise RegistryError(f"no task {task!r} in the registry; see `loraops adapters list`") from None
-        return [HistoryEvent.model_validate_json(tags[key]) for key in sorted(tags) if key.startswith(HISTORY_TAG)]
-
     def lineage(self, task: str) -> dict:
         """base model(s) -> versions -> promotions for one task."""
         versions = self.list_versions(task)
@@ -201,8 +197,11 @@ class AdapterRegistry:
 
     # ---- promotion ---------------------------------------------------------------------------
     def promote(self, task: str, version: int | str, mode: str = "adapter", target: str | None = None,
-                reason: str = "", progress: bool = True) -> Promotion:
-        """Upload + verify under <target>/<task>/v<version>/<mode>/, manifest last; only then move `production`."""
+                reason: str = "", progress: bool = True, serve_with: str = "any", drift: str | None = None) -> Promotion:
+        """Upload + verify under <target>/<task>/v<version>/<mode>/, manifest last; only then move `production`.
+
+        serve_with: an engine (engines.py) whose loading rules an adapter must meet; checked before any upload.
+        drift: how to settle aliases moved outside loraops (aliases.py): None refuses, "accept" or "revert"."""
         check_task_name(task)
         if mode not in MODES:
             raise RegistryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -216,7 +215,10 @@ class AdapterRegistry:
         # no byte passes through this machine. Anything else comes from the verified local cache.
         remote = record.artifacts[mode] if isinstance(store, S3Store) and record.artifacts[mode].startswith("s3://") else None
         source = None if remote else self._fetch_from_mlflow(record, mode)
+        if mode == "adapter" and serve_with != "any":  # a merged model is served as a model of its own
+            self.check_servable(record, serve_with, source or self._fetch_from_mlflow(record, mode))
         manifest = self._manifest(record, mode, source)
+        settled = self.book.settle(task, drift, "promote")
         prefix = f"{task}/v{record.version}/{mode}"
         # One promotion of a prefix at a time on this machine: the next one may then abort what a killed one left.
         with exclusive(self.settings.home / "locks", store.uri(prefix)):
@@ -224,17 +226,25 @@ class AdapterRegistry:
                                                       copy_from=remote, fetch=lambda: self._fetch_from_mlflow(record, mode))
         self.client.set_model_version_tag(task, str(record.version), f"{TAG}promoted.{mode}", store.uri(prefix))
         current = self.aliases(task).get("production")
-        events = []
+        events = settled
         if current != record.version:
             if current is not None:
-                events.append(self._move_alias(task, "previous-production", current, "promote", reason, mode))
-            events.append(self._move_alias(task, "production", record.version, "promote", reason, mode))
+                events.append(self.book.move(task, "previous-production", current, "promote", reason, mode))
+            events.append(self.book.move(task, "production", record.version, "promote", reason, mode))
         return Promotion(task=task, version=record.version, mode=mode, uri=store.uri(prefix), uploaded=uploaded,
                          skipped=skipped, bytes_uploaded=sent, previous=current, events=events)
 
-    def rollback(self, task: str, reason: str = "") -> list[HistoryEvent]:
-        """production <- previous-production; previous-production <- the version before that, if any."""
-        check_task_name(task)
+    def check_servable(self, record: VersionRecord, engine: str, folder: Path) -> None:
+        """Refuse (NotServableError) an adapter that `engine` would not load next to its base."""
+        base = self.find_base(record.base_fingerprint)
+        adapter = Adapter(read_peft_config(folder), adapted_modules(folder), base.model_type if base else None,
+                          record.base_name)
+        check_servable(engine, adapter, f"{record.task} v{record.version}")
+
+    def rollback(self, task: str, reason: str = "", drift: str | None = None) -> list[HistoryEvent]:
+        """production <- previous-production; previous-production <- the version before that, if any.
+        Returns the production and previous-production moves (after any settled drift)."""
+        self.book.settle(task, drift, "rollback")
         aliases = self.aliases(task)
         back_to = aliases.get("previous-production")
         if back_to is None:
@@ -243,8 +253,8 @@ class AdapterRegistry:
         # or two rollbacks in a row would swap back and forth).
         before = next((e.from_version for e in reversed(self.history(task))
                        if e.action == "promote" and e.alias == "production" and e.to_version == back_to), None)
-        events = [self._move_alias(task, "production", back_to, "rollback", reason)]
-        events.append(self._move_alias(task, "previous-production", before, "rollback", reason))
+        events = [self.book.move(task, "production", back_to, "rollback", reason)]
+        events.append(self.book.move(task, "previous-production", before, "rollback", reason))
         return events
 
     def fetch(self, task: str, ref: str | int | None = None, mode: str = "adapter") -> Path:
@@ -290,25 +300,12 @@ class AdapterRegistry:
             (Path(tmp) / MANIFEST_FILE).write_bytes(manifest.to_json())
             self.client.log_artifact(run_id, str(Path(tmp) / MANIFEST_FILE), mode)
 
-    def _move_alias(self, task: str, alias: str, version: int | None, action: str, reason: str,
-                    mode: str | None = None) -> HistoryEvent:
-        previous = self.aliases(task).get(alias)
-        if version is None:
-            if previous is not None:
-                self.client.delete_registered_model_alias(task, alias)
-        else:
-            self.client.set_registered_model_alias(task, alias, str(version))
-        event = HistoryEvent(time=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                             actor=self.settings.actor, action=action, alias=alias, from_version=previous,
-                             to_version=version, reason=reason[:500], mode=mode)
-        self.client.set_registered_model_tag(task, f"{HISTORY_TAG}{time.time_ns():020d}", event.model_dump_json())
-        return event
-
     def aliases(self, task: str) -> dict[str, int]:
-        try:
-            return {alias: int(v) for alias, v in self.client.get_registered_model(task).aliases.items()}
-        except MlflowException:
-            raise RegistryError(f"no task {task!r} in the registry; see `loraops adapters list`") from None
+        return self.book.aliases(task)
+
+    def history(self, task: str) -> list[HistoryEvent]:
+        """Every alias move of `task`, oldest first."""
+        return self.book.history(task)
 
     def _ensure_model(self, name: str, tags: dict[str, str]) -> None:
         try:
@@ -332,7 +329,7 @@ class AdapterRegistry:
         tags = version.tags
         return BaseRecord(name=tags[TAG + "base.name"], model=version.name, version=int(version.version),
                           fingerprint=tags[TAG + "base.fingerprint"], source=tags.get(TAG + "base.source", ""),
-                          revision=tags.get(TAG + "base.revision"))
+                          revision=tags.get(TAG + "base.revision"), model_type=tags.get(TAG + "base.model_type"))
 
     def _version_record(self, version, aliases: dict[str, int]) -> VersionRecord:
         tags, number = version.tags, int(version.version)

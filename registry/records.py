@@ -14,6 +14,7 @@ class BaseRecord(BaseModel):
     fingerprint: str
     source: str
     revision: str | None = None
+    model_type: str | None = None  # config.json's model_type: which engines can serve adapters on it
 
 
 class VersionRecord(BaseModel):

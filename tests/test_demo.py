@@ -29,3 +29,12 @@ def test_cli_rejects_a_bad_step_count(capsys):
         main(["demo", "--steps", "0"])
     assert exit_.value.code == 2
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_version_names_the_package_and_the_code(capsys):
+    from importlib.metadata import version
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"loraops {version('loraops')} (") and ("git:" in out or "loraops==" in out)

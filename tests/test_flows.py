@@ -80,6 +80,8 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key and a.key.startswith("sections-")}
     assert keys == {f"sections-{step}" for step in ("data", "train", "evaluate", "merge", "analyze", "register", "promote")}
+    with get_client(sync_client=True) as client:  # the Prefect UI reads like a log
+        assert client.read_flow_run(state.state_details.flow_run_id).name == "sections-v1"
 
     again = train_adapter(str(path), return_state=True)
     assert task_runs(again.state_details.flow_run_id)["train"] == "Cached"

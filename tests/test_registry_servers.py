@@ -11,11 +11,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+from mlflow import MlflowClient
 from transformers import AutoModelForSequenceClassification
 
 from conftest import build, inputs, output, write_artifacts
 from lora_core import load_adapter
 from registry import AdapterRegistry, IntegrityError, RegistrySettings, StoreError
+from registry.aliases import DriftError
 from servers import postgres_bin
 
 DATASET = "e" * 64
@@ -242,3 +244,36 @@ def test_promotion_aborts_multipart_uploads_a_killed_promotion_left(team):
     uploads = s3.list_multipart_uploads(Bucket="promoted").get("Uploads", [])
     assert [u["UploadId"] for u in uploads] == [elsewhere["UploadId"]]  # only ours, only under this version's prefix
     s3.abort_multipart_upload(Bucket="promoted", Key="someone-else/file", UploadId=elsewhere["UploadId"])
+
+
+def test_an_alias_moved_outside_loraops_is_shown_and_blocks_promote_and_rollback_until_settled(team, mlflow_server):
+    registry, task, folders, _, _ = team
+    extra = write_artifacts(folders["base"].parent, seed=1)
+    registry.register(task, extra["adapter"], registry.find_base(registry.resolve(task, 1).base_fingerprint), DATASET,
+                      {"accuracy": 0.9})
+    registry.promote(task, 1, "adapter")
+    MlflowClient(mlflow_server["url"]).set_registered_model_alias(task, "production", "2")  # someone in the UI
+    assert [str(d) for d in registry.book.drift(task)] == [
+        f"{task} production is v2 in the registry but v1 in loraops's history"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server["url"], "LORAOPS_HOME": str(registry.settings.home)}
+    listed = subprocess.run([LORAOPS, "adapters", "list", "--task", task], env=env, capture_output=True, text=True)
+    assert f"drift: {task} production is v2 in the registry but v1 in loraops's history" in listed.stdout
+    events = len(registry.history(task))
+    for attempt in (lambda: registry.promote(task, 2, "adapter"), lambda: registry.rollback(task)):
+        with pytest.raises(DriftError, match="--drift accept .* or --drift revert"):
+            attempt()
+    refused = subprocess.run([LORAOPS, "rollback", task], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "moved outside loraops" in refused.stderr
+    assert len(registry.history(task)) == events and registry.aliases(task)["production"] == 2
+
+    registry.promote(task, 2, "adapter", drift="accept")  # the registry was right: v2 is production
+    accepted = registry.history(task)[-1]
+    assert (accepted.action, accepted.from_version, accepted.to_version) == ("external", 1, 2)
+    assert accepted.reason.startswith("outside loraops") and registry.book.drift(task) == []
+
+    MlflowClient(mlflow_server["url"]).delete_registered_model_alias(task, "production")
+    registry.promote(task, 1, "adapter", drift="revert")  # the history was right: v2 back first, then v1 replaces it
+    assert [(e.action, e.alias, e.from_version, e.to_version) for e in registry.history(task)[-3:]] == [
+        ("revert", "production", None, 2), ("promote", "previous-production", None, 2), ("promote", "production", 2, 1)]
+    assert registry.aliases(task) == {"production": 1, "previous-production": 2, "candidate": 2}
+    assert registry.book.drift(task) == []

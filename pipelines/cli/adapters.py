@@ -49,7 +49,13 @@ def adapters(args, print_=print) -> None:
     registry = AdapterRegistry()
     if args.action == "list":
         records = registry.list_versions(task=args.task, base=args.base)
-        print_(json.dumps([r.model_dump() for r in records], indent=2) if args.json else versions_table(records))
+        drift = [d for task in sorted({r.task for r in records}) for d in registry.book.drift(task)]
+        if args.json:
+            print_(json.dumps([r.model_dump() for r in records], indent=2))
+            return
+        print_(versions_table(records))
+        for d in drift:
+            print_(f"drift: {d} (moved outside loraops); settle it with promote/rollback --drift accept|revert")
     elif args.action == "show":
         print_(json.dumps(registry.resolve(*split_ref(args.ref)).model_dump(), indent=2))
     elif args.action == "lineage":
@@ -58,12 +64,16 @@ def adapters(args, print_=print) -> None:
     elif args.action == "history":
         events = registry.history(check_task_name(args.ref))
         print_(json.dumps([e.model_dump() for e in events], indent=2) if args.json else history_table(events))
+        if not args.json:
+            for d in registry.book.drift(args.ref):
+                print_(f"drift: {d} (moved outside loraops)")
     elif args.action == "fetch":
         print_(registry.fetch(*split_ref(args.ref), mode=args.mode))
 
 
 def promote(args, print_=print) -> None:
-    result = AdapterRegistry().promote(args.task, args.version, args.mode, args.target, args.reason or "")
+    result = AdapterRegistry().promote(args.task, args.version, args.mode, args.target, args.reason or "",
+                                       serve_with=args.serve_with, drift=args.drift)
     print_(f"promoted {result.task} v{result.version} ({result.mode}) to {result.uri}: "
            f"{len(result.uploaded)} files uploaded ({result.bytes_uploaded:,} bytes), {len(result.skipped)} already there, "
            f"all verified by sha256")
@@ -72,6 +82,6 @@ def promote(args, print_=print) -> None:
 
 
 def rollback(args, print_=print) -> None:
-    events = AdapterRegistry().rollback(args.task, args.reason or "")
+    events = AdapterRegistry().rollback(args.task, args.reason or "", drift=args.drift)
     print_(f"production: {events[0].from_version} -> {events[0].to_version}; "
            f"previous-production is now {events[1].to_version or 'unset'}")

@@ -6,11 +6,27 @@ import sys
 from pathlib import Path
 
 from lora_core import LoraError
+from registry.aliases import SETTLE
+from registry.engines import ENGINES
 from registry.errors import IntegrityError, RegistryError, StoreError
 
 from ..data import DataError
 from ..models import BaseModelError
 from ..spec import SpecError
+
+
+DRIFT_HELP = ("an alias was moved outside loraops: accept (record the registry's state) or revert (move it back to "
+              "where loraops's history says)")
+
+
+class PrintVersion(argparse.Action):
+    """`loraops --version`: the package version and the code it runs (git commit when run from a checkout)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import version
+        from registry.code_version import code_version
+        print(f"loraops {version('loraops')} ({code_version()})")
+        parser.exit()
 
 
 def positive_int(text: str) -> int:
@@ -22,6 +38,7 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraops", description="Train, version and ship LoRA adapters.")
+    parser.add_argument("--version", action=PrintVersion, nargs=0, help="the installed version and its code")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="LoRA on the offline MiniLM base: train, evaluate, merge, save")
     demo.add_argument("--steps", type=positive_int, default=300, help="optimizer steps (default 300)")
@@ -59,10 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registry_commands(commands) -> None:
     adapters = commands.add_parser("adapters", help="look adapters up in the registry")
-    adapters.add_argument("action", choices=["list", "show", "lineage", "history", "fetch"])
-    adapters.add_argument("ref", nargs="?", help="TASK, or TASK@alias / TASK:version for show and fetch")
+    adapters.add_argument("action", choices=["list", "show", "lineage", "history", "fetch", "serve-config"])
+    adapters.add_argument("ref", nargs="?", help="TASK, or TASK@alias / TASK:version for show and fetch; "
+                          "serve-config: one task (default all in production)")
     adapters.add_argument("--task", help="list: only this task")
-    adapters.add_argument("--base", help="list: only adapters on this base (name or fingerprint prefix)")
+    adapters.add_argument("--base", help="list, serve-config: only adapters on this base (name or fingerprint prefix)")
+    adapters.add_argument("--engine", choices=ENGINES[1:], default="vllm", help="serve-config: the serving engine")
+    adapters.add_argument("--lora-dir", default="./loras",
+                          help="serve-config: where the engine host keeps adapters fetched from S3 (default ./loras)")
     adapters.add_argument("--mode", choices=["adapter", "merged"], default="adapter", help="fetch: which artifacts")
     adapters.add_argument("--json", action="store_true", help="machine-readable output")
     promote = commands.add_parser("promote", help="upload a version, verify it, then make it production")
@@ -71,9 +92,13 @@ def _registry_commands(commands) -> None:
     promote.add_argument("--mode", choices=["adapter", "merged"], default="adapter")
     promote.add_argument("--target", help="s3://bucket/prefix or a folder (default $LORAOPS_PROMOTION_TARGET)")
     promote.add_argument("--reason", help="recorded in the history")
+    promote.add_argument("--serve-with", choices=ENGINES, default="any",
+                         help="refuse an adapter this serving engine would not load (default any)")
+    promote.add_argument("--drift", choices=SETTLE, help=DRIFT_HELP)
     rollback = commands.add_parser("rollback", help="production goes back to the previous production version")
     rollback.add_argument("task")
     rollback.add_argument("--reason", help="recorded in the history")
+    rollback.add_argument("--drift", choices=SETTLE, help=DRIFT_HELP)
 
 
 def _rank_or_pve(parser: argparse.ArgumentParser) -> None:
@@ -103,9 +128,13 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.command in ("adapters", "promote", "rollback"):
         from . import adapters as registry_commands
-        if args.command == "adapters" and args.action != "list" and not args.ref:
+        if args.command == "adapters" and args.action not in ("list", "serve-config") and not args.ref:
             raise RegistryError(f"adapters {args.action} needs a task; e.g. loraops adapters {args.action} my-task")
-        getattr(registry_commands, args.command)(args)
+        if args.command == "adapters" and args.action == "serve-config":
+            from .serve_config import serve_config
+            serve_config(args)
+        else:
+            getattr(registry_commands, args.command)(args)
         return
     from . import rank as rank_commands
     if args.command == "analyze":

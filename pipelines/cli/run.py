@@ -21,6 +21,7 @@ def validate(paths: list[str]) -> list:
     settings = RegistrySettings.from_env()
     specs = [load_spec(p) for p in paths]
     for spec in specs:
+        steps.check_serving(spec)
         steps.prepare_data(spec, settings.home / "work" / spec.task)
     return specs
 
