@@ -15,3 +15,7 @@ echo; $loraops adapters lineage package-sections
 echo; echo "== predictions: one base in memory, the task adapters switched in place"
 $loraops predict package-sections@production "chess engine with a graphical board" "scientific plotting library"
 $loraops predict server-sections@production "IMAP and POP3 server" "web server with HTTP/2 support"
+echo; echo "== the same production version as an MLflow Model (mlflow.pyfunc; mlflow models serve works alike)"
+MLFLOW_TRACKING_URI="sqlite:///$(realpath "${LORAOPS_HOME:-.loraops}")/mlflow.db" .venv/bin/python -c '
+import mlflow.pyfunc
+print(mlflow.pyfunc.load_model("models:/package-sections@production").predict(["chess engine with a graphical board"]))'
