@@ -10,7 +10,6 @@ WRITE_AHEAD weights waiting for the writer thread, whatever the model's size.
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from .layer import add_delta_, check_delta
 from .errors import AdapterMismatchError, MergeError, WeightFileError
 from .peft_format import PICKLE_FILES, PREFIX, read_adapter_tensors, read_peft_config, lora_config_from_peft
 from .safetensors_io import DTYPE_NAMES, DTYPES, SafetensorsWriter, TensorEntry, read_header, read_tensor
+from .scratch import scratch_dir
 
 INDEX_FILE = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".ot", ".gguf")
@@ -128,8 +128,7 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
         in_base = name.startswith(prefix) and name.removeprefix(prefix) in located
         (report.replaced if in_base else report.added).append(name)
     # Written beside the destination and renamed into place: a crash never leaves a half-merged model under out_dir.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    tmp = scratch_dir(out_dir.parent, f".{out_dir.name}.partial-")  # and what a killed merge left is removed
     try:
         weight_map, last = {}, list(shards)[-1]
         for shard, (entries, metadata) in shards.items():

@@ -76,6 +76,12 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorEntry], dict[str, str
                                   f"{entry.nbytes} bytes; re-save the file")
         entries[name] = entry
         data_end = max(data_end, entry.end)
+    end = base
+    for entry in sorted(entries.values(), key=lambda e: e.start):  # overlapping spans would make readers loop
+        if entry.start < end:
+            raise WeightFileError(f"{path}: tensor {entry.name!r} overlaps the data before it; the header is damaged: "
+                                  "re-save the file")
+        end = entry.end
     if data_end != size and not (not entries and size == base):
         raise WeightFileError(f"{path}: the header describes {data_end} bytes but the file has {size}; the file is "
                               "truncated or damaged: re-download or re-save it")

@@ -14,10 +14,12 @@ from prefect.artifacts import create_markdown_artifact
 from registry import AdapterRegistry, BaseRecord, RegistryError, RegistrySettings
 from registry.aliases import DriftError
 from registry.code_version import code_version
+from registry.faults import is_transient, network_defaults
 from registry.fingerprint import sha256_file
 
 from . import steps, tracking
 from .models import base_source, free_memory, resolve_base
+from .preflight import preflight
 from .spec import SpecError, TaskSpec, load_spec
 
 CACHED = {"persist_result": True, "result_serializer": "json", "cache_key_fn": lambda context, parameters: parameters["key"]}
@@ -102,7 +104,19 @@ def analyze_task(spec: TaskSpec, adapter: str, base_path: str, out: str, key: st
     return {"summary": s, "folder": out}
 
 
-@task(name="register", retries=2, retry_delay_seconds=5)
+def transient(task, task_run, state) -> bool:
+    """Retry a step only for a server fault (registry/faults.py); bad input fails the same way every time."""
+    try:
+        state.result()
+    except Exception as e:  # noqa: BLE001 - the step's own failure, classified
+        return is_transient(e)
+    return False
+
+
+RETRY = {"retries": 2, "retry_delay_seconds": [5, 20], "retry_condition_fn": transient}
+
+
+@task(name="register", **RETRY)
 def register_task(spec: TaskSpec, adapter: str, merged: str | None, base: dict, prepared: dict, evaluation: dict,
                   run_id: str) -> dict:
     registry = AdapterRegistry()
@@ -117,7 +131,7 @@ def register_task(spec: TaskSpec, adapter: str, merged: str | None, base: dict, 
     return record.model_dump()
 
 
-@task(name="promote", retries=2, retry_delay_seconds=5)
+@task(name="promote", **RETRY)
 def promote_task(spec: TaskSpec, version: int) -> dict:
     promotion = AdapterRegistry().promote(spec.task, version, spec.promotion.mode, spec.promotion.target,
                                           reason="gate passed", progress=False, serve_with=spec.promotion.serve_with)
@@ -170,8 +184,9 @@ def name_run(name: str) -> None:
 @flow(name="train_adapter", flow_run_name=run_name, log_prints=True)
 def train_adapter(spec_path: str) -> dict:
     """One task, end to end. Returns what was trained, measured, registered and promoted."""
+    network_defaults()
     spec = load_spec(spec_path)
-    steps.check_serving(spec)
+    preflight(spec, RegistrySettings.from_env())
     registry = AdapterRegistry(RegistrySettings.from_env())
     if spec.promotion.auto:
         refuse_drift(registry, spec.task)

@@ -15,12 +15,10 @@ import torch
 
 from lora_core import count_parameters, inject, load_adapter, merge, save_adapter, set_active_adapter, unmerge
 from lora_core.checkpoint_merge import merge_checkpoint
-from lora_core.peft_format import peft_config_dict
-from registry.engines import Adapter, check_servable
 
 from . import data as datasets
 from .evaluate import classification_metrics, decide, lm_outputs, relative_gap
-from .models import base_name, load_model, resolve_base
+from .models import base_name, load_model
 from .spec import TaskSpec
 from .train import predict_logits, train, world
 
@@ -37,20 +35,6 @@ class EvaluationError(RuntimeError):
 
 def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def check_serving(spec: TaskSpec) -> None:
-    """promotion.serve_with's rules applied to what the task file says, before training (the trained adapter is
-    checked again at promotion). A merged model is served as a model of its own: no adapter rules apply."""
-    if spec.promotion.serve_with == "any" or spec.promotion.mode != "adapter":
-        return
-    path, name = resolve_base(spec.base)
-    model_type = json.loads((path / "config.json").read_text()).get("model_type") if (path / "config.json").exists() else None
-    lora = spec.lora.model_copy(update={"task_type": TASK_TYPES[spec.type]})
-    targets = lora.target_modules
-    modules = frozenset(t.rsplit(".", 1)[-1] for t in targets) if isinstance(targets, list) else None  # a regex: after training
-    check_servable(spec.promotion.serve_with, Adapter(peft_config_dict(lora, False, name), modules, model_type, name),
-                   f"{spec.source or spec.task}")
 
 
 def prepare_data(spec: TaskSpec, work: Path) -> dict:

@@ -5,9 +5,6 @@ one version per weight fingerprint. Aliases production / previous-production / c
 every alias move is appended to the task's history (registered-model tags, one per event).
 """
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import math
 import re
@@ -27,6 +24,7 @@ from .digests import DigestCache
 from .engines import Adapter, adapted_modules, check_servable
 from .errors import BaseMismatchError, IntegrityError, RegistryError
 from .fingerprint import CONFIG_FILE, fingerprint_weights
+from .locks import exclusive
 from .manifest import MANIFEST_FILE, Manifest, scan_folder
 from .mlflow_model import MODEL_DIR, write_model
 from .names import base_model_name, check_task_name, parse_ref
@@ -43,9 +41,12 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 class AdapterRegistry:
     def __init__(self, settings: RegistrySettings | None = None):
         self.settings = settings or RegistrySettings.from_env()
-        if self.settings.embedded:
-            self.settings.home.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.settings.tracking_uri, registry_uri=self.settings.tracking_uri)
+        if self.settings.embedded:
+            # MLflow creates its SQLite schema on first use; two processes doing it at once collide (runs started
+            # together on a fresh home), so the first use happens under a lock.
+            with exclusive(self.settings.home / "locks", "mlflow-database"):
+                self.client.search_experiments(max_results=1)
         self.digests = DigestCache(self.settings.digests)
         self.book = AliasBook(self.client, self.settings.actor)
 
@@ -225,12 +226,13 @@ class AdapterRegistry:
             uploaded, skipped, sent = upload_verified(store, prefix, manifest, self.digests, progress, source,
                                                       copy_from=remote, fetch=lambda: self._fetch_from_mlflow(record, mode))
         self.client.set_model_version_tag(task, str(record.version), f"{TAG}promoted.{mode}", store.uri(prefix))
-        current = self.aliases(task).get("production")
-        events = settled
-        if current != record.version:
-            if current is not None:
-                events.append(self.book.move(task, "previous-production", current, "promote", reason, mode))
-            events.append(self.book.move(task, "production", record.version, "promote", reason, mode))
+        with self._alias_lock(task):
+            current = self.aliases(task).get("production")
+            events = settled
+            if current != record.version:
+                if current is not None:
+                    events.append(self.book.move(task, "previous-production", current, "promote", reason, mode))
+                events.append(self.book.move(task, "production", record.version, "promote", reason, mode))
         return Promotion(task=task, version=record.version, mode=mode, uri=store.uri(prefix), uploaded=uploaded,
                          skipped=skipped, bytes_uploaded=sent, previous=current, events=events)
 
@@ -244,18 +246,22 @@ class AdapterRegistry:
     def rollback(self, task: str, reason: str = "", drift: str | None = None) -> list[HistoryEvent]:
         """production <- previous-production; previous-production <- the version before that, if any.
         Returns the production and previous-production moves (after any settled drift)."""
-        self.book.settle(task, drift, "rollback")
-        aliases = self.aliases(task)
-        back_to = aliases.get("previous-production")
-        if back_to is None:
-            raise RegistryError(f"task {task!r} has no previous production version; nothing to roll back to")
-        # The version that was production before `back_to` was promoted to it (rollbacks do not count,
-        # or two rollbacks in a row would swap back and forth).
-        before = next((e.from_version for e in reversed(self.history(task))
-                       if e.action == "promote" and e.alias == "production" and e.to_version == back_to), None)
-        events = [self.book.move(task, "production", back_to, "rollback", reason)]
-        events.append(self.book.move(task, "previous-production", before, "rollback", reason))
-        return events
+        with self._alias_lock(task):
+            self.book.settle(task, drift, "rollback")
+            back_to = self.aliases(task).get("previous-production")
+            if back_to is None:
+                raise RegistryError(f"task {task!r} has no previous production version; nothing to roll back to")
+            # The version that was production before `back_to` was promoted to it (rollbacks do not count,
+            # or two rollbacks in a row would swap back and forth).
+            before = next((e.from_version for e in reversed(self.history(task))
+                           if e.action == "promote" and e.alias == "production" and e.to_version == back_to), None)
+            events = [self.book.move(task, "production", back_to, "rollback", reason)]
+            events.append(self.book.move(task, "previous-production", before, "rollback", reason))
+            return events
+
+    def _alias_lock(self, task: str):
+        """Alias moves of one task, one promotion or rollback at a time on this machine: read, then move."""
+        return exclusive(self.settings.home / "locks", f"aliases:{self.settings.tracking_uri}:{task}")
 
     def fetch(self, task: str, ref: str | int | None = None, mode: str = "adapter") -> Path:
         """A verified local copy in the content-addressed cache: from the promoted copy if any, else MLflow."""
@@ -350,18 +356,6 @@ class AdapterRegistry:
             artifacts={mode: f"{artifact_root}/{mode}" for mode in manifests},
             manifests=manifests,
             promoted={mode: tags[f"{TAG}promoted.{mode}"] for mode in MODES if f"{TAG}promoted.{mode}" in tags})
-
-
-@contextlib.contextmanager
-def exclusive(folder: Path, name: str):
-    """An advisory lock (flock) named after `name`, released when the block ends or the process dies."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / hashlib.sha256(name.encode()).hexdigest()[:32], "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _quote(value: str) -> str:

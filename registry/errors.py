@@ -15,3 +15,11 @@ class IntegrityError(RegistryError):
 
 class BaseMismatchError(RegistryError):
     """An adapter is being used on a base model other than the one it was trained on."""
+
+
+class ServerUnavailable(RegistryError):
+    """A server (MLflow, S3) did not answer, timed out, or answered 5xx / throttling: transient, worth a bounded retry."""
+
+
+class StoreUnavailable(StoreError, ServerUnavailable):
+    """The S3-compatible store did not answer or is overloaded."""

@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from .digests import CHUNK, DigestCache, FileDigest, part_size
-from .errors import IntegrityError, StoreError
+from .errors import IntegrityError, RegistryError, StoreError, StoreUnavailable
 from .manifest import FileEntry
 
 Progress = Callable[[int], None]
@@ -118,7 +118,7 @@ class S3Store:
         config = Config(
             request_checksum_calculation=os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
             response_checksum_validation=os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
-            retries={"max_attempts": 5, "mode": "standard"})
+            retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
         self.client = client or boto3.session.Session().client("s3", config=config)
         self.transfer = TransferConfig(multipart_chunksize=16 * 1024 * 1024)  # downloads
         self.workers = workers
@@ -303,7 +303,8 @@ class S3Store:
         except NoCredentialsError:
             raise StoreError(f"no AWS credentials for {self.uri()}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE") from None
         except BotoCoreError as e:
-            raise StoreError(f"cannot reach {self.uri()} ({type(e).__name__}); check AWS_ENDPOINT_URL and the network") from None
+            raise StoreUnavailable(f"cannot reach {self.uri()} ({type(e).__name__}); check AWS_ENDPOINT_URL, that the "
+                                   f"store is up, and the network") from None
 
     def _client_error(self, code: str, error: Exception) -> StoreError:
         if code in ("NoSuchBucket", "404"):
@@ -313,6 +314,10 @@ class S3Store:
                     "ExpiredToken"):
             return StoreError(f"credentials rejected by {self.uri()} ({code}); check AWS_ACCESS_KEY_ID/"
                               f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the bucket policy")
+        status = getattr(error, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "InternalError"):
+            return StoreUnavailable(f"{self.uri()}: the store answered {code or status}; it is overloaded or failing, "
+                                    f"try again later")
         return StoreError(f"{self.uri()}: S3 error {code or type(error).__name__}; check the target and the store's logs")
 
 
@@ -328,8 +333,8 @@ def open_store(target: str | Path) -> LocalStore | S3Store:
     if target.startswith("s3://"):
         bucket, _, prefix = target[len("s3://"):].partition("/")
         if not bucket:
-            raise StoreError(f"{target!r} names no bucket; use s3://bucket/prefix")
+            raise RegistryError(f"promotion target {target!r} names no bucket; use s3://bucket/prefix")
         return S3Store(bucket, prefix)
     if "://" in target and not target.startswith("file://"):
-        raise StoreError(f"{target!r}: unsupported promotion target; use s3://bucket/prefix or a local folder")
+        raise RegistryError(f"promotion target {target!r}: unsupported scheme; use s3://bucket/prefix or a local folder")
     return LocalStore(target.removeprefix("file://"))

@@ -2,11 +2,12 @@
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
+
+from lora_core.scratch import scratch_dir
 
 from .errors import IntegrityError
 from .digests import DigestCache
@@ -76,8 +77,7 @@ def seed(cache: Path, folder: Path, manifest: Manifest) -> None:
     dest = cache / manifest.digest
     if dest.is_dir():
         return
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".seed-"))
+    tmp = scratch_dir(cache, ".seed-")
     try:
         for name in manifest.files:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +104,7 @@ def materialize(digest: str, cache: Path, download: Callable[[Path], None], wher
             return dest
         except IntegrityError:
             shutil.rmtree(dest)  # tampered or half-written: fetch it again
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".fetch-"))
+    tmp = scratch_dir(cache, ".fetch-")
     try:
         download(tmp)
         verify_folder(tmp, _manifest(tmp, digest, where).files, digests)

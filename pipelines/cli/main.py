@@ -5,13 +5,18 @@ import os
 import sys
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from lora_core import LoraError
 from registry.aliases import SETTLE
 from registry.engines import ENGINES
-from registry.errors import IntegrityError, RegistryError, StoreError
+from registry.errors import IntegrityError, RegistryError, ServerUnavailable, StoreError
+from registry.faults import network_defaults, server_message
+from registry.settings import RegistrySettings
 
 from ..data import DataError
 from ..models import BaseModelError
+from ..prefect_server import PrefectServerError
 from ..spec import SpecError
 
 
@@ -148,10 +153,17 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own output says what moved
+    network_defaults()
     try:
         run(args)
-    except (IntegrityError, StoreError) as e:
+    except (IntegrityError, StoreError, ServerUnavailable, PrefectServerError) as e:
         print(f"loraops: error: {e}", file=sys.stderr)
+        return 1
+    except MlflowException as e:
+        message = server_message(e, RegistrySettings.from_env().tracking_uri)
+        if message is None:
+            raise  # not a server fault: a bug, shown in full
+        print(f"loraops: error: {message}", file=sys.stderr)
         return 1
     except (LoraError, DataError, RegistryError, SpecError, BaseModelError) as e:
         print(f"loraops: error: {e}", file=sys.stderr)

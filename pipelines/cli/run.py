@@ -6,6 +6,8 @@ from pathlib import Path
 from registry import RegistrySettings
 
 from .. import steps
+from ..preflight import preflight
+from ..prefect_server import local_prefect_server
 from ..spec import load_spec
 
 
@@ -21,30 +23,36 @@ def validate(paths: list[str]) -> list:
     settings = RegistrySettings.from_env()
     specs = [load_spec(p) for p in paths]
     for spec in specs:
-        steps.check_serving(spec)
+        preflight(spec, settings)
         steps.prepare_data(spec, settings.home / "work" / spec.task)
     return specs
 
 
 def run(paths: list[str], print_=print) -> list[dict]:
     specs = validate(paths)
-    prefect_defaults(RegistrySettings.from_env())
+    settings = RegistrySettings.from_env()
+    prefect_defaults(settings)
+    with local_prefect_server(settings.home):
+        return [report(run_flow(path), spec, print_) for path, spec in zip(paths, specs)]
+
+
+def run_flow(path: str) -> dict:
     from ..flows import train_adapter
-    results = []
-    for path, spec in zip(paths, specs):
-        result = train_adapter(str(Path(path).resolve()))
-        results.append(result)
-        e, t = result["evaluation"], result["trained"]
-        metric = spec.gate.metric
-        print_(f"{result['task']}: v{result['version']} trained {t['steps']} steps in {t['seconds']:.0f}s; "
-               f"{metric} base {e['base'][metric]:.3f} -> adapter {e['adapter'][metric]:.3f} "
-               f"(merged {e['merged'][metric]:.3f}, gap {e['merge_gap']:.1e}); "
-               f"rank for 95% of |dW|^2: {result['analysis']['recommended_rank']['95']} of r={result['analysis']['r']}")
-        if result["promotion"]:
-            print_(f"{result['task']}: promoted v{result['version']} ({result['promotion']['mode']}) to {result['promotion']['uri']}")
-        else:
-            print_(f"{result['task']}: not promoted ({'; '.join(e['reasons']) or 'promotion.auto is false'})")
-    return results
+    return train_adapter(str(Path(path).resolve()))
+
+
+def report(result: dict, spec, print_=print) -> dict:
+    e, t = result["evaluation"], result["trained"]
+    metric = spec.gate.metric
+    print_(f"{result['task']}: v{result['version']} trained {t['steps']} steps in {t['seconds']:.0f}s; "
+           f"{metric} base {e['base'][metric]:.3f} -> adapter {e['adapter'][metric]:.3f} "
+           f"(merged {e['merged'][metric]:.3f}, gap {e['merge_gap']:.1e}); "
+           f"rank for 95% of |dW|^2: {result['analysis']['recommended_rank']['95']} of r={result['analysis']['r']}")
+    if result["promotion"]:
+        print_(f"{result['task']}: promoted v{result['version']} ({result['promotion']['mode']}) to {result['promotion']['uri']}")
+    else:
+        print_(f"{result['task']}: not promoted ({'; '.join(e['reasons']) or 'promotion.auto is false'})")
+    return result
 
 
 def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> str:

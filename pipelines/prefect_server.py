@@ -1,0 +1,101 @@
+"""Prefect's local server for one `loraops run` when no PREFECT_API_URL is set: the same uvicorn app Prefect would
+start for itself, but one that dies with its parent.
+
+Prefect's own temporary server outlives a `kill -9` of the process that started it (one orphan per crash, each
+holding a port). Ours is started with PR_SET_PDEATHSIG, so the kernel kills it when loraops dies, however it
+dies. Servers on one PREFECT_HOME start one at a time (a lock held until the health check answers), so runs
+started together on a fresh home do not migrate the same SQLite database at once.
+"""
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from registry.locks import exclusive
+
+STARTUP_TIMEOUT = 120
+
+
+class PrefectServerError(RuntimeError):
+    """The local Prefect server did not come up; the message has its last output."""
+
+
+def die_with_parent() -> None:
+    """In the child between fork and exec: ask the kernel for SIGKILL when the parent exits."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_prefect_server(home: Path):
+    """Sets PREFECT_API_URL to a server of our own for the duration of the block (nothing if one is set)."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = home / "prefect" / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    # Prefect reads its settings when first imported: it must not be imported before PREFECT_API_URL is set.
+    if "prefect" in sys.modules:
+        raise RuntimeError("prefect was imported before its local server was set up; import it inside the block")
+    prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
+               "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "error", "--lifespan", "on"]
+    with exclusive(home / "locks", f"prefect-server-start:{env.get('PREFECT_HOME', '')}"), open(log, "ab") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+        try:
+            wait_healthy(url, process, log)
+        except BaseException:
+            stop(process)
+            raise
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield url
+    finally:
+        del os.environ["PREFECT_API_URL"]
+        stop(process)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    raise PrefectServerError(f"the local Prefect server did not start within {STARTUP_TIMEOUT}s "
+                             f"({tail[0][:200] if tail else 'no output'}; log: {log}); set PREFECT_API_URL to a "
+                             f"running server instead")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
