@@ -34,6 +34,8 @@ def resolve_base(base: BaseSpec) -> tuple[Path, str]:
         return default_base_model(), DEFAULT_BASE_NAME
     if Path(base.model).expanduser().is_dir():
         return Path(base.model).expanduser().resolve(), base_name(base)
+    if base.model.startswith(("/", "./", "../", "~")):
+        raise BaseModelError(f"base.model {base.model!r}: no such folder; check the path")
     try:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(base.model, revision=base.revision)), base.model

@@ -201,3 +201,63 @@ class ChecksumStrippingProxy:
 
     def close(self):
         self.server.shutdown()
+
+
+class FaultyProxy:
+    """A TCP proxy in front of `upstream` (http://host:port) that fails the way networks do.
+
+    reset: forwards until `after` bytes came from the client on one connection, then resets it (RST).
+    stall: accepts connections and reads requests, but never forwards them or answers.
+    """
+
+    def __init__(self, upstream: str, mode: str, after: int = 0):
+        import socket
+        import struct
+        import threading
+        host, port = upstream.removeprefix("http://").split(":")
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list = []
+
+        def reset(conn):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+        def pipe(source, sink, budget):
+            sent = 0
+            try:
+                while data := source.recv(65536):
+                    sent += len(data)
+                    if budget is not None and sent > budget:
+                        reset(source)
+                        reset(sink)
+                        return
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (source, sink):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def serve():
+            while True:
+                try:
+                    client, _ = self.listener.accept()
+                except OSError:
+                    return
+                self.open.append(client)
+                if mode == "stall":
+                    continue  # never answered: the caller's timeout must end it
+                upstream_conn = socket.create_connection((host, int(port)))
+                threading.Thread(target=pipe, args=(client, upstream_conn, after), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream_conn, client, None), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+
+    def close(self):
+        self.listener.close()
+        for conn in self.open:
+            conn.close()

@@ -214,3 +214,22 @@ def test_promote_merged_requires_a_merged_model(registry, artifacts):
     registry.register("topics", artifacts["adapter"], base, DATASET, {"accuracy": 0.8})
     with pytest.raises(RegistryError, match="has no merged model"):
         registry.promote("topics", 1, "merged")
+
+
+def test_two_promotions_of_one_task_at_once_leave_consistent_aliases_and_history(registered, artifacts):
+    import threading
+    registry, base, _ = registered
+    extra = write_artifacts(artifacts["base"].parent, seed=1)
+    registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.9})
+    threads = [threading.Thread(target=registry.promote, args=("topics", v, "adapter"), kwargs={"progress": False})
+               for v in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    aliases = registry.aliases("topics")
+    assert {aliases["production"], aliases["previous-production"]} == {1, 2}
+    moves = [(e.alias, e.from_version, e.to_version) for e in registry.history("topics") if e.action == "promote"]
+    first, second = aliases["previous-production"], aliases["production"]
+    assert moves == [("production", None, first), ("previous-production", None, first), ("production", first, second)]
+    assert registry.book.drift("topics") == []

@@ -1,0 +1,77 @@
+"""Servers that fail: a proxy between loraops and the S3 or MLflow server resets connections or stalls. Each ends
+in one line naming the server and what to do, after bounded retries, with no alias moved."""
+
+import time
+
+import boto3
+import pytest
+from mlflow.exceptions import MlflowException
+
+from conftest import write_artifacts
+from pipelines.cli.main import main
+from registry import AdapterRegistry, RegistryError, RegistrySettings
+from registry.errors import StoreUnavailable
+from registry.faults import is_transient
+
+from servers import FaultyProxy
+
+DATASET = "c" * 64
+
+
+@pytest.fixture
+def proxy():
+    made = []
+
+    def make(upstream: str, mode: str, after: int = 0) -> FaultyProxy:
+        made.append(FaultyProxy(upstream, mode, after))
+        return made[-1]
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_only_server_faults_count_as_transient():
+    assert is_transient(StoreUnavailable("s3 down")) and is_transient(ConnectionResetError())
+    assert is_transient(MlflowException("API request to http://x failed: Max retries exceeded with url"))
+    assert not is_transient(RegistryError("task name 'A' is not a slug"))
+    assert not is_transient(MlflowException.invalid_parameter_value("bad"))
+    assert not is_transient(ValueError("r=0"))
+
+
+def test_s3_resetting_connections_mid_upload_fails_in_one_line_and_moves_no_alias(s3_env, proxy, tmp_path, monkeypatch,
+                                                                                   capsys):
+    boto3.client("s3").create_bucket(Bucket="faults")
+    monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry = AdapterRegistry(RegistrySettings.from_env())
+    folders = write_artifacts(tmp_path)
+    base = registry.register_base(folders["base"], name="tiny/bert")
+    registry.register("faults", folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"])
+    flaky = proxy(s3_env["endpoint"], "reset", after=20_000)  # requests pass, bodies are cut
+    monkeypatch.setenv("AWS_ENDPOINT_URL", flaky.endpoint)
+    capsys.readouterr()
+    assert main(["promote", "faults", "--version", "1", "--mode", "merged", "--target", "s3://faults/x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach s3://faults/x" in err and "store is up" in err, err
+    assert registry.aliases("faults") == {"candidate": 1}
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["endpoint"])  # the network is back: the same command completes
+    assert main(["promote", "faults", "--version", "1", "--mode", "merged", "--target", "s3://faults/x"]) == 0
+    assert registry.aliases("faults")["production"] == 1
+    assert not boto3.client("s3").list_multipart_uploads(Bucket="faults").get("Uploads")
+
+
+@pytest.mark.parametrize("mode", ["reset", "stall"])
+def test_an_mlflow_server_that_resets_or_stalls_is_one_line_naming_it(mode, mlflow_server, proxy, tmp_path, monkeypatch,
+                                                                      capsys):
+    faulty = proxy(mlflow_server["url"], mode, after=100)
+    monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", faulty.endpoint)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")  # the user's own bounds win over loraops's defaults
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    started = time.monotonic()
+    assert main(["adapters", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"loraops: error: the MLflow tracking server at {faulty.endpoint} did not answer"), err
+    assert time.monotonic() - started < 60
