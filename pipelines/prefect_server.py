@@ -71,8 +71,20 @@ def local_prefect_server(home: Path):
     try:
         yield url
     finally:
+        drain_prefect_clients()
         del os.environ["PREFECT_API_URL"]
         stop(process)
+
+
+def drain_prefect_clients(timeout: float = 10) -> None:
+    """Send the logs and events Prefect still queues to the server before it stops; else Prefect's exit handlers
+    keep retrying a server that is gone."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout, at_exit=False)
 
 
 def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:

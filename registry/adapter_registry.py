@@ -210,6 +210,7 @@ class AdapterRegistry:
         if mode not in record.manifests:
             raise RegistryError(f"{task} v{record.version} has no merged model; register it with a merged folder "
                                 f"or promote --mode adapter")
+        settled = self.book.settle(task, drift, "promote")  # before any work: drift refuses, or is settled as told
         store = open_store(target or self.settings.promotion_target)
         store.check()
         # Artifacts already in S3 (an MLflow server writing straight to the bucket) are copied server-side:
@@ -219,7 +220,6 @@ class AdapterRegistry:
         if mode == "adapter" and serve_with != "any":  # a merged model is served as a model of its own
             self.check_servable(record, serve_with, source or self._fetch_from_mlflow(record, mode))
         manifest = self._manifest(record, mode, source)
-        settled = self.book.settle(task, drift, "promote")
         prefix = f"{task}/v{record.version}/{mode}"
         # One promotion of a prefix at a time on this machine: the next one may then abort what a killed one left.
         with exclusive(self.settings.home / "locks", store.uri(prefix)):

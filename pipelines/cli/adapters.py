@@ -49,12 +49,11 @@ def adapters(args, print_=print) -> None:
     registry = AdapterRegistry()
     if args.action == "list":
         records = registry.list_versions(task=args.task, base=args.base)
-        drift = [d for task in sorted({r.task for r in records}) for d in registry.book.drift(task)]
         if args.json:
             print_(json.dumps([r.model_dump() for r in records], indent=2))
             return
         print_(versions_table(records))
-        for d in drift:
+        for d in (d for task in sorted({r.task for r in records}) for d in registry.book.drift(task)):
             print_(f"drift: {d} (moved outside loraops); settle it with promote/rollback --drift accept|revert")
     elif args.action == "show":
         print_(json.dumps(registry.resolve(*split_ref(args.ref)).model_dump(), indent=2))

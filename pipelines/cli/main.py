@@ -69,10 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_commands(commands)
     run = commands.add_parser("run", help="run the train_adapter flow for one or more task files")
     run.add_argument("tasks", nargs="+", metavar="TASK.yaml")
-    schedule = commands.add_parser("schedule", help="serve a task as a scheduled Prefect deployment")
-    schedule.add_argument("task", metavar="TASK.yaml")
-    schedule.add_argument("--cron", required=True, help='e.g. "0 3 * * *"')
-    schedule.add_argument("--apply-only", action="store_true", help="create/update the deployment and exit")
+    schedule = commands.add_parser("schedule", help="run a task on a cron: a Prefect deployment (on the work pool "
+                                   "$LORAOPS_WORK_POOL when PREFECT_API_URL is set, else served by this process)")
+    schedule.add_argument("task", nargs="?", metavar="TASK.yaml")
+    schedule.add_argument("--cron", help='e.g. "0 3 * * *"')
+    schedule.add_argument("--apply-only", action="store_true", help="without a server: create the deployment and exit")
+    schedule.add_argument("--list", action="store_true", help="the scheduled tasks, their cron, pool and last run")
+    schedule.add_argument("--remove", metavar="TASK", help="delete a task's schedule")
     predict = commands.add_parser("predict", help="predict with a task's adapter on the shared base")
     predict.add_argument("ref", metavar="TASK[@alias|:version]")
     predict.add_argument("texts", nargs="+", metavar="TEXT")
@@ -126,7 +129,13 @@ def run(args: argparse.Namespace) -> None:
         from . import run as run_commands
         if args.command == "run":
             run_commands.run(args.tasks)
+        elif args.command == "schedule" and args.list:
+            run_commands.schedules()
+        elif args.command == "schedule" and args.remove:
+            run_commands.unschedule(args.remove)
         elif args.command == "schedule":
+            if not (args.task and args.cron):
+                raise SpecError("schedule needs TASK.yaml and --cron (or --list, or --remove TASK)")
             run_commands.schedule(args.task, args.cron, args.apply_only)
         else:
             run_commands.predict(args.ref, args.texts)

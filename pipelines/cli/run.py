@@ -4,11 +4,16 @@ import os
 from pathlib import Path
 
 from registry import RegistrySettings
+from registry.errors import ServerUnavailable
+from registry.names import check_task_name
 
 from .. import steps
 from ..preflight import preflight
 from ..prefect_server import local_prefect_server
-from ..spec import load_spec
+from ..spec import SpecError, load_spec
+from ..tables import render_table
+
+DEFAULT_POOL = "loraops-process"
 
 
 def prefect_defaults(settings: RegistrySettings) -> None:
@@ -56,23 +61,88 @@ def report(result: dict, spec, print_=print) -> dict:
 
 
 def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> str:
-    """A deployment of train_adapter for this task on `cron`, at most one run at a time."""
+    """A deployment of train_adapter for this task on `cron`, at most one run at a time.
+
+    With a Prefect server (PREFECT_API_URL) it goes to the work pool $LORAOPS_WORK_POOL (default loraops-process),
+    whose workers run it, and this returns. Without one, this process serves it (until Ctrl-C)."""
     spec = validate([path])[0]
+    check_cron(cron)
     prefect_defaults(RegistrySettings.from_env())
+    pool = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL) if os.environ.get("PREFECT_API_URL") else None
+    if pool:
+        check_pool(pool)
     from prefect.deployments.runner import EntrypointType
     from ..flows import train_adapter
     # A module entrypoint: the runner imports pipelines.flows as a package module (its imports are relative).
     deployment = train_adapter.to_deployment(name=spec.task, cron=cron, parameters={"spec_path": str(Path(path).resolve())},
-                                             concurrency_limit=1, tags=["loraops", spec.task],
+                                             concurrency_limit=1, tags=["loraops", spec.task], work_pool_name=pool,
                                              entrypoint_type=EntrypointType.MODULE_PATH,
                                              description=f"train, evaluate and ship the {spec.task} adapter")
     deployment_id = str(deployment.apply())
-    print_(f"deployment train_adapter/{spec.task} ({deployment_id}) on cron {cron!r}, concurrency limit 1")
-    if not apply_only:
+    where = f"work pool {pool}: its workers run it" if pool else "concurrency limit 1"
+    print_(f"deployment train_adapter/{spec.task} ({deployment_id}) on cron {cron!r}, one run at a time, {where}")
+    if not pool and not apply_only:
         from prefect import serve
-        print_("serving it; stop with Ctrl-C")
+        print_("serving it from this process; stop with Ctrl-C (with PREFECT_API_URL set, a worker runs it instead)")
         serve(deployment)
     return deployment_id
+
+
+def check_cron(cron: str) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+    try:
+        CronSchedule(cron=cron)
+    except ValueError:
+        raise SpecError(f"--cron {cron!r} is not a cron expression; use five fields, e.g. '0 3 * * *' (03:00 daily)") from None
+
+
+def check_pool(pool: str) -> None:
+    """The work pool exists on the Prefect server (which answers)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_work_pool(pool)
+    except ObjectNotFound:
+        raise SpecError(f"work pool {pool!r} does not exist on {os.environ['PREFECT_API_URL']}; create it (prefect "
+                        f"work-pool create {pool} --type process) or start the stack (bash infra/stack.sh up)") from None
+    except Exception as e:  # noqa: BLE001 - httpx/ssl errors: the server does not answer
+        raise ServerUnavailable(f"the Prefect server at {os.environ['PREFECT_API_URL']} does not answer "
+                                f"({type(e).__name__}); start it or fix PREFECT_API_URL") from None
+
+
+def schedules(print_=print) -> list[dict]:
+    """`loraops schedule --list`: the train_adapter deployments, their cron, pool and last run."""
+    prefect_defaults(RegistrySettings.from_env())
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName
+    rows = []
+    with get_client(sync_client=True) as client:
+        for d in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["train_adapter"]))):
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])), limit=1,
+                                         sort="START_TIME_DESC")
+            rows.append({"task": d.name, "cron": ", ".join(s.schedule.cron for s in d.schedules
+                                                           if hasattr(s.schedule, "cron")) or "-",
+                         "pool": d.work_pool_name or "(served)", "last run": f"{runs[0].name} {runs[0].state_name}"
+                         if runs else "-"})
+    print_(render_table([("task", "cron", "pool", "last run")] + [tuple(r.values()) for r in rows])
+           if rows else "no scheduled tasks")
+    return rows
+
+
+def unschedule(task: str, print_=print) -> None:
+    """`loraops schedule --remove TASK`: delete the task's deployment (runs already made stay in the history)."""
+    check_task_name(task)
+    prefect_defaults(RegistrySettings.from_env())
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(f"train_adapter/{task}")
+        except ObjectNotFound:
+            raise SpecError(f"no schedule for task {task!r}; see loraops schedule --list") from None
+        client.delete_deployment(deployment.id)
+    print_(f"schedule of {task} removed")
 
 
 def predict(ref: str, texts: list[str], print_=print) -> list[dict]:

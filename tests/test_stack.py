@@ -1,0 +1,106 @@
+"""The team stack for real: `infra/stack.sh up` (PostgreSQL, S3 server, MLflow server, Prefect server, a process work
+pool and a worker), a task scheduled on the pool, a run of that deployment triggered as the cron would, run by the
+worker through train -> register -> promote; then `stack.sh down` leaves no process behind."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from servers import free_port, postgres_bin
+from tasks import data_slice, tiny_base, write_task
+
+REPO = Path(__file__).resolve().parent.parent
+STACK_SH = REPO / "infra" / "stack.sh"
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.skipif(postgres_bin() is None or shutil.which("runuser") is None and os.geteuid() == 0,
+                                reason="the stack needs PostgreSQL (CI installs it)")
+
+
+def stack(command: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(STACK_SH), command], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def sourced(env_file: Path) -> dict:
+    values = {}
+    for line in env_file.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            values[key] = value
+    return values
+
+
+def pids_under(folder: Path) -> list[int]:
+    """Processes whose command line or environment names `folder` (what the stack started)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if str(folder).encode() in (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
+    folder = tmp_path / "stack"
+    ports = " ".join(str(free_port()) for _ in range(4))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
+           "LORAOPS_STACK": str(folder), "LORAOPS_STACK_PORTS": ports, "LORAOPS_VENV": str(BIN.parent)}
+    try:
+        up = stack("up", env)
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert stack("up", env).returncode == 0  # idempotent: nothing started twice
+        status = stack("status", env).stdout
+        assert all(f"{s} " in status and "running" in status for s in ("postgres", "s3", "mlflow", "prefect", "worker"))
+        user = {**env, **sourced(folder / "stack.env"), "LORAOPS_HOME": str(tmp_path / "home")}
+
+        base = tiny_base(tmp_path / "bert")
+        task = write_task(tmp_path, "stacked", base, data_slice(tmp_path), training__max_steps=20,
+                          gate={"metric": "accuracy", "min_gain_over_base": -1.0})
+        scheduled = subprocess.run([str(BIN / "loraops"), "schedule", str(task), "--cron", "0 3 * * *"], env=user,
+                                   capture_output=True, text=True, timeout=120)
+        assert scheduled.returncode == 0 and "work pool loraops-process" in scheduled.stdout, scheduled.stderr[-2000:]
+        listed = subprocess.run([str(BIN / "loraops"), "schedule", "--list"], env=user, capture_output=True, text=True)
+        assert "stacked" in listed.stdout and "0 3 * * *" in listed.stdout and "loraops-process" in listed.stdout
+
+        triggered = subprocess.run([str(BIN / "prefect"), "deployment", "run", "train_adapter/stacked"], env=user,
+                                   capture_output=True, text=True, timeout=60)  # what the cron does at 03:00
+        assert triggered.returncode == 0, triggered.stderr
+        deadline = time.monotonic() + 420
+        from mlflow import MlflowClient
+        client = MlflowClient(user["MLFLOW_TRACKING_URI"])
+        while time.monotonic() < deadline:
+            try:
+                if "production" in client.get_registered_model("stacked").aliases:
+                    break
+            except Exception:  # noqa: BLE001 - not registered yet
+                pass
+            time.sleep(3)
+        else:
+            pytest.fail("the worker did not register and promote in time: " + (folder / "logs" / "worker.log").read_text()[-3000:])
+
+        s3 = boto3.client("s3", endpoint_url=user["AWS_ENDPOINT_URL"], aws_access_key_id=user["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=user["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="loraops-promoted")["Contents"]}
+        assert "prod/stacked/v1/adapter/manifest.json" in keys
+        predicted = subprocess.run([str(BIN / "loraops"), "predict", "stacked@production", "a chess engine"], env=user,
+                                   capture_output=True, text=True, timeout=120)
+        assert predicted.returncode == 0 and "stacked v1" in predicted.stdout, predicted.stderr[-2000:]
+        removed = subprocess.run([str(BIN / "loraops"), "schedule", "--remove", "stacked"], env=user,
+                                 capture_output=True, text=True, timeout=60)
+        assert removed.returncode == 0, removed.stderr
+    finally:
+        down = stack("down", env)
+    assert down.returncode == 0, down.stderr
+    time.sleep(1)
+    assert pids_under(folder) == []
+    assert "stopped" in stack("status", env).stdout and stack("down", env).returncode == 0  # down twice is harmless
