@@ -9,13 +9,13 @@
 #
 # Everything listens on 127.0.0.1; data, logs, pids and the variables file live under $LORAOPS_STACK
 # (default ./.loraops-stack). `source $LORAOPS_STACK/stack.env` in a shell to use the stack. Ports come from
-# LORAOPS_STACK_PORTS="postgres s3 mlflow prefect" (default "15432 19000 15000 14200").
+# LORAOPS_STACK_PORTS="postgres s3 mlflow prefect" (default "15432 9000 5000 4200", as infra/compose.yaml publishes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STACK=$(realpath -m "${LORAOPS_STACK:-.loraops-stack}")
 BIN=$(realpath -m "${LORAOPS_VENV:-.venv}/bin")
-read -r PG_PORT S3_PORT MLFLOW_PORT PREFECT_PORT <<<"${LORAOPS_STACK_PORTS:-15432 19000 15000 14200}"
-POOL=${LORAOPS_WORK_POOL:-loraops-process}
+read -r PG_PORT S3_PORT MLFLOW_PORT PREFECT_PORT <<<"${LORAOPS_STACK_PORTS:-15432 9000 5000 4200}"
+POOL=${LORAOPS_WORK_POOL:-loraops-cpu}
 KEY=loraops
 SECRET=loraops-local-only   # the local store's own credentials; a team's real store has its own
 SERVICES=(postgres s3 mlflow prefect worker)
@@ -61,7 +61,10 @@ start_postgres() {
   claim_port postgres "$PG_PORT"
   if [ ! -f "$data/data/PG_VERSION" ]; then
     mkdir -p "$data"
-    [ "$(id -u)" = 0 ] && chown postgres "$data" && chmod 755 "$STACK"
+    if [ "$(id -u)" = 0 ]; then  # initdb refuses root: the cluster belongs to the postgres user
+      chown postgres "$data" && chmod 755 "$STACK"
+      as_pg test -w "$data" || die "the postgres user cannot reach $data (a parent folder is private); set LORAOPS_STACK to a folder under one it can traverse, e.g. /srv/loraops-stack"
+    fi
     as_pg "$bin/initdb" -D "$data/data" -U loraops -A trust --no-sync >"$STACK/logs/postgres-init.log" 2>&1 \
       || die "initdb failed; see $STACK/logs/postgres-init.log"
   fi

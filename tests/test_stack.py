@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def pids_under(folder: Path) -> list[int]:
 
 
 def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
-    folder = tmp_path / "stack"
+    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))  # PostgreSQL's own user must reach it (not tmp_path)
+    folder.chmod(0o755)
     ports = " ".join(str(free_port()) for _ in range(4))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
            "LORAOPS_STACK": str(folder), "LORAOPS_STACK_PORTS": ports, "LORAOPS_VENV": str(BIN.parent)}
@@ -68,9 +70,9 @@ def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
                           gate={"metric": "accuracy", "min_gain_over_base": -1.0})
         scheduled = subprocess.run([str(BIN / "loraops"), "schedule", str(task), "--cron", "0 3 * * *"], env=user,
                                    capture_output=True, text=True, timeout=120)
-        assert scheduled.returncode == 0 and "work pool loraops-process" in scheduled.stdout, scheduled.stderr[-2000:]
+        assert scheduled.returncode == 0 and "work pool loraops-cpu" in scheduled.stdout, scheduled.stderr[-2000:]
         listed = subprocess.run([str(BIN / "loraops"), "schedule", "--list"], env=user, capture_output=True, text=True)
-        assert "stacked" in listed.stdout and "0 3 * * *" in listed.stdout and "loraops-process" in listed.stdout
+        assert "stacked" in listed.stdout and "0 3 * * *" in listed.stdout and "loraops-cpu" in listed.stdout
 
         triggered = subprocess.run([str(BIN / "prefect"), "deployment", "run", "train_adapter/stacked"], env=user,
                                    capture_output=True, text=True, timeout=60)  # what the cron does at 03:00
@@ -104,3 +106,33 @@ def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
     time.sleep(1)
     assert pids_under(folder) == []
     assert "stopped" in stack("status", env).stdout and stack("down", env).returncode == 0  # down twice is harmless
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_stack_and_schedule_bad_input_is_one_line_and_leaves_nothing_running(tmp_path):
+    import socket
+    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
+    folder.chmod(0o755)
+    ports = [free_port() for _ in range(4)]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
+           "LORAOPS_STACK": str(folder), "LORAOPS_STACK_PORTS": " ".join(map(str, ports)), "LORAOPS_VENV": str(BIN.parent)}
+    assert "nothing is running" in stack("down", env).stdout  # down on a stack that is not up
+    with socket.create_server(("127.0.0.1", ports[1])):  # something else holds the S3 port
+        up = stack("up", env)
+    assert up.returncode == 1 and up.stderr.strip() == (f"stack: error: port {ports[1]} for s3 is taken by another "
+                                                        f"process; free it or set LORAOPS_STACK_PORTS")
+    time.sleep(1)
+    assert pids_under(folder) == []  # PostgreSQL, started first, was stopped again
+    (folder / "pids" / "mlflow.pid").write_text("999999")
+    assert "mlflow    stale pid file" in stack("status", env).stdout
+    shutil.rmtree(folder, ignore_errors=True)
+
+    dead = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{ports[3]}/api", "LORAOPS_HOME": str(tmp_path / "home")}
+    data_slice(tmp_path).rename(tmp_path / "data.jsonl")
+    tiny_base(tmp_path / "bert")
+    task = write_task(tmp_path, "nightly", tmp_path / "bert", tmp_path / "data.jsonl")
+    for cron, code, says in (("every night", 2, "--cron 'every night' is not a cron expression"),
+                             ("0 3 * * *", 1, f"the Prefect server at http://127.0.0.1:{ports[3]}/api does not answer")):
+        done = subprocess.run([str(BIN / "loraops"), "schedule", str(task), "--cron", cron], env=dead,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == code and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr

@@ -13,7 +13,7 @@ from ..prefect_server import local_prefect_server
 from ..spec import SpecError, load_spec
 from ..tables import render_table
 
-DEFAULT_POOL = "loraops-process"
+DEFAULT_POOL = "loraops-cpu"
 
 
 def prefect_defaults(settings: RegistrySettings) -> None:
@@ -63,7 +63,7 @@ def report(result: dict, spec, print_=print) -> dict:
 def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> str:
     """A deployment of train_adapter for this task on `cron`, at most one run at a time.
 
-    With a Prefect server (PREFECT_API_URL) it goes to the work pool $LORAOPS_WORK_POOL (default loraops-process),
+    With a Prefect server (PREFECT_API_URL) it goes to the work pool $LORAOPS_WORK_POOL (default loraops-cpu),
     whose workers run it, and this returns. Without one, this process serves it (until Ctrl-C)."""
     spec = validate([path])[0]
     check_cron(cron)
@@ -119,8 +119,8 @@ def schedules(print_=print) -> list[dict]:
     rows = []
     with get_client(sync_client=True) as client:
         for d in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["train_adapter"]))):
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])), limit=1,
-                                         sort="START_TIME_DESC")
+            runs = [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])),
+                                                     limit=5, sort="START_TIME_DESC") if r.start_time]  # not the next one
             rows.append({"task": d.name, "cron": ", ".join(s.schedule.cron for s in d.schedules
                                                            if hasattr(s.schedule, "cron")) or "-",
                          "pool": d.work_pool_name or "(served)", "last run": f"{runs[0].name} {runs[0].state_name}"

@@ -1,0 +1,53 @@
+"""infra/compose.yaml (Docker hosts) and infra/stack.sh (no Docker) describe the same stack: the same services, the
+same published ports, the same variables pointing loraops at it, the same buckets and work pool."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+INFRA = Path(__file__).resolve().parent.parent / "infra"
+COMPOSE = yaml.safe_load((INFRA / "compose.yaml").read_text())
+STACK = (INFRA / "stack.sh").read_text()
+# stack.sh service -> the compose service that plays its part
+SAME = {"postgres": "postgres", "s3": "minio", "mlflow": "mlflow", "prefect": "prefect", "worker": "worker"}
+
+
+def stack_services() -> list[str]:
+    return re.search(r"^SERVICES=\((.*)\)$", STACK, re.M).group(1).split()
+
+
+def stack_ports() -> dict[str, int]:
+    defaults = re.search(r'LORAOPS_STACK_PORTS:-([\d ]+)}', STACK).group(1).split()
+    return dict(zip(["postgres", "s3", "mlflow", "prefect"], map(int, defaults)))
+
+
+def stack_env() -> dict[str, str]:
+    block = STACK[STACK.index('cat >"$STACK/stack.env"'):STACK.index("\nEOF", STACK.index('cat >"$STACK/stack.env"'))]
+    pool = re.search(r"^POOL=\$\{LORAOPS_WORK_POOL:-(\S+)\}$", STACK, re.M).group(1)
+    return {k: v.replace("$POOL", pool) for k, v in re.findall(r"^export (\w+)=(\S+)$", block, re.M)}
+
+
+def test_compose_and_stack_run_the_same_services():
+    assert stack_services() == list(SAME)
+    assert set(SAME.values()) | {"buckets"} == set(COMPOSE["services"])  # buckets: MinIO's bucket creation step
+
+
+def test_compose_publishes_the_ports_stack_sh_listens_on():
+    for service, port in stack_ports().items():
+        published = [int(p.split(":")[0]) for p in COMPOSE["services"][SAME[service]].get("ports", [])]
+        assert port in published, (service, port, published)
+    assert "PREFECT_PORT/api" in STACK and "http://prefect:4200/api" in str(COMPOSE["services"]["worker"])
+
+
+def test_the_variables_that_point_loraops_at_the_stack_are_the_same():
+    worker = COMPOSE["services"]["worker"]["environment"]
+    env = stack_env()
+    assert set(env) <= set(worker), set(env) - set(worker)
+    for name in ("LORAOPS_WORK_POOL", "LORAOPS_PROMOTION_TARGET", "AWS_DEFAULT_REGION"):
+        assert str(worker[name]) == env[name], name
+    assert f"--pool {env['LORAOPS_WORK_POOL']}" in COMPOSE["services"]["worker"]["command"]
+    for bucket in ("mlflow-artifacts", "loraops-promoted"):
+        assert bucket in COMPOSE["services"]["buckets"]["entrypoint"] and bucket in STACK
+    assert "--artifacts-destination s3://mlflow-artifacts" in STACK
+    assert "--artifacts-destination s3://mlflow-artifacts" in COMPOSE["services"]["mlflow"]["command"]
