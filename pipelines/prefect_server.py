@@ -43,18 +43,21 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def local_prefect_server(home: Path):
-    """Sets PREFECT_API_URL to a server of our own for the duration of the block (nothing if one is set)."""
+    """Sets PREFECT_API_URL to a server of our own for the duration of the block (nothing if one is set).
+    Prefect must not be imported before the block: it reads PREFECT_API_URL once, at import."""
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
+        return
+    if "prefect" in sys.modules:
+        # Prefect reads its settings when first imported, so a server set up now would not be seen. A caller that
+        # imported Prefect already (a notebook, a test) gets Prefect's own temporary server, as before.
+        yield None
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = home / "prefect" / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-    # Prefect reads its settings when first imported: it must not be imported before PREFECT_API_URL is set.
-    if "prefect" in sys.modules:
-        raise RuntimeError("prefect was imported before its local server was set up; import it inside the block")
     prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
                "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),

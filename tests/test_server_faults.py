@@ -13,7 +13,7 @@ from registry import AdapterRegistry, RegistryError, RegistrySettings
 from registry.errors import StoreUnavailable
 from registry.faults import is_transient
 
-from servers import FaultyProxy
+from servers import FaultyProxy, free_port
 
 DATASET = "c" * 64
 
@@ -38,7 +38,7 @@ def test_only_server_faults_count_as_transient():
     assert not is_transient(ValueError("r=0"))
 
 
-def test_s3_resetting_connections_mid_upload_fails_in_one_line_and_moves_no_alias(s3_env, proxy, tmp_path, monkeypatch,
+def test_s3_stopped_or_resetting_mid_upload_fails_in_one_line_and_moves_no_alias(s3_env, proxy, tmp_path, monkeypatch,
                                                                                    capsys):
     boto3.client("s3").create_bucket(Bucket="faults")
     monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
@@ -47,13 +47,15 @@ def test_s3_resetting_connections_mid_upload_fails_in_one_line_and_moves_no_alia
     folders = write_artifacts(tmp_path)
     base = registry.register_base(folders["base"], name="tiny/bert")
     registry.register("faults", folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"])
+    stopped = f"http://127.0.0.1:{free_port()}"  # nothing listens: the store is down
     flaky = proxy(s3_env["endpoint"], "reset", after=20_000)  # requests pass, bodies are cut
-    monkeypatch.setenv("AWS_ENDPOINT_URL", flaky.endpoint)
-    capsys.readouterr()
-    assert main(["promote", "faults", "--version", "1", "--mode", "merged", "--target", "s3://faults/x"]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot reach s3://faults/x" in err and "store is up" in err, err
-    assert registry.aliases("faults") == {"candidate": 1}
+    for endpoint in (stopped, flaky.endpoint):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        capsys.readouterr()
+        assert main(["promote", "faults", "--version", "1", "--mode", "merged", "--target", "s3://faults/x"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot reach s3://faults/x" in err and "store is up" in err, err
+        assert registry.aliases("faults") == {"candidate": 1}
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["endpoint"])  # the network is back: the same command completes
     assert main(["promote", "faults", "--version", "1", "--mode", "merged", "--target", "s3://faults/x"]) == 0
