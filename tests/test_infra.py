@@ -1,9 +1,11 @@
 """infra/compose.yaml (Docker hosts) and infra/stack.sh (no Docker) describe the same stack: the same services, the
 same published ports, the same variables pointing loraops at it, the same buckets and work pool."""
 
+import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
@@ -51,3 +53,36 @@ def test_the_variables_that_point_loraops_at_the_stack_are_the_same():
         assert bucket in COMPOSE["services"]["buckets"]["entrypoint"] and bucket in STACK
     assert "--artifacts-destination s3://mlflow-artifacts" in STACK
     assert "--artifacts-destination s3://mlflow-artifacts" in COMPOSE["services"]["mlflow"]["command"]
+
+
+GPU_POOL = json.loads((INFRA / "k8s" / "gpu-work-pool.json").read_text())
+
+
+def render_gpu_job(**values) -> dict:
+    """The Job a Prefect Kubernetes worker makes from the GPU pool's base job template: defaults, then `values`, with
+    the worker's own fill-ins (command as args, env as name/value pairs, labels, name)."""
+    from prefect.utilities.templating import apply_values
+    filled = {name: spec["default"] for name, spec in GPU_POOL["variables"]["properties"].items()} | values
+    filled |= {"command": ["prefect", "flow-run", "execute"], "name": "train-adapter-abc12", "labels": {"app": "loraops"},
+               "env": [{"name": k, "value": v} for k, v in filled["env"].items()]}
+    return apply_values(GPU_POOL["job_configuration"]["job_manifest"], filled)
+
+
+def test_every_gpu_pool_variable_reaches_the_job():
+    from prefect.utilities.templating import find_placeholders
+    used = {p.name for p in find_placeholders(GPU_POOL["job_configuration"])}
+    assert set(GPU_POOL["variables"]["properties"]) <= used | {"pod_watch_timeout_seconds"}
+
+
+def test_the_gpu_job_requests_gpus_and_passes_the_kubernetes_schema():
+    import kubernetes_validate
+    job = render_gpu_job(gpus=4, env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    kubernetes_validate.validate(job, desired_version="1.30.0", strict=True)  # raises on any schema error
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4 == container["resources"]["requests"]["nvidia.com/gpu"]
+    assert container["args"] == ["prefect", "flow-run", "execute"] and container["env"][0]["name"] == "MLFLOW_TRACKING_URI"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    broken = render_gpu_job()
+    broken["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = [1]
+    with pytest.raises(kubernetes_validate.ValidationError):  # the check can fail
+        kubernetes_validate.validate(broken, desired_version="1.30.0", strict=True)
