@@ -1,44 +1,127 @@
-"""Training under torchrun (DDP) when training.nproc > 1: rank 0 logs and saves.
+"""Training under torchrun (DDP) when training.nproc > 1 or training.nnodes > 1: rank 0 logs and saves.
 
-`train_with_torchrun` launches `python -m torch.distributed.run ... -m pipelines.distributed`;
-each worker runs the same `steps.train_adapter` inside a process group (NCCL on GPUs, Gloo on CPU).
+One node: `python -m torch.distributed.run --standalone --nproc-per-node=P -m pipelines.distributed LAUNCH.json`.
+Several nodes: the flow's node hosts the c10d rendezvous (at $LORAOPS_RDZV_ENDPOINT, default this host's address,
+port 29400) and writes LAUNCH.json into the shared $LORAOPS_HOME; `loraops train-node` on each other node finds it
+there and runs the same torchrun command as a guest of that rendezvous. Every worker runs `steps.train_adapter`
+inside one process group (NCCL on GPUs, Gloo on CPU). Multi-node needs $LORAOPS_HOME (work folders, prepared data)
+and the base folder on storage that every node mounts at the same path.
 """
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from registry import AdapterRegistry
+from registry.settings import RegistrySettings
 
 from . import steps, tracking
-from .spec import TaskSpec, load_spec
+from .spec import TaskSpec
+
+RDZV_PORT = 29400
+
+
+class TrainingNodeError(RuntimeError):
+    """A training node could not take part in a run; the message says why and what to do."""
+
+
+def pending_dir(home: Path) -> Path:
+    """Where the flow's node announces multi-node runs for `loraops train-node` to join."""
+    return home / "nodes" / "pending"
+
+
+def rendezvous_endpoint() -> str:
+    return os.environ.get("LORAOPS_RDZV_ENDPOINT") or f"{socket.gethostbyname(socket.gethostname())}:{RDZV_PORT}"
+
+
+def torchrun_command(launch: dict, launch_path: Path, host: bool) -> list[str]:
+    if launch["nnodes"] == 1:
+        rendezvous = ["--standalone"]
+    else:
+        # is_host is explicit: two nodes on one machine (tests, or a fat node) would both guess they host the store
+        rendezvous = [f"--nnodes={launch['nnodes']}", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch['endpoint']}",
+                      f"--rdzv-id={launch['run_id']}", f"--rdzv-conf=is_host={int(host)},join_timeout=900"]
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc-per-node={launch['nproc']}",
+            "-m", "pipelines.distributed", str(launch_path)]
 
 
 def train_with_torchrun(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, run_id: str) -> dict:
+    """The flow's side: launch torchrun on this node (the rendezvous host) and wait for the trained adapter."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "prepared.json").write_text(json.dumps(prepared))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.training.nproc}",
-               "-m", "pipelines.distributed", str(spec.source), str(work / "prepared.json"), str(base_path), str(work), run_id]
-    done = subprocess.run(command)
+    launch = {"spec": spec.model_dump(mode="json"), "source": str(spec.source), "prepared": prepared,
+              "base_path": str(base_path), "work": str(work), "run_id": run_id,
+              "nnodes": spec.training.nnodes, "nproc": spec.training.nproc, "endpoint": rendezvous_endpoint()}
+    launch_path = work / "launch.json"
+    launch_path.write_text(json.dumps(launch))
+    announce = pending_dir(RegistrySettings.from_env().home) / f"{run_id}.json"
+    if spec.training.nnodes > 1:
+        announce.parent.mkdir(parents=True, exist_ok=True)
+        announce.write_text(json.dumps({"launch": str(launch_path)}))
+        print(f"{spec.task}: waiting for {spec.training.nnodes - 1} more node(s) at {launch['endpoint']} "
+              f"(run `loraops train-node` on each, with this LORAOPS_HOME mounted)")
+    try:
+        done = subprocess.run(torchrun_command(launch, launch_path, host=True))
+    finally:
+        announce.unlink(missing_ok=True)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun exited with {done.returncode}; see the worker output above")
     return json.loads((work / "train.json").read_text())
 
 
-def main(spec_path: str, prepared_path: str, base_path: str, work: str, run_id: str) -> None:
+def join_runs(home: Path, once: bool, wait: float | None, poll: float = 1.0) -> int:
+    """A guest node: join each announced multi-node run, oldest first, one at a time. Returns the runs joined.
+    `once`: stop after one run; `wait`: give up after that many seconds with nothing to join."""
+    joined: set[str] = set()
+    idle_since = time.monotonic()
+    while True:
+        announced = sorted(pending_dir(home).glob("*.json"), key=lambda p: p.stat().st_mtime) \
+            if pending_dir(home).is_dir() else []
+        fresh = [p for p in announced if p.stem not in joined]
+        if fresh:
+            join_run(Path(json.loads(fresh[0].read_text())["launch"]))
+            joined.add(fresh[0].stem)
+            if once:
+                return len(joined)
+            idle_since = time.monotonic()
+        elif wait is not None and time.monotonic() - idle_since > wait:
+            if not joined:
+                raise TrainingNodeError(f"no multi-node run was announced under {pending_dir(home)} in {wait:g} s; "
+                                        f"start one with training.nnodes > 1 on the same LORAOPS_HOME")
+            return len(joined)
+        else:
+            time.sleep(poll)
+
+
+def join_run(launch_path: Path) -> None:
+    try:
+        launch = json.loads(launch_path.read_text())
+    except FileNotFoundError:
+        raise TrainingNodeError(f"{launch_path} is not visible on this node; mount the flow's LORAOPS_HOME "
+                                f"at the same path on every node") from None
+    print(f"joining run {launch['run_id']} at {launch['endpoint']} ({launch['nnodes']} nodes x {launch['nproc']})")
+    done = subprocess.run(torchrun_command(launch, launch_path, host=False))
+    if done.returncode != 0:
+        raise TrainingNodeError(f"torchrun exited with {done.returncode} in run {launch['run_id']}; "
+                                f"see the output above")
+
+
+def main(launch_path: str) -> None:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
-        spec = load_spec(spec_path)
-        log = tracking.StepLog(AdapterRegistry(), run_id) if dist.get_rank() == 0 else None
-        steps.train_adapter(spec, json.loads(Path(prepared_path).read_text()), Path(base_path), Path(work), log)
+        launch = json.loads(Path(launch_path).read_text())
+        spec = TaskSpec.model_validate({**launch["spec"], "source": launch["source"]})
+        log = tracking.StepLog(AdapterRegistry(), launch["run_id"]) if dist.get_rank() == 0 else None
+        steps.train_adapter(spec, launch["prepared"], Path(launch["base_path"]), Path(launch["work"]), log)
         if log:
             log.flush()
     finally:
@@ -46,4 +129,4 @@ def main(spec_path: str, prepared_path: str, base_path: str, work: str, run_id: 
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(sys.argv[1])

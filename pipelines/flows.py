@@ -55,7 +55,7 @@ def prepare_data_task(spec: TaskSpec, work: str, key: str) -> dict:
 
 @task(name="train", **CACHED)
 def train_task(spec: TaskSpec, prepared: dict, base_path: str, work: str, run_id: str, key: str) -> dict:
-    if spec.training.nproc > 1:  # rank 0 of torchrun logs to the run itself
+    if spec.training.nproc > 1 or spec.training.nnodes > 1:  # rank 0 of torchrun logs to the run itself
         from .distributed import train_with_torchrun
         result = train_with_torchrun(spec, prepared, Path(base_path), Path(work), run_id)
     else:
@@ -182,11 +182,12 @@ def name_run(name: str) -> None:
 
 
 @flow(name="train_adapter", flow_run_name=run_name, log_prints=True)
-def train_adapter(spec_path: str) -> dict:
+def train_adapter(spec_path: str, checked: bool = False) -> dict:
     """One task, end to end. Returns what was trained, measured, registered and promoted."""
     network_defaults()
     spec = load_spec(spec_path)
-    preflight(spec, RegistrySettings.from_env())
+    if not checked:  # `loraops run` checked it already, before starting Prefect; a worker's run has not
+        preflight(spec, RegistrySettings.from_env())
     registry = AdapterRegistry(RegistrySettings.from_env())
     if spec.promotion.auto:
         refuse_drift(registry, spec.task)

@@ -7,6 +7,8 @@ MLflow tracking server (one GET). The data is checked by prepare_data, right aft
 """
 
 import json
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -27,10 +29,10 @@ from .steps import TASK_TYPES
 
 def preflight(spec: TaskSpec, settings: RegistrySettings) -> None:
     check_device(spec)
-    base_path, _ = resolve_base(spec.base)
+    base_path, base_name = resolve_base(spec.base)
     config = check_base_folder(base_path)
     check_targets(spec, base_path)
-    check_serving(spec, config.get("model_type"))
+    check_serving(spec, config.get("model_type"), base_name)
     if spec.promotion.auto:
         open_store(spec.promotion.target or settings.promotion_target).check()
     check_tracking(settings.tracking_uri)
@@ -45,6 +47,10 @@ def check_device(spec: TaskSpec) -> None:
     if t.device != "cpu" and torch.cuda.is_available() and t.nproc > torch.cuda.device_count():
         raise SpecError(f"{spec.source}: training.nproc: {t.nproc}, but {torch.cuda.device_count()} GPU(s) are visible; "
                         f"use nproc <= {torch.cuda.device_count()}")
+    endpoint = os.environ.get("LORAOPS_RDZV_ENDPOINT")
+    if t.nnodes > 1 and endpoint is not None and not re.fullmatch(r"[\w.\-]+:\d{1,5}", endpoint):
+        raise SpecError(f"LORAOPS_RDZV_ENDPOINT={endpoint!r} is not HOST:PORT; set it to an address of this node that "
+                        f"the other nodes reach, e.g. 10.0.0.5:29400")
 
 
 def check_base_folder(path: Path) -> dict:
@@ -85,12 +91,11 @@ def check_targets(spec: TaskSpec, base_path: Path) -> None:
                           f"name e.g. the classifier head")
 
 
-def check_serving(spec: TaskSpec, model_type: str | None) -> None:
+def check_serving(spec: TaskSpec, model_type: str | None, name: str) -> None:
     """promotion.serve_with's rules on what the task file says (the trained adapter is checked again at promotion).
     A merged model is served as a model of its own: no adapter rules apply."""
     if spec.promotion.serve_with == "any" or spec.promotion.mode != "adapter":
         return
-    _, name = resolve_base(spec.base)
     lora = spec.lora.model_copy(update={"task_type": TASK_TYPES[spec.type]})
     targets = lora.target_modules
     modules = frozenset(t.rsplit(".", 1)[-1] for t in targets) if isinstance(targets, list) else None  # regex: later

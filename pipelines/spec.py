@@ -46,7 +46,9 @@ class TrainingSpec(Strict):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between resumable checkpoints")
-    nproc: int = Field(1, gt=0, description="processes under torchrun (DDP); 1 = no DDP")
+    nproc: int = Field(1, gt=0, description="processes per node under torchrun (DDP), one per GPU; 1 = no DDP")
+    nnodes: int = Field(1, gt=0, description="nodes under torchrun; the others run `loraops train-node` on a shared "
+                        "LORAOPS_HOME")
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainingSpec":

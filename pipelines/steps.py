@@ -94,7 +94,8 @@ def train_adapter(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, o
                    device=t.device, bf16=t.bf16, grad_accumulation=t.grad_accumulation,
                    checkpoint_dir=work / "checkpoint", checkpoint_every=t.checkpoint_every, on_step=on_step)
     result = {"adapter": str(work / "adapter"), "steps": steps, "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-              "seconds": round(time.perf_counter() - started, 1), "trainable": trainable, "total": total}
+              "seconds": round(time.perf_counter() - started, 1), "trainable": trainable, "total": total,
+              "world_size": world()[1]}
     if world()[0] == 0:  # under DDP only rank 0 writes
         save_adapter(model, work / "adapter", base_model_name_or_path=base_name(spec.base))
         if prepared["labels"]:  # class names, for predictions; PEFT ignores extra files

@@ -39,14 +39,17 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class AdapterRegistry:
+    schema_ready: set[str] = set()  # embedded databases this process has opened once under the lock
+
     def __init__(self, settings: RegistrySettings | None = None):
         self.settings = settings or RegistrySettings.from_env()
         self.client = MlflowClient(self.settings.tracking_uri, registry_uri=self.settings.tracking_uri)
-        if self.settings.embedded:
+        if self.settings.embedded and self.settings.tracking_uri not in self.schema_ready:
             # MLflow creates its SQLite schema on first use; two processes doing it at once collide (runs started
-            # together on a fresh home), so the first use happens under a lock.
+            # together on a fresh home), so the first use happens under a lock, once per process.
             with exclusive(self.settings.home / "locks", "mlflow-database"):
                 self.client.search_experiments(max_results=1)
+            self.schema_ready.add(self.settings.tracking_uri)
         self.digests = DigestCache(self.settings.digests)
         self.book = AliasBook(self.client, self.settings.actor)
 

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import RegistryError
 from .records import BaseRecord
 
 MODEL_DIR = "model"  # run-relative folder of the MLflow Model
@@ -56,7 +57,6 @@ def write_model(out: Path, task_type: str, base: BaseRecord, input_example: list
     import mlflow.pyfunc
     kind = KINDS.get(task_type)
     if kind is None:
-        from .errors import RegistryError
         raise RegistryError(f"adapter task_type {task_type!r} is not one of {', '.join(KINDS)}; "
                             f"save the adapter with the task's type")
     with tempfile.TemporaryDirectory() as tmp:

@@ -179,3 +179,33 @@ def test_training_under_torchrun_with_two_processes(bases, home, tmp_path):
     assert result["steps"] == 6 and torch.isfinite(torch.tensor(result["final_loss"]))
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
     assert len(registry.client.get_metric_history(run_id, "train_loss")) == 6  # rank 0 alone logs
+
+
+def test_training_across_two_nodes_joined_by_train_node(bases, home, tmp_path, monkeypatch):
+    """Multi-node torchrun in miniature: the flow's node hosts the c10d rendezvous, `loraops train-node` (another
+    process, as another node would run it) finds the run on the shared LORAOPS_HOME and joins; Gloo on CPU."""
+    from pipelines import steps
+    from pipelines.distributed import pending_dir, train_with_torchrun
+    from pipelines.spec import load_spec
+    from servers import free_port
+    monkeypatch.setenv("LORAOPS_RDZV_ENDPOINT", f"127.0.0.1:{free_port()}")
+    spec = load_spec(write_task(tmp_path, "nodes", bases["bert"], data_slice(tmp_path, 120), training__max_steps=6,
+                                training__nnodes=2))
+    prepared = steps.prepare_data(spec, tmp_path / "work")
+    registry = AdapterRegistry()
+    run_id = registry.client.create_run(registry.experiment("loraops-nodes")).info.run_id
+    guest = subprocess.Popen([LORAOPS, "train-node", "--once", "--wait", "120"], stderr=subprocess.PIPE, text=True)
+    try:
+        result = train_with_torchrun(spec, prepared, bases["bert"], tmp_path / "run", run_id)
+    finally:
+        _, err = guest.communicate(timeout=120)
+    assert guest.returncode == 0, err
+    assert result["world_size"] == 2 and result["steps"] == 6
+    assert len(registry.client.get_metric_history(run_id, "train_loss")) == 6
+    assert not list(pending_dir(home).glob("*.json"))  # the announcement is gone with the run
+
+
+def test_train_node_with_nothing_to_join_says_so(home):
+    done = subprocess.run([LORAOPS, "train-node", "--wait", "0.5"], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "no multi-node run was announced" in done.stderr and "training.nnodes > 1" in done.stderr

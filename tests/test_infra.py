@@ -76,13 +76,66 @@ def test_every_gpu_pool_variable_reaches_the_job():
 
 def test_the_gpu_job_requests_gpus_and_passes_the_kubernetes_schema():
     import kubernetes_validate
-    job = render_gpu_job(gpus=4, env={"MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    job = render_gpu_job(gpus=4, env={"LORAOPS_LOG": "debug"})
     kubernetes_validate.validate(job, desired_version="1.30.0", strict=True)  # raises on any schema error
-    container = job["spec"]["template"]["spec"]["containers"][0]
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 4 == container["resources"]["requests"]["nvidia.com/gpu"]
-    assert container["args"] == ["prefect", "flow-run", "execute"] and container["env"][0]["name"] == "MLFLOW_TRACKING_URI"
+    assert container["args"] == ["prefect", "flow-run", "execute"] and container["env"] == [{"name": "LORAOPS_LOG",
+                                                                                              "value": "debug"}]
+    assert container["envFrom"] == [{"configMapRef": {"name": "loraops-settings"}}, {"secretRef": {"name": "loraops-env"}}]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     broken = render_gpu_job()
     broken["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = [1]
     with pytest.raises(kubernetes_validate.ValidationError):  # the check can fail
         kubernetes_validate.validate(broken, desired_version="1.30.0", strict=True)
+
+
+K8S = list(yaml.safe_load_all((INFRA / "k8s" / "loraops.yaml").read_text()))
+VALUES = {name: yaml.safe_load((INFRA / "k8s" / f"{name}-values.yaml").read_text())
+          for name in ("mlflow", "prefect-server", "prefect-worker")}
+
+
+def k8s(kind: str, name: str) -> dict:
+    return next(doc for doc in K8S if doc["kind"] == kind and doc["metadata"]["name"] == name)
+
+
+def test_the_loraops_manifests_pass_the_kubernetes_schema():
+    import kubernetes_validate
+    for doc in K8S:
+        kubernetes_validate.validate(doc, desired_version="1.30.0", strict=True)
+    assert {doc["kind"] for doc in K8S} == {"Namespace", "ServiceAccount", "PersistentVolumeClaim", "Secret",
+                                            "ConfigMap", "Deployment"}
+
+
+def test_train_nodes_share_the_flow_pods_home_and_settings():
+    """Multi-node training needs the flow-run pod and the train-node pods on one LORAOPS_HOME at one path."""
+    settings = k8s("ConfigMap", "loraops-settings")["data"]
+    node = k8s("Deployment", "loraops-train-node")["spec"]["template"]["spec"]
+    container = node["containers"][0]
+    assert container["args"] == ["loraops", "train-node"]
+    job = render_gpu_job()["spec"]["template"]["spec"]
+    for pod in (node, job):
+        home = next(v for v in pod["volumes"] if v["name"] == "home")["persistentVolumeClaim"]["claimName"]
+        assert home == k8s("PersistentVolumeClaim", "loraops-home")["metadata"]["name"]
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["home"] == settings["LORAOPS_HOME"] and mounts["dshm"] == "/dev/shm"
+        assert pod["containers"][0]["envFrom"] == [{"configMapRef": {"name": "loraops-settings"}},
+                                                   {"secretRef": {"name": "loraops-env"}}]
+    assert "ReadWriteMany" in k8s("PersistentVolumeClaim", "loraops-home")["spec"]["accessModes"]
+
+
+def test_the_cluster_uses_the_names_the_stack_uses():
+    settings = k8s("ConfigMap", "loraops-settings")["data"]
+    secret = k8s("Secret", "loraops-env")["stringData"]
+    assert set(stack_env()) == (set(settings) | set(secret)) - {"LORAOPS_HOME"}
+    assert settings["LORAOPS_WORK_POOL"] == VALUES["prefect-worker"]["worker"]["config"]["workPool"]
+    assert settings["PREFECT_API_URL"] == VALUES["prefect-worker"]["worker"]["selfHostedServerApiConfig"]["apiUrl"]
+    mlflow = VALUES["mlflow"]
+    assert settings["MLFLOW_TRACKING_URI"].endswith(f":{mlflow['service']['port']}")
+    assert mlflow["artifactRoot"]["s3"]["bucket"] == "mlflow-artifacts" and mlflow["artifactRoot"]["proxiedArtifactStorage"]
+    assert mlflow["extraEnvVars"]["MLFLOW_S3_ENDPOINT_URL"] == settings["AWS_ENDPOINT_URL"]
+    assert mlflow["artifactRoot"]["s3"]["existingSecret"]["name"] == "loraops-env"
+    databases = re.search(r"for db in ([\w ]+); do", STACK).group(1).split()  # what stack.sh creates
+    assert VALUES["prefect-server"]["externalDatabase"]["name"] in databases
+    assert mlflow["backendStore"]["postgres"]["database"] in databases

@@ -15,6 +15,7 @@ from registry.faults import network_defaults, server_message
 from registry.settings import RegistrySettings
 
 from ..data import DataError
+from ..distributed import TrainingNodeError
 from ..models import BaseModelError
 from ..prefect_server import PrefectServerError
 from ..spec import SpecError
@@ -76,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--apply-only", action="store_true", help="without a server: create the deployment and exit")
     schedule.add_argument("--list", action="store_true", help="the scheduled tasks, their cron, pool and last run")
     schedule.add_argument("--remove", metavar="TASK", help="delete a task's schedule")
+    node = commands.add_parser("train-node", help="a further node of multi-node training (training.nnodes > 1): "
+                               "join the runs announced on this LORAOPS_HOME")
+    node.add_argument("--once", action="store_true", help="exit after one run")
+    node.add_argument("--wait", type=float, help="exit after this many seconds with no run to join")
     predict = commands.add_parser("predict", help="predict with a task's adapter on the shared base")
     predict.add_argument("ref", metavar="TASK[@alias|:version]")
     predict.add_argument("texts", nargs="+", metavar="TEXT")
@@ -125,6 +130,10 @@ def run(args: argparse.Namespace) -> None:
         from .merge import merge_command
         merge_command(args.base_dir, args.adapter_dir, args.out_dir)
         return
+    if args.command == "train-node":
+        from ..distributed import join_runs
+        join_runs(RegistrySettings.from_env().home, args.once, args.wait)
+        return
     if args.command in ("run", "schedule", "predict"):
         from . import run as run_commands
         if args.command == "run":
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     network_defaults()
     try:
         run(args)
-    except (IntegrityError, StoreError, ServerUnavailable, PrefectServerError) as e:
+    except (IntegrityError, StoreError, ServerUnavailable, PrefectServerError, TrainingNodeError) as e:
         print(f"loraops: error: {e}", file=sys.stderr)
         return 1
     except MlflowException as e:

@@ -43,7 +43,7 @@ def run(paths: list[str], print_=print) -> list[dict]:
 
 def run_flow(path: str) -> dict:
     from ..flows import train_adapter
-    return train_adapter(str(Path(path).resolve()))
+    return train_adapter(str(Path(path).resolve()), checked=True)
 
 
 def report(result: dict, spec, print_=print) -> dict:
