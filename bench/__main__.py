@@ -17,6 +17,10 @@ from pathlib import Path
 import torch
 
 from bench import cases
+from bench.latency import latency
+
+
+ran = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def fmt(value, unit: str) -> str:
@@ -41,17 +45,27 @@ def machine() -> str:
             f"transformers {transformers.__version__}, peft {peft.__version__}, Python {platform.python_version()}, GPU: {gpu}")
 
 
+INDEPENDENT = ("train step", "merge in memory", "load and switch", "flow overhead", "inference latency")
+
+
+def full_run(rows: list[dict]) -> str:
+    """When most rows were measured: the full run; rows re-run since (--only) say their own date."""
+    dates = [r.get("ran", ran) for r in rows] or [ran]
+    return max(set(dates), key=dates.count)
+
+
 def report(rows: list[dict], failures: list[str], quick: bool) -> str:
     lines = [f"# Benchmarks ({'quick' if quick else 'full'} mode)", "",
-             f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} with `python -m bench{' --quick' if quick else ''}` "
+             f"Run {full_run(rows)} with `python -m bench{' --quick' if quick else ''}` "
              f"on: {machine()}.", "",
              "Each case runs loraops and its anchor in the same run on the same inputs, repeats interleaved, medians; "
              "ratio = loraops / anchor (for bytes/s higher is better, for everything else lower is better).", "",
              "| case | loraops | anchor | ratio | target | notes |", "|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "-" if r["anchor"] is None else f"{r['ratio']:.2f}x"
+        when = f" (re-run {r['ran']} with --only)" if r.get("ran", ran) != full_run(rows) else ""
         lines.append(f"| {r['case']} | {fmt(r['ours'], r['unit'])} | {fmt(r['anchor'], r['unit'])} | {ratio} | "
-                     f"{r['target']} | {r['note']} |")
+                     f"{r['target']} | {r['note']}{when} |")
     lines += ["", "Not measured here: GPU cases (no GPU on this machine; the code paths are the same with device: cuda)."]
     lines += [f"Failed: {f}" for f in failures]
     return "\n".join(lines) + "\n"
@@ -62,6 +76,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--out", default=".", help="folder for BENCHMARKS.md and bench-results.json")
     parser.add_argument("--work", default=None, help="folder for built models (kept between runs); default a temp dir")
+    parser.add_argument("--only", nargs="+", choices=INDEPENDENT, metavar="CASE",
+                        help=f"re-run these cases ({', '.join(INDEPENDENT)}) and merge them into the results in --out")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     work = Path(args.work or tempfile.mkdtemp(prefix="loraops-bench-"))
@@ -69,9 +85,11 @@ def main() -> None:
     rows, failures = [], []
 
     def attempt(name, fn, *a):
+        if args.only and name not in args.only:
+            return None
         try:
             result = fn(*a)
-            rows.extend(result[0] if isinstance(result, tuple) else result)
+            rows.extend({**r, "group": name, "ran": ran} for r in (result[0] if isinstance(result, tuple) else result))
             for r in rows[-len(result[0] if isinstance(result, tuple) else result):]:
                 print(f"{r['case']}: {fmt(r['ours'], r['unit'])} vs {fmt(r['anchor'], r['unit'])}", flush=True)
             return result
@@ -83,18 +101,26 @@ def main() -> None:
     attempt("merge in memory", cases.merge_in_memory, args.quick)
     scratch = Path(tempfile.mkdtemp(dir=work))
     attempt("load and switch", cases.load_and_switch, args.quick, scratch)
-    merged = attempt("disk merge", cases.disk_merge, args.quick, work)
+    merged = None if args.only else attempt("disk merge", cases.disk_merge, args.quick, work)
     if merged:
         _, base, adapter = merged
         attempt("fingerprint", cases.fingerprint, base, work)
         attempt("registry", cases.registry_cases, args.quick, scratch, base, base, adapter)
         attempt("llm flow", cases.llm_flow, args.quick, work, base)
     attempt("flow overhead", cases.flow_overhead, args.quick, work)
+    attempt("inference latency", latency, args.quick)
     shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.only and (out / "bench-results.json").exists():  # the other cases as the last full run measured them
+        previous = json.loads((out / "bench-results.json").read_text())
+        fresh = {r["case"] for r in rows}
+        earlier = previous.get("ran", "an earlier run")
+        rows = [{"ran": earlier, **r} for r in previous["rows"]
+                if r.get("group") not in args.only and r["case"] not in fresh] + rows
     (out / "BENCHMARKS.md").write_text(report(rows, failures, args.quick))
-    (out / "bench-results.json").write_text(json.dumps({"quick": args.quick, "rows": rows, "failures": failures}, indent=2))
+    (out / "bench-results.json").write_text(json.dumps({"quick": args.quick, "ran": full_run(rows), "rows": rows,
+                                                         "failures": failures}, indent=2))
     print(f"wrote {out / 'BENCHMARKS.md'}")
     if failures:
         raise SystemExit(1)

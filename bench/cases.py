@@ -276,8 +276,8 @@ def flow_overhead(quick: bool, home: Path) -> list[dict]:
         spec = yaml.safe_load((ROOT / f"examples/tasks/{name}.yaml").read_text())
         spec["data"]["path"] = str(ROOT / "examples/data" / Path(spec["data"]["path"]).name)
         if quick:
-            spec["training"]["max_steps"] = 5
-            spec["gate"]["min_gain_over_base"] = -1.0
+            spec.setdefault("training", {})["max_steps"] = 5
+            spec.setdefault("gate", {})["min_gain_over_base"] = -1.0
         tasks.append(folder / f"{name}.yaml")
         tasks[-1].write_text(yaml.safe_dump(spec))
     steps = in_child("bench.worker", "steps", "-", str(folder / "steps-home"), *map(str, tasks))
@@ -296,7 +296,8 @@ def flow_overhead(quick: bool, home: Path) -> list[dict]:
     if not quick:  # every later run: Prefect's database exists (a scheduled task's second night)
         prefect_home = folder / "prefect-home"
         quick_task = folder / "warm-up.yaml"
-        quick_task.write_text(tasks[0].read_text().replace("max_steps: 300", "max_steps: 2"))
+        warm_up = yaml.safe_load(tasks[0].read_text())
+        quick_task.write_text(yaml.safe_dump({**warm_up, "training": {"max_steps": 2}}))
         flow("warm-up", [quick_task], prefect_home)
         rows.append(row(title + ", Prefect's database already made", flow("warm", tasks, prefect_home),
                         steps["seconds"], "s", "<= 1.10x (overhead <= 10%)", f"fresh loraops state otherwise; {what}"))

@@ -17,7 +17,9 @@ class LoraConfig(BaseModel):
     target_modules: a list of names, each matched by exact module path or dotted suffix
     ("query" matches "encoder.layer.0.attention.self.query"); a single string is a regex
     matched against the whole module path (PEFT's rule); "all-linear" wraps every Linear /
-    Conv1D except the output head and modules_to_save.
+    Conv1D except the output head and modules_to_save; None (the default) takes the attention
+    and MLP projections of the model's architecture (lora_core.targets), all-linear for one
+    not in that table.
     init: "default" (A Kaiming-uniform a=√5, B=0), "gaussian" (A ~ N(0, (1/r)²), B=0, as
     PEFT), "pissa" (A, B = top-r SVD factors of W, W ← W − s·BA; output unchanged at step 0).
     rank_pattern / alpha_pattern: per-module overrides; a key matches a module path that ends
@@ -29,7 +31,7 @@ class LoraConfig(BaseModel):
     r: int = Field(8, description="rank of the update")
     alpha: float = Field(16.0, description="scale numerator: s = alpha / r")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch input")
-    target_modules: list[str] | str
+    target_modules: list[str] | str | None = None
     use_rslora: bool = False
     init: Literal["default", "gaussian", "pissa"] = "default"
     modules_to_save: list[str] = Field(default_factory=list)
@@ -54,9 +56,12 @@ class LoraConfig(BaseModel):
 
     @field_validator("target_modules")
     @classmethod
-    def _targets_given(cls, targets: list[str] | str) -> list[str] | str:
+    def _targets_given(cls, targets: list[str] | str | None) -> list[str] | str | None:
+        if targets is None:
+            return None
         if not targets:
-            raise ValueError("target_modules is empty: name the modules to adapt, e.g. ['query', 'value']")
+            raise ValueError("target_modules is empty: name the modules to adapt, e.g. ['query', 'value'], "
+                             "or leave it out for the architecture's defaults")
         if isinstance(targets, str) and targets != ALL_LINEAR:
             try:
                 re.compile(targets)

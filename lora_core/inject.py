@@ -8,6 +8,7 @@ from torch import nn
 from .config import ALL_LINEAR, LoraConfig
 from .errors import LoraError, MergeError, TargetError
 from .layer import LoraLayer, ModulesToSave, is_wrappable
+from .targets import default_targets
 
 CONFIGS_ATTR = "lora_configs"  # {adapter name: LoraConfig}, set on the root model
 WRAPPERS_ATTR = "lora_wrappers"  # {path: LoraLayer | ModulesToSave}, known since inject: switching walks only these
@@ -67,19 +68,21 @@ def resolve_saved_modules(model: nn.Module, config: LoraConfig) -> dict[str, nn.
 
 
 def resolve_targets(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module]:
-    """{module path: module} that `config.target_modules` selects, checked for type and rank."""
+    """{module path: module} that `config.target_modules` selects, checked for type and rank.
+    None selects the architecture's defaults (lora_core.targets); neither they nor "all-linear" reach into the output
+    head or modules_to_save."""
     modules = _plain_modules(model)
-    spec = config.target_modules
+    spec = config.target_modules if config.target_modules is not None else default_targets(model)
     if spec == ALL_LINEAR:
-        head = _output_head(model)
-        kept = list(resolve_saved_modules(model, config))
-        chosen = {p: m for p, m in modules.items()
-                  if (is_wrappable(m) or isinstance(m, LoraLayer)) and m is not head
-                  and not any(p == k or p.startswith(k + ".") for k in kept)}
+        chosen = {p: m for p, m in modules.items() if is_wrappable(m) or isinstance(m, LoraLayer)}
     elif isinstance(spec, str):
         chosen = {p: m for p, m in modules.items() if re.fullmatch(spec, p)}
     else:
         chosen = {p: m for p, m in modules.items() if _name_matches(p, spec)}
+    if spec == ALL_LINEAR or config.target_modules is None:
+        head, kept = _output_head(model), list(resolve_saved_modules(model, config))
+        chosen = {p: m for p, m in chosen.items()
+                  if m is not head and not any(p == k or p.startswith(k + ".") for k in kept)}
     if not chosen:
         raise TargetError(_no_match_message(spec, modules))
     for path, module in chosen.items():
@@ -133,7 +136,9 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
         wrapper.add_adapter(adapter_name)
         if wrapper is not module:
             model.set_submodule(path, wrapper)
-    configs[adapter_name] = config
+    # what was chosen, not how: a saved or reloaded adapter names its modules whatever picked them
+    configs[adapter_name] = config if config.target_modules is not None else \
+        config.model_copy(update={"target_modules": sorted(targets)})
     set_active_adapter(model, adapter_name)
     return model
 

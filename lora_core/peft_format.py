@@ -137,6 +137,9 @@ def lora_config_from_peft(raw: dict, source: str | Path = CONFIG_FILE) -> LoraCo
     if str(raw.get("init_lora_weights")).lower() in ("pissa", "olora", "corda", "eva", "loftq"):
         raise AdapterMismatchError(f"{source}: init_lora_weights={raw['init_lora_weights']!r} needs a rewritten base; "
                                    "save it from PEFT with path_initial_model_for_weight_conversion to get a plain LoRA")
+    if not raw.get("target_modules"):  # a saved adapter names its modules; None would mean "pick defaults" here
+        raise AdapterMismatchError(f"{source}: target_modules is missing; the adapter config is damaged, re-save the "
+                                   f"adapter")
     try:
         return LoraConfig(
             r=raw["r"], alpha=raw.get("lora_alpha", 8), dropout=raw.get("lora_dropout", 0.0),

@@ -89,29 +89,30 @@ def _filled(value) -> bool:
     return value is not None and str(value).strip() != ""
 
 
-def split(examples: list[Example], test_fraction: float = 0.2) -> tuple[list[Example], list[Example]]:
-    """Train/test split by a hash of the text: the same example always lands on the same side."""
+def split(examples: list[Example], test_fraction: float = 0.2, salt: str = "") -> tuple[list[Example], list[Example]]:
+    """(kept, held out) by a hash of the text: the same example always lands on the same side. Another salt draws
+    an independent split (the validation split is carved from what the test split left)."""
     def is_test(e: Example) -> bool:
-        digest = hashlib.sha256(e.text.encode()).digest()
+        digest = hashlib.sha256((salt + e.text).encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
     return [e for e in examples if not is_test(e)], [e for e in examples if is_test(e)]
 
 
-def check_classes(train: list[Example], test: list[Example], where: str) -> None:
-    """At least two classes, and no test label the model never saw in training."""
+def check_classes(train: list[Example], test: list[Example], where: str, split_name: str = "test") -> None:
+    """At least two classes, and no held-out label the model never saw in training."""
     seen = {e.label for e in train}
     if len(seen) < 2:
         raise DataError(f"{where}: the training split has a single class {sorted(seen)}; a classifier needs at least two")
     unseen = [(i, e.label) for i, e in enumerate(test, 1) if e.label not in seen]
     if unseen:
-        rows = ", ".join(f"test row {i} ({label!r})" for i, label in unseen[:MAX_BAD_ROWS])
+        rows = ", ".join(f"{split_name} row {i} ({label!r})" for i, label in unseen[:MAX_BAD_ROWS])
         raise DataError(f"{where}: {rows}: label never seen in training; add training examples or drop those rows")
 
 
-def fingerprint_examples(train: list[Example], test: list[Example]) -> str:
-    """sha256 of both splits, in order: same data and split, same fingerprint."""
+def fingerprint_examples(train: list[Example], test: list[Example], validation: list[Example] = ()) -> str:
+    """sha256 of the splits, in order: same data and split, same fingerprint."""
     digest = hashlib.sha256()
-    for name, examples in (("train", train), ("test", test)):
+    for name, examples in (("train", train), ("test", test), ("validation", validation)):
         for e in examples:
             digest.update(json.dumps([name, e.text, e.label]).encode() + b"\n")
     return digest.hexdigest()
@@ -157,20 +158,73 @@ def batches(examples: list[Example], labels: list[str], tokenizer, batch_size: i
         yield batch
 
 
-def lm_batches(examples: list[Example], tokenizer, batch_size: int, max_length: int, shuffle_seed: int | None = None):
-    """Causal LM batches: prompt + completion + EOS, right-padded; labels are -100 on prompt and padding,
-    so the loss counts completion tokens only. Over max_length, the prompt is cut from the left, so the
-    completion (what is learned and measured) always fits."""
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    for members in batch_order([len(e.text) + len(e.label) for e in examples], batch_size, shuffle_seed):
-        rows = []
-        for e in (examples[i] for i in members):
-            prompt = tokenizer(e.text, add_special_tokens=False)["input_ids"]
-            completion = (tokenizer(" " + e.label, add_special_tokens=False)["input_ids"] + [eos])[:max_length - 1]
-            prompt = prompt[max(0, len(prompt) - (max_length - len(completion))):]  # a long prompt loses its start
-            rows.append((prompt + completion, [-100] * len(prompt) + completion))
+def uses_chat_template(tokenizer, wanted: bool = True) -> bool:
+    return wanted and getattr(tokenizer, "chat_template", None) is not None
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """Token ids a completion follows: the prompt as a user turn of the chat template plus the assistant's opening,
+    or the plain prompt (no special tokens) when the tokenizer has no template or the task turned it off."""
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def encode_pair(tokenizer, prompt: str, completion: str, max_length: int, chat: bool) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one prompt + completion: labels are -100 on the prompt, so the loss counts the
+    completion only. The completion ends with EOS, or with the template's end of turn. Over max_length, the prompt
+    loses its start, so the completion (what is learned and measured) always fits."""
+    prompt_ids = encode_prompt(tokenizer, prompt, chat)
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": completion}], tokenize=False)
+        full = tokenizer(text, add_special_tokens=False)["input_ids"]
+        answer = full[len(prompt_ids):] if full[:len(prompt_ids)] == prompt_ids else \
+            tokenizer(text[len(tokenizer.decode(prompt_ids)):], add_special_tokens=False)["input_ids"]
+    else:
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        answer = tokenizer(" " + completion, add_special_tokens=False)["input_ids"] + [eos]
+    answer = answer[:max_length - 1]
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - len(answer))):]
+    return prompt_ids + answer, [-100] * len(prompt_ids) + answer
+
+
+def lm_batches(examples: list[Example], tokenizer, batch_size: int, max_length: int, shuffle_seed: int | None = None,
+               chat: bool = False, packing: bool = False):
+    """Causal LM batches of prompt + completion pairs (`encode_pair`), right-padded, labels -100 on prompt and padding.
+
+    packing: each row holds several examples, up to max_length tokens, in the order of `batch_order`; position ids
+    restart at 0 for each example and there is no 2-D attention mask, which makes transformers build a
+    block-diagonal causal mask: no token attends across examples. Rows are `batch_size` to a batch."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = batch_order([len(e.text) + len(e.label) for e in examples], batch_size, shuffle_seed)
+    if packing:
+        yield from packed_batches([encode_pair(tokenizer, examples[i].text, examples[i].label, max_length, chat)
+                                   for members in order for i in members], batch_size, max_length, pad)
+        return
+    for members in order:
+        rows = [encode_pair(tokenizer, examples[i].text, examples[i].label, max_length, chat) for i in members]
         width = max(len(ids) for ids, _ in rows)
         yield {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
                "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
                "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])}
+
+
+def packed_batches(pairs: list[tuple[list[int], list[int]]], batch_size: int, max_length: int, pad: int):
+    """Pairs packed first-fit in order into rows of at most max_length tokens; {input_ids, position_ids, labels}."""
+    rows: list[tuple[list[int], list[int], list[int]]] = []
+    for ids, labels in pairs:
+        if not rows or len(rows[-1][0]) + len(ids) > max_length:
+            rows.append(([], [], []))
+        rows[-1][0].extend(ids)
+        rows[-1][1].extend(labels)
+        rows[-1][2].extend(range(len(ids)))
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = max(len(ids) for ids, _, _ in chunk)
+        # padding is a sequence of its own (positions from 0), its labels ignored
+        yield {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in chunk]),
+               "position_ids": torch.tensor([pos + list(range(width - len(pos))) for _, _, pos in chunk]),
+               "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, _ in chunk])}

@@ -55,7 +55,8 @@ def torchrun_command(launch: dict, launch_path: Path, host: bool) -> list[str]:
 def train_with_torchrun(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, run_id: str) -> dict:
     """The flow's side: launch torchrun on this node (the rendezvous host) and wait for the trained adapter."""
     work.mkdir(parents=True, exist_ok=True)
-    launch = {"spec": spec.model_dump(mode="json"), "source": str(spec.source), "prepared": prepared,
+    # exclude_unset: the file as written, so checks of what the user set (model_fields_set) see the same again
+    launch = {"spec": spec.model_dump(mode="json", exclude_unset=True), "source": str(spec.source), "prepared": prepared,
               "base_path": str(base_path), "work": str(work), "run_id": run_id,
               "nnodes": spec.training.nnodes, "nproc": spec.training.nproc, "endpoint": rendezvous_endpoint()}
     launch_path = work / "launch.json"
@@ -121,7 +122,8 @@ def main(launch_path: str) -> None:
         launch = json.loads(Path(launch_path).read_text())
         spec = TaskSpec.model_validate({**launch["spec"], "source": launch["source"]})
         log = tracking.StepLog(AdapterRegistry(), launch["run_id"]) if dist.get_rank() == 0 else None
-        steps.train_adapter(spec, launch["prepared"], Path(launch["base_path"]), Path(launch["work"]), log)
+        steps.train_adapter(spec, launch["prepared"], Path(launch["base_path"]), Path(launch["work"]), log,
+                            log.validation if log else None)
         if log:
             log.flush()
     finally:

@@ -5,6 +5,7 @@ unchanged re-run is served from cache) with JSON results (no pickle). The MLflow
 gets the parameters, dataset, per-step loss and lr, metrics, and the analysis report and plots.
 """
 
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,9 +46,15 @@ def data_digest(spec: TaskSpec) -> str:
                              digest(spec.resolve(spec.data.test_path)), code_version())
 
 
+SMALL_VALIDATION = 50
+
+
 @task(name="prepare_data", **CACHED)
 def prepare_data_task(spec: TaskSpec, work: str, key: str) -> dict:
     prepared = steps.prepare_data(spec, Path(work))
+    if 0 < prepared["validation"] < SMALL_VALIDATION:
+        print(f"{spec.task}: the validation split has only {prepared['validation']} examples, so the pass chosen on it "
+              f"is noisy (below about {SMALL_VALIDATION}); add data or raise data.validation_fraction")
     create_markdown_artifact(table({k: prepared[k] for k in ("source", "train", "test", "labels", "fingerprint")}),
                              key=f"{spec.task}-data", description="prepare_data")
     return prepared
@@ -66,7 +73,11 @@ def train_task(spec: TaskSpec, prepared: dict, base_path: str, work: str, run_id
             log(step, loss, lr)
             if step % every == 0:
                 print(f"{spec.task}: step {step} loss {loss:.4f} lr {lr:.2e}")
-        result = steps.train_adapter(spec, prepared, Path(base_path), Path(work), on_step)
+
+        def on_eval(step, metrics):
+            log.validation(step, metrics)
+            print(f"{spec.task}: step {step} validation " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        result = steps.train_adapter(spec, prepared, Path(base_path), Path(work), on_step, on_eval)
         log.flush()
     free_memory()  # the trained model is garbage now; evaluate loads the base again
     create_markdown_artifact(table(result), key=f"{spec.task}-train", description="train")
@@ -83,6 +94,19 @@ def evaluate_task(spec: TaskSpec, prepared: dict, base_path: str, adapter: str, 
              "blocked: " + "; ".join(evaluation["reasons"])}
     create_markdown_artifact(table(rows), key=f"{spec.task}-evaluate", description="evaluate")
     return evaluation
+
+
+@task(name="rank", **CACHED)
+def rank_task(spec: TaskSpec, prepared: dict, base_path: str, adapter: str, evaluation: dict, production: dict | None,
+              out: str, key: str) -> dict:
+    from .ranking import choose_rank
+    ranking = choose_rank(spec, prepared, Path(base_path), adapter, evaluation, production, Path(out))
+    free_memory()
+    print(f"{spec.task}: rank {'shipped' if ranking['shipped'] else 'kept'}: {ranking['reason']}")
+    create_markdown_artifact(table({k: ranking[k] for k in ("trained_rank", "rank", "shipped", "metric_delta",
+                                                            "bytes_saved", "reason")}),
+                             key=f"{spec.task}-rank", description="rank")
+    return ranking
 
 
 @task(name="merge", **CACHED)
@@ -104,6 +128,20 @@ def analyze_task(spec: TaskSpec, adapter: str, base_path: str, out: str, key: st
     return {"summary": s, "folder": out}
 
 
+def spectrum_of(summary: dict, ranking: dict | None = None) -> dict[str, float]:
+    """The analysis numbers a version carries as tags: uniform ranks for 90/95/99% of |dW|^2, the elbow, the mean
+    effective rank, (the base known) the mean amplification; with promotion.rank, the trained and shipped ranks, the
+    compressed adapter's metric delta and the bytes it saved."""
+    spectrum = {f"rank_at_{k}": summary["recommended_rank"][k] for k in ("90", "95", "99")}
+    spectrum |= {"elbow": summary["recommended_rank"]["elbow"], "effective_rank": summary["mean_effective_rank"]}
+    if math.isfinite(summary.get("mean_amplification", math.inf)):  # inf where ΔW is orthogonal to W
+        spectrum["amplification"] = summary["mean_amplification"]
+    if ranking:
+        spectrum |= {"trained_rank": ranking["trained_rank"], "shipped_rank": ranking["rank"],
+                     "compressed_metric_delta": ranking["metric_delta"], "compressed_bytes_saved": ranking["bytes_saved"]}
+    return spectrum
+
+
 def transient(task, task_run, state) -> bool:
     """Retry a step only for a server fault (registry/faults.py); bad input fails the same way every time."""
     try:
@@ -118,13 +156,15 @@ RETRY = {"retries": 2, "retry_delay_seconds": [5, 20], "retry_condition_fn": tra
 
 @task(name="register", **RETRY)
 def register_task(spec: TaskSpec, adapter: str, merged: str | None, base: dict, prepared: dict, evaluation: dict,
-                  run_id: str) -> dict:
+                  run_id: str, spectrum: dict[str, float] | None = None, rank_note: str | None = None) -> dict:
     registry = AdapterRegistry()
     metrics = {f"{row}_{name}": v for row in ("adapter", "base") for name, v in evaluation[row].items()}
     example = [e.text for e in steps.read_split(prepared, "test")[:2]]
     record = registry.register(spec.task, adapter, BaseRecord(**base), prepared["fingerprint"], metrics,
-                               merged_dir=merged, run_id=run_id, input_example=example,
-                               description="gate passed" if evaluation["passed"] else "gate blocked: " + "; ".join(evaluation["reasons"]))
+                               merged_dir=merged, run_id=run_id, input_example=example, spectrum=spectrum,
+                               description=("gate passed" if evaluation["passed"] else
+                                            "gate blocked: " + "; ".join(evaluation["reasons"]))
+                               + (f"; rank: {rank_note}" if rank_note else ""))
     create_markdown_artifact(table({"version": record.version, "aliases": ", ".join(record.aliases),
                                     "base": f"{record.base_name} ({record.base_fingerprint[:12]})"}),
                              key=f"{spec.task}-register", description="register")
@@ -200,7 +240,7 @@ def train_adapter(spec_path: str, checked: bool = False) -> dict:
     base = registry.register_base(base_path, name=base_name, source=base_source(spec.base, base_path),
                                   revision=spec.base.revision)
     run_id = tracking.start_run(registry, spec, prepared, base)
-    train_key = steps.fingerprint("train", prepared["fingerprint"], base.fingerprint, spec.type,
+    train_key = steps.fingerprint("train", prepared["fingerprint"], base.fingerprint, spec.base.load_in_4bit, spec.type,
                                   spec.lora.model_dump(mode="json"), spec.training.model_dump(mode="json"), code_version())
     folder = work / train_key[:16]
     trained = train_task(spec, prepared, str(base_path), str(folder), run_id, key=key(train_key))
@@ -211,18 +251,25 @@ def train_adapter(spec_path: str, checked: bool = False) -> dict:
     evaluation = evaluate_task(spec, prepared, str(base_path), trained["adapter"], production,
                                key=key("evaluate", train_key, production and production["version"], spec.gate.model_dump()))
     tracking.log_metrics(registry, run_id, evaluation)
+    adapter, ranking = trained["adapter"], None
+    if spec.promotion.rank is not None:
+        ranking = rank_task(spec, prepared, str(base_path), adapter, evaluation, production, str(folder / "ranked"),
+                            key=key("rank", train_key, production and production["version"],
+                                    spec.promotion.model_dump(), spec.gate.model_dump()))
+        adapter, evaluation = ranking["adapter"], ranking["evaluation"]
     merged = None
     if spec.promotion.mode == "merged":
-        merged = merge_task(spec, prepared, str(base_path), trained["adapter"], str(folder / "merged"),
-                            key=key("merge", train_key))
+        merged = merge_task(spec, prepared, str(base_path), adapter, str(folder / "merged"),
+                            key=key("merge", train_key, adapter))
     analysis = analyze_task(spec, trained["adapter"], str(base_path), str(folder / "analysis"),
                             key=key("analyze", train_key))
     registry.client.log_artifacts(run_id, analysis["folder"], "analysis")
-    record = register_task(spec, trained["adapter"], merged, base.model_dump(), prepared, evaluation, run_id)
+    record = register_task(spec, adapter, merged, base.model_dump(), prepared, evaluation, run_id,
+                           spectrum_of(analysis["summary"], ranking), ranking and ranking["reason"])
     name_run(f"{spec.task}-v{record['version']}")
     promotion = None
     if evaluation["passed"] and spec.promotion.auto:
         promotion = promote_task(spec, record["version"])
     registry.client.set_terminated(run_id)
     return {"task": spec.task, "version": record["version"], "trained": trained, "evaluation": evaluation,
-            "analysis": analysis["summary"], "promotion": promotion, "run_id": run_id}
+            "ranking": ranking, "analysis": analysis["summary"], "promotion": promotion, "run_id": run_id}

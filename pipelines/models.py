@@ -2,6 +2,7 @@
 
 import ctypes
 import gc
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -72,18 +73,46 @@ def free_memory() -> None:
             pass
 
 
-def load_model(path: Path, task_type: str, labels: list[str] | None = None):
-    """(model in eval mode, tokenizer) for classification (a fresh head for `labels`) or causal LM."""
+def quantization(load_in_4bit: bool) -> dict:
+    """from_pretrained arguments for QLoRA's base: NF4 weights, double quantization, bf16 compute (Dettmers et al.
+    2023). bitsandbytes 4-bit kernels run on CUDA only."""
+    if not load_in_4bit:
+        return {}
+    import torch
+    if not torch.cuda.is_available():
+        raise BaseModelError("base.load_in_4bit (QLoRA) needs a CUDA GPU and none is visible; set load_in_4bit: false "
+                             "to train on the full-precision base, or run on a GPU machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BaseModelError("base.load_in_4bit (QLoRA) needs bitsandbytes; pip install bitsandbytes")
+    from transformers import BitsAndBytesConfig
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_use_double_quant=True,
+                                                      bnb_4bit_compute_dtype=torch.bfloat16),
+            "device_map": {"": torch.cuda.current_device()}}
+
+
+def head_modules(model) -> list[str]:
+    """The task head of an AutoModelFor<task>: its top-level modules beside the backbone (`classifier`, `score`,
+    DistilBERT's `pre_classifier` too). New for the task, so it is trained and saved with the adapter."""
+    backbone = getattr(model, "base_model_prefix", "")
+    return sorted(name for name, child in model.named_children()
+                  if name != backbone and any(True for _ in child.parameters()))
+
+
+def load_model(path: Path, task_type: str, labels: list[str] | None = None, load_in_4bit: bool = False):
+    """(model in eval mode, tokenizer) for classification (a fresh head for `labels`) or causal LM; the frozen base
+    in 4-bit NF4 for QLoRA."""
     transformers.logging.set_verbosity_error()  # the load report of a new head is expected
     transformers.utils.logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    quantized = quantization(load_in_4bit)
     if task_type == "classification":
         # The head is the task's own (trained as a saved module): a base that has one for other labels gets a new one.
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
-            ignore_mismatched_sizes=True)
+            ignore_mismatched_sizes=True, **quantized)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **quantized)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

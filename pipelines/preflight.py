@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lora_core import TargetError
+from lora_core import LoraConfig, TargetError
 from lora_core.inject import resolve_saved_modules, resolve_targets
 from lora_core.peft_format import peft_config_dict
 from lora_core.safetensors_io import read_header
@@ -22,17 +22,17 @@ from registry.engines import Adapter, check_servable
 from registry.errors import ServerUnavailable
 from registry.stores import open_store
 
-from .models import BaseModelError, resolve_base
+from .models import BaseModelError, quantization, resolve_base
 from .spec import SpecError, TaskSpec
-from .steps import TASK_TYPES
+from .steps import task_lora
 
 
 def preflight(spec: TaskSpec, settings: RegistrySettings) -> None:
     check_device(spec)
     base_path, base_name = resolve_base(spec.base)
     config = check_base_folder(base_path)
-    check_targets(spec, base_path)
-    check_serving(spec, config.get("model_type"), base_name)
+    lora = check_targets(spec, base_path)
+    check_serving(spec, lora, config.get("model_type"), base_name)
     if spec.promotion.auto:
         open_store(spec.promotion.target or settings.promotion_target).check()
     check_tracking(settings.tracking_uri)
@@ -47,6 +47,8 @@ def check_device(spec: TaskSpec) -> None:
     if t.device != "cpu" and torch.cuda.is_available() and t.nproc > torch.cuda.device_count():
         raise SpecError(f"{spec.source}: training.nproc: {t.nproc}, but {torch.cuda.device_count()} GPU(s) are visible; "
                         f"use nproc <= {torch.cuda.device_count()}")
+    if spec.base.load_in_4bit:
+        quantization(True)  # CUDA and bitsandbytes, or one line saying which is missing
     endpoint = os.environ.get("LORAOPS_RDZV_ENDPOINT")
     if t.nnodes > 1 and endpoint is not None and not re.fullmatch(r"[\w.\-]+:\d{1,5}", endpoint):
         raise SpecError(f"LORAOPS_RDZV_ENDPOINT={endpoint!r} is not HOST:PORT; set it to an address of this node that "
@@ -74,8 +76,9 @@ def check_base_folder(path: Path) -> dict:
         raise BaseModelError(f"base {path / 'config.json'}: not valid JSON; re-save the base") from None
 
 
-def check_targets(spec: TaskSpec, base_path: Path) -> None:
-    """target_modules and modules_to_save against the model built on the meta device (shapes, no memory)."""
+def check_targets(spec: TaskSpec, base_path: Path) -> LoraConfig:
+    """The task's adapter config with its targets resolved, checked against the model built on the meta device
+    (shapes, no memory): target_modules (or the architecture's defaults) and modules_to_save."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
     config = AutoConfig.from_pretrained(base_path)
     auto = AutoModelForSequenceClassification if spec.type == "classification" else AutoModelForCausalLM
@@ -85,20 +88,19 @@ def check_targets(spec: TaskSpec, base_path: Path) -> None:
     except ValueError as e:  # the architecture has no head of this kind
         raise BaseModelError(f"base {base_path}: {config.model_type} cannot be a {spec.type} model "
                              f"({str(e).splitlines()[0][:120]}); pick a base of that kind") from None
-    resolve_targets(model, spec.lora)
     if spec.lora.modules_to_save and not resolve_saved_modules(model, spec.lora):
         raise TargetError(f"modules_to_save {spec.lora.modules_to_save} matched no module of {config.model_type}; "
                           f"name e.g. the classifier head")
+    lora = task_lora(spec, model)
+    return lora.model_copy(update={"target_modules": sorted(resolve_targets(model, lora))})
 
 
-def check_serving(spec: TaskSpec, model_type: str | None, name: str) -> None:
-    """promotion.serve_with's rules on what the task file says (the trained adapter is checked again at promotion).
-    A merged model is served as a model of its own: no adapter rules apply."""
+def check_serving(spec: TaskSpec, lora: LoraConfig, model_type: str | None, name: str) -> None:
+    """promotion.serve_with's rules on the adapter the task file describes, targets resolved (the trained adapter
+    is checked again at promotion). A merged model is served as a model of its own: no adapter rules apply."""
     if spec.promotion.serve_with == "any" or spec.promotion.mode != "adapter":
         return
-    lora = spec.lora.model_copy(update={"task_type": TASK_TYPES[spec.type]})
-    targets = lora.target_modules
-    modules = frozenset(t.rsplit(".", 1)[-1] for t in targets) if isinstance(targets, list) else None  # regex: later
+    modules = frozenset(t.rsplit(".", 1)[-1] for t in lora.target_modules)
     check_servable(spec.promotion.serve_with, Adapter(peft_config_dict(lora, False, name), modules, model_type, name),
                    f"{spec.source or spec.task}")
 

@@ -22,7 +22,7 @@ from registry.digests import DigestCache
 from registry.mlflow_model import DESCRIPTION
 
 from .models import load_model, locate_base
-from .serving import classify, complete
+from .serving import classify, complete, trained_with_chat_template
 from .steps import LABELS_FILE
 
 
@@ -38,6 +38,7 @@ class TaskModel:
         self.kind = kind
         labels_file = root / "adapter" / LABELS_FILE
         self.labels = json.loads(labels_file.read_text()) if labels_file.exists() else []
+        self.chat = trained_with_chat_template(root / "adapter")
         if (root / "merged").is_dir():
             self.model, self.tokenizer = load_model(root / "merged", kind, self.labels)
             return
@@ -60,7 +61,8 @@ class TaskModel:
             return pd.DataFrame(classify(self.model, self.tokenizer, texts, self.labels),
                                 columns=["label", "probability"])
         tokens = int((params or {}).get("max_new_tokens", 20))
-        return pd.DataFrame({"completion": [complete(self.model, self.tokenizer, t, tokens) for t in texts]})
+        return pd.DataFrame({"completion": [complete(self.model, self.tokenizer, t, tokens, self.chat)
+                                           for t in texts]})
 
 
 def _texts(model_input) -> list[str]:

@@ -8,6 +8,7 @@ An adapter made for another base (by weight fingerprint) is refused.
 """
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -16,8 +17,9 @@ from lora_core.peft_format import read_peft_config
 from registry import AdapterRegistry, BaseMismatchError, VersionRecord
 from registry.names import split_ref
 
+from .data import encode_prompt
 from .models import load_model, locate_base
-from .steps import LABELS_FILE
+from .steps import LABELS_FILE, PROMPT_FILE
 
 
 class AdapterSwitcher:
@@ -25,6 +27,7 @@ class AdapterSwitcher:
         self.registry = registry or AdapterRegistry()
         self.model = self.tokenizer = self.base_fingerprint = self.kind = None
         self.labels: dict[str, list[str]] = {}  # adapter name -> class names
+        self.chat: dict[str, bool] = {}  # adapter name -> trained on chat-template prompts
         self.base_loads = 0
 
     def activate(self, ref: str) -> tuple[str, VersionRecord]:
@@ -48,6 +51,7 @@ class AdapterSwitcher:
             raise BaseMismatchError(f"{record.task} is a {kind} adapter; this switcher serves {self.kind} tasks")
         load_adapter(self.model, folder, adapter_name=name)
         self.labels[name] = labels
+        self.chat[name] = trained_with_chat_template(folder)
         set_active_adapter(self.model, name)
         return name, record
 
@@ -63,7 +67,9 @@ class AdapterSwitcher:
     def predict(self, ref: str, texts: list[str], max_new_tokens: int = 20) -> list[dict]:
         name, record = self.activate(ref)
         if self.kind == "CAUSAL_LM":
-            return [{"text": text, "completion": complete(self.model, self.tokenizer, text, max_new_tokens)} for text in texts]
+            chat = self.chat[name]
+            return [{"text": text, "completion": complete(self.model, self.tokenizer, text, max_new_tokens, chat)}
+                    for text in texts]
         return [{"text": text, **answer, "task": record.task, "version": record.version}
                 for text, answer in zip(texts, classify(self.model, self.tokenizer, texts, self.labels[name]))]
 
@@ -78,8 +84,14 @@ def classify(model, tokenizer, texts: list[str], labels: list[str]) -> list[dict
 
 
 @torch.no_grad()
-def complete(model, tokenizer, prompt: str, max_new_tokens: int = 20) -> str:
-    """The greedy continuation of `prompt`, tokenized as in training (no special tokens added)."""
-    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 20, chat: bool = False) -> str:
+    """The greedy continuation of `prompt`, encoded as in training (the chat template when the adapter was trained
+    with it, else the plain prompt with no special tokens)."""
+    ids = torch.tensor([encode_prompt(tokenizer, prompt, chat)])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def trained_with_chat_template(adapter: Path) -> bool:
+    return (adapter / PROMPT_FILE).exists()

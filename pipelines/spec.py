@@ -21,24 +21,40 @@ class Strict(BaseModel):
 class BaseSpec(Strict):
     model: str = Field("default", description="Hugging Face id, a local folder, or 'default' (offline all-MiniLM-L6-v2)")
     revision: str | None = None
+    load_in_4bit: bool = Field(False, description="QLoRA: the frozen base in 4-bit NF4 through bitsandbytes (CUDA only)")
 
 
 class DataSpec(Strict):
     path: str = Field(description="JSONL, CSV or Parquet; local path (relative to the task file) or s3://")
     test_path: str | None = Field(None, description="a separate held-out file; else a hash split of `path`")
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="carved from the training data (never the test "
+                                       "split) to choose the best checkpoint and stop early; 0 = none")
     text_field: str = "text"
     label_field: str = "label"
     prompt_field: str = "prompt"
     completion_field: str = "completion"
 
 
+class LoraSpec(LoraConfig):
+    """The adapter (lora_core.LoraConfig: r, alpha, target_modules, ...) plus how its factors train."""
+    lr_ratio: float = Field(1.0, gt=0, description="LoRA+: B's learning rate is lr_ratio x training.lr (Hayou et al. "
+                            "2024 use 16); 1 = plain LoRA")
+
+    def adapter(self) -> LoraConfig:
+        return LoraConfig(**self.model_dump(exclude={"lr_ratio"}))
+
+
+DEFAULT_EPOCHS = 6.0  # with validation-driven selection and early stopping: bench/quality.py, README
+BEST_METRICS = {"classification": ("loss", "accuracy", "macro_f1"), "causal-lm": ("loss", "perplexity")}
+
+
 class TrainingSpec(Strict):
     max_steps: int | None = Field(None, gt=0)
-    epochs: float | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0, description="default 6 when neither epochs nor max_steps is given")
     batch_size: int = Field(16, gt=0)
     grad_accumulation: int = Field(1, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0, description="AdamW; LoRA wants about 10x the rate of full fine-tuning")
     warmup_fraction: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_length: int = Field(64, gt=0)
@@ -49,16 +65,35 @@ class TrainingSpec(Strict):
     nproc: int = Field(1, gt=0, description="processes per node under torchrun (DDP), one per GPU; 1 = no DDP")
     nnodes: int = Field(1, gt=0, description="nodes under torchrun; the others run `loraops train-node` on a shared "
                         "LORAOPS_HOME")
+    eval_every: int | None = Field(None, gt=0, description="optimizer steps between validation passes; "
+                                   "default: 10 passes per run")
+    patience: int | None = Field(None, gt=0, description="stop after this many validation passes without a better "
+                                 "best_metric; null (default) = run every step, still keeping the best pass")
+    best_metric: str | None = Field(None, description="validation metric that picks the registered checkpoint and "
+                                    "decides early stopping: loss, accuracy, macro_f1 (classification), perplexity "
+                                    "(causal LM); default gate.metric")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, "
+                                         "about a third more time")
+    packing: bool = Field(False, description="causal LM: several examples per row up to max_length, attention kept "
+                          "within each example")
+    chat_template: bool = Field(True, description="causal LM: wrap prompts in the tokenizer's chat template when it "
+                                "has one")
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainingSpec":
-        if (self.max_steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of training.max_steps or training.epochs")
+        if self.max_steps is not None and self.epochs is not None:
+            raise ValueError("give one of training.max_steps or training.epochs, not both")
         return self
+
+    @property
+    def length(self) -> tuple[str, float]:
+        """("max_steps", n) or ("epochs", n): how long training runs."""
+        return ("max_steps", self.max_steps) if self.max_steps else ("epochs", self.epochs or DEFAULT_EPOCHS)
 
 
 class GateSpec(Strict):
-    metric: str = Field("accuracy", description="accuracy | macro_f1 (classification), perplexity (causal LM)")
+    metric: str = Field("accuracy", description="accuracy | macro_f1 (classification), perplexity | loss (causal LM; "
+                        "its default)")
     min_gain_over_base: float = Field(0.0, description="the adapter must beat the base by at least this much")
     must_beat_production: bool = Field(True, description="refuse an adapter worse than current production")
     merge_tolerance: float | None = Field(None, gt=0, description="max |merged - unmerged| / max|unmerged| on logits; "
@@ -71,6 +106,19 @@ class PromotionSpec(Strict):
     auto: bool = Field(True, description="promote when the gate passes")
     serve_with: Literal["any", "vllm", "lorax", "tgi"] = Field(
         "any", description="an engine whose adapter-loading rules are checked before anything is trained or uploaded")
+    rank: Literal["auto"] | int | None = Field(None, description="ship a lower rank: auto = the smallest uniform rank "
+                                               "keeping rank_pve of |dW|^2 in every module, or a number; null = as "
+                                               "trained. The compressed adapter ships only if it passes the gate")
+    rank_pve: float = Field(0.95, gt=0, le=1, description="rank: auto keeps this share of |dW|^2 in every module")
+    rank_tolerance: float = Field(0.01, ge=0, description="the compressed adapter may score at most this much "
+                                  "below the trained one on gate.metric")
+
+    @field_validator("rank")
+    @classmethod
+    def _positive_rank(cls, rank):
+        if isinstance(rank, int) and rank < 1:
+            raise ValueError(f"promotion.rank {rank} must be a positive integer, auto or null")
+        return rank
 
 
 class TaskSpec(Strict):
@@ -78,8 +126,8 @@ class TaskSpec(Strict):
     type: Literal["classification", "causal-lm"]
     base: BaseSpec = BaseSpec()
     data: DataSpec
-    lora: LoraConfig
-    training: TrainingSpec
+    lora: LoraSpec = LoraSpec()
+    training: TrainingSpec = TrainingSpec()
     gate: GateSpec = GateSpec()
     promotion: PromotionSpec = PromotionSpec()
     source: Path | None = Field(None, exclude=True)  # the YAML file, for relative data paths
@@ -92,11 +140,37 @@ class TaskSpec(Strict):
         except ValueError as e:
             raise ValueError(str(e)) from None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_for_type(cls, raw):
+        """gate.metric defaults by task type: accuracy for classification, perplexity for causal LM."""
+        if isinstance(raw, dict) and raw.get("type") == "causal-lm":
+            gate = raw.get("gate") or {}
+            if isinstance(gate, dict) and "metric" not in gate:
+                raw = {**raw, "gate": {**gate, "metric": "perplexity"}}
+        return raw
+
     @model_validator(mode="after")
     def _metric_fits_type(self) -> "TaskSpec":
         allowed = {"classification": ("accuracy", "macro_f1"), "causal-lm": ("perplexity", "loss")}[self.type]
         if self.gate.metric not in allowed:
             raise ValueError(f"gate.metric {self.gate.metric!r} does not apply to {self.type}; use one of {', '.join(allowed)}")
+        t = self.training
+        if t.best_metric is not None and t.best_metric not in BEST_METRICS[self.type]:
+            raise ValueError(f"training.best_metric {t.best_metric!r} does not apply to {self.type}; use one of "
+                             f"{', '.join(BEST_METRICS[self.type])}")
+        if self.data.validation_fraction == 0 and (t.patience is not None or t.eval_every is not None):
+            raise ValueError("training.patience and eval_every need a validation split; set data.validation_fraction "
+                             "> 0 or remove them")
+        rank = self.promotion.rank
+        if isinstance(rank, int) and rank >= self.lora.r:
+            raise ValueError(f"promotion.rank {rank} is not below lora.r {self.lora.r}; ship a smaller rank, auto, or "
+                             f"null (as trained)")
+        if rank is None and {"rank_pve", "rank_tolerance"} & self.promotion.model_fields_set:
+            raise ValueError("promotion.rank_pve and rank_tolerance apply with promotion.rank; set rank: auto or a "
+                             "number, or remove them")
+        if t.packing and self.type != "causal-lm":
+            raise ValueError("training.packing applies to causal-lm tasks only; remove it")
         return self
 
     def resolve(self, path: str | None) -> str | None:
@@ -115,7 +189,7 @@ def load_spec(path: str | Path) -> TaskSpec:
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: a task file is a YAML mapping with task, type, data, lora and training")
+        raise SpecError(f"{path}: a task file is a YAML mapping with at least task, type and data")
     try:
         return TaskSpec.model_validate({**raw, "source": path.resolve()})
     except ValidationError as e:

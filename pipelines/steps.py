@@ -13,16 +13,17 @@ from pathlib import Path
 
 import torch
 
-from lora_core import count_parameters, inject, load_adapter, merge, save_adapter, set_active_adapter, unmerge
+from lora_core import LoraConfig, count_parameters, inject, load_adapter, merge, save_adapter, set_active_adapter, unmerge
 from lora_core.checkpoint_merge import merge_checkpoint
 
 from . import data as datasets
 from .evaluate import classification_metrics, decide, lm_outputs, relative_gap
-from .models import base_name, load_model
+from .models import base_name, head_modules, load_model
 from .spec import TaskSpec
-from .train import predict_logits, train, world
+from .train import Validation, predict_logits, train, world
 
 LABELS_FILE = "labels.json"
+PROMPT_FILE = "prompt.json"  # beside a causal-LM adapter trained on chat-template prompts
 TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 # Merging rounds W0 + s·B·A to the base dtype once: bfloat16 keeps 8 mantissa bits, so logits move by
 # parts in 1e3 per layer; float32 only by accumulation order.
@@ -50,14 +51,25 @@ def prepare_data(spec: TaskSpec, work: Path) -> dict:
     if not train_set or not test_set:
         raise datasets.DataError(f"{source}: the split left {len(train_set)} train / {len(test_set)} test examples; "
                                  f"add data or change data.test_fraction")
+    validation_set: list = []
+    if d.validation_fraction:
+        train_set, validation_set = datasets.split(train_set, d.validation_fraction, salt="validation")
+        if not train_set or not validation_set:
+            raise datasets.DataError(f"{source}: the validation split left {len(train_set)} train / {len(validation_set)} "
+                                     f"validation examples; add data, or set data.validation_fraction to 0 for none")
     if spec.type == "classification":
         datasets.check_classes(train_set, test_set, source)
-    digest = datasets.fingerprint_examples(train_set, test_set)
+        if validation_set:
+            datasets.check_classes(train_set, validation_set, source, "validation")
+    digest = datasets.fingerprint_examples(train_set, test_set, validation_set)
     folder = work / "data" / digest
     folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", train_set), ("test", test_set)):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
+    for name, rows in (("train", train_set), ("test", test_set), ("validation", validation_set)):
+        if rows:
+            (folder / f"{name}.jsonl").write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n"
+                                                          for e in rows))
     return {"fingerprint": digest, "folder": str(folder), "source": source, "train": len(train_set), "test": len(test_set),
+            "validation": len(validation_set),
             "labels": datasets.label_names(train_set) if spec.type == "classification" else []}
 
 
@@ -65,41 +77,90 @@ def read_split(prepared: dict, name: str) -> list[datasets.Example]:
     return datasets.load_examples(str(Path(prepared["folder"]) / f"{name}.jsonl"))
 
 
-def make_batches(spec: TaskSpec, prepared: dict, examples, tokenizer, shuffle_seed: int | None = None, batch_size=None):
-    size, length = batch_size or spec.training.batch_size, spec.training.max_length
+def make_batches(spec: TaskSpec, prepared: dict, examples, tokenizer, shuffle_seed: int | None = None, batch_size=None,
+                 packing: bool = False):
+    """Batches of a split; `packing` (training only: evaluation scores one example per row) as training.packing."""
+    t = spec.training
+    size = batch_size or t.batch_size
     if spec.type == "classification":
-        return datasets.batches(examples, prepared["labels"], tokenizer, size, length, shuffle_seed)
-    return datasets.lm_batches(examples, tokenizer, size, length, shuffle_seed)
+        return datasets.batches(examples, prepared["labels"], tokenizer, size, t.max_length, shuffle_seed)
+    return datasets.lm_batches(examples, tokenizer, size, t.max_length, shuffle_seed,
+                               chat=datasets.uses_chat_template(tokenizer, t.chat_template), packing=packing)
 
 
 def total_steps(spec: TaskSpec, n_train: int) -> int:
     t = spec.training
-    if t.max_steps:
-        return t.max_steps
-    return max(1, math.ceil(t.epochs * math.ceil(n_train / t.batch_size) / t.grad_accumulation))
+    kind, value = t.length
+    if kind == "max_steps":
+        return int(value)
+    return max(1, math.ceil(value * math.ceil(n_train / t.batch_size) / t.grad_accumulation))
 
 
-def train_adapter(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, on_step=None) -> dict:
-    """Inject LoRA into the base, train (resuming from a checkpoint in `work` if one is there), save the adapter."""
+def task_lora(spec: TaskSpec, model) -> LoraConfig:
+    """The adapter a task trains: its lora section, the task type, and for classification the task's head among the
+    saved modules, always (a new head left at its random init would cap the adapter at chance)."""
+    lora = spec.lora.adapter()
+    update: dict = {"task_type": TASK_TYPES[spec.type]}
+    if spec.type == "classification":
+        update["modules_to_save"] = sorted(set(lora.modules_to_save) | set(head_modules(model)))
+    return lora.model_copy(update=update)
+
+
+def validation_pass(spec: TaskSpec, prepared: dict, examples, model, tokenizer):
+    """metrics of `model` on the validation split: loss (mean cross-entropy), and accuracy and macro-F1 for a
+    classifier or perplexity for a causal LM (completion tokens only)."""
+    def run() -> dict[str, float]:
+        batches = make_batches(spec, prepared, examples, tokenizer, batch_size=64)
+        if spec.type == "classification":
+            logits, gold = predict_logits(model, batches, spec.training.device)
+            loss = torch.nn.functional.cross_entropy(logits, gold).item()
+            return {"loss": loss, **classification_metrics(logits, gold)}
+        return lm_outputs(model, batches, spec.training.device)[1]
+    return run
+
+
+def train_adapter(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, on_step=None, on_eval=None) -> dict:
+    """Inject LoRA into the base, train (resuming from a checkpoint in `work` if one is there), save the adapter:
+    the weights of the best validation pass when there is a validation split, else the last step's."""
     t = spec.training
     torch.manual_seed(t.seed)
-    model, tokenizer = load_model(base_path, spec.type, prepared["labels"])
-    inject(model, spec.lora.model_copy(update={"task_type": TASK_TYPES[spec.type]}))
+    model, tokenizer = load_model(base_path, spec.type, prepared["labels"], spec.base.load_in_4bit)
+    inject(model, task_lora(spec, model))
+    if spec.type == "causal-lm":
+        model.config.use_cache = False  # no KV cache in training: packed rows need it off, and it only costs memory
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
     train_set = read_split(prepared, "train")
     steps = total_steps(spec, len(train_set))
+    validation = None
+    if prepared.get("validation"):
+        examples = read_split(prepared, "validation")
+        validation = Validation(validation_pass(spec, prepared, examples, model, tokenizer),
+                                every=t.eval_every or max(1, steps // 10), metric=t.best_metric or spec.gate.metric,
+                                patience=t.patience,
+                                on_result=on_eval)
     started = time.perf_counter()
-    losses = train(model, lambda epoch: make_batches(spec, prepared, train_set, tokenizer, t.seed + epoch),
-                   steps=steps, lr=t.lr, weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction,
-                   device=t.device, bf16=t.bf16, grad_accumulation=t.grad_accumulation,
-                   checkpoint_dir=work / "checkpoint", checkpoint_every=t.checkpoint_every, on_step=on_step)
-    result = {"adapter": str(work / "adapter"), "steps": steps, "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-              "seconds": round(time.perf_counter() - started, 1), "trainable": trainable, "total": total,
-              "world_size": world()[1]}
+    done = train(model, lambda epoch: make_batches(spec, prepared, train_set, tokenizer, t.seed + epoch,
+                                                   packing=t.packing),
+                 steps=steps, lr=t.lr, weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction,
+                 device=t.device, bf16=t.bf16, grad_accumulation=t.grad_accumulation,
+                 checkpoint_dir=work / "checkpoint", checkpoint_every=t.checkpoint_every, on_step=on_step,
+                 lr_ratio=spec.lora.lr_ratio, validation=validation)
+    last = done.losses[-10:]
+    result = {"adapter": str(work / "adapter"), "steps": len(done.losses), "planned_steps": steps,
+              "best_step": done.best_step or len(done.losses), "stopped_early": done.stopped_early,
+              "best_validation": next((e for e in done.evaluations if e["step"] == done.best_step), None),
+              "final_loss": sum(last) / len(last), "seconds": round(time.perf_counter() - started, 1),
+              "trainable": trainable, "total": total, "world_size": world()[1]}
     if world()[0] == 0:  # under DDP only rank 0 writes
+        if t.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
         save_adapter(model, work / "adapter", base_model_name_or_path=base_name(spec.base))
         if prepared["labels"]:  # class names, for predictions; PEFT ignores extra files
             (work / "adapter" / LABELS_FILE).write_text(json.dumps(prepared["labels"]))
+        if spec.type == "causal-lm" and datasets.uses_chat_template(tokenizer, t.chat_template):
+            (work / "adapter" / PROMPT_FILE).write_text(json.dumps({"chat_template": True}))  # predictions prompt alike
         (work / "train.json").write_text(json.dumps(result))
         shutil.rmtree(work / "checkpoint", ignore_errors=True)
     return result

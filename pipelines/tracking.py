@@ -33,13 +33,14 @@ def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: dict, base: B
     dataset = Dataset(name=f"{spec.task}-data", digest=prepared["fingerprint"][:36],
                       source_type="s3" if prepared["source"].startswith("s3://") else "local",
                       source=json.dumps({"uri": prepared["source"]}),
-                      profile=json.dumps({"train": prepared["train"], "test": prepared["test"], "labels": prepared["labels"]}))
+                      profile=json.dumps({"train": prepared["train"], "validation": prepared.get("validation", 0),
+                                         "test": prepared["test"], "labels": prepared["labels"]}))
     client.log_inputs(run.info.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
     return run.info.run_id
 
 
 class StepLog:
-    """Buffers loss and lr per optimizer step and sends them to the run in batches."""
+    """Buffers loss and lr per optimizer step (and each validation pass) and sends them to the run in batches."""
 
     def __init__(self, registry: AdapterRegistry, run_id: str):
         self.client, self.run_id, self.pending = registry.client, run_id, []
@@ -49,6 +50,11 @@ class StepLog:
         self.pending += [Metric("train_loss", loss, now, step), Metric("lr", lr, now, step)]
         if len(self.pending) >= 2 * FLUSH_EVERY:
             self.flush()
+
+    def validation(self, step: int, metrics: dict[str, float]) -> None:
+        """One validation pass: val_loss, val_accuracy, ... at that step (the curves beside train_loss)."""
+        now = int(time.time() * 1000)
+        self.pending += [Metric(f"val_{name}", value, now, step) for name, value in metrics.items()]
 
     def flush(self) -> None:
         if self.pending:

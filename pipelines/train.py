@@ -1,5 +1,8 @@
 """The training loop for a model whose trainable parameters are its adapter (and saved modules).
 
+With a validation split it evaluates every N steps, keeps the weights of the best pass (the ones that are
+saved and registered) and stops early when `patience` passes bring nothing better.
+
 Resumable: every `checkpoint_every` optimizer steps it writes the trainable weights, AdamW's
 moments, the schedule position, the data position and the RNG states (safetensors + JSON, never
 pickle), so a killed run continues to the same adapter. Under torchrun (DDP) each rank takes
@@ -13,6 +16,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -55,14 +59,48 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+@dataclass
+class Validation:
+    """Validation during training: `run()` -> metrics, every `every` optimizer steps; the pass best on `metric` is
+    kept (lower is better for loss and perplexity); `patience` passes without a better one stop training."""
+    run: Callable[[], dict[str, float]]
+    every: int
+    metric: str = "loss"
+    patience: int | None = None
+    on_result: Callable[[int, dict[str, float]], None] | None = None
+
+    def better(self, a: dict[str, float], b: dict[str, float] | None) -> bool:
+        """Is pass `a` better than pass `b`? On `metric`; a tie (accuracy on a small split) goes to the lower loss."""
+        def rank(m: dict) -> tuple[float, float]:
+            return (m[self.metric] if self.metric in ("loss", "perplexity") else -m[self.metric], m.get("loss", 0.0))
+        return b is None or rank(a) < rank(b)
+
+
+@dataclass
+class Trained:
+    losses: list[float]
+    evaluations: list[dict] = field(default_factory=list)  # {step, <metric>: value, ...} per validation pass
+    best_step: int | None = None  # the step whose weights the model holds at the end (None: the last)
+    stopped_early: bool = False
+
+
+def param_groups(named: dict[str, nn.Parameter], lr: float, lr_ratio: float) -> list[dict]:
+    """LoRA+ (Hayou et al. 2024): B learns lr_ratio times faster than A (and the saved modules)."""
+    b = [p for n, p in named.items() if ".lora_B." in n]
+    rest = [p for n, p in named.items() if ".lora_B." not in n]
+    return [g for g in ({"params": rest, "lr": lr}, {"params": b, "lr": lr * lr_ratio}) if g["params"]]
+
+
 def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps: int, lr: float,
           weight_decay: float = 0.0, warmup_fraction: float = 0.1, device: str = "auto", bf16: bool = True,
           grad_accumulation: int = 1, checkpoint_dir: Path | None = None, checkpoint_every: int = 50,
-          on_step: Callable[[int, float, float], None] | None = None) -> list[float]:
-    """AdamW over the trainable parameters for `steps` optimizer steps; returns the loss per step.
+          on_step: Callable[[int, float, float], None] | None = None, lr_ratio: float = 1.0,
+          validation: Validation | None = None) -> Trained:
+    """AdamW over the trainable parameters for up to `steps` optimizer steps.
 
     make_batches(epoch) yields batches with a `labels` entry; epochs roll over until `steps`.
-    With checkpoint_dir, training resumes from the checkpoint found there.
+    With checkpoint_dir, training resumes from the checkpoint found there. With `validation`, the model ends
+    holding the weights of its best validation pass, and training stops early when patience runs out.
     """
     dev = resolve_device(device)
     model.to(dev).train()
@@ -71,17 +109,19 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps
         raise ValueError("the model has no trainable parameters; inject an adapter first")
     rank, size = world()
     runner = nn.parallel.DistributedDataParallel(model) if size > 1 else model
-    optimizer = torch.optim.AdamW(named.values(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(named, lr, lr_ratio), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear_decay(max(1, math.ceil(warmup_fraction * steps)), steps))
-    position = {"epoch": 0, "batch": 0, "losses": []}
+    position = {"epoch": 0, "batch": 0, "losses": [], "evaluations": [], "best_step": None}
+    best: dict[str, torch.Tensor] | None = None
     if checkpoint_dir and (checkpoint_dir / STATE_FILE).exists():
-        position = load_checkpoint(checkpoint_dir, named, optimizer, schedule)
-    losses: list[float] = position["losses"]
+        position, best = load_checkpoint(checkpoint_dir, named, optimizer, schedule)
+    done = Trained(position["losses"], position.get("evaluations", []), position.get("best_step"))
+    losses = done.losses
     epoch, accumulated, micro = position["epoch"], 0.0, 0
     # A bar on a terminal only (disable=None); logs and Prefect get on_step instead.
     bar = tqdm(total=steps, initial=len(losses), desc="train", unit="step", disable=None if rank == 0 else True)
-    while len(losses) < steps:
+    while len(losses) < steps and not done.stopped_early:
         for index, batch in enumerate(make_batches(epoch)):
             if index < position["batch"] or index % size != rank:
                 continue  # already trained on before the checkpoint, or another rank's share
@@ -99,27 +139,55 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps
             accumulated, micro = 0.0, 0
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:
-                save_checkpoint(checkpoint_dir, named, optimizer, schedule,
-                                {"epoch": epoch, "batch": index + 1, "losses": losses})
             if on_step and rank == 0:
                 on_step(len(losses), losses[-1], schedule.get_last_lr()[0])
-            if len(losses) == steps:
+            if validation and (len(losses) % validation.every == 0 or len(losses) == steps):
+                best = validate(model, validation, named, done, best)
+            if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:
+                save_checkpoint(checkpoint_dir, named, optimizer, schedule,
+                                {"epoch": epoch, "batch": index + 1, "losses": losses,
+                                 "evaluations": done.evaluations, "best_step": done.best_step}, best)
+            if len(losses) == steps or done.stopped_early:
                 break
         epoch += 1
         position["batch"] = 0
     bar.close()
+    if best is not None:
+        with torch.no_grad():
+            for name, param in named.items():
+                param.copy_(best[name])
     model.eval()
-    return losses
+    return done
+
+
+def validate(model: nn.Module, validation: Validation, named: dict[str, nn.Parameter], done: Trained,
+             best: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """One validation pass (every rank runs it on the whole split, so all agree on stopping); keeps the best weights."""
+    model.eval()
+    metrics = validation.run()
+    model.train()
+    step = len(done.losses)
+    done.evaluations.append({"step": step, **metrics})
+    if validation.on_result and world()[0] == 0:
+        validation.on_result(step, metrics)
+    previous = next((e for e in done.evaluations if e["step"] == done.best_step), None)
+    if validation.better(metrics, previous):
+        done.best_step = step
+        return {n: p.detach().to("cpu", copy=True) for n, p in named.items()}
+    stale = sum(1 for e in done.evaluations if e["step"] > done.best_step)
+    done.stopped_early = validation.patience is not None and stale >= validation.patience
+    return best
 
 
 def save_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
-                    schedule, position: dict) -> None:
+                    schedule, position: dict, best: dict[str, torch.Tensor] | None = None) -> None:
     """Write to a sibling folder, then swap it in: a kill mid-write leaves the previous checkpoint intact."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({n: p.detach().cpu().contiguous() for n, p in named.items()}, tmp / "weights.safetensors")
+    if best is not None:
+        save_file({n: t.contiguous() for n, t in best.items()}, tmp / "best.safetensors")
     moments = {}
     for name, param in named.items():
         for key, value in optimizer.state.get(param, {}).items():
@@ -137,7 +205,9 @@ def save_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: tor
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer, schedule) -> dict:
+def load_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+                    schedule) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """(position, best weights or None) of a checkpoint; the parameters, AdamW moments, schedule and RNG restored."""
     state = json.loads((folder / STATE_FILE).read_text())
     weights = load_file(folder / "weights.safetensors")
     if set(weights) != set(named):
@@ -158,7 +228,8 @@ def load_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: tor
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
-    return state
+    best = load_file(folder / "best.safetensors") if (folder / "best.safetensors").exists() else None
+    return state, best
 
 
 @torch.no_grad()

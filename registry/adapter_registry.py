@@ -36,6 +36,7 @@ from .transfer import download_promoted, materialize, seed, upload_verified
 TAG = "loraops."
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 HEX64 = re.compile(r"[0-9a-f]{64}")
+SPECTRUM = TAG + "spectrum."  # version tags from the low-rank analysis
 
 
 class AdapterRegistry:
@@ -97,9 +98,12 @@ class AdapterRegistry:
     # ---- adapter versions --------------------------------------------------------------------
     def register(self, task: str, adapter_dir: str | Path, base: BaseRecord, dataset_fingerprint: str,
                  metrics: dict[str, float], merged_dir: str | Path | None = None, run_id: str | None = None,
-                 description: str = "", input_example: list[str] | None = None) -> VersionRecord:
+                 description: str = "", input_example: list[str] | None = None,
+                 spectrum: dict[str, float] | None = None) -> VersionRecord:
         """A new version of `task`, an MLflow Model (mlflow_model.py) whose weights and manifests are logged to the
-        run; lineage in tags; alias `candidate`. `input_example`: texts the model's input example shows."""
+        run; lineage in tags; alias `candidate`. `input_example`: texts the model's input example shows.
+        `spectrum`: numbers from the low-rank analysis (rank_at_95, elbow, ...), one version tag each, so the UI
+        sorts and filters by them."""
         check_task_name(task)
         lora = _read_adapter_config(Path(adapter_dir))
         if merged_dir is not None:
@@ -107,8 +111,11 @@ class AdapterRegistry:
         if not HEX64.fullmatch(dataset_fingerprint):
             raise RegistryError(f"dataset fingerprint {dataset_fingerprint!r} is not a sha256 hex digest; pass the digest of the data")
         bad = [k for k, v in metrics.items() if not isinstance(v, (int, float)) or not math.isfinite(v)]
+        spectrum = spectrum or {}
+        bad = [k for k, v in {**metrics, **spectrum}.items() if not isinstance(v, (int, float)) or not math.isfinite(v)]
         if bad:
-            raise RegistryError(f"metric {bad[0]!r} = {metrics[bad[0]]!r} is not a finite number; fix the evaluation")
+            value = {**metrics, **spectrum}[bad[0]]
+            raise RegistryError(f"metric {bad[0]!r} = {value!r} is not a finite number; fix the evaluation")
         folders = {"adapter": Path(adapter_dir)} | ({"merged": Path(merged_dir)} if merged_dir else {})
         manifests = {mode: Manifest(task=task, mode=mode, base_fingerprint=base.fingerprint, files=scan_folder(folder, self.digests))
                      for mode, folder in folders.items()}
@@ -134,6 +141,7 @@ class AdapterRegistry:
                 TAG + "metrics": json.dumps(metrics, sort_keys=True), TAG + "manifest.sha256": manifests["adapter"].digest}
         if "merged" in manifests:
             tags[TAG + "merged.manifest.sha256"] = manifests["merged"].digest
+        tags |= {f"{SPECTRUM}{key}": f"{value:g}" for key, value in spectrum.items()}
         self._ensure_model(task, {TAG + "kind": "task"})
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         version = int(self.client.create_model_version(task, f"{artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=tags,
@@ -358,7 +366,8 @@ class AdapterRegistry:
             created=datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
             artifacts={mode: f"{artifact_root}/{mode}" for mode in manifests},
             manifests=manifests,
-            promoted={mode: tags[f"{TAG}promoted.{mode}"] for mode in MODES if f"{TAG}promoted.{mode}" in tags})
+            promoted={mode: tags[f"{TAG}promoted.{mode}"] for mode in MODES if f"{TAG}promoted.{mode}" in tags},
+            spectrum={k.removeprefix(SPECTRUM): float(v) for k, v in tags.items() if k.startswith(SPECTRUM)})
 
 
 def _quote(value: str) -> str:

@@ -35,6 +35,7 @@ class VersionRecord(BaseModel):
     artifacts: dict[str, str]   # mode -> MLflow artifact URI
     manifests: dict[str, str]   # mode -> content digest
     promoted: dict[str, str]    # mode -> promoted folder URI
+    spectrum: dict[str, float] = {}  # rank_at_90/95/99, elbow, effective_rank, amplification (low-rank analysis)
 
 
 class HistoryEvent(BaseModel):

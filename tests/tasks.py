@@ -51,7 +51,8 @@ def write_task(folder: Path, name: str, base: Path, data: Path, causal: bool = F
         "task": name,
         "type": "causal-lm" if causal else "classification",
         "base": {"model": str(base)},
-        "data": {"path": str(data)},
+        # no validation split unless a test asks: slices of a few hundred rows leave one too small to pick a pass on
+        "data": {"path": str(data), "validation_fraction": 0},
         "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"] if causal else ["query", "value"],
                  "modules_to_save": [] if causal else ["classifier"]},
         "training": {"max_steps": 30, "batch_size": 16, "lr": 2e-2, "max_length": 32, "checkpoint_every": 10,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from pipelines.serving import AdapterSwitcher
 from registry import AdapterRegistry, BaseMismatchError
@@ -86,6 +87,50 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
     again = train_adapter(str(path), return_state=True)
     assert task_runs(again.state_details.flow_run_id)["train"] == "Cached"
     assert again.result()["version"] == 1 and [r.version for r in registry.list_versions("sections")] == [1]
+
+
+def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home, tmp_path):
+    """task, type, data and nothing else: the default base, targets by architecture, the head, a validation split
+    with its curve in MLflow, the best pass registered, promoted as an adapter."""
+    import yaml
+    from pipelines.flows import train_adapter
+    path = tmp_path / "minimal.yaml"
+    path.write_text(yaml.safe_dump({"task": "minimal", "type": "classification",
+                                    "data": {"path": str(data_slice(tmp_path, 120))}}))
+    result = train_adapter(str(path))
+    assert result["evaluation"]["passed"] and result["promotion"]["mode"] == "adapter"
+    registry = AdapterRegistry()
+    record = registry.resolve("minimal")
+    assert record.version == 1 and record.base_name == "sentence-transformers/all-MiniLM-L6-v2"
+    adapter = registry.fetch("minimal", 1)
+    targets = json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
+    assert {t.rsplit(".", 1)[-1] for t in targets} == {"query", "key", "value", "dense"}
+    assert any(".classifier." in k for k in load_file(adapter / "adapter_model.safetensors"))
+    trained = result["trained"]
+    history = registry.client.get_metric_history(result["run_id"], "val_loss")
+    assert len(history) >= 2 and trained["best_step"] in {m.step for m in history}
+    accuracy = registry.client.get_metric_history(result["run_id"], "val_accuracy")
+    assert max(m.value for m in accuracy) == trained["best_validation"]["accuracy"]  # picked on the gate's metric
+    assert {m.step: m.value for m in history}[trained["best_step"]] == pytest.approx(trained["best_validation"]["loss"])
+    assert (home / "promoted" / "minimal" / "v1" / "adapter" / "manifest.json").exists()
+
+
+def test_auto_rank_is_recorded_on_the_version_it_ships(prefect_server, bases, home, tmp_path):
+    from pipelines.flows import train_adapter
+    path = write_task(tmp_path, "ranked", bases["bert"], data_slice(tmp_path, 120), training__max_steps=20,
+                      lora={"r": 8, "alpha": 16, "target_modules": ["query", "value"]},
+                      gate={"metric": "accuracy", "min_gain_over_base": -1.0},
+                      promotion={"mode": "merged", "rank": "auto", "rank_tolerance": 1.0})
+    result = train_adapter(str(path))
+    ranking = result["ranking"]
+    assert ranking["shipped"] and ranking["rank"] < 8  # 20 steps of r=8 leave most of |dW|^2 in a few directions
+    record = AdapterRegistry().resolve("ranked")
+    assert record.lora["r"] == ranking["rank"] and record.spectrum["shipped_rank"] == ranking["rank"]
+    assert record.spectrum["trained_rank"] == 8 and record.spectrum["rank_at_95"] == ranking["rank"]
+    assert record.spectrum["compressed_bytes_saved"] == ranking["bytes_saved"] > 0
+    description = AdapterRegistry().client.get_model_version("ranked", str(record.version)).description
+    assert description == f"gate passed; rank: {ranking['reason']}"
+    assert (home / "promoted" / "ranked" / "v1" / "merged" / "manifest.json").exists()
 
 
 def test_the_gate_blocks_an_adapter_worse_than_production(prefect_server, bases, home, tmp_path):

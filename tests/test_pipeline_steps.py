@@ -26,15 +26,29 @@ def bert_base(tmp_path_factory):
     ("- a list", "a task file is a YAML mapping"),
     ("task: Bad_Name\ntype: classification\ndata: {path: x.jsonl}\nlora: {target_modules: [query]}\ntraining: {max_steps: 1}",
      "task: task name 'Bad_Name' is not a slug"),
-    ("task: t\ntype: classification\ndata: {path: x.jsonl}\nlora: {target_modules: [query]}", "training: required field is missing"),
+    ("task: t\ntype: classification\nlora: {target_modules: [query]}", "data: required field is missing"),
     ("task: t\ntype: classification\ndata: {path: x.jsonl}\nlora: {target_modules: [query], rank: 4}\ntraining: {max_steps: 1}",
      "lora.rank: unknown field"),
     ("task: t\ntype: classification\ndata: {path: x.jsonl}\nlora: {target_modules: [query]}\ntraining: {max_steps: 1, epochs: 2}",
-     "training: give exactly one of training.max_steps or training.epochs"),
+     "training: give one of training.max_steps or training.epochs, not both"),
     ("task: t\ntype: classification\ndata: {path: x.jsonl}\nlora: {target_modules: [query], r: 0}\ntraining: {max_steps: 1}",
      "lora.r: r=0: the rank must be a positive integer"),
-    ("task: t\ntype: causal-lm\ndata: {path: x.jsonl}\nlora: {target_modules: [c_attn]}\ntraining: {max_steps: 1}",
+    ("task: t\ntype: causal-lm\ndata: {path: x.jsonl}\ngate: {metric: accuracy}",
      "gate.metric 'accuracy' does not apply to causal-lm"),
+    ("task: t\ntype: classification\ndata: {path: x.jsonl}\ntraining: {best_metric: perplexity}",
+     "training.best_metric 'perplexity' does not apply to classification; use one of loss, accuracy, macro_f1"),
+    ("task: t\ntype: classification\ndata: {path: x.jsonl}\ntraining: {packing: true}",
+     "training.packing applies to causal-lm tasks only"),
+    ("task: t\ntype: classification\ndata: {path: x.jsonl, validation_fraction: 0}\ntraining: {patience: 2}",
+     "training.patience and eval_every need a validation split"),
+    ("task: t\ntype: classification\ndata: {path: x.jsonl, validation_fraction: 1}",
+     "data.validation_fraction: Input should be less than 1"),
+    ("task: t\ntype: classification\ndata: {path: x.jsonl}\nlora: {lr_ratio: 0}",
+     "lora.lr_ratio: Input should be greater than 0"),
+    ("task: t\ntype: classification\ndata: {path: x.jsonl}\ntraining: {eval_every: 0}",
+     "training.eval_every: Input should be greater than 0"),
+    ("task: t\ntype: classification\ndata: {path: x.jsonl}\ntraining: {patience: -1}",
+     "training.patience: Input should be greater than 0"),
 ])
 def test_bad_task_files_name_the_field_and_the_fix(tmp_path, text, message):
     path = tmp_path / "task.yaml"
@@ -154,8 +168,9 @@ steps.train_adapter(load_spec(spec_path), json.loads(prepared), Path(base), Path
 
 
 def test_a_run_killed_mid_training_resumes_to_the_same_adapter(tmp_path, bert_base):
-    path = write_task(tmp_path, "resume", bert_base, data_slice(tmp_path, 120),
-                      training__max_steps=12, training__checkpoint_every=5)
+    # with validation every 3 steps: the best weights so far and the passes made resume too
+    path = write_task(tmp_path, "resume", bert_base, data_slice(tmp_path, 120), data__validation_fraction=0.2,
+                      training__max_steps=12, training__checkpoint_every=5, training__eval_every=3)
     spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp_path / "work")
     reference = steps.train_adapter(spec, prepared, bert_base, tmp_path / "uninterrupted")

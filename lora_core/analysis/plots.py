@@ -69,6 +69,20 @@ def plot_similarity(grid: torch.Tensor, path: str | Path, title: str = "subspace
     return _save(fig, path)
 
 
+def plot_task_map(phi: list[list[float]], names: list[str], path: str | Path, title: str) -> Path:
+    """Heatmap of one similarity per pair of adapters (tasks x tasks, values in [0, 1])."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.0 * len(names) + 2))
+    image = ax.imshow(torch.tensor(phi).numpy(), vmin=0, vmax=1, cmap="viridis")
+    fig.colorbar(image, ax=ax, label="φ")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i, row in enumerate(phi):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
 def _short(module: str) -> str:
     parts = module.split(".")
     numbers = [p for p in parts if p.isdigit()]

@@ -9,14 +9,21 @@ from ..tables import render_table
 
 
 def versions_table(records: list[VersionRecord]) -> str:
-    rows = [("task", "version", "aliases", "base", "base fp", "dataset fp", "r", "metrics", "promoted", "created")]
+    # r@95: the rank that keeps 95% of |dW|^2 in every module (the low-rank analysis at registration)
+    rows = [("task", "version", "aliases", "base", "base fp", "dataset fp", "r", "r@95", "metrics", "promoted",
+             "created")]
     for r in records:
         metrics = " ".join(f"{k.removeprefix('adapter_')}={v:.3f}" for k, v in sorted(r.metrics.items())
                            if k.startswith("adapter_") or "_" not in k)
         rows.append((r.task, str(r.version), ",".join(r.aliases) or "-", r.base_name, r.base_fingerprint[:12],
-                     r.dataset_fingerprint[:12], str(r.lora["r"]), metrics or "-", ",".join(sorted(r.promoted)) or "-",
-                     r.created))
+                     r.dataset_fingerprint[:12], str(r.lora["r"]), effective_rank(r), metrics or "-",
+                     ",".join(sorted(r.promoted)) or "-", r.created))
     return render_table(rows) if records else "no adapter versions registered"
+
+
+def effective_rank(record: VersionRecord) -> str:
+    rank = record.spectrum.get("rank_at_95")
+    return "-" if rank is None else f"{rank:g}"
 
 
 def history_table(events) -> str:

@@ -89,11 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registry_commands(commands) -> None:
     adapters = commands.add_parser("adapters", help="look adapters up in the registry")
-    adapters.add_argument("action", choices=["list", "show", "lineage", "history", "fetch", "serve-config"])
-    adapters.add_argument("ref", nargs="?", help="TASK, or TASK@alias / TASK:version for show and fetch; "
+    adapters.add_argument("action", choices=["list", "show", "lineage", "history", "fetch", "serve-config", "compare",
+                                             "map"])
+    adapters.add_argument("ref", nargs="?", help="TASK, or TASK@alias / TASK:version for show, fetch and compare; "
                           "serve-config: one task (default all in production)")
+    adapters.add_argument("other", nargs="?", help="compare: the second TASK@alias / TASK:version")
+    adapters.add_argument("--out", help="map: folder for map.json and map.png")
     adapters.add_argument("--task", help="list: only this task")
-    adapters.add_argument("--base", help="list, serve-config: only adapters on this base (name or fingerprint prefix)")
+    adapters.add_argument("--base", help="list, serve-config, map: only adapters on this base (name or fingerprint "
+                          "prefix)")
     adapters.add_argument("--engine", choices=ENGINES[1:], default="vllm", help="serve-config: the serving engine")
     adapters.add_argument("--lora-dir", default="./loras",
                           help="serve-config: where the engine host keeps adapters fetched from S3 (default ./loras)")
@@ -151,11 +155,17 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.command in ("adapters", "promote", "rollback"):
         from . import adapters as registry_commands
-        if args.command == "adapters" and args.action not in ("list", "serve-config") and not args.ref:
+        if args.command == "adapters" and args.action not in ("list", "serve-config", "map") and not args.ref:
             raise RegistryError(f"adapters {args.action} needs a task; e.g. loraops adapters {args.action} my-task")
         if args.command == "adapters" and args.action == "serve-config":
             from .serve_config import serve_config
             serve_config(args)
+        elif args.command == "adapters" and args.action == "compare":
+            from .compare import compare
+            compare(args)
+        elif args.command == "adapters" and args.action == "map":
+            from .compare import task_map
+            task_map(args)
         else:
             getattr(registry_commands, args.command)(args)
         return

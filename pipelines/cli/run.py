@@ -49,7 +49,9 @@ def run_flow(path: str) -> dict:
 def report(result: dict, spec, print_=print) -> dict:
     e, t = result["evaluation"], result["trained"]
     metric = spec.gate.metric
-    print_(f"{result['task']}: v{result['version']} trained {t['steps']} steps in {t['seconds']:.0f}s; "
+    chosen = f" (kept step {t['best_step']} by validation{', stopped early' if t['stopped_early'] else ''})" \
+        if t.get("best_validation") else ""
+    print_(f"{result['task']}: v{result['version']} trained {t['steps']} steps in {t['seconds']:.0f}s{chosen}; "
            f"{metric} base {e['base'][metric]:.3f} -> adapter {e['adapter'][metric]:.3f} "
            f"(merged {e['merged'][metric]:.3f}, gap {e['merge_gap']:.1e}); "
            f"rank for 95% of |dW|^2: {result['analysis']['recommended_rank']['95']} of r={result['analysis']['r']}")
