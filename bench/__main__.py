@@ -56,8 +56,9 @@ def full_run(rows: list[dict]) -> str:
 
 def report(rows: list[dict], failures: list[str], quick: bool) -> str:
     lines = [f"# Benchmarks ({'quick' if quick else 'full'} mode)", "",
-             f"Run {full_run(rows)} with `python -m bench{' --quick' if quick else ''}` "
-             f"on: {machine()}.", "",
+             f"Run {full_run(rows)} with `python -m bench{' --quick' if quick else ''}`"
+             + (f"; the rows marked re-run were measured later with --only, on: {machine()}."
+                if any(r.get("ran", ran) != full_run(rows) for r in rows) else f" on: {machine()}."), "",
              "Each case runs loraops and its anchor in the same run on the same inputs, repeats interleaved, medians; "
              "ratio = loraops / anchor (for bytes/s higher is better, for everything else lower is better).", "",
              "| case | loraops | anchor | ratio | target | notes |", "|---|---|---|---|---|---|"]

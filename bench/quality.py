@@ -8,7 +8,7 @@ Each (task, seed, method) trains in a fresh process (its peak RSS is its own) on
 - PEFT: `peft.get_peft_model` with r=8, alpha=16, dropout 0.1 on query/value, the head in modules_to_save (PEFT's
   sequence-classification recipe), AdamW lr 1e-3, last step kept;
 - full fine-tuning: every weight trains, AdamW lr FULL_LR, last step kept.
-All three get the same budget: loraops's default number of epochs (early stopping may end loraops sooner).
+All three get the same budget: loraops's default number of epochs.
 PEFT and full fine-tuning select nothing, so they hold nothing out: they train on loraops's train and validation
 splits together (more data than loraops trains on).
 All three use the same training loop, batches (length-grouped, batch 16, 64 tokens), warm-up/decay schedule and the
@@ -110,7 +110,7 @@ def report(summary: dict, seeds: int, quick: bool, settings: list[str] = ()) -> 
              f"`python -m bench.quality{' --quick' if quick else ''} --seeds {seeds}"
              f"{''.join(f' --set {s}' for s in settings)}` on: {machine()}.", "",
              "Minimal task file (task, type, data) vs PEFT LoRA (r=8, alpha=16, query/value + head, lr 1e-3) vs full "
-             f"fine-tuning (lr {FULL_LR:g}), same splits, batches and epochs (loraops may stop early); mean ± std over "
+             f"fine-tuning (lr {FULL_LR:.0e}), same splits, batches and epochs; mean ± std over "
              f"{seeds} seed(s); train time, peak RSS and steps are medians. "
              "Targets: loraops >= full fine-tuning - 1 point and >= PEFT; train time <= 1.1x PEFT; peak <= PEFT.", "",
              "| task | method | test accuracy | macro-F1 | train time | peak RSS | steps |",
