@@ -8,7 +8,7 @@ Per module the tables give φ(1, 1) (the top direction) and φ(k, k) at k = min(
 import json
 from pathlib import Path
 
-from lora_core.analysis import subspace_similarity
+from lora_core.analysis import read_adapter, subspace_similarity
 from registry import AdapterRegistry, RegistryError, VersionRecord
 from registry.names import split_ref
 
@@ -23,10 +23,16 @@ def same_base(first: VersionRecord, second: VersionRecord) -> None:
                             f"on one base")
 
 
-def module_phi(registry: AdapterRegistry, first: VersionRecord, second: VersionRecord) -> dict[str, dict]:
-    """{module: {phi_1_1, phi_k_k, k}} over the modules both adapters adapt."""
+def module_phi(registry: AdapterRegistry, first: VersionRecord, second: VersionRecord,
+               loaded: dict | None = None) -> dict[str, dict]:
+    """{module: {phi_1_1, phi_k_k, k}} over the modules both adapters adapt. `loaded`: adapters already read, by
+    (task, version), so a map fetches and reads each once."""
     same_base(first, second)
-    grids = subspace_similarity(registry.fetch(first.task, first.version), registry.fetch(second.task, second.version))
+    loaded = {} if loaded is None else loaded
+    for r in (first, second):
+        if (r.task, r.version) not in loaded:
+            loaded[r.task, r.version] = read_adapter(registry.fetch(r.task, r.version))
+    grids = subspace_similarity(loaded[first.task, first.version], loaded[second.task, second.version])
     return {module: {"phi_1_1": float(grid[0, 0]), "phi_k_k": float(grid[min(grid.shape) - 1, min(grid.shape) - 1]),
                      "k": min(grid.shape)} for module, grid in grids.items()}
 
@@ -76,9 +82,10 @@ def task_map(args, print_=print) -> dict:
                             f"(see loraops adapters list --base {args.base})")
     names = [r.task for r in records]
     phi = [[1.0 if i == j else None for j in range(len(records))] for i in range(len(records))]
+    loaded: dict = {}
     for i, first in enumerate(records):
         for j in range(i + 1, len(records)):
-            phi[i][j] = phi[j][i] = mean(module_phi(registry, first, records[j]), "phi_k_k")
+            phi[i][j] = phi[j][i] = mean(module_phi(registry, first, records[j], loaded), "phi_k_k")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"base": records[0].base_name, "base_fingerprint": records[0].base_fingerprint,
