@@ -10,6 +10,15 @@ from transformers import (BertConfig, BertForSequenceClassification, GPT2Config,
 from lora_core.inject import lora_layers
 
 transformers.logging.set_verbosity_error()
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items):
+    """Each test carries its tier's marker, from its folder: `pytest -m unit` is the inner loop."""
+    for item in items:
+        tier = next((part for part in item.path.parts if part in TIERS), None)
+        if tier:
+            item.add_marker(tier)
 VOCAB = 64
 
 

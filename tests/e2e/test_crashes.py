@@ -17,7 +17,7 @@ from registry import AdapterRegistry, RegistrySettings
 from tasks import data_slice, tiny_base, write_task
 
 BIN = Path(sys.executable).parent
-CRASH = Path(__file__).with_name("crash_at.py")
+CRASH = Path(__file__).parents[1] / "crash_at.py"
 
 
 @pytest.fixture(scope="module")

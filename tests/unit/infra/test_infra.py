@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-INFRA = Path(__file__).resolve().parent.parent / "infra"
+INFRA = Path(__file__).resolve().parents[3] / "infra"
 COMPOSE = yaml.safe_load((INFRA / "compose.yaml").read_text())
 STACK = (INFRA / "stack.sh").read_text()
 # stack.sh service -> the compose service that plays its part

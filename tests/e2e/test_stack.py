@@ -16,7 +16,7 @@ import pytest
 from servers import free_port, postgres_bin
 from tasks import data_slice, tiny_base, write_task
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STACK_SH = REPO / "infra" / "stack.sh"
 BIN = Path(sys.executable).parent
 
