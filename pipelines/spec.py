@@ -19,21 +19,26 @@ class Strict(BaseModel):
 
 
 class BaseSpec(Strict):
-    model: str = Field("default", description="Hugging Face id, a local folder, or 'default' (offline all-MiniLM-L6-v2)")
-    revision: str | None = None
-    load_in_4bit: bool = Field(False, description="QLoRA: the frozen base in 4-bit NF4 through bitsandbytes (CUDA only)")
+    model: str = Field("default", description="Hugging Face id, a local folder, or 'default' (offline "
+                       "all-MiniLM-L6-v2)")
+    revision: str | None = Field(None, description="a Hugging Face revision (branch, tag or commit) of `model`; "
+                                 "null = the default branch")
+    load_in_4bit: bool = Field(False, description="QLoRA: the frozen base in 4-bit NF4 through bitsandbytes "
+                               "(CUDA only)")
 
 
 class DataSpec(Strict):
     path: str = Field(description="JSONL, CSV or Parquet; local path (relative to the task file) or s3://")
     test_path: str | None = Field(None, description="a separate held-out file; else a hash split of `path`")
-    test_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share held out for the test split (by a hash of the "
+                                 "text) when there is no test_path")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="carved from the training data (never the test "
                                        "split) to choose the best checkpoint and stop early; 0 = none")
-    text_field: str = "text"
-    label_field: str = "label"
-    prompt_field: str = "prompt"
-    completion_field: str = "completion"
+    text_field: str = Field("text", description="classification: the column holding the text")
+    label_field: str = Field("label", description="classification: the column holding the label")
+    prompt_field: str = Field("prompt", description="causal LM: the column holding the prompt")
+    completion_field: str = Field("completion", description="causal LM: the column holding the completion, the "
+                                  "only tokens the loss counts")
 
 
 class LoraSpec(LoraConfig):
@@ -50,16 +55,20 @@ BEST_METRICS = {"classification": ("loss", "accuracy", "macro_f1"), "causal-lm":
 
 
 class TrainingSpec(Strict):
-    max_steps: int | None = Field(None, gt=0)
-    epochs: float | None = Field(None, gt=0, description="default 6 when neither epochs nor max_steps is given")
-    batch_size: int = Field(16, gt=0)
-    grad_accumulation: int = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps to train; give this or epochs, not both")
+    epochs: float | None = Field(None, gt=0, description="passes over the training split; default 6 when neither "
+                                 "epochs nor max_steps is given")
+    batch_size: int = Field(16, gt=0, description="examples (causal LM with packing: rows) per batch and process")
+    grad_accumulation: int = Field(1, gt=0, description="batches whose gradients add up to one optimizer step")
     lr: float = Field(2e-3, gt=0, description="AdamW; LoRA wants about 10x the rate of full fine-tuning")
-    warmup_fraction: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(64, gt=0)
-    seed: int = 0
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of the steps over which the learning rate "
+                                   "rises linearly from 0; it then decays linearly to 0")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the trained parameters")
+    max_length: int = Field(64, gt=0, description="tokens per example; longer texts are truncated (causal LM: the "
+                            "prompt loses its start, never the completion)")
+    seed: int = Field(0, description="seeds torch (fresh weights such as the head) and the batch order of each epoch")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = CUDA when a GPU is visible, else CPU; "
+                                                   "cuda without a GPU is refused before any work")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between resumable checkpoints")
     nproc: int = Field(1, gt=0, description="processes per node under torchrun (DDP), one per GPU; 1 = no DDP")
@@ -101,7 +110,8 @@ class GateSpec(Strict):
 
 
 class PromotionSpec(Strict):
-    mode: Literal["adapter", "merged"] = "adapter"
+    mode: Literal["adapter", "merged"] = Field("adapter", description="what ships: the adapter alone, or the base with "
+                                              "the adapter merged in (a plain model)")
     target: str | None = Field(None, description="s3://bucket/prefix or a folder; default $LORAOPS_PROMOTION_TARGET")
     auto: bool = Field(True, description="promote when the gate passes")
     serve_with: Literal["any", "vllm", "lorax", "tgi"] = Field(
@@ -122,15 +132,18 @@ class PromotionSpec(Strict):
 
 
 class TaskSpec(Strict):
-    task: str
-    type: Literal["classification", "causal-lm"]
-    base: BaseSpec = BaseSpec()
-    data: DataSpec
-    lora: LoraSpec = LoraSpec()
-    training: TrainingSpec = TrainingSpec()
-    gate: GateSpec = GateSpec()
-    promotion: PromotionSpec = PromotionSpec()
-    source: Path | None = Field(None, exclude=True)  # the YAML file, for relative data paths
+    task: str = Field(description="the task's name, a slug (1-63 lower-case letters, digits, '-'): its registered "
+                      "model in MLflow and its prefix in the promotion target")
+    type: Literal["classification", "causal-lm"] = Field(description="classification (text -> label) or causal-lm "
+                                                         "(prompt -> completion)")
+    base: BaseSpec = Field(BaseSpec(), description="the shared base model the adapter trains on")
+    data: DataSpec = Field(description="where the examples are and which columns to read")
+    lora: LoraSpec = Field(LoraSpec(), description="the adapter: rank, scale, target modules, initialisation")
+    training: TrainingSpec = Field(TrainingSpec(), description="how long and how the adapter trains")
+    gate: GateSpec = Field(GateSpec(), description="what the adapter must achieve to be promoted")
+    promotion: PromotionSpec = Field(PromotionSpec(), description="what ships, where, and for which serving engine")
+    source: Path | None = Field(None, exclude=True, description="the YAML file, for relative data paths; set by "
+                                "load_spec, not written in a task file")
 
     @field_validator("task")
     @classmethod
