@@ -13,6 +13,7 @@ import argparse
 import ast
 import inspect
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
-from markdown.extensions.toc import slugify
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -56,7 +56,7 @@ def task_reference() -> str:
         parts += ["| field | type | default | description |", "|---|---|---|---|"]
         for name, field in task_fields(model):
             if _model(field.annotation) is not None:
-                anchor = slugify(f"{path}.{name}" if path else name, "-")
+                anchor = _anchor(f"{path}.{name}" if path else name)
                 kind, default = f"[section](#{anchor})", f"[below](#{anchor})"
             else:
                 kind, default = f"`{_type_text(field.annotation)}`", _default(field)
@@ -113,6 +113,11 @@ def _docstrings(model: type[BaseModel]) -> list[str]:
         if doc and cls.__module__.split(".")[0] in ("pipelines", "lora_core", "registry"):
             docs += [f"*{cls.__module__}.{cls.__qualname__}*:", "", inspect.cleandoc(doc), ""]
     return docs
+
+
+def _anchor(heading: str) -> str:
+    """The id Python-Markdown's toc gives a heading (its slugify, for ASCII): lower case, dots dropped."""
+    return re.sub(r"[-\s]+", "-", re.sub(r"[^\w\s-]", "", heading).strip().lower())
 
 
 def _type_text(annotation) -> str:
