@@ -1,7 +1,7 @@
 """lora_core: LoRA for PyTorch models — inject, train, merge, switch, save in PEFT's format.
 
-    from lora_core import LoraConfig, inject, merge_and_unload, save_adapter
-    inject(model, LoraConfig(r=8, alpha=16, target_modules=["query", "value"]))
+from lora_core import LoraConfig, inject, merge_and_unload, save_adapter
+inject(model, LoraConfig(r=8, alpha=16, target_modules=["query", "value"]))
 """
 
 from .config import LoraConfig
@@ -11,7 +11,21 @@ from .merge import merge, merge_and_unload, unmerge
 from .peft_format import load_adapter, read_adapter_config, save_adapter
 
 __all__ = [
-    "AdapterMismatchError", "LoraConfig", "LoraError", "MergeError", "TargetError", "UnsafeFormatError",
-    "active_adapter", "count_parameters", "delete_adapter", "inject", "load_adapter", "merge",
-    "merge_and_unload", "read_adapter_config", "save_adapter", "set_active_adapter", "unmerge",
+    "AdapterMismatchError",
+    "LoraConfig",
+    "LoraError",
+    "MergeError",
+    "TargetError",
+    "UnsafeFormatError",
+    "active_adapter",
+    "count_parameters",
+    "delete_adapter",
+    "inject",
+    "load_adapter",
+    "merge",
+    "merge_and_unload",
+    "read_adapter_config",
+    "save_adapter",
+    "set_active_adapter",
+    "unmerge",
 ]

@@ -12,12 +12,13 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .layer import add_delta_, check_delta
 from .errors import AdapterMismatchError, MergeError, WeightFileError
-from .peft_format import PICKLE_FILES, PREFIX, read_adapter_tensors, read_peft_config, lora_config_from_peft
+from .layer import add_delta_, check_delta
+from .peft_format import PICKLE_FILES, PREFIX, lora_config_from_peft, read_adapter_tensors, read_peft_config
 from .safetensors_io import DTYPE_NAMES, DTYPES, SafetensorsWriter, TensorEntry, read_header, read_tensor
 from .scratch import scratch_dir
 
@@ -29,9 +30,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 class MergeReport:
     out_dir: str
     shards: list[str]
-    merged: list[str] = field(default_factory=list)   # weights W0 + s·B·A
+    merged: list[str] = field(default_factory=list)  # weights W0 + s·B·A
     replaced: list[str] = field(default_factory=list)  # modules_to_save tensors written over the base's
-    added: list[str] = field(default_factory=list)     # modules_to_save tensors the base lacks (e.g. a new head)
+    added: list[str] = field(default_factory=list)  # modules_to_save tensors the base lacks (e.g. a new head)
     prefix: str = ""  # prepended to the base's tensor names (a bare base under a task model's wrapper)
     bytes: int = 0
 
@@ -51,9 +52,17 @@ def base_shards(base_dir: Path) -> list[Path]:
         return [base_dir / n for n in names]
     files = sorted(base_dir.glob("*.safetensors"))
     if not files:
-        pickles = [p.name for p in base_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth")] if base_dir.is_dir() else []
-        hint = f" (found {pickles[0]}: pickle weights are not read, re-save with safe_serialization=True)" if pickles else ""
-        raise WeightFileError(f"{base_dir}: no *.safetensors weights{hint}; point at a model folder saved by save_pretrained")
+        pickles = (
+            [p.name for p in base_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth")] if base_dir.is_dir() else []
+        )
+        hint = (
+            f" (found {pickles[0]}: pickle weights are not read, re-save with safe_serialization=True)"
+            if pickles
+            else ""
+        )
+        raise WeightFileError(
+            f"{base_dir}: no *.safetensors weights{hint}; point at a model folder saved by save_pretrained"
+        )
     return files
 
 
@@ -68,9 +77,11 @@ def _updates(adapter_dir: Path) -> tuple[dict[str, _Update], dict[str, torch.Ten
             path = key.removeprefix(PREFIX).removesuffix(".lora_A.weight")
             b = tensors.get(f"{PREFIX}{path}.lora_B.weight")
             if b is None or b.shape[1] != value.shape[0] or value.shape[0] != config.rank_for(path):
-                raise AdapterMismatchError(f"{adapter_dir}: {path} has lora_A {tuple(value.shape)} and lora_B "
-                                           f"{None if b is None else tuple(b.shape)}, not rank {config.rank_for(path)}; "
-                                           "the adapter is damaged, re-save it")
+                raise AdapterMismatchError(
+                    f"{adapter_dir}: {path} has lora_A {tuple(value.shape)} and lora_B "
+                    f"{None if b is None else tuple(b.shape)}, not rank {config.rank_for(path)}; "
+                    "the adapter is damaged, re-save it"
+                )
             updates[path] = _Update(value.float(), b.float(), config.scaling_for(path))
         elif not key.endswith(".lora_B.weight"):
             saved[key.removeprefix(PREFIX)] = value
@@ -88,22 +99,27 @@ def _prefix(paths: list[str], names: set[str]) -> str:
     if len(heads) == 1 and all("." in p and f"{p.split('.', 1)[1]}.weight" in names for p in paths):
         return heads.pop() + "."
     missing = sorted(p for p in paths if f"{p}.weight" not in names)
-    raise AdapterMismatchError(f"the base has no weight for adapted module(s) {', '.join(missing[:4])}"
-                               f"{' and more' if len(missing) > 4 else ''}; merge onto the base the adapter was trained on")
+    raise AdapterMismatchError(
+        f"the base has no weight for adapted module(s) {', '.join(missing[:4])}"
+        f"{' and more' if len(missing) > 4 else ''}; merge onto the base the adapter was trained on"
+    )
 
 
 def _check_shape(path: str, entry: TensorEntry, update: _Update, fan_in_fan_out: bool) -> None:
     expected = (update.b.shape[0], update.a.shape[1])
     expected = expected[::-1] if fan_in_fan_out else expected
     if entry.shape != expected:
-        raise AdapterMismatchError(f"{path}: base weight is {list(entry.shape)} but the adapter makes {list(expected)}; "
-                                   "merge onto the base the adapter was trained on")
+        raise AdapterMismatchError(
+            f"{path}: base weight is {list(entry.shape)} but the adapter makes {list(expected)}; "
+            "merge onto the base the adapter was trained on"
+        )
     if not entry.dtype.startswith(("F", "BF")):
         raise AdapterMismatchError(f"{path}: base weight is {entry.dtype}; a LoRA update needs a floating-point weight")
 
 
-def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path,
-                     config_updates: dict | None = None) -> MergeReport:
+def merge_checkpoint(
+    base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path, config_updates: dict[str, Any] | None = None
+) -> MergeReport:
     """Write base + adapter as a plain model in `out_dir`: shards named and split like the base, same dtype,
     config (with `config_updates`), tokenizer and other small files copied. Every check runs before a byte is written.
 
@@ -130,10 +146,13 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
     # Written beside the destination and renamed into place: a crash never leaves a half-merged model under out_dir.
     tmp = scratch_dir(out_dir.parent, f".{out_dir.name}.partial-")  # and what a killed merge left is removed
     try:
-        weight_map, last = {}, list(shards)[-1]
+        weight_map: dict[str, str] = {}
+        last = list(shards)[-1]
         for shard, (entries, metadata) in shards.items():
             extra = report.added if shard == last else []
-            _write_shard(shard, tmp / shard.name, entries, metadata, prefix, updates, saved, extra, fan_in_fan_out, report)
+            _write_shard(
+                shard, tmp / shard.name, entries, metadata, prefix, updates, saved, extra, fan_in_fan_out, report
+            )
             weight_map |= {prefix + n: shard.name for n in entries} | {n: shard.name for n in extra}
         _copy_side_files(base_dir, tmp, config_updates)
         if (base_dir / INDEX_FILE).is_file():
@@ -149,12 +168,23 @@ def merge_checkpoint(base_dir: str | Path, adapter_dir: str | Path, out_dir: str
     return report
 
 
-def _write_shard(source: Path, dest: Path, entries: dict[str, TensorEntry], metadata: dict, prefix: str,
-                 updates: dict[str, _Update], saved: dict[str, torch.Tensor], extra: list[str], fan_in_fan_out: bool,
-                 report: MergeReport) -> None:
+def _write_shard(
+    source: Path,
+    dest: Path,
+    entries: dict[str, TensorEntry],
+    metadata: dict[str, str],
+    prefix: str,
+    updates: dict[str, _Update],
+    saved: dict[str, torch.Tensor],
+    extra: list[str],
+    fan_in_fan_out: bool,
+    report: MergeReport,
+) -> None:
     ordered = sorted(entries.values(), key=lambda e: e.start)  # read the base front to back
-    layout = [(prefix + e.name, e.dtype, tuple(saved[prefix + e.name].shape) if prefix + e.name in saved else e.shape)
-              for e in ordered]
+    layout = [
+        (prefix + e.name, e.dtype, tuple(saved[prefix + e.name].shape) if prefix + e.name in saved else e.shape)
+        for e in ordered
+    ]
     layout += [(n, DTYPE_NAMES[saved[n].dtype], tuple(saved[n].shape)) for n in extra]
     with open(source, "rb") as f, SafetensorsWriter(dest, layout, metadata or {"format": "pt"}) as out:
         for entry in ordered:
@@ -174,7 +204,7 @@ def _write_shard(source: Path, dest: Path, entries: dict[str, TensorEntry], meta
     report.bytes += sum(math.prod(shape) * DTYPES[dtype].itemsize for _, dtype, shape in layout)
 
 
-def _copy_side_files(base_dir: Path, out_dir: Path, config_updates: dict | None) -> None:
+def _copy_side_files(base_dir: Path, out_dir: Path, config_updates: dict[str, Any] | None) -> None:
     """config.json (updated), tokenizer and generation files: every top-level file that is not weights."""
     for path in base_dir.iterdir():
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in (INDEX_FILE, *PICKLE_FILES):

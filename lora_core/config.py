@@ -2,11 +2,13 @@
 
 import math
 import re
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ALL_LINEAR = "all-linear"
+
+_T = TypeVar("_T")
 
 
 class LoraConfig(BaseModel):
@@ -28,9 +30,9 @@ class LoraConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    r: int = Field(8, description="rank of the update")
-    alpha: float = Field(16.0, description="scale numerator: s = alpha / r")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch input")
+    r: int = Field(default=8, description="rank of the update")
+    alpha: float = Field(default=16.0, description="scale numerator: s = alpha / r")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch input")
     target_modules: list[str] | str | None = None
     use_rslora: bool = False
     init: Literal["default", "gaussian", "pissa"] = "default"
@@ -60,14 +62,17 @@ class LoraConfig(BaseModel):
         if targets is None:
             return None
         if not targets:
-            raise ValueError("target_modules is empty: name the modules to adapt, e.g. ['query', 'value'], "
-                             "or leave it out for the architecture's defaults")
+            raise ValueError(
+                "target_modules is empty: name the modules to adapt, e.g. ['query', 'value'], "
+                "or leave it out for the architecture's defaults"
+            )
         if isinstance(targets, str) and targets != ALL_LINEAR:
             try:
                 re.compile(targets)
             except re.error as e:
-                raise ValueError(f"target_modules {targets!r} is not a valid regex ({e}); "
-                                 "pass a list of module names instead") from e
+                raise ValueError(
+                    f"target_modules {targets!r} is not a valid regex ({e}); pass a list of module names instead"
+                ) from e
         return targets
 
     @model_validator(mode="after")
@@ -92,7 +97,7 @@ class LoraConfig(BaseModel):
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
 
-def _pattern_value(pattern: dict, module_path: str, default):
+def _pattern_value(pattern: dict[str, _T], module_path: str, default: _T) -> _T:
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", module_path):
             return value

@@ -7,7 +7,7 @@ from torch import nn
 
 from .config import ALL_LINEAR, LoraConfig
 from .errors import LoraError, MergeError, TargetError
-from .layer import LoraLayer, ModulesToSave, is_wrappable
+from .layer import LoraLayer, ModulesToSave, is_wrappable, layer_weight
 from .targets import default_targets
 
 CONFIGS_ATTR = "lora_configs"  # {adapter name: LoraConfig}, set on the root model
@@ -81,24 +81,29 @@ def resolve_targets(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module
         chosen = {p: m for p, m in modules.items() if _name_matches(p, spec)}
     if spec == ALL_LINEAR or config.target_modules is None:
         head, kept = _output_head(model), list(resolve_saved_modules(model, config))
-        chosen = {p: m for p, m in chosen.items()
-                  if m is not head and not any(p == k or p.startswith(k + ".") for k in kept)}
+        chosen = {
+            p: m for p, m in chosen.items() if m is not head and not any(p == k or p.startswith(k + ".") for k in kept)
+        }
     if not chosen:
         raise TargetError(_no_match_message(spec, modules))
     for path, module in chosen.items():
         if not (is_wrappable(module) or isinstance(module, LoraLayer)):
-            raise TargetError(f"target {path!r} is a {type(module).__name__}; LoRA wraps nn.Linear and Conv1D "
-                              "layers only: name its linear sub-modules instead")
+            raise TargetError(
+                f"target {path!r} is a {type(module).__name__}; LoRA wraps nn.Linear and Conv1D "
+                "layers only: name its linear sub-modules instead"
+            )
         layer = module.base_layer if isinstance(module, LoraLayer) else module
-        w = layer.weight
+        w = layer_weight(layer)
         r, limit = config.rank_for(path), min(w.shape)
         if r > limit:
-            raise LoraError(f"r={r} exceeds min(out, in)={limit} of {path!r} {tuple(w.shape)}: "
-                            f"use r <= {limit} or leave this module out")
+            raise LoraError(
+                f"r={r} exceeds min(out, in)={limit} of {path!r} {tuple(w.shape)}: "
+                f"use r <= {limit} or leave this module out"
+            )
     return chosen
 
 
-def _no_match_message(spec, modules: dict[str, nn.Module]) -> str:
+def _no_match_message(spec: list[str] | str, modules: dict[str, nn.Module]) -> str:
     leaves = sorted({p.rsplit(".", 1)[-1] for p, m in modules.items() if is_wrappable(m) or isinstance(m, LoraLayer)})
     asked = [spec] if isinstance(spec, str) else spec
     close = sorted({c for a in asked for c in difflib.get_close_matches(a.rsplit(".", 1)[-1], leaves, n=5, cutoff=0.4)})
@@ -137,8 +142,9 @@ def inject(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
         if wrapper is not module:
             model.set_submodule(path, wrapper)
     # what was chosen, not how: a saved or reloaded adapter names its modules whatever picked them
-    configs[adapter_name] = config if config.target_modules is not None else \
-        config.model_copy(update={"target_modules": sorted(targets)})
+    configs[adapter_name] = (
+        config if config.target_modules is not None else config.model_copy(update={"target_modules": sorted(targets)})
+    )
     set_active_adapter(model, adapter_name)
     return model
 
@@ -164,7 +170,7 @@ def set_active_adapter(model: nn.Module, adapter_name: str | None) -> None:
 def set_trainable(wrapper: LoraLayer | ModulesToSave, adapter_name: str | None, trainable: bool) -> None:
     stores = [wrapper.lora_A, wrapper.lora_B] if isinstance(wrapper, LoraLayer) else [wrapper.modules_to_save]
     for store in stores:
-        if adapter_name in store:
+        if adapter_name is not None and adapter_name in store:
             store[adapter_name].requires_grad_(trainable)
 
 

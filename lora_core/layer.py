@@ -7,6 +7,7 @@ stored transposed, [in, out], for transformers' GPT-2 Conv1D.
 
 import copy
 import math
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,30 +24,51 @@ def is_wrappable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
-def delta_weight(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
-                 fan_in_fan_out: bool = False) -> torch.Tensor:
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """W of a wrappable layer: [out, in] for nn.Linear, [in, out] for Conv1D.
+
+    nn.Module types its attributes as Tensor | Module; a Linear or Conv1D weight is a Parameter.
+    """
+    return cast(torch.Tensor, module.weight)
+
+
+def delta_weight(
+    lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, fan_in_fan_out: bool = False
+) -> torch.Tensor:
     """ΔW = s·B·A in float32: [out, in], or [in, out] when the base stores W transposed."""
     delta = (lora_b.float() @ lora_a.float()) * scaling
     return delta.T if fan_in_fan_out else delta
 
 
 @torch.no_grad()
-def check_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, dtype: torch.dtype,
-                name: str = "default") -> None:
+def check_delta(
+    lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, dtype: torch.dtype, name: str = "default"
+) -> None:
     """Refuse an update that could put NaN/Inf into a `dtype` weight: the factors must be finite and
     |s|·r·max|B|·max|A|, a bound on every entry of ΔW, well inside the accumulator's range."""
     a, b = lora_a.detach(), lora_b.detach()
-    bound = abs(scaling) * a.shape[0] * b.abs().max().float() * a.abs().max().float() if a.numel() and b.numel() \
+    bound = (
+        abs(scaling) * a.shape[0] * b.abs().max().float() * a.abs().max().float()
+        if a.numel() and b.numel()
         else torch.tensor(0.0)
+    )
     limit = torch.finfo(dtype if dtype == torch.float16 else torch.float32).max / 2
     if not torch.isfinite(bound) or bound > limit:
-        raise MergeError(f"merging adapter {name!r} would write NaN/Inf into the base weights; "
-                         "the adapter is corrupt or diverged: retrain it or lower the learning rate")
+        raise MergeError(
+            f"merging adapter {name!r} would write NaN/Inf into the base weights; "
+            "the adapter is corrupt or diverged: retrain it or lower the learning rate"
+        )
 
 
 @torch.no_grad()
-def add_delta_(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float,
-               fan_in_fan_out: bool = False, name: str = "default") -> torch.Tensor:
+def add_delta_(
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+    fan_in_fan_out: bool = False,
+    name: str = "default",
+) -> torch.Tensor:
     """weight += s·B·A in place: one fused addmm for float32, else ΔW in float32 added with one rounding.
     Checked (check_delta) before anything is written."""
     check_delta(lora_a, lora_b, scaling, weight.dtype, name)
@@ -71,12 +93,14 @@ class LoraLayer(nn.Module):
     folded into the base weight (then the forward is the base layer alone).
     """
 
-    def __init__(self, base_layer: nn.Module):
+    def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.fan_in_fan_out = is_conv1d(base_layer)
-        w = base_layer.weight
-        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        w = layer_weight(base_layer)
+        self.in_features, self.out_features = (
+            (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        )
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -86,11 +110,11 @@ class LoraLayer(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
+        return layer_weight(self.base_layer)
 
     @property
     def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
+        return cast(torch.Tensor | None, self.base_layer.bias)
 
     @property
     def pissa_adapter(self) -> str | None:
@@ -99,11 +123,15 @@ class LoraLayer(nn.Module):
 
     def add_adapter(self, name: str, r: int, scaling: float, dropout: float, init: str) -> None:
         if name in self.lora_A:
-            raise LoraError(f"adapter {name!r} already exists on this layer; delete_adapter() it first or pick another name")
+            raise LoraError(
+                f"adapter {name!r} already exists on this layer; delete_adapter() it first or pick another name"
+            )
         if self.pissa_adapter or (init == "pissa" and len(self.lora_A)):
-            raise LoraError("a PiSSA adapter rewrites the base weight and cannot share a layer with another adapter; "
-                            "use init='default' for several adapters on one base")
-        w = self.base_layer.weight
+            raise LoraError(
+                "a PiSSA adapter rewrites the base weight and cannot share a layer with another adapter; "
+                "use init='default' for several adapters on one base"
+            )
+        w = self.weight
         dtype = adapter_dtype(w)
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=dtype)
         self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=dtype)
@@ -114,24 +142,29 @@ class LoraLayer(nn.Module):
         else:
             self._init_zero_update(name, r, init)
 
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A: [r, in], B: [out, r]) of adapter `name`: the weights of its two bias-free nn.Linear."""
+        return cast(nn.Linear, self.lora_A[name]).weight, cast(nn.Linear, self.lora_B[name]).weight
+
     def _init_zero_update(self, name: str, r: int, init: str) -> None:
-        a = self.lora_A[name].weight
+        a, b = self.factors(name)
         if init == "gaussian":
             nn.init.normal_(a, std=1.0 / r)
         else:
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B[name].weight)
+        nn.init.zeros_(b)
 
     @torch.no_grad()
     def _init_pissa(self, name: str, r: int, scaling: float) -> None:
         """W0 = U S Vᵀ; B = U_r √S_r / √s, A = √S_r V_rᵀ / √s, so s·BA is W0's best rank-r part."""
-        w = self.base_layer.weight
+        w = self.weight
         w0 = w.float().T if self.fan_in_fan_out else w.float()
         u, s, vh = torch.linalg.svd(w0, full_matrices=False)
         root = (s[:r] / scaling).sqrt()
         a, b = root[:, None] * vh[:r], u[:, :r] * root[None, :]
-        self.lora_A[name].weight.copy_(a)
-        self.lora_B[name].weight.copy_(b)
+        lora_a, lora_b = self.factors(name)
+        lora_a.copy_(a)
+        lora_b.copy_(b)
         # Kept to undo the residual on delete and to export a plain LoRA adapter on save.
         self.register_buffer(f"pissa_a0_{name}", a.clone(), persistent=False)
         self.register_buffer(f"pissa_b0_{name}", b.clone(), persistent=False)
@@ -147,7 +180,7 @@ class LoraLayer(nn.Module):
             raise MergeError(f"adapter {name!r} is merged into the base weights; unmerge() before deleting it")
         init = self.pissa_init_factors(name)
         if init is not None:  # give back the W0 that PiSSA's residual took away
-            w = self.base_layer.weight
+            w = self.weight
             with torch.no_grad():
                 w.copy_((w.float() + delta_weight(*init, self.scaling[name], self.fan_in_fan_out)).to(w.dtype))
             delattr(self, f"pissa_a0_{name}")
@@ -160,40 +193,45 @@ class LoraLayer(nn.Module):
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """ΔW of adapter `name` in float32, laid out like the base weight."""
-        return delta_weight(self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], self.fan_in_fan_out)
+        return delta_weight(*self.factors(name), self.scaling[name], self.fan_in_fan_out)
 
     def merge(self) -> None:
         """W ← W + s·B·A for the active adapter, in place (float32 accumulation for half-precision W)."""
         if self.merged_adapter is not None:
             raise MergeError(f"adapter {self.merged_adapter!r} is already merged; unmerge() before merging again")
         name = self.active_adapter
-        add_delta_(self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name],
-                   self.fan_in_fan_out, name)
+        if name is None:
+            raise MergeError("no active adapter to merge; set_active_adapter(model, NAME) first")
+        add_delta_(self.weight, *self.factors(name), self.scaling[name], self.fan_in_fan_out, name)
         self.merged_adapter = name
 
     def unmerge(self) -> None:
         """W ← W − s·B·A: restores W0 up to float32 rounding (dtype rounding for half weights)."""
         name = self.merged_adapter
-        add_delta_(self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight, -self.scaling[name],
-                   self.fan_in_fan_out, name)
+        if name is None:
+            raise MergeError("nothing is merged; call merge() first")
+        add_delta_(self.weight, *self.factors(name), -self.scaling[name], self.fan_in_fan_out, name)
         self.merged_adapter = None
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
-        name = self.active_adapter if self.active_adapter in self.lora_A else None
+        active = self.active_adapter
+        name = active if active is not None and active in self.lora_A else None
         if self.merged_adapter is not None:
             return result
         if name is None:
             pissa = self.pissa_adapter
-            if pissa is None:
+            init = None if pissa is None else self.pissa_init_factors(pissa)
+            if pissa is None or init is None:
                 return result
             # Base-only output of a PiSSA layer: the residual plus the initial top-r part.
-            a0, b0 = self.pissa_init_factors(pissa)
+            a0, b0 = init
             return result + (x.to(a0.dtype) @ a0.T @ b0.T * self.scaling[pissa]).to(result.dtype)
-        lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+        lora_a, lora_b = cast(nn.Linear, self.lora_A[name]), self.lora_B[name]
         h = self.lora_dropout[name](x.to(lora_a.weight.dtype))
         update = lora_b(lora_a(h))
-        if update.dtype == result.dtype:  # one fused pass: result += s·update (the base output is not needed in backward)
+        # one fused pass: result += s·update (the base output is not needed in backward)
+        if update.dtype == result.dtype:
             return result.add_(update, alpha=self.scaling[name])
         return result + (update * self.scaling[name]).to(result.dtype)
 
@@ -205,7 +243,7 @@ class LoraLayer(nn.Module):
 class ModulesToSave(nn.Module):
     """A module trained in full per adapter (e.g. a classifier head); the original stays frozen."""
 
-    def __init__(self, original_module: nn.Module):
+    def __init__(self, original_module: nn.Module) -> None:
         super().__init__()
         self.original_module = original_module
         self.modules_to_save = nn.ModuleDict()
@@ -217,9 +255,10 @@ class ModulesToSave(nn.Module):
         self.modules_to_save[name] = copy.deepcopy(self.original_module)
 
     def active_module(self) -> nn.Module:
-        if self.active_adapter in self.modules_to_save:
-            return self.modules_to_save[self.active_adapter]
+        name = self.active_adapter
+        if name is not None and name in self.modules_to_save:
+            return self.modules_to_save[name]
         return self.original_module
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.active_module()(*args, **kwargs)

@@ -14,7 +14,9 @@ def merge(model: nn.Module) -> nn.Module:
         raise MergeError("no active adapter to merge; set_active_adapter(model, NAME) first")
     merged = [path for path, layer in layers.items() if layer.merged_adapter]
     if merged:
-        raise MergeError(f"adapter {layers[merged[0]].merged_adapter!r} is already merged; unmerge() before merging again")
+        raise MergeError(
+            f"adapter {layers[merged[0]].merged_adapter!r} is already merged; unmerge() before merging again"
+        )
     done = []
     try:
         for layer in layers.values():

@@ -8,18 +8,27 @@ Folder: adapter_config.json + adapter_model.safetensors with keys
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
-from pydantic import ValidationError
 from torch import nn
 
 from .config import ALL_LINEAR, LoraConfig
 from .errors import AdapterMismatchError, LoraError, UnsafeFormatError
-from .inject import (adapter_configs, inject, lora_layers, resolve_saved_modules, resolve_targets, saved_modules,
-                     set_trainable, wrappers)
-from .layer import is_conv1d
+from .inject import (
+    adapter_configs,
+    inject,
+    lora_layers,
+    resolve_saved_modules,
+    resolve_targets,
+    saved_modules,
+    set_trainable,
+    wrappers,
+)
+from .layer import is_conv1d, layer_weight
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -33,11 +42,11 @@ def adapter_tensors(model: nn.Module, adapter_name: str = "default") -> dict[str
     PiSSA trains B·A on the residual W0 − s·B0·A0. On the original W0 the same update is
     s·B·A − s·B0·A0 = s'·[B, −B0]·[A; A0] with rank 2r and s' = s (alpha scaled to match).
     """
-    tensors = {}
+    tensors: dict[str, torch.Tensor] = {}
     for path, layer in lora_layers(model).items():
         if adapter_name not in layer.lora_A:
             continue
-        a, b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
+        a, b = layer.factors(adapter_name)
         init = layer.pissa_init_factors(adapter_name)
         if init is not None:
             a, b = torch.cat([a, init[0].to(a.dtype)]), torch.cat([b, -init[1].to(b.dtype)], dim=1)
@@ -50,7 +59,7 @@ def adapter_tensors(model: nn.Module, adapter_name: str = "default") -> dict[str
     return tensors
 
 
-def peft_config_dict(config: LoraConfig, fan_in_fan_out: bool, base_model_name_or_path: str | None) -> dict:
+def peft_config_dict(config: LoraConfig, fan_in_fan_out: bool, base_model_name_or_path: str | None) -> dict[str, Any]:
     """adapter_config.json content for `config`: only keys every PEFT version understands."""
     return {
         "peft_type": "LORA",
@@ -71,8 +80,13 @@ def peft_config_dict(config: LoraConfig, fan_in_fan_out: bool, base_model_name_o
     }
 
 
-def write_adapter(path: str | Path, tensors: dict[str, torch.Tensor], config: LoraConfig,
-                  fan_in_fan_out: bool = False, base_model_name_or_path: str | None = None) -> Path:
+def write_adapter(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    config: LoraConfig,
+    fan_in_fan_out: bool = False,
+    base_model_name_or_path: str | None = None,
+) -> Path:
     """Write a PEFT adapter folder from PEFT-named tensors and their config."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,63 +103,86 @@ def exported_config(model: nn.Module, adapter_name: str) -> LoraConfig:
     Exported PiSSA has rank 2r; alpha grows so that the scale s stays the same.
     """
     config = adapter_configs(model)[adapter_name]
-    layers = {p: l for p, l in lora_layers(model).items() if adapter_name in l.lora_A}
-    update: dict = {"init": "gaussian" if config.init == "gaussian" else "default"}
+    layers = {p: layer for p, layer in lora_layers(model).items() if adapter_name in layer.lora_A}
+    update: dict[str, Any] = {"init": "gaussian" if config.init == "gaussian" else "default"}
     if config.target_modules == ALL_LINEAR:  # PEFT expands it the same way; write what we resolved
         update["target_modules"] = sorted(layers)
-    if any(l.pissa_init_factors(adapter_name) is not None for l in layers.values()):
+    if any(layer.pissa_init_factors(adapter_name) is not None for layer in layers.values()):
         a = math.sqrt(2) if config.use_rslora else 2.0
-        update |= {"r": config.r * 2, "alpha": config.alpha * a,
-                   "rank_pattern": {k: v * 2 for k, v in config.rank_pattern.items()},
-                   "alpha_pattern": {k: v * a for k, v in config.alpha_pattern.items()}}
+        update |= {
+            "r": config.r * 2,
+            "alpha": config.alpha * a,
+            "rank_pattern": {k: v * 2 for k, v in config.rank_pattern.items()},
+            "alpha_pattern": {k: v * a for k, v in config.alpha_pattern.items()},
+        }
     return config.model_copy(update=update)
 
 
-def save_adapter(model: nn.Module, path: str | Path, adapter_name: str = "default",
-                 base_model_name_or_path: str | None = None) -> Path:
+def save_adapter(
+    model: nn.Module, path: str | Path, adapter_name: str = "default", base_model_name_or_path: str | None = None
+) -> Path:
     """Write adapter `adapter_name` as a PEFT folder that PeftModel.from_pretrained loads."""
     if adapter_name not in adapter_configs(model):
         raise LoraError(f"no adapter {adapter_name!r} in this model; have {sorted(adapter_configs(model))}")
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    fan_in_fan_out = any(l.fan_in_fan_out for l in lora_layers(model).values() if adapter_name in l.lora_A)
-    return write_adapter(path, adapter_tensors(model, adapter_name), exported_config(model, adapter_name),
-                         fan_in_fan_out, base_model_name_or_path)
+    fan_in_fan_out = any(layer.fan_in_fan_out for layer in lora_layers(model).values() if adapter_name in layer.lora_A)
+    return write_adapter(
+        path,
+        adapter_tensors(model, adapter_name),
+        exported_config(model, adapter_name),
+        fan_in_fan_out,
+        base_model_name_or_path,
+    )
 
 
-def read_peft_config(path: str | Path) -> dict:
+def read_peft_config(path: str | Path) -> dict[str, Any]:
     """adapter_config.json of an adapter folder, as written."""
     folder = Path(path)
     file = folder / CONFIG_FILE
     if not file.is_file():
-        raise LoraError(f"{folder} has no {CONFIG_FILE}: not a PEFT adapter folder; point at the folder save_adapter() wrote")
+        raise LoraError(
+            f"{folder} has no {CONFIG_FILE}: not a PEFT adapter folder; point at the folder save_adapter() wrote"
+        )
     try:
         return json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise AdapterMismatchError(f"{file} is not valid JSON ({e}); re-save the adapter") from None
 
 
-def lora_config_from_peft(raw: dict, source: str | Path = CONFIG_FILE) -> LoraConfig:
+def lora_config_from_peft(raw: dict[str, Any], source: str | Path = CONFIG_FILE) -> LoraConfig:
     """LoraConfig from PEFT's config keys; refuses what lora_core cannot reproduce."""
     if raw.get("peft_type", "LORA") != "LORA":
-        raise AdapterMismatchError(f"{source}: peft_type {raw.get('peft_type')!r} is not LORA; only LoRA adapters load here")
+        raise AdapterMismatchError(
+            f"{source}: peft_type {raw.get('peft_type')!r} is not LORA; only LoRA adapters load here"
+        )
     for flag in ("use_dora", "lora_bias"):
         if raw.get(flag):
             raise AdapterMismatchError(f"{source}: {flag}=true is not supported by lora_core; merge it in PEFT first")
     if raw.get("bias", "none") != "none":
-        raise AdapterMismatchError(f"{source}: bias={raw['bias']!r} is not supported; only bias='none' adapters load here")
+        raise AdapterMismatchError(
+            f"{source}: bias={raw['bias']!r} is not supported; only bias='none' adapters load here"
+        )
     if str(raw.get("init_lora_weights")).lower() in ("pissa", "olora", "corda", "eva", "loftq"):
-        raise AdapterMismatchError(f"{source}: init_lora_weights={raw['init_lora_weights']!r} needs a rewritten base; "
-                                   "save it from PEFT with path_initial_model_for_weight_conversion to get a plain LoRA")
+        raise AdapterMismatchError(
+            f"{source}: init_lora_weights={raw['init_lora_weights']!r} needs a rewritten base; "
+            "save it from PEFT with path_initial_model_for_weight_conversion to get a plain LoRA"
+        )
     if not raw.get("target_modules"):  # a saved adapter names its modules; None would mean "pick defaults" here
-        raise AdapterMismatchError(f"{source}: target_modules is missing; the adapter config is damaged, re-save the "
-                                   f"adapter")
+        raise AdapterMismatchError(
+            f"{source}: target_modules is missing; the adapter config is damaged, re-save the adapter"
+        )
     try:
         return LoraConfig(
-            r=raw["r"], alpha=raw.get("lora_alpha", 8), dropout=raw.get("lora_dropout", 0.0),
-            target_modules=raw["target_modules"], use_rslora=raw.get("use_rslora", False),
-            modules_to_save=raw.get("modules_to_save") or [], rank_pattern=raw.get("rank_pattern") or {},
-            alpha_pattern=raw.get("alpha_pattern") or {}, task_type=raw.get("task_type"),
+            r=raw["r"],
+            alpha=raw.get("lora_alpha", 8),
+            dropout=raw.get("lora_dropout", 0.0),
+            target_modules=raw["target_modules"],
+            use_rslora=raw.get("use_rslora", False),
+            modules_to_save=raw.get("modules_to_save") or [],
+            rank_pattern=raw.get("rank_pattern") or {},
+            alpha_pattern=raw.get("alpha_pattern") or {},
+            task_type=raw.get("task_type"),
             init="gaussian" if raw.get("init_lora_weights") == "gaussian" else "default",
         )
     except (KeyError, ValidationError) as e:
@@ -168,8 +205,10 @@ def read_adapter_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not weights.is_file():
         pickled = [name for name in PICKLE_FILES if (folder / name).exists()]
         if pickled:
-            raise UnsafeFormatError(f"{folder / pickled[0]} is a pickle file, which can run code on load; loraops loads "
-                                    f"safetensors only: re-save it as {WEIGHTS_FILE} (PEFT: save_pretrained(safe_serialization=True))")
+            raise UnsafeFormatError(
+                f"{folder / pickled[0]} is a pickle file, which can run code on load; loraops loads "
+                f"safetensors only: re-save it as {WEIGHTS_FILE} (PEFT: save_pretrained(safe_serialization=True))"
+            )
         raise LoraError(f"{folder} has no {WEIGHTS_FILE}; point at the folder save_adapter() wrote")
     with safe_open(str(weights), framework="pt") as f:
         return {key: f.get_tensor(key) for key in f.keys()}
@@ -177,10 +216,11 @@ def read_adapter_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 def expected_shapes(model: nn.Module, config: LoraConfig) -> dict[str, tuple[int, ...]]:
     """PEFT key → shape the model needs for an adapter with this config."""
-    shapes = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for path, module in resolve_targets(model, config).items():
         layer = getattr(module, "base_layer", module)
-        out_f, in_f = layer.weight.shape[::-1] if is_conv1d(layer) else layer.weight.shape
+        w = layer_weight(layer)
+        out_f, in_f = w.shape[::-1] if is_conv1d(layer) else w.shape
         r = config.rank_for(path)
         shapes[f"{PREFIX}{path}.lora_A.weight"] = (r, in_f)
         shapes[f"{PREFIX}{path}.lora_B.weight"] = (out_f, r)
@@ -203,10 +243,15 @@ def check_adapter_fits(model: nn.Module, config: LoraConfig, tensors: dict[str, 
     if unexpected:
         problems.append(f"weights for modules this model lacks: {_modules(unexpected)}")
     if wrong:
-        problems.append("wrong shapes: " + ", ".join(f"{_strip(k)} {tuple(tensors[k].shape)} != {expected[k]}" for k in wrong[:4]))
+        problems.append(
+            "wrong shapes: " + ", ".join(f"{_strip(k)} {tuple(tensors[k].shape)} != {expected[k]}" for k in wrong[:4])
+        )
     if problems:
-        raise AdapterMismatchError("adapter does not fit this model (" + "; ".join(problems) +
-                                   "): load it onto the base model it was trained on")
+        raise AdapterMismatchError(
+            "adapter does not fit this model ("
+            + "; ".join(problems)
+            + "): load it onto the base model it was trained on"
+        )
 
 
 def _strip(key: str) -> str:
@@ -218,8 +263,9 @@ def _modules(keys: list[str]) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
-def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "default",
-                 trainable: bool = False) -> nn.Module:
+def load_adapter(
+    model: nn.Module, path: str | Path, adapter_name: str = "default", trainable: bool = False
+) -> nn.Module:
     """Add the PEFT-format adapter in `path` as `adapter_name` and make it active.
 
     Names and shapes are checked before the model is touched; on a mismatch nothing changes.
@@ -233,13 +279,14 @@ def load_adapter(model: nn.Module, path: str | Path, adapter_name: str = "defaul
     with torch.no_grad():
         for path_, layer in lora_layers(model).items():
             if adapter_name in layer.lora_A:
-                layer.lora_A[adapter_name].weight.copy_(tensors[f"{PREFIX}{path_}.lora_A.weight"])
-                layer.lora_B[adapter_name].weight.copy_(tensors[f"{PREFIX}{path_}.lora_B.weight"])
+                lora_a, lora_b = layer.factors(adapter_name)
+                lora_a.copy_(tensors[f"{PREFIX}{path_}.lora_A.weight"])
+                lora_b.copy_(tensors[f"{PREFIX}{path_}.lora_B.weight"])
         for path_, wrapper in saved_modules(model).items():
             if adapter_name in wrapper.modules_to_save:
                 copy = wrapper.modules_to_save[adapter_name]
                 copy.load_state_dict({k: tensors[f"{PREFIX}{path_}.{k}"] for k in copy.state_dict()})
     if not trainable:
-        for wrapper in wrappers(model).values():
-            set_trainable(wrapper, adapter_name, False)
+        for module in wrappers(model).values():
+            set_trainable(module, adapter_name, False)
     return model

@@ -11,18 +11,29 @@ import math
 import os
 import struct
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 
 from .errors import WeightFileError
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
@@ -33,6 +44,7 @@ WRITE_AHEAD = 2  # tensors queued for the writer thread
 @dataclass(frozen=True)
 class TensorEntry:
     """One tensor's place in a file: absolute byte offsets [start, end)."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -57,8 +69,10 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorEntry], dict[str, str
             raise WeightFileError(f"{path}: {size} bytes, too short for a safetensors file; re-save or re-download it")
         (length,) = struct.unpack("<Q", head)
         if length > min(MAX_HEADER, size - 8):
-            raise WeightFileError(f"{path}: header length {length} does not fit the file ({size} bytes); "
-                                  "the file is truncated or not safetensors: re-save or re-download it")
+            raise WeightFileError(
+                f"{path}: header length {length} does not fit the file ({size} bytes); "
+                "the file is truncated or not safetensors: re-save or re-download it"
+            )
         try:
             header = json.loads(f.read(length))
         except (UnicodeDecodeError, ValueError):
@@ -72,26 +86,31 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorEntry], dict[str, str
         except (KeyError, TypeError, ValueError):
             raise WeightFileError(f"{path}: tensor {name!r} has a malformed header entry; re-save the file") from None
         if entry.dtype not in DTYPES or entry.nbytes != math.prod(entry.shape) * DTYPES[entry.dtype].itemsize:
-            raise WeightFileError(f"{path}: tensor {name!r} ({entry.dtype}, {list(entry.shape)}) does not match its "
-                                  f"{entry.nbytes} bytes; re-save the file")
+            raise WeightFileError(
+                f"{path}: tensor {name!r} ({entry.dtype}, {list(entry.shape)}) does not match its "
+                f"{entry.nbytes} bytes; re-save the file"
+            )
         entries[name] = entry
         data_end = max(data_end, entry.end)
     end = base
     for entry in sorted(entries.values(), key=lambda e: e.start):  # overlapping spans would make readers loop
         if entry.start < end:
-            raise WeightFileError(f"{path}: tensor {entry.name!r} overlaps the data before it; the header is damaged: "
-                                  "re-save the file")
+            raise WeightFileError(
+                f"{path}: tensor {entry.name!r} overlaps the data before it; the header is damaged: re-save the file"
+            )
         end = entry.end
     if data_end != size and not (not entries and size == base):
-        raise WeightFileError(f"{path}: the header describes {data_end} bytes but the file has {size}; the file is "
-                              "truncated or damaged: re-download or re-save it")
+        raise WeightFileError(
+            f"{path}: the header describes {data_end} bytes but the file has {size}; the file is "
+            "truncated or damaged: re-download or re-save it"
+        )
     return entries, metadata
 
 
-def read_tensor(f, entry: TensorEntry) -> torch.Tensor:
+def read_tensor(f: BinaryIO, entry: TensorEntry) -> torch.Tensor:
     """The tensor at `entry` from an open binary file, as a new CPU tensor (positional reads: no shared offset)."""
     out = torch.empty(entry.nbytes, dtype=torch.uint8)  # not zero-filled: every byte is read into it
-    view, done = memoryview(out.numpy()), 0
+    view, done = out.numpy().data, 0  # a writable memoryview of `out`
     while done < entry.nbytes:
         n = os.preadv(f.fileno(), [view[done:]], entry.start + done)
         if not n:
@@ -108,9 +127,12 @@ class SafetensorsWriter:
     every tensor was written (temp name + rename).
     """
 
-    def __init__(self, path: str | Path, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict | None = None):
+    def __init__(
+        self, path: str | Path, layout: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None
+    ) -> None:
         self.path = Path(path)
-        header, offset = {}, 0
+        header: dict[str, Any] = {}  # the JSON header
+        offset = 0
         for name, dtype, shape in layout:
             n = math.prod(shape) * DTYPES[dtype].itemsize
             header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
@@ -119,17 +141,19 @@ class SafetensorsWriter:
             header["__metadata__"] = metadata
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned
-        self.pending = [(name, header[name]["data_offsets"][1] - header[name]["data_offsets"][0]) for name, _, _ in layout]
+        self.pending = [
+            (name, header[name]["data_offsets"][1] - header[name]["data_offsets"][0]) for name, _, _ in layout
+        ]
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
         self.file = open(self.tmp, "wb", buffering=0)  # unbuffered: kernel copies and writes share one offset
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="safetensors-writer")
-        self.queued: deque[Future] = deque()
+        self.queued: deque[Future[None]] = deque()
         self._write_all(struct.pack("<Q", len(raw)) + raw)
 
-    def _write_all(self, data) -> None:
+    def _write_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
         while view:
-            view = view[self.file.write(view):]
+            view = view[self.file.write(view) :]
 
     def _next(self, name: str, nbytes: int) -> None:
         if not self.pending or self.pending[0] != (name, nbytes):
@@ -137,7 +161,7 @@ class SafetensorsWriter:
             raise WeightFileError(f"{self.path}: wrote {name!r} ({nbytes} bytes) where {expected} was declared")
         self.pending.pop(0)
 
-    def _queue(self, job, *args) -> None:
+    def _queue(self, job: Callable[..., None], *args: Any) -> None:
         while len(self.queued) >= WRITE_AHEAD or (self.queued and self.queued[0].done()):
             self.queued.popleft().result()  # re-raises a failed write here
         self.queued.append(self.writer.submit(job, *args))
@@ -145,14 +169,14 @@ class SafetensorsWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         tensor = tensor.detach().contiguous().cpu()
         self._next(name, tensor.numel() * tensor.element_size())
-        self._queue(self._write_all, tensor.reshape(-1).view(torch.uint8).numpy())
+        self._queue(self._write_all, tensor.reshape(-1).view(torch.uint8).numpy().data)
 
-    def copy(self, name: str, source, entry: TensorEntry) -> None:
+    def copy(self, name: str, source: BinaryIO, entry: TensorEntry) -> None:
         """Copy a tensor's bytes from an open source file without decoding them (kernel copy where possible)."""
         self._next(name, entry.nbytes)
         self._queue(self._copy_range, name, source, entry)
 
-    def _copy_range(self, name: str, source, entry: TensorEntry) -> None:
+    def _copy_range(self, name: str, source: BinaryIO, entry: TensorEntry) -> None:
         left, position = entry.nbytes, entry.start
         while left:
             try:
@@ -196,5 +220,5 @@ class SafetensorsWriter:
     def __enter__(self) -> "SafetensorsWriter":
         return self
 
-    def __exit__(self, kind, *_) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self.abort() if kind else self.close()

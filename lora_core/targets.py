@@ -37,4 +37,4 @@ ATTENTION_AND_MLP = {
 def default_targets(model: nn.Module) -> list[str] | str:
     """The target_modules used when a config gives none: by architecture, else "all-linear"."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return ATTENTION_AND_MLP.get(model_type, ALL_LINEAR)
+    return ATTENTION_AND_MLP[model_type] if model_type in ATTENTION_AND_MLP else ALL_LINEAR

@@ -7,6 +7,18 @@ from .spectrum import Spectrum, dense_spectrum, spectrum
 from .transform import Reduced, compress, extract
 
 __all__ = [
-    "AdaptedModule", "Adapter", "BaseWeights", "Reduced", "Spectrum", "adapter_report", "amplification_factor",
-    "compress", "dense_spectrum", "extract", "read_adapter", "similarity_grid", "spectrum", "subspace_similarity",
+    "AdaptedModule",
+    "Adapter",
+    "BaseWeights",
+    "Reduced",
+    "Spectrum",
+    "adapter_report",
+    "amplification_factor",
+    "compress",
+    "dense_spectrum",
+    "extract",
+    "read_adapter",
+    "similarity_grid",
+    "spectrum",
+    "subspace_similarity",
 ]

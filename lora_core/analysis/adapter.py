@@ -8,8 +8,14 @@ from safetensors import safe_open
 
 from ..config import LoraConfig
 from ..errors import AdapterMismatchError, LoraError
-from ..peft_format import (CONFIG_FILE, PREFIX, lora_config_from_peft, read_adapter_tensors, read_peft_config,
-                           write_adapter)
+from ..peft_format import (
+    CONFIG_FILE,
+    PREFIX,
+    lora_config_from_peft,
+    read_adapter_tensors,
+    read_peft_config,
+    write_adapter,
+)
 
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 
@@ -58,15 +64,22 @@ def read_adapter(path: str | Path) -> Adapter:
             module = key.removeprefix(PREFIX).removesuffix(A_SUFFIX)
             b = tensors.get(f"{PREFIX}{module}{B_SUFFIX}")
             if b is None or b.shape[1] != value.shape[0]:
-                raise AdapterMismatchError(f"{folder}: {module} has lora_A {tuple(value.shape)} but lora_B "
-                                           f"{None if b is None else tuple(b.shape)}; the adapter file is damaged")
+                raise AdapterMismatchError(
+                    f"{folder}: {module} has lora_A {tuple(value.shape)} but lora_B "
+                    f"{None if b is None else tuple(b.shape)}; the adapter file is damaged"
+                )
             modules[module] = AdaptedModule(module, value, b, config.scaling_for(module))
         elif not key.endswith(B_SUFFIX):
             extra[key] = value
     if not modules:
         raise LoraError(f"{folder}: no lora_A/lora_B weights; point at a LoRA adapter folder")
-    return Adapter(config, dict(sorted(modules.items())), extra, bool(raw.get("fan_in_fan_out")),
-                   raw.get("base_model_name_or_path"))
+    return Adapter(
+        config,
+        dict(sorted(modules.items())),
+        extra,
+        bool(raw.get("fan_in_fan_out")),
+        raw.get("base_model_name_or_path"),
+    )
 
 
 def as_adapter(adapter: "Adapter | str | Path") -> Adapter:
@@ -80,15 +93,16 @@ class BaseWeights:
     often drop the task wrapper's prefix (`encoder...query`), so leading components are tried off.
     """
 
-    def __init__(self, source: "str | Path | dict[str, torch.Tensor]"):
+    def __init__(self, source: "str | Path | dict[str, torch.Tensor]") -> None:
+        self._state: dict[str, torch.Tensor] = {}
+        self._files: dict[str, Path] = {}  # tensor name -> the file holding it
         if isinstance(source, dict):
-            self._state, self._files = source, {}
+            self._state = source
             return
         folder = Path(source)
         files = sorted(folder.glob("*.safetensors"))
         if not files:
             raise LoraError(f"{folder} has no *.safetensors weights; pass the base model's folder")
-        self._state, self._files = {}, {}
         for file in files:
             with safe_open(str(file), framework="pt") as f:
                 self._files.update({key: file for key in f.keys()})
@@ -109,8 +123,11 @@ class BaseWeights:
             if w is not None:
                 w = w.T if fan_in_fan_out else w
                 if tuple(w.shape) != tuple(shape):
-                    raise AdapterMismatchError(f"base weight of {module_path} is {tuple(w.shape)} but the adapter's "
-                                               f"ΔW is {tuple(shape)}: pass the base model the adapter was trained on")
+                    raise AdapterMismatchError(
+                        f"base weight of {module_path} is {tuple(w.shape)} but the adapter's "
+                        f"ΔW is {tuple(shape)}: pass the base model the adapter was trained on"
+                    )
                 return w
-        raise AdapterMismatchError(f"the base model has no weight for {module_path}: "
-                                   "pass the base model the adapter was trained on")
+        raise AdapterMismatchError(
+            f"the base model has no weight for {module_path}: pass the base model the adapter was trained on"
+        )

@@ -1,22 +1,26 @@
 """PNG plots of an adapter report: scree with cumulative PVE, rank per module, φ heatmap."""
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from .spectrum import THRESHOLDS  # noqa: E402
 
 
-def plot_scree(report: dict, path: str | Path) -> Path:
+def plot_scree(report: dict[str, Any], path: str | Path) -> Path:
     """Bars: mean share of ‖ΔW‖² per direction; lines: cumulative PVE per module (thin) and mean
     (thick); dashed: 90/95/99 %; dotted: the recommended elbow."""
     rows = report["modules"]
     n = max(len(row["sigma"]) for row in rows)
-    padded = torch.tensor([row["cumulative_pve"] + [row["cumulative_pve"][-1]] * (n - len(row["sigma"])) for row in rows])
+    padded = torch.tensor(
+        [row["cumulative_pve"] + [row["cumulative_pve"][-1]] * (n - len(row["sigma"])) for row in rows]
+    )
     mean_cum = padded.mean(0)
     mean_pve = torch.diff(mean_cum, prepend=torch.zeros(1))
     x = range(1, n + 1)
@@ -29,18 +33,30 @@ def plot_scree(report: dict, path: str | Path) -> Path:
     for t in THRESHOLDS:
         k = recommended[str(round(t * 100))]
         ax.axhline(t, color="#d94801", linestyle="--", linewidth=0.8)
-        ax.text(n + 0.4, t, f"{round(t * 100)}%: r={k}", va="center", fontsize=8, color="#d94801",
-                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
+        ax.text(
+            n + 0.4,
+            t,
+            f"{round(t * 100)}%: r={k}",
+            va="center",
+            fontsize=8,
+            color="#d94801",
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
+        )
     ax.axvline(recommended["elbow"], color="black", linestyle=":", label=f"elbow: r={recommended['elbow']}")
-    ax.set(xlabel="direction i (singular value rank)", ylabel="proportion of variance explained",
-           ylim=(0, 1.02), xlim=(0.4, n + 2.2), xticks=list(x),
-           title=f"{len(rows)} modules, r={report['summary']['r']}: rank needed for 90/95/99% = "
-                 f"{recommended['90']}/{recommended['95']}/{recommended['99']}")
+    ax.set(
+        xlabel="direction i (singular value rank)",
+        ylabel="proportion of variance explained",
+        ylim=(0, 1.02),
+        xlim=(0.4, n + 2.2),
+        xticks=list(x),
+        title=f"{len(rows)} modules, r={report['summary']['r']}: rank needed for 90/95/99% = "
+        f"{recommended['90']}/{recommended['95']}/{recommended['99']}",
+    )
     ax.legend(loc="center right", fontsize=8)
     return _save(fig, path)
 
 
-def plot_ranks(report: dict, path: str | Path) -> Path:
+def plot_ranks(report: dict[str, Any], path: str | Path) -> Path:
     """Per module: rank needed for 90/95/99 % of ‖ΔW‖² and the elbow, against the trained r."""
     rows = report["modules"]
     names = [_short(row["module"]) for row in rows]
@@ -48,10 +64,16 @@ def plot_ranks(report: dict, path: str | Path) -> Path:
     width = 0.27
     for offset, t, color in zip((-width, 0, width), THRESHOLDS, ("#c6dbef", "#6baed6", "#08519c")):
         key = f"rank_at_{round(t * 100)}"
-        ax.bar([i + offset for i in range(len(rows))], [row[key] for row in rows], width, color=color,
-               label=f"{round(t * 100)}%")
-    ax.scatter(range(len(rows)), [row["elbow"] for row in rows], color="#d94801", marker="_", s=200, zorder=3,
-               label="elbow")
+        ax.bar(
+            [i + offset for i in range(len(rows))],
+            [row[key] for row in rows],
+            width,
+            color=color,
+            label=f"{round(t * 100)}%",
+        )
+    ax.scatter(
+        range(len(rows)), [row["elbow"] for row in rows], color="#d94801", marker="_", s=200, zorder=3, label="elbow"
+    )
     ax.plot(range(len(rows)), [row["r"] for row in rows], color="black", linestyle="--", label="trained r")
     ax.set_xticks(range(len(rows)), names, rotation=70, ha="right", fontsize=7)
     ax.set(ylabel="rank", title="rank each module needs")
@@ -62,8 +84,15 @@ def plot_ranks(report: dict, path: str | Path) -> Path:
 def plot_similarity(grid: torch.Tensor, path: str | Path, title: str = "subspace similarity φ(i, j)") -> Path:
     """Heatmap of φ(i, j) as in the LoRA paper's Figure 3: rows i of the first adapter, columns j."""
     fig, ax = plt.subplots(figsize=(6, 5))
-    image = ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis", origin="upper", aspect="auto",
-                      extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5))
+    image = ax.imshow(
+        grid.numpy(),
+        vmin=0,
+        vmax=1,
+        cmap="viridis",
+        origin="upper",
+        aspect="auto",
+        extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5),
+    )
     fig.colorbar(image, ax=ax, label="φ")
     ax.set(xlabel="j (second adapter)", ylabel="i (first adapter)", title=title)
     return _save(fig, path)
@@ -89,7 +118,7 @@ def _short(module: str) -> str:
     return ".".join(numbers[-1:] + parts[-2:]) if numbers else ".".join(parts[-2:])
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

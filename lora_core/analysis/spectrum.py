@@ -6,6 +6,7 @@ B: [d, r], A: [r, k]. With B = Q_B R_B and Aᵀ = Q_A R_A (thin QR, Q: orthonorm
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,16 +26,16 @@ class Spectrum:
     @property
     def energy(self) -> float:
         """‖ΔW‖_F² = Σ σ_i²."""
-        return float((self.sigma ** 2).sum())
+        return float((self.sigma**2).sum())
 
     @property
     def frobenius(self) -> float:
-        return self.energy ** 0.5
+        return self.energy**0.5
 
     @property
     def pve(self) -> torch.Tensor:
         """PVE_i = σ_i² / Σ_j σ_j² (all zeros for ΔW = 0)."""
-        return self.sigma ** 2 / self.energy if self.energy > 0 else torch.zeros_like(self.sigma)
+        return self.sigma**2 / self.energy if self.energy > 0 else torch.zeros_like(self.sigma)
 
     @property
     def cumulative_pve(self) -> torch.Tensor:
@@ -70,7 +71,7 @@ class Spectrum:
         p = self.sigma[self.sigma > 0] / total
         return float(torch.exp(-(p * p.log()).sum()))
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {
             "frobenius": self.frobenius,
             "sigma": [float(s) for s in self.sigma],

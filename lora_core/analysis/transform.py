@@ -29,11 +29,11 @@ class Reduced:
 
 
 def _choose_rank(path: str, s: Spectrum, limit: int, rank: int | None, pve: float | None) -> int:
-    if (rank is None) == (pve is None):
-        raise LoraError("give exactly one of rank=K or pve=P")
-    if pve is not None:
+    if rank is None and pve is not None:
         check_pve(pve)
         return max(1, s.rank_at(pve))
+    if rank is None or pve is not None:
+        raise LoraError("give exactly one of rank=K or pve=P")
     if rank < 1:
         raise LoraError(f"rank={rank} must be at least 1")
     if rank > limit:
@@ -45,12 +45,17 @@ def _relative_error(s: Spectrum, k: int) -> float:
     return math.sqrt(max(0.0, 1.0 - float(s.cumulative_pve[k - 1]))) if s.energy > 0 else 0.0
 
 
-def _ranked_config(config: LoraConfig, ranks: dict[str, int], targets) -> LoraConfig:
+def _ranked_config(config: LoraConfig, ranks: dict[str, int], targets: list[str] | str | None) -> LoraConfig:
     """config with r = the largest rank and rank_pattern naming each module that differs."""
     top = max(ranks.values())
-    return config.model_copy(update={
-        "r": top, "target_modules": targets, "init": "default",
-        "rank_pattern": {re.escape(p): k for p, k in ranks.items() if k != top}})
+    return config.model_copy(
+        update={
+            "r": top,
+            "target_modules": targets,
+            "init": "default",
+            "rank_pattern": {re.escape(p): k for p, k in ranks.items() if k != top},
+        }
+    )
 
 
 def _factors(s: Spectrum, k: int, scale: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +65,9 @@ def _factors(s: Spectrum, k: int, scale: float, dtype: torch.dtype) -> tuple[tor
     return (a / root).to(dtype), (b / root).to(dtype)
 
 
-def compress(adapter: "Adapter | str", rank: int | None = None, pve: float | None = None,
-             ranks: dict[str, int] | None = None) -> Reduced:
+def compress(
+    adapter: "Adapter | str", rank: int | None = None, pve: float | None = None, ranks: dict[str, int] | None = None
+) -> Reduced:
     """Each ΔW_m replaced by its best rank-k_m approximation; k from `rank`, `pve` (smallest rank
     keeping that share of ‖ΔW_m‖²) or `ranks` per module. Alpha and rsLoRA are kept; the factors
     absorb the new scale so that s·B·A is preserved."""
@@ -71,8 +77,10 @@ def compress(adapter: "Adapter | str", rank: int | None = None, pve: float | Non
         unknown = sorted(set(ranks) - set(source.modules))
         if unknown:
             raise LoraError(f"ranks names modules the adapter lacks: {unknown[:3]}; use paths from `loraops analyze`")
-        chosen = {p: _choose_rank(p, s, source.modules[p].rank, ranks.get(p, source.modules[p].rank), None)
-                  for p, s in spectra.items()}
+        chosen = {
+            p: _choose_rank(p, s, source.modules[p].rank, ranks.get(p, source.modules[p].rank), None)
+            for p, s in spectra.items()
+        }
     else:
         chosen = {p: _choose_rank(p, s, source.modules[p].rank, rank, pve) for p, s in spectra.items()}
     config = _ranked_config(source.config, chosen, source.config.target_modules)
@@ -85,19 +93,29 @@ def compress(adapter: "Adapter | str", rank: int | None = None, pve: float | Non
     return Reduced(result, chosen, {p: _relative_error(s, chosen[p]) for p, s in spectra.items()})
 
 
-def extract(base: nn.Module, finetuned: nn.Module, rank: int | None = None, pve: float | None = None,
-            target_modules: "list[str] | str" = "all-linear", alpha: float | None = None) -> tuple[Reduced, list[str]]:
+def extract(
+    base: nn.Module,
+    finetuned: nn.Module,
+    rank: int | None = None,
+    pve: float | None = None,
+    target_modules: "list[str] | str" = "all-linear",
+    alpha: float | None = None,
+) -> tuple[Reduced, list[str]]:
     """A LoRA adapter from a full fine-tune: per target, truncated SVD of W_ft − W0.
 
     Returns the adapter (modules whose weight did not change are left out) and the names of
     other parameters that changed, which a LoRA on these targets cannot carry.
     """
     base_state, ft_state = base.state_dict(), finetuned.state_dict()
-    mismatched = sorted(k for k in base_state.keys() | ft_state.keys()
-                        if k not in base_state or k not in ft_state or base_state[k].shape != ft_state[k].shape)
+    mismatched = sorted(
+        k
+        for k in base_state.keys() | ft_state.keys()
+        if k not in base_state or k not in ft_state or base_state[k].shape != ft_state[k].shape
+    )
     if mismatched:
-        raise AdapterMismatchError(f"the models differ in architecture ({mismatched[:3]}): "
-                                   "pass the base the fine-tune started from")
+        raise AdapterMismatchError(
+            f"the models differ in architecture ({mismatched[:3]}): pass the base the fine-tune started from"
+        )
     targets = resolve_targets(base, LoraConfig(r=1, alpha=1, target_modules=target_modules))
     spectra, limits, conv = {}, {}, False
     for path, module in targets.items():
@@ -110,7 +128,9 @@ def extract(base: nn.Module, finetuned: nn.Module, rank: int | None = None, pve:
         raise LoraError("no target weight differs between the two models: nothing to extract")
     chosen = {p: _choose_rank(p, s, limits[p], rank, pve) for p, s in spectra.items()}
     top = max(chosen.values())
-    config = _ranked_config(LoraConfig(r=top, alpha=alpha or top, target_modules=sorted(chosen)), chosen, sorted(chosen))
+    config = _ranked_config(
+        LoraConfig(r=top, alpha=alpha or top, target_modules=sorted(chosen)), chosen, sorted(chosen)
+    )
     modules = {}
     for path, s in spectra.items():
         a, b = _factors(s, chosen[path], config.scaling_for(path), base_state[f"{path}.weight"].dtype)

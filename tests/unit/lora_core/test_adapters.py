@@ -4,8 +4,17 @@ import pytest
 import torch
 from conftest import build, inputs, output, randomize_b, rel_diff, targets
 
-from lora_core import (LoraConfig, LoraError, MergeError, active_adapter, delete_adapter, inject, merge,
-                       set_active_adapter, unmerge)
+from lora_core import (
+    LoraConfig,
+    LoraError,
+    MergeError,
+    active_adapter,
+    delete_adapter,
+    inject,
+    merge,
+    set_active_adapter,
+    unmerge,
+)
 from lora_core.inject import lora_layers
 from lora_core.layer import LoraLayer
 

@@ -8,8 +8,17 @@ import torch
 from conftest import build, inputs, output, randomize_b, rel_diff
 
 from lora_core import AdapterMismatchError, LoraConfig, LoraError, inject, load_adapter, save_adapter
-from lora_core.analysis import (adapter_report, amplification_factor, compress, dense_spectrum, extract, read_adapter,
-                                similarity_grid, spectrum, subspace_similarity)
+from lora_core.analysis import (
+    adapter_report,
+    amplification_factor,
+    compress,
+    dense_spectrum,
+    extract,
+    read_adapter,
+    similarity_grid,
+    spectrum,
+    subspace_similarity,
+)
 from lora_core.analysis.plots import plot_ranks, plot_scree, plot_similarity
 
 
@@ -47,7 +56,9 @@ def test_exact_rank_is_recovered_from_low_rank_plus_noise():
 @pytest.mark.parametrize("true_rank", [1, 3, 6])
 def test_exact_rank_is_recovered_from_a_dense_low_rank_plus_noise_matrix(true_rank):
     g = torch.Generator().manual_seed(true_rank)
-    signal = torch.randn(64, true_rank, generator=g, dtype=torch.float64) @ torch.randn(true_rank, 48, generator=g, dtype=torch.float64)
+    signal = torch.randn(64, true_rank, generator=g, dtype=torch.float64) @ torch.randn(
+        true_rank, 48, generator=g, dtype=torch.float64
+    )
     noise = 0.02 * torch.randn(64, 48, generator=g, dtype=torch.float64)
     s = dense_spectrum(signal + noise)
     assert s.elbow == true_rank and s.rank_at(0.99) == true_rank
@@ -158,14 +169,17 @@ def test_extract_from_conv1d_model_round_trips(tmp_path):
     assert rel_diff(output(load_adapter(build("gpt2"), tmp_path / "x"), x), output(tuned, x)) <= 1e-5
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"rank": 0}, "rank=0 must be at least 1"),
-    ({"rank": 7}, "rank=7 is above the rank 6"),
-    ({"pve": 0.0}, r"pve=0.0 must lie in \(0, 1\]"),
-    ({"pve": 1.5}, r"pve=1.5 must lie in \(0, 1\]"),
-    ({}, "exactly one of rank=K or pve=P"),
-    ({"rank": 2, "pve": 0.9}, "exactly one"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rank": 0}, "rank=0 must be at least 1"),
+        ({"rank": 7}, "rank=7 is above the rank 6"),
+        ({"pve": 0.0}, r"pve=0.0 must lie in \(0, 1\]"),
+        ({"pve": 1.5}, r"pve=1.5 must lie in \(0, 1\]"),
+        ({}, "exactly one of rank=K or pve=P"),
+        ({"rank": 2, "pve": 0.9}, "exactly one"),
+    ],
+)
 def test_compress_rejects_bad_ranks(tmp_path, kwargs, match):
     saved_adapter(tmp_path, "llama")
     with pytest.raises(LoraError, match=match):

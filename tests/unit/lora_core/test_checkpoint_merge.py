@@ -37,9 +37,15 @@ def saved_adapter(name, root, dtype=torch.float32, target_modules=None, **config
     return model
 
 
-@pytest.mark.parametrize("name,dtype,target_modules", [
-    ("llama", torch.float32, "all-linear"), ("llama", torch.bfloat16, "all-linear"),
-    ("gpt2", torch.float32, None), ("gpt2", torch.bfloat16, None)])
+@pytest.mark.parametrize(
+    "name,dtype,target_modules",
+    [
+        ("llama", torch.float32, "all-linear"),
+        ("llama", torch.bfloat16, "all-linear"),
+        ("gpt2", torch.float32, None),
+        ("gpt2", torch.bfloat16, None),
+    ],
+)
 def test_streaming_merge_equals_peft_and_in_memory_merge(name, dtype, target_modules, tmp_path):
     model = saved_adapter(name, tmp_path, dtype, target_modules)
     report = merge_checkpoint(tmp_path / "base", tmp_path / "adapter", tmp_path / "out")
@@ -56,7 +62,9 @@ def test_streaming_merge_equals_peft_and_in_memory_merge(name, dtype, target_mod
         torch.testing.assert_close(value, peft_merged[key], atol=atol, rtol=0)
         torch.testing.assert_close(value, in_memory[key], atol=atol, rtol=0)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=dtype).eval()
-    assert rel_diff(output(loaded, inputs(name)), output(model, inputs(name))) <= (1e-5 if dtype == torch.float32 else 3e-2)
+    assert rel_diff(output(loaded, inputs(name)), output(model, inputs(name))) <= (
+        1e-5 if dtype == torch.float32 else 3e-2
+    )
 
 
 def test_output_is_sharded_like_the_base_with_config_and_index(tmp_path):
@@ -83,8 +91,11 @@ def test_bare_base_gets_the_task_prefix_and_head(tmp_path):
     with torch.no_grad():
         model.classifier.modules_to_save["default"].weight.add_(0.5)
     save_adapter(model, tmp_path / "adapter")
-    head = {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "a", "1": "b", "2": "c"},
-            "label2id": {"a": 0, "b": 1, "c": 2}}
+    head = {
+        "architectures": ["BertForSequenceClassification"],
+        "id2label": {"0": "a", "1": "b", "2": "c"},
+        "label2id": {"a": 0, "b": 1, "c": 2},
+    }
     report = merge_checkpoint(tmp_path / "base", tmp_path / "adapter", tmp_path / "out", config_updates=head)
     assert report.prefix == "bert." and sorted(report.added) == ["classifier.bias", "classifier.weight"]
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
@@ -94,11 +105,20 @@ def test_bare_base_gets_the_task_prefix_and_head(tmp_path):
 def test_wrong_shapes_and_missing_modules_are_refused_before_writing(tmp_path):
     saved_adapter("llama", tmp_path / "a", torch.float32)
     torch.manual_seed(0)
-    other = AutoModelForCausalLM.from_config(build("llama").config.__class__(
-        vocab_size=64, hidden_size=48, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2))
+    other = AutoModelForCausalLM.from_config(
+        build("llama").config.__class__(
+            vocab_size=64,
+            hidden_size=48,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     other.save_pretrained(tmp_path / "wide")
-    with pytest.raises(AdapterMismatchError, match=r"model\.layers\.0\.\S+: base weight is \[48, 48\] but the adapter makes"):
+    with pytest.raises(
+        AdapterMismatchError, match=r"model\.layers\.0\.\S+: base weight is \[48, 48\] but the adapter makes"
+    ):
         merge_checkpoint(tmp_path / "wide", tmp_path / "a" / "adapter", tmp_path / "out")
     saved_adapter("gpt2", tmp_path / "g", torch.float32)
     with pytest.raises(AdapterMismatchError, match="no weight for adapted module"):
@@ -121,6 +141,7 @@ def test_non_empty_output_and_truncated_base_are_refused(tmp_path):
 def test_nan_adapter_is_refused(tmp_path):
     model = saved_adapter("llama", tmp_path, torch.float32)
     from safetensors.torch import load_file, save_file
+
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     next(v for k, v in weights.items() if "lora_B" in k)[0, 0] = float("nan")
     save_file(weights, tmp_path / "adapter" / "adapter_model.safetensors")
@@ -154,9 +175,16 @@ PEAK = textwrap.dedent("""
 def test_peak_memory_stays_under_one_shard_plus_adapter(tmp_path):
     """~320 MB float32 model in 4 shards: the merge process grows by far less than the model."""
     from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=4096, hidden_size=1024, intermediate_size=2816, num_hidden_layers=6,
-                         num_attention_heads=8, num_key_value_heads=8)
+    config = LlamaConfig(
+        vocab_size=4096,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(tmp_path / "base", max_shard_size="90MB")
     inject(model, LoraConfig(r=16, alpha=32, target_modules="all-linear"))
@@ -164,8 +192,12 @@ def test_peak_memory_stays_under_one_shard_plus_adapter(tmp_path):
     del model
     shards = [p.stat().st_size for p in (tmp_path / "base").glob("*.safetensors")]
     adapter = (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
-    run = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "base"), str(tmp_path / "adapter"),
-                          str(tmp_path / "out")], capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK, str(tmp_path / "base"), str(tmp_path / "adapter"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     measured = json.loads(run.stdout.strip().splitlines()[-1])
     grew = measured["grew"]
     assert len(shards) >= 4 and sum(shards) > 300e6 and 50e6 < measured["before"] < 1.5e9  # torch imported, no model
@@ -176,9 +208,11 @@ def test_merge_command_checks_the_recorded_base_fingerprint(tmp_path, capsys):
     from pipelines.cli import main
     from registry import fingerprint_weights
     from registry.manifest import MANIFEST_FILE, Manifest
+
     saved_adapter("llama", tmp_path, torch.float32)
     record = lambda fp: (tmp_path / "adapter" / MANIFEST_FILE).write_bytes(  # noqa: E731  (as a fetched copy has it)
-        Manifest(task="t", mode="adapter", base_fingerprint=fp, files={}).to_json())
+        Manifest(task="t", mode="adapter", base_fingerprint=fp, files={}).to_json()
+    )
     record("0" * 64)
     capsys.readouterr()  # the setup's save_pretrained progress bars
     assert main(["merge", str(tmp_path / "base"), str(tmp_path / "adapter"), str(tmp_path / "out")]) == 2

@@ -32,7 +32,8 @@ def test_only_adapter_parameters_get_gradients(model_name):
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad and all(".lora_A." in n or ".lora_B." in n for n in with_grad)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        n for n in dict(model.named_parameters()) if ".lora_A." in n or ".lora_B." in n}
+        n for n in dict(model.named_parameters()) if ".lora_A." in n or ".lora_B." in n
+    }
 
 
 def test_count_parameters_matches_analytic_sum(model_name):
@@ -69,8 +70,10 @@ def test_rslora_scales_by_alpha_over_sqrt_r():
 
 
 def test_rank_and_alpha_patterns_override_per_module():
-    model = inject(build("mlp"), LoraConfig(r=4, alpha=8, target_modules=["fc1", "fc2"],
-                                            rank_pattern={"fc2": 2}, alpha_pattern={"fc2": 1.0}))
+    model = inject(
+        build("mlp"),
+        LoraConfig(r=4, alpha=8, target_modules=["fc1", "fc2"], rank_pattern={"fc2": 2}, alpha_pattern={"fc2": 1.0}),
+    )
     assert model.fc1.lora_A["default"].weight.shape == (4, 12)
     assert model.fc2.lora_A["default"].weight.shape == (2, 24)
     assert model.fc2.scaling["default"] == pytest.approx(0.5)
@@ -119,7 +122,10 @@ def test_all_linear_wraps_every_linear_but_the_output_head():
 
 def test_regex_targets_match_the_whole_path():
     model = inject(build("bert"), LoraConfig(r=2, alpha=2, target_modules=r".*layer\.1\.attention\.self\.(query|key)"))
-    assert set(lora_layers(model)) == {"bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.attention.self.key"}
+    assert set(lora_layers(model)) == {
+        "bert.encoder.layer.1.attention.self.query",
+        "bert.encoder.layer.1.attention.self.key",
+    }
 
 
 def test_unknown_target_names_close_modules():
@@ -139,16 +145,19 @@ def test_rank_above_min_dimension_is_refused_and_model_untouched():
     assert not lora_layers(model)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"r": 0}, "r=0: the rank must be a positive integer"),
-    ({"r": -3}, "r=-3"),
-    ({"alpha": 0}, "alpha=0.0: alpha must be a positive number"),
-    ({"alpha": -1}, "alpha=-1.0"),
-    ({"dropout": 1.0}, "less than 1"),
-    ({"target_modules": []}, "target_modules is empty"),
-    ({"target_modules": "(["}, "not a valid regex"),
-    ({"rank_pattern": {"fc1": 0}}, r"rank_pattern\['fc1'\]=0"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"r": 0}, "r=0: the rank must be a positive integer"),
+        ({"r": -3}, "r=-3"),
+        ({"alpha": 0}, "alpha=0.0: alpha must be a positive number"),
+        ({"alpha": -1}, "alpha=-1.0"),
+        ({"dropout": 1.0}, "less than 1"),
+        ({"target_modules": []}, "target_modules is empty"),
+        ({"target_modules": "(["}, "not a valid regex"),
+        ({"rank_pattern": {"fc1": 0}}, r"rank_pattern\['fc1'\]=0"),
+    ],
+)
 def test_bad_config_gives_a_clear_error(bad, match):
     with pytest.raises(ValidationError, match=match):
         LoraConfig(**({"r": 4, "alpha": 8, "target_modules": ["fc1"]} | bad))

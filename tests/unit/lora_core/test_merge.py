@@ -66,6 +66,18 @@ def test_merge_twice_is_refused():
         unmerge(model)
 
 
+def test_layer_merge_and_unmerge_with_nothing_to_do_are_refused_and_write_nothing():
+    layer = LoraLayer(nn.Linear(8, 8))
+    layer.add_adapter("a", r=2, scaling=1.0, dropout=0.0, init="default")
+    w0 = layer.weight.detach().clone()
+    with pytest.raises(MergeError, match="no active adapter to merge"):
+        layer.merge()
+    with pytest.raises(MergeError, match="nothing is merged"):
+        layer.unmerge()
+    assert torch.equal(layer.weight, w0)
+    assert layer.merged_adapter is None
+
+
 def test_merge_with_nan_writes_nothing():
     model = inject(build("mlp"), LoraConfig(r=2, alpha=2, target_modules=["fc1", "fc2"]))
     randomize_b(model)

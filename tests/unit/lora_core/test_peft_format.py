@@ -8,8 +8,7 @@ import torch
 from conftest import build, inputs, output, randomize_b, rel_diff, targets
 from safetensors.torch import load_file
 
-from lora_core import (AdapterMismatchError, LoraConfig, LoraError, UnsafeFormatError, inject, load_adapter,
-                       save_adapter)
+from lora_core import AdapterMismatchError, LoraConfig, LoraError, UnsafeFormatError, inject, load_adapter, save_adapter
 from lora_core.inject import lora_layers
 
 INTEROP = ["bert", "gpt2", "llama", "mlp"]
@@ -44,20 +43,36 @@ def test_saved_files_follow_peft_names_and_config(tmp_path):
     assert "base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight" in keys
     assert "base_model.model.classifier.weight" in keys and len(keys) == 4 * 2 + 2
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    expected = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["query", "value"],
-                "use_rslora": False, "fan_in_fan_out": False, "modules_to_save": ["classifier"],
-                "base_model_name_or_path": "tiny-bert", "bias": "none", "rank_pattern": {}, "alpha_pattern": {}}
+    expected = {
+        "peft_type": "LORA",
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["query", "value"],
+        "use_rslora": False,
+        "fan_in_fan_out": False,
+        "modules_to_save": ["classifier"],
+        "base_model_name_or_path": "tiny-bert",
+        "bias": "none",
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
     assert {k: config[k] for k in expected} == expected
     assert not any(k.startswith("loraops") for k in config)
 
 
-@pytest.mark.parametrize("name, config", [
-    ("bert", {}), ("gpt2", {}), ("llama", {}), ("mlp", {}),
-    ("llama", {"use_rslora": True, "rank_pattern": {"down_proj": 2}, "alpha_pattern": {"v_proj": 3.0}}),
-    ("gpt2", {"target_modules": "all-linear"}),
-    ("llama", {"init": "pissa"}),
-    ("gpt2", {"init": "pissa", "use_rslora": True}),
-])
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("bert", {}),
+        ("gpt2", {}),
+        ("llama", {}),
+        ("mlp", {}),
+        ("llama", {"use_rslora": True, "rank_pattern": {"down_proj": 2}, "alpha_pattern": {"v_proj": 3.0}}),
+        ("gpt2", {"target_modules": "all-linear"}),
+        ("llama", {"init": "pissa"}),
+        ("gpt2", {"init": "pissa", "use_rslora": True}),
+    ],
+)
 def test_peft_loads_our_adapter_with_the_same_outputs(name, config, tmp_path):
     model = trained(name, **config)
     x = inputs(name)
@@ -67,14 +82,23 @@ def test_peft_loads_our_adapter_with_the_same_outputs(name, config, tmp_path):
     assert rel_diff(output(theirs, x), expected) <= 1e-5
 
 
-@pytest.mark.parametrize("name, config", [
-    ("bert", {}), ("gpt2", {}), ("llama", {"use_rslora": True}), ("mlp", {}),
-    ("llama", {"target_modules": "all-linear", "rank_pattern": {"o_proj": 2}}),
-])
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("bert", {}),
+        ("gpt2", {}),
+        ("llama", {"use_rslora": True}),
+        ("mlp", {}),
+        ("llama", {"target_modules": "all-linear", "rank_pattern": {"o_proj": 2}}),
+    ],
+)
 def test_we_load_peft_adapters_with_peft_outputs(name, config, tmp_path):
-    extra = {"modules_to_save": ["classifier"]} if name == "bert" else {"fan_in_fan_out": True} if name == "gpt2" else {}
-    peft_config = peft.LoraConfig(**({"r": 4, "lora_alpha": 8, "target_modules": targets(name),
-                                      "init_lora_weights": False} | extra | config))
+    extra = (
+        {"modules_to_save": ["classifier"]} if name == "bert" else {"fan_in_fan_out": True} if name == "gpt2" else {}
+    )
+    peft_config = peft.LoraConfig(
+        **({"r": 4, "lora_alpha": 8, "target_modules": targets(name), "init_lora_weights": False} | extra | config)
+    )
     torch.manual_seed(5)
     theirs = peft.get_peft_model(build(name), peft_config).eval()
     x = inputs(name)
@@ -90,8 +114,11 @@ def test_adapter_for_other_modules_is_refused_and_model_untouched(tmp_path):
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     (tmp_path / "adapter_config.json").write_text(json.dumps(config | {"target_modules": ["k_proj"]}))
     model = build("llama")
-    with pytest.raises(AdapterMismatchError, match=r"missing weights for model\.layers\.0\.self_attn\.k_proj.*"
-                                                   r"modules this model lacks: model\.layers\.0\.self_attn\.q_proj"):
+    with pytest.raises(
+        AdapterMismatchError,
+        match=r"missing weights for model\.layers\.0\.self_attn\.k_proj.*"
+        r"modules this model lacks: model\.layers\.0\.self_attn\.q_proj",
+    ):
         load_adapter(model, tmp_path)
     assert not lora_layers(model)
 
@@ -126,10 +153,13 @@ def test_unsupported_peft_variants_are_refused(tmp_path):
         load_adapter(build("mlp"), tmp_path)
 
 
-@pytest.mark.parametrize("damage, match", [
-    ({"r": 0}, "r=0: the rank must be a positive integer"),
-    ({"target_modules": None}, "target_modules"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ({"r": 0}, "r=0: the rank must be a positive integer"),
+        ({"target_modules": None}, "target_modules"),
+    ],
+)
 def test_damaged_config_is_refused_with_the_cause(tmp_path, damage, match):
     save_adapter(trained("mlp"), tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
