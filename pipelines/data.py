@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch
 
+from registry.errors import RegistryError
+from registry.s3 import is_s3_uri, read_object
+
 MAX_BAD_ROWS = 3
 
 
@@ -51,14 +54,11 @@ def read_rows(path: str) -> list[dict]:
 
 
 def _read_bytes(path: str) -> bytes:
-    if path.startswith("s3://"):
-        import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
-        bucket, _, key = path[len("s3://"):].partition("/")
+    if is_s3_uri(path):
         try:
-            return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-        except (ClientError, BotoCoreError) as e:
-            raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); check the path and AWS settings") from None
+            return read_object(path)
+        except RegistryError as e:
+            raise DataError(f"cannot read data.path: {e}") from None
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:

@@ -1,8 +1,6 @@
 """Artifact stores with one interface: a local folder and S3-compatible object storage (boto3).
 
-Keys are POSIX paths below the store's root/prefix. S3 settings come from the standard AWS
-environment or profile (AWS_ENDPOINT_URL, AWS_PROFILE, AWS_ACCESS_KEY_ID, ...); credentials are
-never echoed into messages or records.
+Keys are POSIX paths below the store's root/prefix. S3 clients, URIs and errors come from s3.py.
 
 `upload` reads a file once: that pass computes the sha256 the manifest promised (a mismatch stops
 before anything becomes visible) and the S3 additional checksums (SHA-256 per part), which the
@@ -21,8 +19,9 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from .digests import CHUNK, DigestCache, FileDigest, part_size
-from .errors import IntegrityError, RegistryError, StoreError, StoreUnavailable
+from .errors import IntegrityError, RegistryError, StoreError
 from .manifest import FileEntry
+from .s3 import S3Client, call, is_s3_uri, parse_s3_uri, s3_client
 
 Progress = Callable[[int], None]
 log = logging.getLogger("loraops.store")
@@ -108,18 +107,10 @@ class S3Store:
 
     fallback_said = False  # "no additional checksums here" is logged once per process
 
-    def __init__(self, bucket: str, prefix: str = "", client=None, workers: int = 8):
-        import boto3
+    def __init__(self, bucket: str, prefix: str = "", client: S3Client | None = None, workers: int = 8):
         from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        # Our own sha256 verification covers integrity, so stores that reject boto3's default
-        # CRC headers (several S3-compatible servers) work unless the user asks otherwise.
-        config = Config(
-            request_checksum_calculation=os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
-            response_checksum_validation=os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
-            retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
-        self.client = client or boto3.session.Session().client("s3", config=config)
+        self.client = client or s3_client()
         self.transfer = TransferConfig(multipart_chunksize=16 * 1024 * 1024)  # downloads
         self.workers = workers
 
@@ -262,7 +253,7 @@ class S3Store:
         False where a single CopyObject cannot do it (over 5 GB) or the store computes no checksum of it:
         then the caller uploads the file instead.
         """
-        bucket, _, source_key = source_uri.removeprefix("s3://").partition("/")
+        bucket, source_key = parse_s3_uri(source_uri)
         if entry.bytes > 5 * 10**9:
             return False
         response = self._call(self.client.copy_object, Bucket=self.bucket, Key=self._key(key),
@@ -288,53 +279,14 @@ class S3Store:
         return None if response is None else response["Body"].read()
 
     def _call(self, method, *args, missing_ok: bool = False, **kwargs):
-        """Run a boto3 call; turn its failures into one-line StoreErrors that name the fix."""
-        from boto3.exceptions import S3UploadFailedError
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-        try:
-            return method(*args, **kwargs)
-        except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if missing_ok and code in ("NoSuchKey", "404"):
-                return None
-            raise self._client_error(code, e) from None
-        except S3UploadFailedError as e:
-            raise self._client_error(_code_in(str(e)), e) from None
-        except NoCredentialsError:
-            raise StoreError(f"no AWS credentials for {self.uri()}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE") from None
-        except BotoCoreError as e:
-            raise StoreUnavailable(f"cannot reach {self.uri()} ({type(e).__name__}); check AWS_ENDPOINT_URL, that the "
-                                   f"store is up, and the network") from None
-
-    def _client_error(self, code: str, error: Exception) -> StoreError:
-        if code in ("NoSuchBucket", "404"):
-            return StoreError(f"bucket {self.bucket!r} does not exist; create it (aws s3 mb s3://{self.bucket}) "
-                              f"or fix the promotion target")
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidClientTokenId",
-                    "ExpiredToken"):
-            return StoreError(f"credentials rejected by {self.uri()} ({code}); check AWS_ACCESS_KEY_ID/"
-                              f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the bucket policy")
-        status = getattr(error, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "InternalError"):
-            return StoreUnavailable(f"{self.uri()}: the store answered {code or status}; it is overloaded or failing, "
-                                    f"try again later")
-        return StoreError(f"{self.uri()}: S3 error {code or type(error).__name__}; check the target and the store's logs")
-
-
-def _code_in(message: str) -> str:
-    """S3UploadFailedError flattens the ClientError into text: '... (InvalidAccessKeyId) when calling ...'."""
-    start, end = message.rfind("("), message.rfind(")")
-    return message[start + 1:end] if 0 <= start < end else ""
+        return call(self.uri(), method, *args, missing_ok=missing_ok, **kwargs)
 
 
 def open_store(target: str | Path) -> LocalStore | S3Store:
     """'s3://bucket/prefix' -> S3Store; a path or file:// URI -> LocalStore."""
     target = str(target)
-    if target.startswith("s3://"):
-        bucket, _, prefix = target[len("s3://"):].partition("/")
-        if not bucket:
-            raise RegistryError(f"promotion target {target!r} names no bucket; use s3://bucket/prefix")
-        return S3Store(bucket, prefix)
+    if is_s3_uri(target):
+        return S3Store(*parse_s3_uri(target, "promotion target"))
     if "://" in target and not target.startswith("file://"):
         raise RegistryError(f"promotion target {target!r}: unsupported scheme; use s3://bucket/prefix or a local folder")
     return LocalStore(target.removeprefix("file://"))

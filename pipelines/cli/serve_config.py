@@ -10,6 +10,7 @@ import shlex
 
 from registry import AdapterRegistry, RegistryError, VersionRecord
 from registry.engines import max_lora_rank, max_rank
+from registry.s3 import is_s3_uri
 
 
 def production(registry: AdapterRegistry, task: str | None, base: str | None) -> list[VersionRecord]:
@@ -22,7 +23,7 @@ def production(registry: AdapterRegistry, task: str | None, base: str | None) ->
 
 def local_path(uri: str, task: str, lora_dir: str) -> tuple[str, str | None]:
     """(path the engine reads, command that puts the promoted copy there, if one is needed)."""
-    if uri.startswith("s3://"):
+    if is_s3_uri(uri):
         return f"{lora_dir}/{task}", f"aws s3 sync {shlex.quote(uri)} {shlex.quote(f'{lora_dir}/{task}')}"
     return uri, None
 
@@ -66,7 +67,7 @@ def render(engine: str, group: dict, lora_dir: str) -> list[str]:
     elif engine == "lorax":
         lines.append(f"lorax-launcher --model-id {shlex.quote(base)}")
         for a in adapters:
-            source = "s3" if a["uri"].startswith("s3://") else "local"
+            source = "s3" if is_s3_uri(a["uri"]) else "local"
             adapter_id = a["uri"] if source == "s3" else a["path"]
             lines.append(f"# {a['name']}: POST /generate with parameters "
                          f"{json.dumps({'adapter_id': adapter_id, 'adapter_source': source})}")

@@ -1,0 +1,117 @@
+"""The one way loraops talks to S3: s3:// URIs parsed, clients with bounded timeouts, failures as one-line errors.
+
+Settings come from the standard AWS environment or profile (AWS_ENDPOINT_URL, AWS_PROFILE, AWS_ACCESS_KEY_ID, ...);
+credentials are never echoed into messages.
+"""
+
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .errors import RegistryError, StoreError, StoreUnavailable
+
+SCHEME = "s3://"
+S3Client = Any  # botocore builds the client class at run time; boto3 ships no type stubs
+
+
+class S3Location(NamedTuple):
+    bucket: str
+    key: str  # may be empty (the bucket itself) or a prefix
+
+
+def is_s3_uri(uri: str) -> bool:
+    return uri.startswith(SCHEME)
+
+
+def parse_s3_uri(uri: str, what: str = "S3 URI") -> S3Location:
+    """'s3://bucket/some/key' -> S3Location('bucket', 'some/key'); `what` names the URI in the error."""
+    if not is_s3_uri(uri):
+        raise RegistryError(f"{what} {uri!r} is not an s3:// URI; use s3://bucket/key")
+    bucket, _, key = uri.removeprefix(SCHEME).partition("/")
+    if not bucket:
+        raise RegistryError(f"{what} {uri!r} names no bucket; use s3://bucket/prefix")
+    return S3Location(bucket, key)
+
+
+def s3_client() -> S3Client:
+    """A boto3 S3 client whose every call ends: bounded connect/read timeouts and retries."""
+    import boto3
+    from botocore.config import Config
+
+    # Our own sha256 verification covers integrity, so stores that reject boto3's default
+    # CRC headers (several S3-compatible servers) work unless the user asks otherwise.
+    config = Config(
+        request_checksum_calculation=os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
+        response_checksum_validation=os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def read_object(uri: str) -> bytes:
+    """The bytes of the object at s3://bucket/key."""
+    bucket, key = parse_s3_uri(uri)
+    response = call(uri, s3_client().get_object, missing_ok=True, Bucket=bucket, Key=key)
+    if response is None:
+        raise StoreError(f"{uri}: no such object; check the path")
+    return response["Body"].read()
+
+
+def object_etag(uri: str) -> str:
+    """The ETag the store reports for the object at s3://bucket/key (one HEAD): changes when its bytes do."""
+    bucket, key = parse_s3_uri(uri)
+    response = call(uri, s3_client().head_object, missing_ok=True, Bucket=bucket, Key=key)
+    if response is None:
+        raise StoreError(f"{uri}: no such object; check the path")
+    return response["ETag"]
+
+
+def call(where: str, method: Callable[..., Any], *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
+    """Run a boto3 call on `where` (an s3:// URI); turn its failures into one-line StoreErrors that name the fix.
+    With `missing_ok`, a missing key answers None."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        return method(*args, **kwargs)
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if missing_ok and code in ("NoSuchKey", "404"):
+            return None
+        raise _client_error(where, code, e) from None
+    except S3UploadFailedError as e:
+        raise _client_error(where, _code_in(str(e)), e) from None
+    except NoCredentialsError:
+        raise StoreError(
+            f"no AWS credentials for {where}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        ) from None
+    except BotoCoreError as e:
+        raise StoreUnavailable(
+            f"cannot reach {where} ({type(e).__name__}); check AWS_ENDPOINT_URL, that the store is up, and the network"
+        ) from None
+
+
+def _client_error(where: str, code: str, error: Exception) -> StoreError:
+    bucket = parse_s3_uri(where).bucket
+    if code in ("NoSuchBucket", "404"):
+        return StoreError(
+            f"bucket {bucket!r} does not exist; create it (aws s3 mb s3://{bucket}) or fix the promotion target"
+        )
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidClientTokenId",
+                "ExpiredToken"):
+        return StoreError(
+            f"credentials rejected by {where} ({code}); check AWS_ACCESS_KEY_ID/"
+            f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the bucket policy"
+        )
+    status = getattr(error, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "InternalError"):
+        return StoreUnavailable(f"{where}: the store answered {code or status}; it is overloaded or failing, try again later")
+    return StoreError(f"{where}: S3 error {code or type(error).__name__}; check the target and the store's logs")
+
+
+def _code_in(message: str) -> str:
+    """S3UploadFailedError flattens the ClientError into text: '... (InvalidAccessKeyId) when calling ...'."""
+    start, end = message.rfind("("), message.rfind(")")
+    return message[start + 1 : end] if 0 <= start < end else ""
