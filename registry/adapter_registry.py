@@ -18,17 +18,18 @@ from mlflow.exceptions import MlflowException
 
 from lora_core.peft_format import read_peft_config
 
-from .aliases import AliasBook
+from .aliases import AliasBook, Drift
 from .code_version import code_version
 from .digests import DigestCache
 from .engines import Adapter, adapted_modules, check_servable
-from .errors import BaseMismatchError, IntegrityError, RegistryError
+from .errors import BaseMismatchError, IntegrityError, RegistryError, UnknownTaskError
 from .fingerprint import CONFIG_FILE, fingerprint_weights
 from .locks import exclusive
 from .manifest import MANIFEST_FILE, Manifest, scan_folder
 from .mlflow_model import MODEL_DIR, write_model
 from .names import base_model_name, check_task_name, parse_ref
-from .records import MODES, BaseRecord, HistoryEvent, Promotion, VersionRecord
+from .records import MODES, BaseName, BaseRecord, HistoryEvent, Lineage, LoraSummary, Promotion, VersionRecord
+from .runs import RunTracking
 from .settings import RegistrySettings
 from .stores import S3Store, open_store
 from .transfer import download_promoted, materialize, seed, upload_verified
@@ -53,6 +54,7 @@ class AdapterRegistry:
             self.schema_ready.add(self.settings.tracking_uri)
         self.digests = DigestCache(self.settings.digests)
         self.book = AliasBook(self.client, self.settings.actor)
+        self.runs = RunTracking(self.client, self.settings)
 
     # ---- base models -------------------------------------------------------------------------
     def register_base(self, path: str | Path, name: str | None = None, source: str | None = None,
@@ -72,7 +74,7 @@ class AdapterRegistry:
             tags[TAG + "base.revision"] = revision
         if config.get("model_type"):
             tags[TAG + "base.model_type"] = config["model_type"]
-        run = self.client.create_run(self.experiment("loraops-bases"), run_name=f"base {name}", tags=tags)
+        run = self.client.create_run(self.runs.experiment("loraops-bases"), run_name=f"base {name}", tags=tags)
         if (path / CONFIG_FILE).exists():
             self.client.log_artifact(run.info.run_id, str(path / CONFIG_FILE), "base")
         self.client.set_terminated(run.info.run_id)
@@ -105,7 +107,7 @@ class AdapterRegistry:
         `spectrum`: numbers from the low-rank analysis (rank_at_95, elbow, ...), one version tag each, so the UI
         sorts and filters by them."""
         check_task_name(task)
-        lora = _read_adapter_config(Path(adapter_dir))
+        lora, task_type = _read_adapter_config(Path(adapter_dir))
         if merged_dir is not None:
             _check_merged(Path(merged_dir))
         if not HEX64.fullmatch(dataset_fingerprint):
@@ -123,21 +125,19 @@ class AdapterRegistry:
             return same  # re-registering identical bytes on the same base and data adds nothing
         own_run = run_id is None
         if own_run:
-            run_id = self.client.create_run(self.experiment(f"loraops-{task}"), run_name=f"register {task}").info.run_id
-            for key, value in metrics.items():
-                self.client.log_metric(run_id, key, value)
+            run_id = self.runs.start(task, f"register {task}", {})
+            self.runs.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            write_model(Path(tmp) / MODEL_DIR, lora["task_type"], base, input_example or ["an example text"])
-            self.client.log_artifacts(run_id, str(Path(tmp) / MODEL_DIR), MODEL_DIR)
+            write_model(Path(tmp) / MODEL_DIR, task_type, base, input_example or ["an example text"])
+            self.runs.log_artifacts(run_id, Path(tmp) / MODEL_DIR, MODEL_DIR)
         for mode, folder in folders.items():
             self._log_folder(run_id, folder, manifests[mode], f"{MODEL_DIR}/{mode}")
             seed(self.settings.cache, folder, manifests[mode])
         if own_run:
-            self.client.set_terminated(run_id)
+            self.runs.end(run_id)
         tags = {TAG + "base.name": base.name, TAG + "base.fingerprint": base.fingerprint,
                 TAG + "base.version": str(base.version), TAG + "dataset.fingerprint": dataset_fingerprint,
-                TAG + "lora.r": str(lora["r"]), TAG + "lora.alpha": str(lora["lora_alpha"]),
-                TAG + "lora.targets": json.dumps(lora["target_modules"]), TAG + "code.version": code_version(),
+                **lora_tags(lora), TAG + "code.version": code_version(),
                 TAG + "metrics": json.dumps(metrics, sort_keys=True), TAG + "manifest.sha256": manifests["adapter"].digest}
         if "merged" in manifests:
             tags[TAG + "merged.manifest.sha256"] = manifests["merged"].digest
@@ -196,16 +196,15 @@ class AdapterRegistry:
                        or (len(base) >= 8 and r.base_fingerprint.startswith(base))]
         return records
 
-    def lineage(self, task: str) -> dict:
+    def lineage(self, task: str) -> Lineage:
         """base model(s) -> versions -> promotions for one task."""
         versions = self.list_versions(task)
-        bases = {}
+        bases: dict[str, BaseRecord | BaseName] = {}
         for record in versions:
             if record.base_fingerprint not in bases:
                 found = self.find_base(record.base_fingerprint)
-                bases[record.base_fingerprint] = found.model_dump() if found else {"name": record.base_name}
-        return {"task": task, "bases": list(bases.values()), "versions": [v.model_dump() for v in versions],
-                "history": [e.model_dump() for e in self.history(task)]}
+                bases[record.base_fingerprint] = found or BaseName(name=record.base_name)
+        return Lineage(task=task, bases=list(bases.values()), versions=versions, history=self.history(task))
 
     # ---- promotion ---------------------------------------------------------------------------
     def promote(self, task: str, version: int | str, mode: str = "adapter", target: str | None = None,
@@ -324,6 +323,17 @@ class AdapterRegistry:
         """Every alias move of `task`, oldest first."""
         return self.book.history(task)
 
+    def drift(self, task: str) -> list[Drift]:
+        """The aliases of `task` moved outside loraops (aliases.py): where the registry and the history disagree."""
+        return self.book.drift(task)
+
+    def check_drift(self, task: str) -> None:
+        """Raise DriftError when an alias of `task` was moved outside loraops; a task with no versions has none."""
+        try:
+            self.book.settle(task, None, "promote")
+        except UnknownTaskError:
+            pass
+
     def _ensure_model(self, name: str, tags: dict[str, str]) -> None:
         try:
             self.client.create_registered_model(name, tags=tags)
@@ -333,14 +343,7 @@ class AdapterRegistry:
 
     def experiment(self, name: str) -> str:
         """The id of experiment `name`, created (with artifacts under $LORAOPS_HOME when embedded) if missing."""
-        found = self.client.get_experiment_by_name(name)
-        if found:
-            return found.experiment_id
-        location = (self.settings.home / "mlartifacts" / name).as_uri() if self.settings.embedded else None
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # created concurrently
-            return self.client.get_experiment_by_name(name).experiment_id
+        return self.runs.experiment(name)
 
     def _base_record(self, version) -> BaseRecord:
         tags = version.tags
@@ -359,8 +362,7 @@ class AdapterRegistry:
             base_name=tags[TAG + "base.name"], base_fingerprint=tags[TAG + "base.fingerprint"],
             base_version=int(tags[TAG + "base.version"]) if TAG + "base.version" in tags else None,
             dataset_fingerprint=tags[TAG + "dataset.fingerprint"],
-            lora={"r": int(tags[TAG + "lora.r"]), "alpha": float(tags[TAG + "lora.alpha"]),
-                  "targets": json.loads(tags[TAG + "lora.targets"])},
+            lora=lora_from_tags(tags),
             metrics=json.loads(tags.get(TAG + "metrics", "{}")), code_version=tags.get(TAG + "code.version", ""),
             run_id=version.run_id,
             created=datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
@@ -374,7 +376,18 @@ def _quote(value: str) -> str:
     return value.replace("'", "")
 
 
-def _read_adapter_config(folder: Path) -> dict:
+def lora_tags(lora: LoraSummary) -> dict[str, str]:
+    return {TAG + "lora.r": str(lora.r), TAG + "lora.alpha": str(lora.alpha),
+            TAG + "lora.targets": json.dumps(lora.targets)}
+
+
+def lora_from_tags(tags: dict[str, str]) -> LoraSummary:
+    return LoraSummary(r=int(tags[TAG + "lora.r"]), alpha=float(tags[TAG + "lora.alpha"]),
+                       targets=json.loads(tags[TAG + "lora.targets"]))
+
+
+def _read_adapter_config(folder: Path) -> tuple[LoraSummary, str | None]:
+    """The adapter's LoRA settings and its task_type (which MLflow Model it becomes)."""
     missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
     if missing:
         raise RegistryError(f"{folder}: missing {', '.join(missing)}; pass a folder written by save_adapter (PEFT format)")
@@ -382,8 +395,8 @@ def _read_adapter_config(folder: Path) -> dict:
         config = json.loads((folder / ADAPTER_FILES[0]).read_text())
         if config.get("peft_type") != "LORA":
             raise ValueError(f"peft_type is {config.get('peft_type')!r}")
-        return {"r": int(config["r"]), "lora_alpha": config["lora_alpha"], "target_modules": config["target_modules"],
-                "task_type": config.get("task_type")}
+        lora = LoraSummary(r=config["r"], alpha=config["lora_alpha"], targets=config["target_modules"])
+        return lora, config.get("task_type")
     except (ValueError, KeyError, TypeError) as e:
         raise RegistryError(f"{folder / ADAPTER_FILES[0]}: not a LoRA adapter config ({e}); re-save it with save_adapter") from None
 

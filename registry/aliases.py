@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
-from .errors import RegistryError
+from .errors import RegistryError, UnknownTaskError
 from .names import ALIASES, check_task_name
 from .records import HistoryEvent
 
@@ -52,8 +52,10 @@ class AliasBook:
         check_task_name(task)
         try:
             model = self.client.get_registered_model(task)
-        except MlflowException:
-            raise RegistryError(f"no task {task!r} in the registry; see `loraops adapters list`") from None
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # a server that failed is not a missing task
+            raise UnknownTaskError(f"no task {task!r} in the registry; see `loraops adapters list`") from None
         tags = model.tags
         return ({alias: int(v) for alias, v in model.aliases.items()},
                 [HistoryEvent.model_validate_json(tags[key]) for key in sorted(tags) if key.startswith(HISTORY_TAG)])

@@ -5,6 +5,10 @@ class RegistryError(ValueError):
     """Bad input or a request the registry cannot satisfy (unknown task, version or alias; bad name)."""
 
 
+class UnknownTaskError(RegistryError):
+    """No task of that name is registered (yet)."""
+
+
 class StoreError(RegistryError):
     """The artifact store cannot be reached or used: missing bucket, rejected credentials, bad target."""
 

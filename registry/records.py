@@ -1,6 +1,6 @@
-"""What the registry returns: base models, adapter versions, alias moves, promotions."""
+"""What the registry returns: base models, adapter versions, lineage, alias moves, promotions."""
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 MODES = ("adapter", "merged")
 
@@ -17,6 +17,26 @@ class BaseRecord(BaseModel):
     model_type: str | None = None  # config.json's model_type: which engines can serve adapters on it
 
 
+class BaseName(BaseModel):
+    """A base known only by the name a version recorded (its registered model is gone or was never found)."""
+    model_config = ConfigDict(frozen=True)
+    name: str
+
+
+class LoraSummary(BaseModel):
+    """The adapter's LoRA settings as adapter_config.json has them: rank, alpha (scaling = alpha / r), targets.
+    A regex target (a string in the config) is kept as the one element of `targets`."""
+    model_config = ConfigDict(frozen=True)
+    r: int
+    alpha: float
+    targets: list[str]
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def one_regex(cls, targets: object) -> object:
+        return [targets] if isinstance(targets, str) else targets
+
+
 class VersionRecord(BaseModel):
     """One adapter version of a task, with its lineage."""
     model_config = ConfigDict(frozen=True)
@@ -27,7 +47,7 @@ class VersionRecord(BaseModel):
     base_fingerprint: str
     base_version: int | None
     dataset_fingerprint: str
-    lora: dict[str, object]
+    lora: LoraSummary
     metrics: dict[str, float]
     code_version: str
     run_id: str | None
@@ -62,3 +82,12 @@ class Promotion(BaseModel):
     bytes_uploaded: int
     previous: int | None
     events: list[HistoryEvent]
+
+
+class Lineage(BaseModel):
+    """Base model(s) -> versions -> alias moves of one task."""
+    model_config = ConfigDict(frozen=True)
+    task: str
+    bases: list[BaseRecord | BaseName]
+    versions: list[VersionRecord]
+    history: list[HistoryEvent]

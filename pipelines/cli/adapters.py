@@ -2,7 +2,7 @@
 
 import json
 
-from registry import AdapterRegistry, VersionRecord
+from registry import AdapterRegistry, BaseRecord, HistoryEvent, Lineage, VersionRecord
 from registry.names import check_task_name, split_ref
 
 from ..tables import render_table
@@ -16,7 +16,7 @@ def versions_table(records: list[VersionRecord]) -> str:
         metrics = " ".join(f"{k.removeprefix('adapter_')}={v:.3f}" for k, v in sorted(r.metrics.items())
                            if k.startswith("adapter_") or "_" not in k)
         rows.append((r.task, str(r.version), ",".join(r.aliases) or "-", r.base_name, r.base_fingerprint[:12],
-                     r.dataset_fingerprint[:12], str(r.lora["r"]), effective_rank(r), metrics or "-",
+                     r.dataset_fingerprint[:12], str(r.lora.r), effective_rank(r), metrics or "-",
                      ",".join(sorted(r.promoted)) or "-", r.created))
     return render_table(rows) if records else "no adapter versions registered"
 
@@ -26,7 +26,7 @@ def effective_rank(record: VersionRecord) -> str:
     return "-" if rank is None else f"{rank:g}"
 
 
-def history_table(events) -> str:
+def history_table(events: list[HistoryEvent]) -> str:
     rows = [("time", "actor", "action", "alias", "from -> to", "mode", "reason")]
     for e in events:
         moved = f"{e.from_version or '-'} -> {e.to_version or '-'}"
@@ -34,21 +34,24 @@ def history_table(events) -> str:
     return render_table(rows) if events else "no alias moves recorded"
 
 
-def lineage_text(lineage: dict) -> str:
-    lines = [f"task {lineage['task']}"]
-    for base in lineage["bases"]:
-        lines.append(f"  base {base['name']} (fingerprint {base.get('fingerprint', '?')[:12]}, "
-                     f"{base.get('model', '?')} v{base.get('version', '?')}, source {base.get('source', '?')})")
-        for v in lineage["versions"]:
-            if v["base_fingerprint"] != base.get("fingerprint"):
-                continue
-            aliases = f" [{', '.join(v['aliases'])}]" if v["aliases"] else ""
-            metrics = " ".join(f"{k}={val:.3f}" for k, val in sorted(v["metrics"].items()))
-            lines.append(f"    v{v['version']}{aliases} r={v['lora']['r']} data {v['dataset_fingerprint'][:12]} "
-                         f"code {v['code_version']} {metrics}")
-            for mode, uri in sorted(v["promoted"].items()):
+def lineage_text(lineage: Lineage) -> str:
+    lines = [f"task {lineage.task}"]
+    for base in lineage.bases:
+        if isinstance(base, BaseRecord):
+            lines.append(f"  base {base.name} (fingerprint {base.fingerprint[:12]}, {base.model} v{base.version}, "
+                         f"source {base.source})")
+            versions = [v for v in lineage.versions if v.base_fingerprint == base.fingerprint]
+        else:  # known by name only: its versions cannot be told apart by fingerprint
+            lines.append(f"  base {base.name} (fingerprint ?, ? v?, source ?)")
+            versions = []
+        for v in versions:
+            aliases = f" [{', '.join(v.aliases)}]" if v.aliases else ""
+            metrics = " ".join(f"{k}={val:.3f}" for k, val in sorted(v.metrics.items()))
+            lines.append(f"    v{v.version}{aliases} r={v.lora.r} data {v.dataset_fingerprint[:12]} "
+                         f"code {v.code_version} {metrics}")
+            for mode, uri in sorted(v.promoted.items()):
                 lines.append(f"      promoted {mode}: {uri}")
-    lines.append(f"  {len(lineage['history'])} alias moves (loraops adapters history {lineage['task']})")
+    lines.append(f"  {len(lineage.history)} alias moves (loraops adapters history {lineage.task})")
     return "\n".join(lines)
 
 
@@ -60,18 +63,18 @@ def adapters(args, print_=print) -> None:
             print_(json.dumps([r.model_dump() for r in records], indent=2))
             return
         print_(versions_table(records))
-        for d in (d for task in sorted({r.task for r in records}) for d in registry.book.drift(task)):
+        for d in (d for task in sorted({r.task for r in records}) for d in registry.drift(task)):
             print_(f"drift: {d} (moved outside loraops); settle it with promote/rollback --drift accept|revert")
     elif args.action == "show":
         print_(json.dumps(registry.resolve(*split_ref(args.ref)).model_dump(), indent=2))
     elif args.action == "lineage":
         lineage = registry.lineage(check_task_name(args.ref))
-        print_(json.dumps(lineage, indent=2) if args.json else lineage_text(lineage))
+        print_(json.dumps(lineage.model_dump(), indent=2) if args.json else lineage_text(lineage))
     elif args.action == "history":
         events = registry.history(check_task_name(args.ref))
         print_(json.dumps([e.model_dump() for e in events], indent=2) if args.json else history_table(events))
         if not args.json:
-            for d in registry.book.drift(args.ref):
+            for d in registry.drift(args.ref):
                 print_(f"drift: {d} (moved outside loraops)")
     elif args.action == "fetch":
         print_(registry.fetch(*split_ref(args.ref), mode=args.mode))

@@ -253,7 +253,7 @@ def test_an_alias_moved_outside_loraops_is_shown_and_blocks_promote_and_rollback
                       {"accuracy": 0.9})
     registry.promote(task, 1, "adapter")
     MlflowClient(mlflow_server["url"]).set_registered_model_alias(task, "production", "2")  # someone in the UI
-    assert [str(d) for d in registry.book.drift(task)] == [
+    assert [str(d) for d in registry.drift(task)] == [
         f"{task} production is v2 in the registry but v1 in loraops's history"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server["url"], "LORAOPS_HOME": str(registry.settings.home)}
     listed = subprocess.run([LORAOPS, "adapters", "list", "--task", task], env=env, capture_output=True, text=True)
@@ -269,11 +269,11 @@ def test_an_alias_moved_outside_loraops_is_shown_and_blocks_promote_and_rollback
     registry.promote(task, 2, "adapter", drift="accept")  # the registry was right: v2 is production
     accepted = registry.history(task)[-1]
     assert (accepted.action, accepted.from_version, accepted.to_version) == ("external", 1, 2)
-    assert accepted.reason.startswith("outside loraops") and registry.book.drift(task) == []
+    assert accepted.reason.startswith("outside loraops") and registry.drift(task) == []
 
     MlflowClient(mlflow_server["url"]).delete_registered_model_alias(task, "production")
     registry.promote(task, 1, "adapter", drift="revert")  # the history was right: v2 back first, then v1 replaces it
     assert [(e.action, e.alias, e.from_version, e.to_version) for e in registry.history(task)[-3:]] == [
         ("revert", "production", None, 2), ("promote", "previous-production", None, 2), ("promote", "production", 2, 1)]
     assert registry.aliases(task) == {"production": 1, "previous-production": 2, "candidate": 2}
-    assert registry.book.drift(task) == []
+    assert registry.drift(task) == []

@@ -5,10 +5,20 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import build, inputs, output, write_artifacts
+
 from lora_core import load_adapter
-from registry import AdapterRegistry, IntegrityError, RegistryError, RegistrySettings, fingerprint_weights
+from registry import (
+    AdapterRegistry,
+    BaseName,
+    IntegrityError,
+    Lineage,
+    LoraSummary,
+    RegistryError,
+    RegistrySettings,
+    fingerprint_weights,
+)
+from registry.aliases import DriftError
 from registry.errors import BaseMismatchError, StoreError
 from registry.manifest import scan_folder, verify_folder
 from registry.names import base_model_name, check_task_name, parse_ref
@@ -95,13 +105,23 @@ def test_register_records_lineage_and_base_is_registered_once(registered, artifa
     assert base.fingerprint == fingerprint_weights(artifacts["base"]) and base.revision == "r1"
     assert v1.version == 1 and v1.aliases == ["candidate"]
     assert (v1.base_fingerprint, v1.base_version, v1.dataset_fingerprint) == (base.fingerprint, 1, DATASET)
-    assert v1.lora == {"r": 4, "alpha": 8.0, "targets": ["query", "value"]} and v1.metrics == {"accuracy": 0.8}
+    assert v1.lora == LoraSummary(r=4, alpha=8.0, targets=["query", "value"]) and v1.metrics == {"accuracy": 0.8}
     assert v1.code_version.startswith(("git:", "loraops=="))
     assert set(v1.manifests) == {"adapter", "merged"}
     mv = registry.client.get_model_version("topics", "1")
     assert mv.run_id == v1.run_id and mv.tags["loraops.manifest.sha256"] == v1.manifests["adapter"]
     assert [r.version for r in registry.list_versions(base="tiny/bert")] == [1]
     assert registry.list_versions(base="other/model") == []
+    assert mv.tags["loraops.lora.alpha"] == "8.0" and json.loads(mv.tags["loraops.lora.targets"]) == ["query", "value"]
+
+
+def test_lineage_is_typed_and_names_a_base_it_cannot_find(registered):
+    registry, base, v1 = registered
+    lineage = registry.lineage("topics")
+    assert isinstance(lineage, Lineage) and lineage.bases == [base] and lineage.versions == [v1]
+    assert [(e.action, e.alias, e.to_version) for e in lineage.history] == [("register", "candidate", 1)]
+    registry.client.delete_registered_model(base.model)  # a base removed by hand: the version still names it
+    assert registry.lineage("topics").bases == [BaseName(name="tiny/bert")]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -232,4 +252,17 @@ def test_two_promotions_of_one_task_at_once_leave_consistent_aliases_and_history
     moves = [(e.alias, e.from_version, e.to_version) for e in registry.history("topics") if e.action == "promote"]
     first, second = aliases["previous-production"], aliases["production"]
     assert moves == [("production", None, first), ("previous-production", None, first), ("production", first, second)]
-    assert registry.book.drift("topics") == []
+    assert registry.drift("topics") == []
+
+
+def test_check_drift_passes_a_new_task_and_refuses_an_alias_moved_outside_loraops(registered, artifacts):
+    registry, base, _ = registered
+    registry.check_drift("never-registered")
+    registry.check_drift("topics")
+    extra = write_artifacts(artifacts["base"].parent, seed=1)
+    registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.9})
+    registry.client.set_registered_model_alias("topics", "candidate", "1")  # by hand, as the MLflow UI would
+    assert [str(d) for d in registry.drift("topics")] == [
+        "topics candidate is v1 in the registry but v2 in loraops's history"]
+    with pytest.raises(DriftError, match="topics candidate is v1 in the registry but v2"):
+        registry.check_drift("topics")
