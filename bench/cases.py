@@ -166,6 +166,8 @@ def fingerprint(base: Path, home: Path) -> list[dict]:
 def registry_cases(quick: bool, home: Path, merged_source: Path, base: Path, adapter: Path) -> list[dict]:
     """resolve vs MlflowClient on an mlflow server; promote vs boto3 upload_file on moto's S3 server."""
     import boto3
+    from mlflow import MlflowClient
+
     from bench.servers import mlflow_server, moto_server
     from registry import AdapterRegistry, RegistrySettings
     with moto_server(home) as endpoint, mlflow_server(home) as url:
@@ -181,10 +183,12 @@ def registry_cases(quick: bool, home: Path, merged_source: Path, base: Path, ada
         if not merged.is_dir():
             from lora_core.checkpoint_merge import merge_checkpoint
             merge_checkpoint(merged_source, adapter, merged)
-        version = registry.register("bench-task", adapter, record, "b" * 64, {"loss": 1.0}, merged_dir=merged)
+        version = registry.register("bench-task", adapter, record, "b" * 64, {"loss": 1.0}, merged_dir=merged,
+                                    loader_module="pipelines.pyfunc")
         registry.promote("bench-task", version.version, "adapter")
+        client = MlflowClient(url)  # the anchor: a raw MLflow client, as a user without loraops would write it
         resolve = interleaved({"ours": lambda: registry.resolve("bench-task", "production"),
-                               "anchor": lambda: registry.client.get_model_version_by_alias("bench-task", "production")},
+                               "anchor": lambda: client.get_model_version_by_alias("bench-task", "production")},
                               repeats=5 if quick else 30)
         size = folder_bytes(merged)
         files = [p for p in merged.iterdir() if p.is_file()]

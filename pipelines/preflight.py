@@ -18,7 +18,7 @@ from lora_core.inject import resolve_saved_modules, resolve_targets
 from lora_core.peft_format import peft_config_dict
 from lora_core.safetensors_io import read_header
 from registry import RegistrySettings
-from registry.engines import Adapter, check_servable
+from registry.engines import AdapterTraits, check_engine_rules
 from registry.errors import ServerUnavailable
 from registry.stores import open_store
 
@@ -101,8 +101,8 @@ def check_serving(spec: TaskSpec, lora: LoraConfig, model_type: str | None, name
     if spec.promotion.serve_with == "any" or spec.promotion.mode != "adapter":
         return
     modules = frozenset(t.rsplit(".", 1)[-1] for t in lora.target_modules)
-    check_servable(spec.promotion.serve_with, Adapter(peft_config_dict(lora, False, name), modules, model_type, name),
-                   f"{spec.source or spec.task}")
+    traits = AdapterTraits(peft_config_dict(lora, False, name), modules, model_type, name)
+    check_engine_rules(spec.promotion.serve_with, traits, f"{spec.source or spec.task}")
 
 
 def check_tracking(uri: str) -> None:

@@ -40,6 +40,8 @@ class FileDigest:
     def s3_checksum(self) -> str:
         """What S3 reports as ChecksumSHA256: the file's digest for one PUT, else the digest of the part digests + '-N'."""
         if len(self.parts) <= 1:
+            if self.sha256 is None:
+                raise ValueError("a digest of the tensors only has no S3 checksum; hash the whole file")
             return base64.b64encode(bytes.fromhex(self.sha256)).decode()
         joined = b"".join(bytes.fromhex(p) for p in self.parts)
         return f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(self.parts)}"
@@ -127,6 +129,18 @@ class DigestCache:
         digest = digest_file(path, tensors, whole_file)
         self.put(path, digest, key, hashed_ns)
         return digest
+
+    def sha256(self, path: Path) -> str:
+        """The file's sha256 (from the cache when its identity is unchanged)."""
+        digest = self.get(path).sha256
+        assert digest is not None  # get() with whole_file=True hashes the whole file
+        return digest
+
+    def tensors(self, path: Path) -> dict[str, list]:
+        """Per-tensor [dtype, shape, sha256] of a safetensors file (the whole file is not hashed)."""
+        found = self.get(path, tensors=True, whole_file=False).tensors
+        assert found is not None  # get() with tensors=True hashes the tensors
+        return found
 
     def put(self, path: Path, digest: FileDigest, key: tuple | None = None, hashed_ns: int | None = None) -> None:
         """Remember digests of `path` taken when it had identity `key` (default: now), starting at `hashed_ns`."""

@@ -14,6 +14,7 @@ MLflow (`serve_with: any`).
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 from lora_core.safetensors_io import read_header
 
@@ -44,19 +45,19 @@ class NotServableError(RegistryError):
 
 
 @dataclass(frozen=True)
-class Adapter:
+class AdapterTraits:
     """What the engines look at: adapter_config.json, the adapted modules' leaf names, and the base."""
-    config: dict
+    config: dict[str, Any]
     modules: frozenset[str] | None  # None when not known yet (a regex target before training)
     model_type: str | None          # the base's config.json model_type
     base_name: str                  # the registered base's name: what the engine is started with
 
 
-def max_rank(config: dict) -> int:
+def max_rank(config: dict[str, Any]) -> int:
     return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
 
 
-def check_servable(engine: str, adapter: Adapter, where: str) -> None:
+def check_engine_rules(engine: str, adapter: AdapterTraits, where: str) -> None:
     """Raise NotServableError naming the first rule `adapter` breaks for `engine` and the fix."""
     if engine == "any":
         return
@@ -64,7 +65,7 @@ def check_servable(engine: str, adapter: Adapter, where: str) -> None:
         raise NotServableError(f"promotion.serve_with {engine!r} is not one of {', '.join(ENGINES)}")
     name, config = NAMES[engine], adapter.config
 
-    def refuse(rule: str, fix: str):
+    def refuse(rule: str, fix: str) -> NoReturn:
         raise NotServableError(f"{where}: {name} will not load this adapter: {rule}; {fix}, or set promotion.serve_with: any")
     if config.get("task_type") != "CAUSAL_LM":
         refuse(f"task_type is {config.get('task_type')!r}, and {name} serves adapters of causal LMs only",
@@ -80,7 +81,7 @@ def check_servable(engine: str, adapter: Adapter, where: str) -> None:
     if engine == "vllm" and rank > VLLM_MAX_LORA_RANKS[-1]:
         refuse(f"rank {rank} is above the largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]})",
                f"train with lora.r <= {VLLM_MAX_LORA_RANKS[-1]} (or compress the adapter)")
-    supported = MODULES[engine].get(adapter.model_type)
+    supported = MODULES[engine].get(adapter.model_type or "")
     if supported is None:
         refuse(f"it has no LoRA support for base architecture {adapter.model_type or 'unknown'!r} (supported: "
                f"{', '.join(sorted(MODULES[engine]))})", "serve the merged model instead")

@@ -18,7 +18,7 @@ VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")  # change with 
 
 
 def sha256_file(path: Path) -> str:
-    return DigestCache().get(Path(path)).sha256
+    return DigestCache().sha256(Path(path))
 
 
 def fingerprint_weights(folder: str | Path, cache: DigestCache | None = None) -> str:
@@ -37,7 +37,7 @@ def fingerprint_weights(folder: str | Path, cache: DigestCache | None = None) ->
         digest.update(json.dumps(values, sort_keys=True).encode())
     tensors = {}
     for path in files:
-        for name, entry in cache.get(path, tensors=True, whole_file=False).tensors.items():
+        for name, entry in cache.tensors(path).items():
             if name in tensors:
                 raise RegistryError(f"{folder}: tensor {name!r} appears in two weight files; remove the stale shard")
             tensors[name] = entry

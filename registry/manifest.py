@@ -10,8 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import IntegrityError
 from .digests import DigestCache
+from .errors import IntegrityError
 
 MANIFEST_FILE = "manifest.json"
 
@@ -58,7 +58,7 @@ def scan_folder(folder: Path, digests: DigestCache | None = None) -> dict[str, F
     for path in sorted(folder.rglob("*")):
         name = path.relative_to(folder).as_posix()
         if path.is_file() and name != MANIFEST_FILE:
-            files[name] = FileEntry(sha256=digests.get(path).sha256, bytes=path.stat().st_size)
+            files[name] = FileEntry(sha256=digests.sha256(path), bytes=path.stat().st_size)
     return files
 
 
@@ -75,6 +75,6 @@ def verify_folder(folder: Path, files: dict[str, FileEntry], digests: DigestCach
         size = path.stat().st_size
         if size != expected.bytes:
             raise IntegrityError(f"{path}: {size} bytes, manifest says {expected.bytes}; the copy is truncated or altered")
-        actual = digests.get(path).sha256
+        actual = digests.sha256(path)
         if actual != expected.sha256:
             raise IntegrityError(f"{path}: sha256 {actual[:12]}..., manifest says {expected.sha256[:12]}...; the copy is altered")

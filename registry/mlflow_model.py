@@ -1,8 +1,8 @@
 """Every task version is an MLflow Model: `models:/<task>@production` loads with mlflow.pyfunc and serves with
 `mlflow models serve`.
 
-A version's run holds, under `model/`: the MLmodel (a pyfunc flavour whose loader is `pipelines.pyfunc`, shipped
-in `code/` with the rest of loraops), the signature and an input example, pinned requirements, and
+A version's run holds, under `model/`: the MLmodel (a pyfunc flavour whose loader module the caller names, shipped
+in `code/` with its package, lora_core and registry), the signature and an input example, pinned requirements, and
 `data/loraops/description.json`, which names the task kind and the base the adapter was trained on (registered location and
 weight fingerprint). The weights sit beside it in `adapter/` and `merged/`, logged once with their manifests; an
 adapter-only version never copies its base into MLflow.
@@ -19,9 +19,8 @@ from .errors import RegistryError
 from .records import BaseRecord
 
 MODEL_DIR = "model"  # run-relative folder of the MLflow Model
-LOADER = "pipelines.pyfunc"
 DESCRIPTION = "description.json"  # in data/loraops/, the pyfunc flavour's data folder
-PACKAGES = ("lora_core", "registry", "pipelines")
+PACKAGES = ("lora_core", "registry")  # shipped in code/, with the loader module's package
 KINDS = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
 
 
@@ -52,10 +51,11 @@ def requirements() -> list[str]:
     return pinned
 
 
-def write_model(out: Path, task_type: str, base: BaseRecord, input_example: list[str]) -> None:
-    """The MLflow Model folder of a version, without its weights (logged beside it)."""
+def write_model(out: Path, task_type: str | None, base: BaseRecord, input_example: list[str], loader_module: str) -> None:
+    """The MLflow Model folder of a version, without its weights (logged beside it). `loader_module`: the module
+    mlflow.pyfunc loads the model with (its `_load_pyfunc`), shipped with its whole package."""
     import mlflow.pyfunc
-    kind = KINDS.get(task_type)
+    kind = KINDS.get(task_type or "")
     if kind is None:
         raise RegistryError(f"adapter task_type {task_type!r} is not one of {', '.join(KINDS)}; "
                             f"save the adapter with the task's type")
@@ -63,15 +63,19 @@ def write_model(out: Path, task_type: str, base: BaseRecord, input_example: list
         data = Path(tmp) / "loraops"
         data.mkdir()
         (data / DESCRIPTION).write_text(json.dumps({"kind": kind, "base": base.model_dump()}, indent=1))
-        code = [_copy_package(name, Path(tmp) / "code") for name in PACKAGES]
-        mlflow.pyfunc.save_model(str(out), loader_module=LOADER, data_path=str(data), code_paths=code,
+        packages = dict.fromkeys([*PACKAGES, loader_module.split(".")[0]])
+        code = [_copy_package(name, Path(tmp) / "code") for name in packages]
+        mlflow.pyfunc.save_model(str(out), loader_module=loader_module, data_path=str(data), code_paths=code,
                                  signature=signature(kind), input_example=input_example,
                                  pip_requirements=requirements(), model_config={"base_path": ""})
 
 
 def _copy_package(name: str, folder: Path) -> str:
     """The package's Python sources (no caches), found without importing it."""
-    source = Path(importlib.util.find_spec(name).submodule_search_locations[0])
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RegistryError(f"package {name!r} is not importable here; install loraops (pip install -e .)")
+    source = Path(spec.submodule_search_locations[0])
     target = folder / name
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return str(target)

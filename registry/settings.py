@@ -30,7 +30,7 @@ class RegistrySettings(BaseModel):
             "actor": os.environ.get("LORAOPS_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls.model_validate(values)
 
     @property
     def embedded(self) -> bool:

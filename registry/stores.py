@@ -15,8 +15,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import NamedTuple, Protocol, TypedDict
 
 from .digests import CHUNK, DigestCache, FileDigest, part_size
 from .errors import IntegrityError, RegistryError, StoreError
@@ -34,6 +35,34 @@ def _mismatch(source: Path, actual: str, expected: FileEntry) -> IntegrityError:
 
 def b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+class Store(Protocol):
+    """What promotion and fetch need of a promotion target."""
+
+    def uri(self, key: str = "") -> str: ...
+    def check(self) -> None: ...
+    def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool: ...
+    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None,
+               digests: DigestCache | None = None) -> FileDigest | None: ...
+    def can_copy_from(self, uri: str) -> bool: ...
+    def copy_from(self, source_uri: str, key: str, entry: FileEntry) -> bool: ...
+    def abort_stale(self, prefix: str) -> None: ...
+    def download(self, key: str, dest: Path) -> None: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes | None: ...
+
+
+class CompletedPart(TypedDict):
+    """One part of a multipart upload, as complete_multipart_upload takes it."""
+    ETag: str
+    PartNumber: int
+    ChecksumSHA256: str
+
+
+class ObjectHead(NamedTuple):
+    bytes: int
+    checksum: str | None  # the SHA-256 the store reports ('-N' dropped), None if it keeps none
 
 
 class LocalStore:
@@ -56,7 +85,7 @@ class LocalStore:
 
     def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool:
         path = self.root / key
-        return path.is_file() and path.stat().st_size == entry.bytes and digests.get(path).sha256 == entry.sha256
+        return path.is_file() and path.stat().st_size == entry.bytes and digests.sha256(path) == entry.sha256
 
     def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None,
                digests: DigestCache | None = None) -> None:
@@ -80,6 +109,15 @@ class LocalStore:
                 os.unlink(tmp.name)
                 raise
         os.replace(tmp.name, dest)
+
+    def can_copy_from(self, uri: str) -> bool:
+        return False  # registered artifacts come through the verified local cache
+
+    def copy_from(self, source_uri: str, key: str, entry: FileEntry) -> bool:
+        return False
+
+    def abort_stale(self, prefix: str) -> None:
+        """Nothing to abort: an upload becomes visible only by its final rename."""
 
     def download(self, key: str, dest: Path) -> None:
         source = self.root / key
@@ -127,14 +165,13 @@ class S3Store:
     def check(self) -> None:
         self._call(self.client.head_bucket, Bucket=self.bucket)
 
-    def head(self, key: str) -> dict | None:
-        """{bytes, checksum}: the size and the SHA-256 as the store reports it ('-N' dropped; None if it keeps none)."""
+    def head(self, key: str) -> ObjectHead | None:
         response = self._call(self.client.head_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key),
                               ChecksumMode="ENABLED")
         if response is None:
             return None
         checksum = response.get("ChecksumSHA256")
-        return {"bytes": response["ContentLength"], "checksum": checksum.split("-")[0] if checksum else None}
+        return ObjectHead(response["ContentLength"], checksum.split("-")[0] if checksum else None)
 
     def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool:
         """One HEAD: the size and the store's own checksum match the file (full-object, or composite of parts)."""
@@ -147,14 +184,14 @@ class S3Store:
         """The object at `key` is `entry`: by the checksum the store reports (the file's, or `composite()` of its
         parts), or, where the store keeps no checksums, by reading it back (said once in the log)."""
         info = self.head(key)
-        if info is None or info["bytes"] != entry.bytes:
+        if info is None or info.bytes != entry.bytes:
             return False
-        if info["checksum"] is None:
+        if info.checksum is None:
             if not S3Store.fallback_said:
                 log.warning("%s reports no SHA-256 checksums; verifying uploads by reading them back", self.uri())
                 S3Store.fallback_said = True
             return self.read_back(key) == entry
-        return info["checksum"] == b64(entry.sha256) or info["checksum"] == composite()
+        return info.checksum == b64(entry.sha256) or info.checksum == composite()
 
     def read_back(self, key: str) -> FileEntry | None:
         response = self._call(self.client.get_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key))
@@ -205,7 +242,8 @@ class S3Store:
                        known: FileDigest | None = None) -> FileDigest:
         created = self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=self._key(key),
                              ChecksumAlgorithm="SHA256", Metadata={"sha256": entry.sha256})
-        upload_id, whole, futures = created["UploadId"], hashlib.sha256(), []
+        upload_id, whole = created["UploadId"], hashlib.sha256()
+        futures: list[Future[tuple[CompletedPart, str]]] = []
         try:
             with ThreadPoolExecutor(self.workers) as pool:
                 for number in range(1, -(-entry.bytes // step) + 1):
@@ -227,13 +265,13 @@ class S3Store:
         return FileDigest(entry.sha256, entry.bytes, tuple(h for _, h in parts))
 
     def _put_part(self, key: str, upload_id: str, number: int, data: bytes, progress: Progress | None,
-                  sha: str | None = None):
+                  sha: str | None = None) -> tuple[CompletedPart, str]:
         sha = sha or hashlib.sha256(data).hexdigest()
         response = self._call(self.client.upload_part, Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
                               PartNumber=number, Body=data, ChecksumSHA256=b64(sha))
         if progress:
             progress(len(data))
-        return {"ETag": response["ETag"], "PartNumber": number, "ChecksumSHA256": b64(sha)}, sha
+        return CompletedPart(ETag=response["ETag"], PartNumber=number, ChecksumSHA256=b64(sha)), sha
 
     def abort(self, key: str, upload_id: str) -> None:
         try:
@@ -246,6 +284,10 @@ class S3Store:
         listed = self._call(self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=self._key(prefix))
         for upload in listed.get("Uploads", []):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+    def can_copy_from(self, uri: str) -> bool:
+        """Objects in S3 (an MLflow server writing artifacts straight to the bucket) are copied server-side."""
+        return is_s3_uri(uri)
 
     def copy_from(self, source_uri: str, key: str, entry: FileEntry) -> bool:
         """Server-side copy of s3://bucket/key into this store, verified by the SHA-256 the store computes of the copy.
@@ -282,7 +324,7 @@ class S3Store:
         return call(self.uri(), method, *args, missing_ok=missing_ok, **kwargs)
 
 
-def open_store(target: str | Path) -> LocalStore | S3Store:
+def open_store(target: str | Path) -> Store:
     """'s3://bucket/prefix' -> S3Store; a path or file:// URI -> LocalStore."""
     target = str(target)
     if is_s3_uri(target):

@@ -2,49 +2,70 @@
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from tqdm import tqdm
 
 from lora_core.scratch import scratch_dir
 
-from .errors import IntegrityError
 from .digests import DigestCache
+from .errors import IntegrityError
 from .manifest import MANIFEST_FILE, Manifest, verify_folder
-from .stores import LocalStore, S3Store
+from .stores import Store
 
 
-def upload_verified(store: LocalStore | S3Store, prefix: str, manifest: Manifest, digests: DigestCache,
-                    progress: bool = True, folder: Path | None = None, copy_from: str | None = None,
-                    fetch: Callable[[], Path] | None = None) -> tuple[list[str], list[str], int]:
+class Source(Protocol):
+    """Where the files of an upload come from: a location a store may copy from server-side, and a local copy."""
+
+    @property
+    def uri(self) -> str: ...
+
+    def local(self) -> Path | None:
+        """The local copy if it is here already (nothing is fetched)."""
+        ...
+
+    def folder(self) -> Path:
+        """A verified local copy, fetched on first use."""
+        ...
+
+
+class Download(Protocol):
+    """What `materialize` fills an empty folder from: the files and their manifest.json."""
+
+    @property
+    def where(self) -> str: ...
+
+    def into(self, folder: Path) -> None: ...
+
+
+def upload_verified(store: Store, prefix: str, manifest: Manifest, digests: DigestCache, source: Source,
+                    progress: bool = True) -> tuple[list[str], list[str], int]:
     """Publish the manifest's files under `prefix`, each verified by the store; manifest.json last.
 
-    Files come from `folder`, each read once; or, with `copy_from` (the artifacts' s3:// folder on the
-    same store), by server-side copy, fetching the folder (`fetch`) only for what cannot be copied.
-    Objects already there (one HEAD, or a stat for a folder) are not sent again, so a repeated
-    promotion moves no bytes. Incomplete multipart uploads a killed promotion left under the prefix
-    are aborted first (the caller holds the prefix's lock, so none of them is in flight here). Returns (uploaded or copied, skipped, bytes sent from this machine). The caller has run
-    store.check(), so a missing bucket or bad credentials fail before any work.
+    Files the store can copy from `source.uri` server-side are copied; the others are read once from the
+    source's local copy (fetched only if some file needs it). Objects already there (one HEAD, or a stat for
+    a folder) are not sent again, so a repeated promotion moves no bytes. Incomplete multipart uploads a
+    killed promotion left under the prefix are aborted first (the caller holds the prefix's lock, so none of
+    them is in flight here). Returns (uploaded or copied, skipped, bytes sent from this machine). The caller
+    has run store.check(), so a missing bucket or bad credentials fail before any work.
     """
-    if isinstance(store, S3Store):
-        store.abort_stale(prefix + "/")
+    store.abort_stale(prefix + "/")
+    local = source.local()
     todo = [name for name, entry in manifest.files.items()
-            if not store.present(f"{prefix}/{name}", entry, digests, folder / name if folder else None)]
-    if copy_from:
-        copied = [n for n in todo if store.copy_from(f"{copy_from}/{n}", f"{prefix}/{n}", manifest.files[n])]
-    else:
-        copied = []
+            if not store.present(f"{prefix}/{name}", entry, digests, local / name if local else None)]
+    copyable = store.can_copy_from(source.uri)
+    copied = [n for n in todo if copyable and store.copy_from(f"{source.uri}/{n}", f"{prefix}/{n}", manifest.files[n])]
     send = [name for name in todo if name not in copied]
-    if send and folder is None:
-        folder = fetch()
     total = sum(manifest.files[name].bytes for name in send)
-    # A bar on a terminal only (disable=None), and only when asked and there is something to send.
-    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress and send else True) as bar:
-        for name in send:
-            sent = store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update, digests)
-            if sent is not None:  # the part digests of this pass answer the next "already there?"
-                digests.put(folder / name, sent)
+    if send:
+        folder = source.folder()
+        # A bar on a terminal only (disable=None), and only when asked.
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress else True) as bar:
+            for name in send:
+                sent = store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update, digests)
+                if sent is not None:  # the part digests of this pass answer the next "already there?"
+                    digests.put(folder / name, sent)
     data = manifest.to_json()
     store.put_bytes(f"{prefix}/{MANIFEST_FILE}", data)
     if store.get_bytes(f"{prefix}/{MANIFEST_FILE}") != data:
@@ -52,21 +73,24 @@ def upload_verified(store: LocalStore | S3Store, prefix: str, manifest: Manifest
     return todo, [name for name in manifest.files if name not in todo], total
 
 
-def download_promoted(store: LocalStore | S3Store, digest: str) -> Callable[[Path], None]:
-    """A `download` for `materialize` that copies a promoted folder (manifest first) out of `store`."""
-    def download(tmp: Path) -> None:
-        data = store.get_bytes(MANIFEST_FILE)
+class PromotedCopy:
+    """A promoted folder in a store, as a Download for `materialize` (manifest first, checked before it is used)."""
+
+    def __init__(self, store: Store, digest: str):
+        self.store, self.digest, self.where = store, digest, store.uri()
+
+    def into(self, folder: Path) -> None:
+        data = self.store.get_bytes(MANIFEST_FILE)
         if data is None:
-            raise IntegrityError(f"{store.uri(MANIFEST_FILE)} is missing; promote the version again")
-        manifest = Manifest.from_json(data, store.uri(MANIFEST_FILE))
-        if manifest.digest != digest:  # checked before any file name from it is used
-            raise IntegrityError(f"{store.uri(MANIFEST_FILE)}: digest {manifest.digest[:12]}... is not the registered "
-                                 f"{digest[:12]}...; promote the version again")
-        (tmp / MANIFEST_FILE).write_bytes(data)
+            raise IntegrityError(f"{self.store.uri(MANIFEST_FILE)} is missing; promote the version again")
+        manifest = Manifest.from_json(data, self.store.uri(MANIFEST_FILE))
+        if manifest.digest != self.digest:  # checked before any file name from it is used
+            raise IntegrityError(f"{self.store.uri(MANIFEST_FILE)}: digest {manifest.digest[:12]}... is not the "
+                                 f"registered {self.digest[:12]}...; promote the version again")
+        (folder / MANIFEST_FILE).write_bytes(data)
         for name in manifest.files:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            store.download(name, tmp / name)
-    return download
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            self.store.download(name, folder / name)
 
 
 def seed(cache: Path, folder: Path, manifest: Manifest) -> None:
@@ -90,13 +114,13 @@ def seed(cache: Path, folder: Path, manifest: Manifest) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def materialize(digest: str, cache: Path, download: Callable[[Path], None], where: str,
-                digests: DigestCache | None = None) -> Path:
+def materialize(digest: str, cache: Path, download: Download, digests: DigestCache | None = None) -> Path:
     """The folder whose manifest has content digest `digest`, in the cache at cache/<digest>, verified.
 
-    download(tmp) fills a temporary folder (files + manifest.json); it is checked against the
-    digest the registry recorded before it is moved into place, so the cache never holds bad bytes.
+    `download` fills a temporary folder (files + manifest.json); it is checked against the digest the
+    registry recorded before it is moved into place, so the cache never holds bad bytes.
     """
+    where = download.where
     dest = cache / digest
     if dest.is_dir():
         try:
@@ -106,7 +130,7 @@ def materialize(digest: str, cache: Path, download: Callable[[Path], None], wher
             shutil.rmtree(dest)  # tampered or half-written: fetch it again
     tmp = scratch_dir(cache, ".fetch-")
     try:
-        download(tmp)
+        download.into(tmp)
         verify_folder(tmp, _manifest(tmp, digest, where).files, digests)
         try:
             tmp.rename(dest)

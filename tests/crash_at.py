@@ -25,11 +25,11 @@ def kill_after(module, name: str) -> None:
 def main(point: str, task: str) -> int:
     import lora_core.checkpoint_merge
     import pipelines.train
-    import registry.adapter_registry
     import registry.stores
+    import registry.versions
     targets = {"training": (pipelines.train, "save_checkpoint"),
                "merge": (lora_core.checkpoint_merge, "_copy_side_files"),
-               "registration": (registry.adapter_registry.AdapterRegistry, "_log_folder"),
+               "registration": (registry.versions.VersionCatalog, "_log_folder"),
                "promotion": (registry.stores.S3Store, "_put_part")}
     kill_after(*targets[point])
     from pipelines.cli.main import main as loraops

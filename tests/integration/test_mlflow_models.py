@@ -21,6 +21,7 @@ from tasks import saved_adapter, tiny_base
 
 TEXTS = ["chess engine with a graphical board", "scientific plotting library", "an image viewer"]
 PROMPTS = ["chess engine . section :", "image viewer . section :"]
+LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLflow Model
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def versions(mlflow_server, tmp_path_factory):
     for task, folder, on, merged_dir, example in (("cls-merged", adapter, base, merged, TEXTS[:1]),
                                                   ("cls-adapter", adapter, base, None, TEXTS[:1]),
                                                   ("lm-adapter", lm_adapter, lm_base, None, PROMPTS[:1])):
-        registry.register(task, folder, on, "f" * 64, {"accuracy": 0.9}, merged_dir=merged_dir, input_example=example)
+        registry.register(task, folder, on, "f" * 64, {"accuracy": 0.9}, merged_dir=merged_dir,
+                          input_example=example, loader_module=LOADER)
         registry.promote(task, 1, "merged" if merged_dir else "adapter", progress=False)
     return {"url": mlflow_server["url"], "expected": expected, "bases": {"bert": bert, "gpt2": gpt2}, "root": root,
             "registry": registry}

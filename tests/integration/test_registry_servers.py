@@ -21,6 +21,7 @@ from registry.aliases import DriftError
 from servers import postgres_bin
 
 DATASET = "e" * 64
+LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLflow Model
 LORAOPS = str(Path(sys.executable).parent / "loraops")
 
 
@@ -33,7 +34,8 @@ def team(mlflow_server, s3_env, tmp_path, request):
     registry = AdapterRegistry(settings)
     folders = write_artifacts(tmp_path)
     base = registry.register_base(folders["base"], name="tiny/bert")
-    v1 = registry.register(task, folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"])
+    v1 = registry.register(task, folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"],
+                           loader_module=LOADER)
     s3 = boto3.client("s3")
     return registry, task, folders, v1, s3
 
@@ -117,7 +119,7 @@ def test_rollback_and_history_on_the_server(team):
     registry, task, folders, _, _ = team
     extra = write_artifacts(folders["base"].parent, seed=1)
     base = registry.find_base(registry.resolve(task, 1).base_fingerprint)
-    registry.register(task, extra["adapter"], base, DATASET, {"accuracy": 0.9})
+    registry.register(task, extra["adapter"], base, DATASET, {"accuracy": 0.9}, loader_module=LOADER)
     registry.promote(task, 1, "adapter")
     registry.promote(task, 2, "adapter", reason="better")
     registry.rollback(task, reason="latency regression")
@@ -198,7 +200,7 @@ def test_store_without_checksums_falls_back_to_reading_back(s3_env, tmp_path, mo
     with caplog.at_level("WARNING", logger="loraops.store"):
         store.upload(tmp_path / "w.safetensors", "w.safetensors", entry)
         store.upload(tmp_path / "w.safetensors", "w2.safetensors", entry)
-    assert store.head("w.safetensors")["checksum"] is None and len(gets) == 2
+    assert store.head("w.safetensors").checksum is None and len(gets) == 2
     assert [r.message for r in caplog.records].count(
         "s3://promoted/no-checksums reports no SHA-256 checksums; verifying uploads by reading them back") == 1
     assert store.present("w.safetensors", entry, DigestCache())
@@ -216,7 +218,8 @@ def test_artifacts_already_on_the_same_s3_are_promoted_by_server_side_copy(s3_en
     registry.client.create_experiment("loraops-direct", artifact_location="s3://mlflow-artifacts/direct")
     folders = write_artifacts(tmp_path)
     base = registry.register_base(folders["base"], name="tiny/bert")
-    record = registry.register("direct", folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"])
+    record = registry.register("direct", folders["adapter"], base, DATASET, {"accuracy": 0.8},
+                               merged_dir=folders["merged"], loader_module=LOADER)
     assert record.artifacts["merged"].startswith("s3://mlflow-artifacts/direct/")
     calls = []
     monkeypatch.setattr(S3Store, "upload", lambda *a, **k: calls.append(a))  # nothing may be sent from here
@@ -250,7 +253,7 @@ def test_an_alias_moved_outside_loraops_is_shown_and_blocks_promote_and_rollback
     registry, task, folders, _, _ = team
     extra = write_artifacts(folders["base"].parent, seed=1)
     registry.register(task, extra["adapter"], registry.find_base(registry.resolve(task, 1).base_fingerprint), DATASET,
-                      {"accuracy": 0.9})
+                      {"accuracy": 0.9}, loader_module=LOADER)
     registry.promote(task, 1, "adapter")
     MlflowClient(mlflow_server["url"]).set_registered_model_alias(task, "production", "2")  # someone in the UI
     assert [str(d) for d in registry.drift(task)] == [

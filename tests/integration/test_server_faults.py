@@ -16,6 +16,7 @@ from registry.faults import is_transient
 from servers import FaultyProxy, free_port
 
 DATASET = "c" * 64
+LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLflow Model
 
 
 @pytest.fixture
@@ -46,7 +47,8 @@ def test_s3_stopped_or_resetting_mid_upload_fails_in_one_line_and_moves_no_alias
     registry = AdapterRegistry(RegistrySettings.from_env())
     folders = write_artifacts(tmp_path)
     base = registry.register_base(folders["base"], name="tiny/bert")
-    registry.register("faults", folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"])
+    registry.register("faults", folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"],
+                      loader_module=LOADER)
     stopped = f"http://127.0.0.1:{free_port()}"  # nothing listens: the store is down
     flaky = proxy(s3_env["endpoint"], "reset", after=20_000)  # requests pass, bodies are cut
     for endpoint in (stopped, flaky.endpoint):

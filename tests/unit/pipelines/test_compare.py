@@ -15,6 +15,7 @@ from pipelines.cli.main import main
 from registry import AdapterRegistry, RegistryError
 
 DATASET = "d" * 64
+LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLflow Model
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def register(registry, tmp_path, task: str, rows: list[int], seed: int = 0):
         base_model().save_pretrained(folder)
     base = registry.register_base(folder, name=f"tiny/bert-{seed}")
     adapter = planted(tmp_path, base_model, f"{task}-{'-'.join(map(str, rows))}-{seed}", rows)
-    return registry.register(task, adapter, base, DATASET, {"accuracy": 0.5})
+    return registry.register(task, adapter, base, DATASET, {"accuracy": 0.5}, loader_module=LOADER)
 
 
 def args(**values) -> argparse.Namespace:

@@ -12,21 +12,22 @@ from conftest import build, randomize_b
 from lora_core import LoraConfig, inject, save_adapter
 from pipelines.cli.main import main
 from registry import AdapterRegistry, RegistrySettings
-from registry.engines import Adapter, NotServableError, check_servable, max_lora_rank
+from registry.engines import AdapterTraits, NotServableError, check_engine_rules, max_lora_rank
 
 LORAOPS = str(Path(sys.executable).parent / "loraops")
+LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLflow Model
 VALID = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"],
          "modules_to_save": None, "bias": "none", "base_model_name_or_path": "org/llama"}
 
 
-def adapter(config: dict | None = None, modules=("q_proj", "v_proj"), model_type="llama") -> Adapter:
-    return Adapter({**VALID, **(config or {})}, frozenset(modules), model_type, "org/llama")
+def adapter(config: dict | None = None, modules=("q_proj", "v_proj"), model_type="llama") -> AdapterTraits:
+    return AdapterTraits({**VALID, **(config or {})}, frozenset(modules), model_type, "org/llama")
 
 
 @pytest.mark.parametrize("engine", ["vllm", "lorax", "tgi"])
 def test_a_llama_adapter_on_its_named_base_passes_every_engine(engine):
-    check_servable(engine, adapter(), "t v1")
-    check_servable("any", adapter({"task_type": "SEQ_CLS", "modules_to_save": ["classifier"]}), "t v1")
+    check_engine_rules(engine, adapter(), "t v1")
+    check_engine_rules("any", adapter({"task_type": "SEQ_CLS", "modules_to_save": ["classifier"]}), "t v1")
 
 
 @pytest.mark.parametrize("engine, change, rule", [
@@ -43,7 +44,7 @@ def test_a_llama_adapter_on_its_named_base_passes_every_engine(engine):
 ])
 def test_each_engine_rule_refuses_with_its_own_message(engine, change, rule):
     with pytest.raises(NotServableError, match=rule) as error:
-        check_servable(engine, adapter(**change), "t v1")
+        check_engine_rules(engine, adapter(**change), "t v1")
     assert "promotion.serve_with: any" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -67,7 +68,7 @@ def llama_versions(tmp_path, monkeypatch):
                                  task_type="CAUSAL_LM"))
         randomize_b(model, seed=version)
         save_adapter(model, tmp_path / f"adapter-{version}", base_model_name_or_path="tiny/llama")
-        registry.register("chat", tmp_path / f"adapter-{version}", base, "a" * 64, {"loss": 1.0})
+        registry.register("chat", tmp_path / f"adapter-{version}", base, "a" * 64, {"loss": 1.0}, loader_module=LOADER)
     return registry, tmp_path
 
 

@@ -24,6 +24,7 @@ from registry.manifest import scan_folder, verify_folder
 from registry.names import base_model_name, check_task_name, parse_ref
 
 DATASET = "d" * 64
+LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLflow Model
 
 
 @pytest.fixture
@@ -39,7 +40,8 @@ def registry(tmp_path):
 @pytest.fixture
 def registered(registry, artifacts):
     base = registry.register_base(artifacts["base"], name="tiny/bert", source="hf:tiny/bert", revision="r1")
-    v1 = registry.register("topics", artifacts["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=artifacts["merged"])
+    v1 = registry.register("topics", artifacts["adapter"], base, DATASET, {"accuracy": 0.8},
+                           merged_dir=artifacts["merged"], loader_module=LOADER)
     return registry, base, v1
 
 
@@ -133,7 +135,8 @@ def test_bad_artifacts_register_nothing(registry, artifacts, change, message):
     base = registry.register_base(artifacts["base"], name="tiny/bert")
     change(artifacts)
     with pytest.raises(RegistryError, match=message):
-        registry.register("topics", artifacts["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=artifacts["merged"])
+        registry.register("topics", artifacts["adapter"], base, DATASET, {"accuracy": 0.8},
+                          merged_dir=artifacts["merged"], loader_module=LOADER)
     assert registry.list_versions() == []
 
 
@@ -144,7 +147,7 @@ def test_bad_artifacts_register_nothing(registry, artifacts, change, message):
 def test_bad_lineage_registers_nothing(registry, artifacts, dataset, metrics, message):
     base = registry.register_base(artifacts["base"], name="tiny/bert")
     with pytest.raises(RegistryError, match=message):
-        registry.register("topics", artifacts["adapter"], base, dataset, metrics)
+        registry.register("topics", artifacts["adapter"], base, dataset, metrics, loader_module=LOADER)
     assert registry.list_versions() == []
 
 
@@ -195,7 +198,8 @@ def test_rollback_walks_back_through_promotions_and_history_records_every_move(r
     registry, base, _ = registered
     for seed in (1, 2):
         extra = write_artifacts(artifacts["base"].parent, seed=seed)
-        registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.8 + seed / 100})
+        registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.8 + seed / 100},
+                          loader_module=LOADER)
     for version in (1, 2, 3):
         registry.promote("topics", version, "adapter", reason=f"ship v{version}")
     assert registry.resolve("topics", "previous-production").version == 2
@@ -231,7 +235,7 @@ def test_promote_errors_move_no_alias(registered, tmp_path):
 
 def test_promote_merged_requires_a_merged_model(registry, artifacts):
     base = registry.register_base(artifacts["base"], name="tiny/bert")
-    registry.register("topics", artifacts["adapter"], base, DATASET, {"accuracy": 0.8})
+    registry.register("topics", artifacts["adapter"], base, DATASET, {"accuracy": 0.8}, loader_module=LOADER)
     with pytest.raises(RegistryError, match="has no merged model"):
         registry.promote("topics", 1, "merged")
 
@@ -240,7 +244,7 @@ def test_two_promotions_of_one_task_at_once_leave_consistent_aliases_and_history
     import threading
     registry, base, _ = registered
     extra = write_artifacts(artifacts["base"].parent, seed=1)
-    registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.9})
+    registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.9}, loader_module=LOADER)
     threads = [threading.Thread(target=registry.promote, args=("topics", v, "adapter"), kwargs={"progress": False})
                for v in (1, 2)]
     for t in threads:
@@ -260,7 +264,7 @@ def test_check_drift_passes_a_new_task_and_refuses_an_alias_moved_outside_loraop
     registry.check_drift("never-registered")
     registry.check_drift("topics")
     extra = write_artifacts(artifacts["base"].parent, seed=1)
-    registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.9})
+    registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.9}, loader_module=LOADER)
     registry.client.set_registered_model_alias("topics", "candidate", "1")  # by hand, as the MLflow UI would
     assert [str(d) for d in registry.drift("topics")] == [
         "topics candidate is v1 in the registry but v2 in loraops's history"]
