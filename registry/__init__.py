@@ -9,6 +9,25 @@ from .records import BaseName, BaseRecord, HistoryEvent, Lineage, LoraSummary, P
 from .runs import MetricPoint, RunTracking
 from .settings import RegistrySettings
 
-__all__ = ["AdapterRegistry", "BaseMismatchError", "BaseName", "BaseRecord", "Drift", "DriftError", "HistoryEvent",
-           "IntegrityError", "Lineage", "LoraSummary", "MetricPoint", "Promotion", "RegistryError", "RegistrySettings",
-           "RunTracking", "StoreError", "VersionRecord", "check_task_name", "fingerprint_weights", "sha256_file"]
+__all__ = [
+    "AdapterRegistry",
+    "BaseMismatchError",
+    "BaseName",
+    "BaseRecord",
+    "Drift",
+    "DriftError",
+    "HistoryEvent",
+    "IntegrityError",
+    "Lineage",
+    "LoraSummary",
+    "MetricPoint",
+    "Promotion",
+    "RegistryError",
+    "RegistrySettings",
+    "RunTracking",
+    "StoreError",
+    "VersionRecord",
+    "check_task_name",
+    "fingerprint_weights",
+    "sha256_file",
+]

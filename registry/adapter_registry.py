@@ -40,8 +40,9 @@ class AdapterRegistry:
         self.promotions = Promotions(self.catalog, self.client, self.book, self.settings, self.digests)
 
     # ---- base models -------------------------------------------------------------------------
-    def register_base(self, path: str | Path, name: str | None = None, source: str | None = None,
-                      revision: str | None = None) -> BaseRecord:
+    def register_base(
+        self, path: str | Path, name: str | None = None, source: str | None = None, revision: str | None = None
+    ) -> BaseRecord:
         """Register a base model folder once per weight fingerprint; the same weights return the same record."""
         return self.catalog.register_base(path, name, source, revision)
 
@@ -53,10 +54,21 @@ class AdapterRegistry:
         return self.catalog.check_base(record, base_path)
 
     # ---- adapter versions --------------------------------------------------------------------
-    def register(self, task: str, adapter_dir: str | Path, base: BaseRecord, dataset_fingerprint: str,
-                 metrics: dict[str, float], merged_dir: str | Path | None = None, run_id: str | None = None,
-                 description: str = "", input_example: list[str] | None = None,
-                 spectrum: dict[str, float] | None = None, *, loader_module: str) -> VersionRecord:
+    def register(
+        self,
+        task: str,
+        adapter_dir: str | Path,
+        base: BaseRecord,
+        dataset_fingerprint: str,
+        metrics: dict[str, float],
+        merged_dir: str | Path | None = None,
+        run_id: str | None = None,
+        description: str = "",
+        input_example: list[str] | None = None,
+        spectrum: dict[str, float] | None = None,
+        *,
+        loader_module: str,
+    ) -> VersionRecord:
         """A new version of `task`, an MLflow Model (mlflow_model.py) whose weights and manifests are logged to the
         run (a run of its own when `run_id` is None); lineage in tags; alias `candidate`.
 
@@ -64,9 +76,19 @@ class AdapterRegistry:
         input_example: texts the model's input example shows.
         spectrum: numbers from the low-rank analysis (rank_at_95, elbow, ...), one version tag each, so the UI
         sorts and filters by them."""
-        return self.catalog.register(task, adapter_dir, base, dataset_fingerprint, metrics, loader_module=loader_module,
-                                     merged_dir=merged_dir, run_id=run_id, description=description,
-                                     input_example=input_example, spectrum=spectrum)
+        return self.catalog.register(
+            task,
+            adapter_dir,
+            base,
+            dataset_fingerprint,
+            metrics,
+            loader_module=loader_module,
+            merged_dir=merged_dir,
+            run_id=run_id,
+            description=description,
+            input_example=input_example,
+            spectrum=spectrum,
+        )
 
     def resolve(self, task: str, ref: str | int | None = None) -> VersionRecord:
         """The version an alias points at (default production) or a version number, with its lineage."""
@@ -81,8 +103,17 @@ class AdapterRegistry:
         return self.catalog.lineage(task)
 
     # ---- promotion ---------------------------------------------------------------------------
-    def promote(self, task: str, version: int | str, mode: str = "adapter", target: str | None = None,
-                reason: str = "", progress: bool = True, serve_with: str = "any", drift: str | None = None) -> Promotion:
+    def promote(
+        self,
+        task: str,
+        version: int | str,
+        mode: str = "adapter",
+        target: str | None = None,
+        reason: str = "",
+        progress: bool = True,
+        serve_with: str = "any",
+        drift: str | None = None,
+    ) -> Promotion:
         """Upload + verify under <target>/<task>/v<version>/<mode>/, manifest last; only then move `production`.
 
         serve_with: an engine (engines.py) whose loading rules an adapter must meet; checked before any upload.

@@ -29,15 +29,17 @@ class DriftError(RegistryError):
 
 class Drift(BaseModel):
     """One alias where the registry and loraops's history disagree."""
+
     model_config = ConfigDict(frozen=True)
     task: str
     alias: str
     registry: int | None  # where the alias points in MLflow now
-    history: int | None   # where loraops's last recorded move put it
+    history: int | None  # where loraops's last recorded move put it
 
     def __str__(self) -> str:
         def at(v):
             return f"v{v}" if v is not None else "unset"
+
         return f"{self.task} {self.alias} is {at(self.registry)} in the registry but {at(self.history)} in loraops's history"
 
 
@@ -57,8 +59,10 @@ class AliasBook:
                 raise  # a server that failed is not a missing task
             raise UnknownTaskError(f"no task {task!r} in the registry; see `loraops adapters list`") from None
         tags = model.tags
-        return ({alias: int(v) for alias, v in model.aliases.items()},
-                [HistoryEvent.model_validate_json(tags[key]) for key in sorted(tags) if key.startswith(HISTORY_TAG)])
+        return (
+            {alias: int(v) for alias, v in model.aliases.items()},
+            [HistoryEvent.model_validate_json(tags[key]) for key in sorted(tags) if key.startswith(HISTORY_TAG)],
+        )
 
     def aliases(self, task: str) -> dict[str, int]:
         return self.state(task)[0]
@@ -71,8 +75,11 @@ class AliasBook:
         recorded: dict[str, int | None] = {}
         for event in events:
             recorded[event.alias] = event.to_version
-        return [Drift(task=task, alias=alias, registry=aliases.get(alias), history=recorded.get(alias))
-                for alias in ALIASES if aliases.get(alias) != recorded.get(alias)]
+        return [
+            Drift(task=task, alias=alias, registry=aliases.get(alias), history=recorded.get(alias))
+            for alias in ALIASES
+            if aliases.get(alias) != recorded.get(alias)
+        ]
 
     def settle(self, task: str, how: str | None, action: str) -> list[HistoryEvent]:
         """Before `action` (promote, rollback): refuse on drift unless `how` says which side is right."""
@@ -80,15 +87,20 @@ class AliasBook:
         if not found:
             return []
         if how not in SETTLE:
-            raise DriftError(f"{found[0]} (moved {OUTSIDE}); {action} again with --drift accept (the registry is "
-                             f"right: record the move) or --drift revert (the history is right: move it back)")
+            raise DriftError(
+                f"{found[0]} (moved {OUTSIDE}); {action} again with --drift accept (the registry is "
+                f"right: record the move) or --drift revert (the history is right: move it back)"
+            )
         if how == "accept":
-            return [self.record(task, d.alias, d.history, d.registry, "external", f"{OUTSIDE}; accepted by {self.actor}")
-                    for d in found]
+            return [
+                self.record(task, d.alias, d.history, d.registry, "external", f"{OUTSIDE}; accepted by {self.actor}")
+                for d in found
+            ]
         return [self.move(task, d.alias, d.history, "revert", f"undo a move made {OUTSIDE}") for d in found]
 
-    def move(self, task: str, alias: str, version: int | None, action: str, reason: str,
-             mode: str | None = None) -> HistoryEvent:
+    def move(
+        self, task: str, alias: str, version: int | None, action: str, reason: str, mode: str | None = None
+    ) -> HistoryEvent:
         """Point `alias` at `version` (None: remove it) and record the move."""
         previous = self.aliases(task).get(alias)
         if version is None:
@@ -98,10 +110,25 @@ class AliasBook:
             self.client.set_registered_model_alias(task, alias, str(version))
         return self.record(task, alias, previous, version, action, reason, mode)
 
-    def record(self, task: str, alias: str, previous: int | None, version: int | None, action: str, reason: str,
-               mode: str | None = None) -> HistoryEvent:
-        event = HistoryEvent(time=datetime.now(timezone.utc).isoformat(timespec="milliseconds"), actor=self.actor,
-                             action=action, alias=alias, from_version=previous, to_version=version,
-                             reason=reason[:500], mode=mode)
+    def record(
+        self,
+        task: str,
+        alias: str,
+        previous: int | None,
+        version: int | None,
+        action: str,
+        reason: str,
+        mode: str | None = None,
+    ) -> HistoryEvent:
+        event = HistoryEvent(
+            time=datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            actor=self.actor,
+            action=action,
+            alias=alias,
+            from_version=previous,
+            to_version=version,
+            reason=reason[:500],
+            mode=mode,
+        )
         self.client.set_registered_model_tag(task, f"{HISTORY_TAG}{time.time_ns():020d}", event.model_dump_json())
         return event

@@ -88,8 +88,11 @@ def digest_file(path: Path, tensors: bool = False, whole_file: bool = True) -> F
                     hash_part = part.update
     if at != size:
         raise OSError(f"{path}: read {at} of {size} bytes; the file changed while it was read")
-    found |= {e.name: [e.dtype, list(e.shape), hashlib.sha256().hexdigest()]  # empty tensors at the end
-              for e in spans[next_span:] if e.start == e.end}
+    found |= {
+        e.name: [e.dtype, list(e.shape), hashlib.sha256().hexdigest()]  # empty tensors at the end
+        for e in spans[next_span:]
+        if e.start == e.end
+    }
     if whole_file and (at % step or not parts):
         parts.append(part.hexdigest())
     return FileDigest(whole.hexdigest() if whole_file else None, size, tuple(parts), found if tensors else None)
@@ -107,15 +110,19 @@ class DigestCache:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-                self.db.execute("create table if not exists digests (dev int, ino int, size int, mtime_ns int, "
-                                "hashed_ns int, record text, primary key (dev, ino, size, mtime_ns))")
+                self.db.execute(
+                    "create table if not exists digests (dev int, ino int, size int, mtime_ns int, "
+                    "hashed_ns int, record text, primary key (dev, ino, size, mtime_ns))"
+                )
             except (OSError, sqlite3.Error):
                 self.db = None
 
     def cached(self, path: Path, key: tuple | None = None) -> FileDigest | None:
         """The file's digests if the cache holds them for its current identity; never reads the file."""
         key = key or identity(path)
-        row = self._execute("select hashed_ns, record from digests where dev=? and ino=? and size=? and mtime_ns=?", key)
+        row = self._execute(
+            "select hashed_ns, record from digests where dev=? and ino=? and size=? and mtime_ns=?", key
+        )
         record = json.loads(row[1]) if row and row[0] > key[3] + RACY_NS else None
         return record and FileDigest(record["sha256"], record["bytes"], tuple(record["parts"]), record["tensors"])
 
@@ -149,11 +156,18 @@ class DigestCache:
             return
         known = self.cached(path, key)  # keep what an earlier pass learnt of the same file
         if known is not None:
-            digest = FileDigest(digest.sha256 or known.sha256, digest.bytes, digest.parts or known.parts,
-                                digest.tensors if digest.tensors is not None else known.tensors)
-        record = json.dumps({"sha256": digest.sha256, "bytes": digest.bytes, "parts": list(digest.parts),
-                             "tensors": digest.tensors})
-        self._execute("insert or replace into digests values (?, ?, ?, ?, ?, ?)", (*key, hashed_ns or time.time_ns(), record))
+            digest = FileDigest(
+                digest.sha256 or known.sha256,
+                digest.bytes,
+                digest.parts or known.parts,
+                digest.tensors if digest.tensors is not None else known.tensors,
+            )
+        record = json.dumps(
+            {"sha256": digest.sha256, "bytes": digest.bytes, "parts": list(digest.parts), "tensors": digest.tensors}
+        )
+        self._execute(
+            "insert or replace into digests values (?, ?, ?, ?, ?, ?)", (*key, hashed_ns or time.time_ns(), record)
+        )
 
     def _execute(self, sql: str, values: tuple):
         if self.db is None:
@@ -162,4 +176,3 @@ class DigestCache:
             return self.db.execute(sql, values).fetchone()
         except sqlite3.Error:  # deleted or locked for too long: hashing again is always correct
             return None
-

@@ -24,18 +24,30 @@ ENGINES = ("any", "vllm", "lorax", "tgi")
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # MaxLoRARanks: the values --max-lora-rank takes
 LLAMA_LIKE = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 ATTENTION = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
+PHI3 = frozenset({"qkv_proj", "o_proj", "gate_up_proj", "down_proj"})
+GPT2_LIKE = frozenset({"c_attn", "c_proj", "c_fc"})
+# What all three carry a LoRA on (TGI took its list over from LoRAX).
+SHARED = {
+    "llama": LLAMA_LIKE,
+    "mistral": LLAMA_LIKE,
+    "qwen2": LLAMA_LIKE,
+    "gemma": LLAMA_LIKE,
+    "gemma2": LLAMA_LIKE,
+    "mixtral": ATTENTION,
+}
 # model_type -> module names (checkpoint leaf names) each engine can carry a LoRA on.
 MODULES = {
-    "vllm": {"llama": LLAMA_LIKE, "mistral": LLAMA_LIKE, "qwen2": LLAMA_LIKE, "qwen3": LLAMA_LIKE,
-             "gemma": LLAMA_LIKE, "gemma2": LLAMA_LIKE, "granite": LLAMA_LIKE, "olmo2": LLAMA_LIKE,
-             "mixtral": ATTENTION, "phi3": frozenset({"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),
-             "gpt_bigcode": frozenset({"c_attn", "c_proj", "c_fc"}),
-             "starcoder2": ATTENTION | {"c_fc", "c_proj"}},
-    "lorax": {"llama": LLAMA_LIKE, "mistral": LLAMA_LIKE, "qwen2": LLAMA_LIKE, "gemma": LLAMA_LIKE,
-              "gemma2": LLAMA_LIKE, "mixtral": ATTENTION, "phi3": frozenset({"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),
-              "gpt2": frozenset({"c_attn", "c_proj", "c_fc"})},
-    "tgi": {"llama": LLAMA_LIKE, "mistral": LLAMA_LIKE, "qwen2": LLAMA_LIKE, "gemma": LLAMA_LIKE,
-            "gemma2": LLAMA_LIKE, "mixtral": ATTENTION},
+    "vllm": SHARED
+    | {
+        "qwen3": LLAMA_LIKE,
+        "granite": LLAMA_LIKE,
+        "olmo2": LLAMA_LIKE,
+        "phi3": PHI3,
+        "gpt_bigcode": GPT2_LIKE,
+        "starcoder2": ATTENTION | {"c_fc", "c_proj"},
+    },
+    "lorax": SHARED | {"phi3": PHI3, "gpt2": GPT2_LIKE},
+    "tgi": SHARED,
 }
 NAMES = {"vllm": "vLLM", "lorax": "LoRAX", "tgi": "TGI"}
 
@@ -47,10 +59,11 @@ class NotServableError(RegistryError):
 @dataclass(frozen=True)
 class AdapterTraits:
     """What the engines look at: adapter_config.json, the adapted modules' leaf names, and the base."""
+
     config: dict[str, Any]
     modules: frozenset[str] | None  # None when not known yet (a regex target before training)
-    model_type: str | None          # the base's config.json model_type
-    base_name: str                  # the registered base's name: what the engine is started with
+    model_type: str | None  # the base's config.json model_type
+    base_name: str  # the registered base's name: what the engine is started with
 
 
 def max_rank(config: dict[str, Any]) -> int:
@@ -66,31 +79,49 @@ def check_engine_rules(engine: str, adapter: AdapterTraits, where: str) -> None:
     name, config = NAMES[engine], adapter.config
 
     def refuse(rule: str, fix: str) -> NoReturn:
-        raise NotServableError(f"{where}: {name} will not load this adapter: {rule}; {fix}, or set promotion.serve_with: any")
+        raise NotServableError(
+            f"{where}: {name} will not load this adapter: {rule}; {fix}, or set promotion.serve_with: any"
+        )
+
     if config.get("task_type") != "CAUSAL_LM":
-        refuse(f"task_type is {config.get('task_type')!r}, and {name} serves adapters of causal LMs only",
-               "ship a classifier merged (promotion.mode: merged) or through MLflow")
+        refuse(
+            f"task_type is {config.get('task_type')!r}, and {name} serves adapters of causal LMs only",
+            "ship a classifier merged (promotion.mode: merged) or through MLflow",
+        )
     if config.get("modules_to_save"):
-        refuse(f"modules_to_save {config['modules_to_save']} (full copies of modules) is not supported",
-               "train without lora.modules_to_save")
+        refuse(
+            f"modules_to_save {config['modules_to_save']} (full copies of modules) is not supported",
+            "train without lora.modules_to_save",
+        )
     if config.get("use_dora"):
         refuse("DoRA adapters are not supported", "train without DoRA")
     if config.get("bias", "none") != "none":
         refuse(f"bias {config['bias']!r} is not supported", "train with bias: none")
     rank = max_rank(config)
     if engine == "vllm" and rank > VLLM_MAX_LORA_RANKS[-1]:
-        refuse(f"rank {rank} is above the largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]})",
-               f"train with lora.r <= {VLLM_MAX_LORA_RANKS[-1]} (or compress the adapter)")
+        refuse(
+            f"rank {rank} is above the largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]})",
+            f"train with lora.r <= {VLLM_MAX_LORA_RANKS[-1]} (or compress the adapter)",
+        )
     supported = MODULES[engine].get(adapter.model_type or "")
     if supported is None:
-        refuse(f"it has no LoRA support for base architecture {adapter.model_type or 'unknown'!r} (supported: "
-               f"{', '.join(sorted(MODULES[engine]))})", "serve the merged model instead")
+        refuse(
+            f"it has no LoRA support for base architecture {adapter.model_type or 'unknown'!r} (supported: "
+            f"{', '.join(sorted(MODULES[engine]))})",
+            "serve the merged model instead",
+        )
     if adapter.modules is not None and not adapter.modules <= supported:
-        refuse(f"target modules {sorted(adapter.modules - supported)} are not LoRA layers it has for "
-               f"{adapter.model_type} ({', '.join(sorted(supported))})", "target only those")
+        refuse(
+            f"target modules {sorted(adapter.modules - supported)} are not LoRA layers it has for "
+            f"{adapter.model_type} ({', '.join(sorted(supported))})",
+            "target only those",
+        )
     if config.get("base_model_name_or_path") != adapter.base_name:
-        refuse(f"base_model_name_or_path {config.get('base_model_name_or_path')!r} is not the base it is started "
-               f"with ({adapter.base_name!r})", "save the adapter with base_model_name_or_path set to the base's name")
+        refuse(
+            f"base_model_name_or_path {config.get('base_model_name_or_path')!r} is not the base it is started "
+            f"with ({adapter.base_name!r})",
+            "save the adapter with base_model_name_or_path set to the base's name",
+        )
 
 
 def max_lora_rank(rank: int) -> int:

@@ -10,11 +10,21 @@ import os
 from .errors import ServerUnavailable
 
 # MLflow's client retries 7 times with backoff factor 2 by default: minutes before a dead server is reported.
-MLFLOW_NETWORK = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
-                  "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+MLFLOW_NETWORK = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
 TRANSIENT_MLFLOW_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"}
-TRANSIENT_TEXT = ("Max retries exceeded", "Connection aborted", "Connection refused", "Read timed out",
-                  "RemoteDisconnected", "Connection reset", "too many 5")
+TRANSIENT_TEXT = (
+    "Max retries exceeded",
+    "Connection aborted",
+    "Connection refused",
+    "Read timed out",
+    "RemoteDisconnected",
+    "Connection reset",
+    "too many 5",
+)
 
 
 def network_defaults() -> None:
@@ -25,6 +35,7 @@ def network_defaults() -> None:
 
 def is_transient(error: BaseException) -> bool:
     from mlflow.exceptions import MlflowException
+
     if isinstance(error, ServerUnavailable):
         return True
     if isinstance(error, MlflowException):
@@ -35,11 +46,14 @@ def is_transient(error: BaseException) -> bool:
 def server_message(error: BaseException, tracking_uri: str) -> str | None:
     """One line for an MLflow server that is down or failing, or None if `error` is something else."""
     from mlflow.exceptions import MlflowException
+
     if not isinstance(error, MlflowException) or not is_transient(error):
         return None
-    return (f"the MLflow tracking server at {tracking_uri} did not answer ({_reason(str(error))}) after "
-            f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries; start it or fix MLFLOW_TRACKING_URI, "
-            f"then run again (a finished registration is not repeated)")
+    return (
+        f"the MLflow tracking server at {tracking_uri} did not answer ({_reason(str(error))}) after "
+        f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries; start it or fix MLFLOW_TRACKING_URI, "
+        f"then run again (a finished registration is not repeated)"
+    )
 
 
 def _reason(text: str) -> str:

@@ -27,7 +27,11 @@ def fingerprint_weights(folder: str | Path, cache: DigestCache | None = None) ->
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         pickles = sorted(p.name for p in folder.glob("*.bin"))
-        hint = f" (found {', '.join(pickles)}: pickle files are not read; save with safe_serialization=True)" if pickles else ""
+        hint = (
+            f" (found {', '.join(pickles)}: pickle files are not read; save with safe_serialization=True)"
+            if pickles
+            else ""
+        )
         raise RegistryError(f"{folder}: no *.safetensors weights to fingerprint{hint}")
     cache = cache or DigestCache()
     digest = hashlib.sha256()

@@ -24,6 +24,7 @@ class FileEntry(BaseModel):
 
 class Manifest(BaseModel):
     """What manifest.json holds; written last, so its presence means the folder is complete."""
+
     model_config = ConfigDict(extra="forbid")
     task: str
     version: int | None = None  # unknown until MLflow numbers the version
@@ -43,7 +44,9 @@ class Manifest(BaseModel):
         try:
             return cls.model_validate_json(data)
         except ValidationError as e:
-            raise IntegrityError(f"{where}: damaged manifest ({e.errors()[0]['msg']}); promote the version again") from None
+            raise IntegrityError(
+                f"{where}: damaged manifest ({e.errors()[0]['msg']}); promote the version again"
+            ) from None
 
 
 def files_digest(files: dict[str, FileEntry]) -> str:
@@ -74,7 +77,11 @@ def verify_folder(folder: Path, files: dict[str, FileEntry], digests: DigestCach
             raise IntegrityError(f"{path}: missing; fetch the version again")
         size = path.stat().st_size
         if size != expected.bytes:
-            raise IntegrityError(f"{path}: {size} bytes, manifest says {expected.bytes}; the copy is truncated or altered")
+            raise IntegrityError(
+                f"{path}: {size} bytes, manifest says {expected.bytes}; the copy is truncated or altered"
+            )
         actual = digests.sha256(path)
         if actual != expected.sha256:
-            raise IntegrityError(f"{path}: sha256 {actual[:12]}..., manifest says {expected.sha256[:12]}...; the copy is altered")
+            raise IntegrityError(
+                f"{path}: sha256 {actual[:12]}..., manifest says {expected.sha256[:12]}...; the copy is altered"
+            )

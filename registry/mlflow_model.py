@@ -28,17 +28,23 @@ def signature(kind: str):
     """Texts in (a list, or a DataFrame's one column); label + probability, or a completion, out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
     if kind == "classification":
-        return ModelSignature(Schema([ColSpec("string")]),
-                              Schema([ColSpec("string", "label"), ColSpec("double", "probability")]))
-    return ModelSignature(Schema([ColSpec("string")]), Schema([ColSpec("string", "completion")]),
-                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 20)]))
+        return ModelSignature(
+            Schema([ColSpec("string")]), Schema([ColSpec("string", "label"), ColSpec("double", "probability")])
+        )
+    return ModelSignature(
+        Schema([ColSpec("string")]),
+        Schema([ColSpec("string", "completion")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", 20)]),
+    )
 
 
 def requirements() -> list[str]:
     """loraops's runtime dependencies pinned to the versions installed here (local tags such as +cpu dropped:
     the serving machine picks its own torch build)."""
     from packaging.requirements import Requirement
+
     pinned = []
     for line in importlib.metadata.requires("loraops") or []:
         requirement = Requirement(line)
@@ -51,23 +57,34 @@ def requirements() -> list[str]:
     return pinned
 
 
-def write_model(out: Path, task_type: str | None, base: BaseRecord, input_example: list[str], loader_module: str) -> None:
+def write_model(
+    out: Path, task_type: str | None, base: BaseRecord, input_example: list[str], loader_module: str
+) -> None:
     """The MLflow Model folder of a version, without its weights (logged beside it). `loader_module`: the module
     mlflow.pyfunc loads the model with (its `_load_pyfunc`), shipped with its whole package."""
     import mlflow.pyfunc
+
     kind = KINDS.get(task_type or "")
     if kind is None:
-        raise RegistryError(f"adapter task_type {task_type!r} is not one of {', '.join(KINDS)}; "
-                            f"save the adapter with the task's type")
+        raise RegistryError(
+            f"adapter task_type {task_type!r} is not one of {', '.join(KINDS)}; save the adapter with the task's type"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "loraops"
         data.mkdir()
         (data / DESCRIPTION).write_text(json.dumps({"kind": kind, "base": base.model_dump()}, indent=1))
         packages = dict.fromkeys([*PACKAGES, loader_module.split(".")[0]])
         code = [_copy_package(name, Path(tmp) / "code") for name in packages]
-        mlflow.pyfunc.save_model(str(out), loader_module=loader_module, data_path=str(data), code_paths=code,
-                                 signature=signature(kind), input_example=input_example,
-                                 pip_requirements=requirements(), model_config={"base_path": ""})
+        mlflow.pyfunc.save_model(
+            str(out),
+            loader_module=loader_module,
+            data_path=str(data),
+            code_paths=code,
+            signature=signature(kind),
+            input_example=input_example,
+            pip_requirements=requirements(),
+            model_config={"base_path": ""},
+        )
 
 
 def _copy_package(name: str, folder: Path) -> str:

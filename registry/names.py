@@ -12,8 +12,10 @@ BASE_PREFIX = "base."  # task names hold no dot, so base model names never colli
 def check_task_name(name: str) -> str:
     """A task is a slug: 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit."""
     if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
-        raise RegistryError(f"task name {name!r} is not a slug; use 1-63 lower-case letters, digits and '-' "
-                            f"(e.g. 'support-tickets'), starting and ending with a letter or digit")
+        raise RegistryError(
+            f"task name {name!r} is not a slug; use 1-63 lower-case letters, digits and '-' "
+            f"(e.g. 'support-tickets'), starting and ending with a letter or digit"
+        )
     return name
 
 
@@ -35,7 +37,9 @@ def parse_ref(ref: str | int | None) -> str | int:
     if text.isdigit() or (text[:1] == "v" and text[1:].isdigit()):
         return int(text.lstrip("v"))
     if text not in ALIASES:
-        raise RegistryError(f"{ref!r} is neither a version number nor an alias; use a number or one of {', '.join(ALIASES)}")
+        raise RegistryError(
+            f"{ref!r} is neither a version number nor an alias; use a number or one of {', '.join(ALIASES)}"
+        )
     return text
 
 

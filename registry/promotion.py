@@ -59,34 +59,55 @@ class RegisteredArtifacts:
         manifest = Manifest.from_json(data, self.uri)
         expected = self.record.manifests[self.mode]
         if manifest.digest != expected:
-            raise IntegrityError(f"{self.uri}: manifest digest {manifest.digest[:12]}... is not the "
-                                 f"registered {expected[:12]}...; the artifacts were altered")
+            raise IntegrityError(
+                f"{self.uri}: manifest digest {manifest.digest[:12]}... is not the "
+                f"registered {expected[:12]}...; the artifacts were altered"
+            )
         return manifest.model_copy(update={"version": self.record.version})
 
     def _download(self, uri: str, folder: Path) -> Path:
         """The artifact (file or folder) at `uri` into `folder`; returns the local path."""
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder),
-                                                        tracking_uri=self.settings.tracking_uri))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(folder), tracking_uri=self.settings.tracking_uri
+            )
+        )
 
 
 class Promotions:
     """Moves a registry's versions into production and back, and fetches them."""
 
-    def __init__(self, catalog: VersionCatalog, client: MlflowClient, book: AliasBook, settings: RegistrySettings,
-                 digests: DigestCache):
+    def __init__(
+        self,
+        catalog: VersionCatalog,
+        client: MlflowClient,
+        book: AliasBook,
+        settings: RegistrySettings,
+        digests: DigestCache,
+    ):
         self.catalog, self.client, self.book, self.settings, self.digests = catalog, client, book, settings, digests
 
-    def promote(self, task: str, version: int | str, mode: str = "adapter", target: str | None = None,
-                reason: str = "", progress: bool = True, serve_with: str = "any",
-                drift: str | None = None) -> Promotion:
+    def promote(
+        self,
+        task: str,
+        version: int | str,
+        mode: str = "adapter",
+        target: str | None = None,
+        reason: str = "",
+        progress: bool = True,
+        serve_with: str = "any",
+        drift: str | None = None,
+    ) -> Promotion:
         """See AdapterRegistry.promote."""
         check_task_name(task)
         if mode not in MODES:
             raise RegistryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
         record = self.catalog.resolve(task, version)
         if mode not in record.manifests:
-            raise RegistryError(f"{task} v{record.version} has no merged model; register it with a merged folder "
-                                f"or promote --mode adapter")
+            raise RegistryError(
+                f"{task} v{record.version} has no merged model; register it with a merged folder "
+                f"or promote --mode adapter"
+            )
         settled = self.book.settle(task, drift, "promote")  # before any work: drift refuses, or is settled as told
         store = open_store(target or self.settings.promotion_target)
         store.check()
@@ -110,14 +131,24 @@ class Promotions:
                 if current is not None:
                     events.append(self.book.move(task, "previous-production", current, "promote", reason, mode))
                 events.append(self.book.move(task, "production", record.version, "promote", reason, mode))
-        return Promotion(task=task, version=record.version, mode=mode, uri=store.uri(prefix), uploaded=uploaded,
-                         skipped=skipped, bytes_uploaded=sent, previous=current, events=events)
+        return Promotion(
+            task=task,
+            version=record.version,
+            mode=mode,
+            uri=store.uri(prefix),
+            uploaded=uploaded,
+            skipped=skipped,
+            bytes_uploaded=sent,
+            previous=current,
+            events=events,
+        )
 
     def check_servable(self, record: VersionRecord, engine: str, folder: Path) -> None:
         """Refuse (NotServableError) an adapter that `engine` would not load next to its base."""
         base = self.catalog.find_base(record.base_fingerprint)
-        traits = AdapterTraits(read_peft_config(folder), adapted_modules(folder), base.model_type if base else None,
-                               record.base_name)
+        traits = AdapterTraits(
+            read_peft_config(folder), adapted_modules(folder), base.model_type if base else None, record.base_name
+        )
         check_engine_rules(engine, traits, f"{record.task} v{record.version}")
 
     def rollback(self, task: str, reason: str = "", drift: str | None = None) -> list[HistoryEvent]:
@@ -130,8 +161,14 @@ class Promotions:
                 raise RegistryError(f"task {task!r} has no previous production version; nothing to roll back to")
             # The version that was production before `back_to` was promoted to it (rollbacks do not count,
             # or two rollbacks in a row would swap back and forth).
-            before = next((e.from_version for e in reversed(history)
-                           if e.action == "promote" and e.alias == "production" and e.to_version == back_to), None)
+            before = next(
+                (
+                    e.from_version
+                    for e in reversed(history)
+                    if e.action == "promote" and e.alias == "production" and e.to_version == back_to
+                ),
+                None,
+            )
             events = [self.book.move(task, "production", back_to, "rollback", reason)]
             events.append(self.book.move(task, "previous-production", before, "rollback", reason))
             return events

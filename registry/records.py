@@ -7,6 +7,7 @@ MODES = ("adapter", "merged")
 
 class BaseRecord(BaseModel):
     """A registered base model: its weights' fingerprint and where they came from."""
+
     model_config = ConfigDict(frozen=True)
     name: str
     model: str  # MLflow registered model name, base.<slug>
@@ -19,6 +20,7 @@ class BaseRecord(BaseModel):
 
 class BaseName(BaseModel):
     """A base known only by the name a version recorded (its registered model is gone or was never found)."""
+
     model_config = ConfigDict(frozen=True)
     name: str
 
@@ -26,6 +28,7 @@ class BaseName(BaseModel):
 class LoraSummary(BaseModel):
     """The adapter's LoRA settings as adapter_config.json has them: rank, alpha (scaling = alpha / r), targets.
     A regex target (a string in the config) is kept as the one element of `targets`."""
+
     model_config = ConfigDict(frozen=True)
     r: int
     alpha: float
@@ -39,6 +42,7 @@ class LoraSummary(BaseModel):
 
 class VersionRecord(BaseModel):
     """One adapter version of a task, with its lineage."""
+
     model_config = ConfigDict(frozen=True)
     task: str
     version: int
@@ -52,14 +56,15 @@ class VersionRecord(BaseModel):
     code_version: str
     run_id: str | None
     created: str
-    artifacts: dict[str, str]   # mode -> MLflow artifact URI
-    manifests: dict[str, str]   # mode -> content digest
-    promoted: dict[str, str]    # mode -> promoted folder URI
+    artifacts: dict[str, str]  # mode -> MLflow artifact URI
+    manifests: dict[str, str]  # mode -> content digest
+    promoted: dict[str, str]  # mode -> promoted folder URI
     spectrum: dict[str, float] = {}  # rank_at_90/95/99, elbow, effective_rank, amplification (low-rank analysis)
 
 
 class HistoryEvent(BaseModel):
     """One alias move: who moved which alias from which version to which, when and why."""
+
     model_config = ConfigDict(frozen=True)
     time: str
     actor: str
@@ -86,6 +91,7 @@ class Promotion(BaseModel):
 
 class Lineage(BaseModel):
     """Base model(s) -> versions -> alias moves of one task."""
+
     model_config = ConfigDict(frozen=True)
     task: str
     bases: list[BaseRecord | BaseName]

@@ -63,8 +63,13 @@ class RunTracking:
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: Mapping[str, object]) -> None:
         """The training data as the run's dataset input (context "training"); `digest` is cut to MLflow's 36."""
-        dataset = Dataset(name=name, digest=digest[:MAX_DIGEST], source_type="s3" if is_s3_uri(source) else "local",
-                          source=json.dumps({"uri": source}), profile=json.dumps(dict(profile)))
+        dataset = Dataset(
+            name=name,
+            digest=digest[:MAX_DIGEST],
+            source_type="s3" if is_s3_uri(source) else "local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(dict(profile)),
+        )
         self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:

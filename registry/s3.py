@@ -12,6 +12,15 @@ from .errors import RegistryError, StoreError, StoreUnavailable
 
 SCHEME = "s3://"
 S3Client = Any  # botocore builds the client class at run time; boto3 ships no type stubs
+REJECTED = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "403",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+}
+OVERLOADED = {"SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "InternalError"}  # worth a retry
 
 
 class S3Location(NamedTuple):
@@ -99,15 +108,16 @@ def _client_error(where: str, code: str, error: Exception) -> StoreError:
         return StoreError(
             f"bucket {bucket!r} does not exist; create it (aws s3 mb s3://{bucket}) or fix the promotion target"
         )
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidClientTokenId",
-                "ExpiredToken"):
+    if code in REJECTED:
         return StoreError(
             f"credentials rejected by {where} ({code}); check AWS_ACCESS_KEY_ID/"
             f"AWS_SECRET_ACCESS_KEY or AWS_PROFILE and the bucket policy"
         )
     status = getattr(error, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    if status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout", "ServiceUnavailable", "InternalError"):
-        return StoreUnavailable(f"{where}: the store answered {code or status}; it is overloaded or failing, try again later")
+    if status >= 500 or code in OVERLOADED:
+        return StoreUnavailable(
+            f"{where}: the store answered {code or status}; it is overloaded or failing, try again later"
+        )
     return StoreError(f"{where}: S3 error {code or type(error).__name__}; check the target and the store's logs")
 
 

@@ -14,6 +14,7 @@ class RegistrySettings(BaseModel):
     A team switches with the standard variables: MLFLOW_TRACKING_URI (an MLflow server) and
     LORAOPS_PROMOTION_TARGET (s3://bucket/prefix, with AWS_* credentials or a profile).
     """
+
     model_config = ConfigDict(frozen=True)
     home: Path
     tracking_uri: str

@@ -29,8 +29,10 @@ log = logging.getLogger("loraops.store")
 
 
 def _mismatch(source: Path, actual: str, expected: FileEntry) -> IntegrityError:
-    return IntegrityError(f"{source}: sha256 {actual[:12]}... while reading it for upload, manifest says "
-                          f"{expected.sha256[:12]}...; the local copy changed, nothing was published from it")
+    return IntegrityError(
+        f"{source}: sha256 {actual[:12]}... while reading it for upload, manifest says "
+        f"{expected.sha256[:12]}...; the local copy changed, nothing was published from it"
+    )
 
 
 def b64(hex_digest: str) -> str:
@@ -43,8 +45,14 @@ class Store(Protocol):
     def uri(self, key: str = "") -> str: ...
     def check(self) -> None: ...
     def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool: ...
-    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None,
-               digests: DigestCache | None = None) -> FileDigest | None: ...
+    def upload(
+        self,
+        source: Path,
+        key: str,
+        entry: FileEntry,
+        progress: Progress | None = None,
+        digests: DigestCache | None = None,
+    ) -> FileDigest | None: ...
     def can_copy_from(self, uri: str) -> bool: ...
     def copy_from(self, source_uri: str, key: str, entry: FileEntry) -> bool: ...
     def abort_stale(self, prefix: str) -> None: ...
@@ -55,6 +63,7 @@ class Store(Protocol):
 
 class CompletedPart(TypedDict):
     """One part of a multipart upload, as complete_multipart_upload takes it."""
+
     ETag: str
     PartNumber: int
     ChecksumSHA256: str
@@ -81,14 +90,22 @@ class LocalStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreError(f"promotion target {self.root} cannot be created ({e.strerror}); pick a writable folder") from None
+            raise StoreError(
+                f"promotion target {self.root} cannot be created ({e.strerror}); pick a writable folder"
+            ) from None
 
     def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool:
         path = self.root / key
         return path.is_file() and path.stat().st_size == entry.bytes and digests.sha256(path) == entry.sha256
 
-    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None,
-               digests: DigestCache | None = None) -> None:
+    def upload(
+        self,
+        source: Path,
+        key: str,
+        entry: FileEntry,
+        progress: Progress | None = None,
+        digests: DigestCache | None = None,
+    ) -> None:
         """Copy to a temporary name beside the destination, hashing as it goes; fsync; rename into place."""
         dest = self.root / key
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +164,7 @@ class S3Store:
 
     def __init__(self, bucket: str, prefix: str = "", client: S3Client | None = None, workers: int = 8):
         from boto3.s3.transfer import TransferConfig
+
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.client = client or s3_client()
         self.transfer = TransferConfig(multipart_chunksize=16 * 1024 * 1024)  # downloads
@@ -166,8 +184,9 @@ class S3Store:
         self._call(self.client.head_bucket, Bucket=self.bucket)
 
     def head(self, key: str) -> ObjectHead | None:
-        response = self._call(self.client.head_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key),
-                              ChecksumMode="ENABLED")
+        response = self._call(
+            self.client.head_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
+        )
         if response is None:
             return None
         checksum = response.get("ChecksumSHA256")
@@ -175,9 +194,11 @@ class S3Store:
 
     def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool:
         """One HEAD: the size and the store's own checksum match the file (full-object, or composite of parts)."""
+
         def composite() -> str | None:
             local = digests.get(source) if source is not None and source.is_file() else None
             return local.s3_checksum().split("-")[0] if local and local.sha256 == entry.sha256 else None
+
         return self._holds(key, entry, composite)
 
     def _holds(self, key: str, entry: FileEntry, composite) -> bool:
@@ -203,8 +224,14 @@ class S3Store:
             size += len(chunk)
         return FileEntry(sha256=digest.hexdigest(), bytes=size)
 
-    def upload(self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None,
-               digests: DigestCache | None = None) -> FileDigest:
+    def upload(
+        self,
+        source: Path,
+        key: str,
+        entry: FileEntry,
+        progress: Progress | None = None,
+        digests: DigestCache | None = None,
+    ) -> FileDigest:
         """Send `source` read once, with SHA-256 checksums the store verifies; then confirm with one HEAD.
 
         When the digest cache holds the file's digests for its current identity (hashed when it was
@@ -213,7 +240,9 @@ class S3Store:
         """
         step = part_size(entry.bytes)
         known = digests.cached(source) if digests else None
-        known = known if known and known.sha256 == entry.sha256 and len(known.parts) == -(-entry.bytes // step) else None
+        known = (
+            known if known and known.sha256 == entry.sha256 and len(known.parts) == -(-entry.bytes // step) else None
+        )
         with open(source, "rb") as f:
             if entry.bytes <= step:
                 digest = self._put_single(f, source, key, entry, progress)
@@ -224,24 +253,46 @@ class S3Store:
 
     def verify(self, key: str, digest: FileDigest, entry: FileEntry) -> None:
         if not self._holds(key, entry, lambda: digest.s3_checksum().split("-")[0]):
-            raise IntegrityError(f"{self.uri(key)}: the store does not hold {entry.bytes} bytes with sha256 "
-                                 f"{entry.sha256[:12]}... after the upload; the store altered it, promotion stopped")
+            raise IntegrityError(
+                f"{self.uri(key)}: the store does not hold {entry.bytes} bytes with sha256 "
+                f"{entry.sha256[:12]}... after the upload; the store altered it, promotion stopped"
+            )
 
     def _put_single(self, f, source: Path, key: str, entry: FileEntry, progress: Progress | None) -> FileDigest:
         data = f.read()
         sha = hashlib.sha256(data).hexdigest()
         if sha != entry.sha256 or len(data) != entry.bytes:
             raise _mismatch(source, sha, entry)
-        self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256",
-                   ChecksumSHA256=b64(sha), Metadata={"sha256": sha})
+        self._call(
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=b64(sha),
+            Metadata={"sha256": sha},
+        )
         if progress:
             progress(len(data))
         return FileDigest(sha, len(data), (sha,))
 
-    def _put_multipart(self, f, source: Path, key: str, entry: FileEntry, step: int, progress: Progress | None,
-                       known: FileDigest | None = None) -> FileDigest:
-        created = self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=self._key(key),
-                             ChecksumAlgorithm="SHA256", Metadata={"sha256": entry.sha256})
+    def _put_multipart(
+        self,
+        f,
+        source: Path,
+        key: str,
+        entry: FileEntry,
+        step: int,
+        progress: Progress | None,
+        known: FileDigest | None = None,
+    ) -> FileDigest:
+        created = self._call(
+            self.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            ChecksumAlgorithm="SHA256",
+            Metadata={"sha256": entry.sha256},
+        )
         upload_id, whole = created["UploadId"], hashlib.sha256()
         futures: list[Future[tuple[CompletedPart, str]]] = []
         try:
@@ -257,18 +308,31 @@ class S3Store:
                 parts = [x.result() for x in futures]
             if known is None and whole.hexdigest() != entry.sha256:
                 raise _mismatch(source, whole.hexdigest(), entry)
-            self._call(self.client.complete_multipart_upload, Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
-                       MultipartUpload={"Parts": [p for p, _ in parts]})
+            self._call(
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [p for p, _ in parts]},
+            )
         except BaseException:
             self.abort(key, upload_id)
             raise
         return FileDigest(entry.sha256, entry.bytes, tuple(h for _, h in parts))
 
-    def _put_part(self, key: str, upload_id: str, number: int, data: bytes, progress: Progress | None,
-                  sha: str | None = None) -> tuple[CompletedPart, str]:
+    def _put_part(
+        self, key: str, upload_id: str, number: int, data: bytes, progress: Progress | None, sha: str | None = None
+    ) -> tuple[CompletedPart, str]:
         sha = sha or hashlib.sha256(data).hexdigest()
-        response = self._call(self.client.upload_part, Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
-                              PartNumber=number, Body=data, ChecksumSHA256=b64(sha))
+        response = self._call(
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumSHA256=b64(sha),
+        )
         if progress:
             progress(len(data))
         return CompletedPart(ETag=response["ETag"], PartNumber=number, ChecksumSHA256=b64(sha)), sha
@@ -298,16 +362,24 @@ class S3Store:
         bucket, source_key = parse_s3_uri(source_uri)
         if entry.bytes > 5 * 10**9:
             return False
-        response = self._call(self.client.copy_object, Bucket=self.bucket, Key=self._key(key),
-                              CopySource={"Bucket": bucket, "Key": source_key}, ChecksumAlgorithm="SHA256",
-                              MetadataDirective="REPLACE", Metadata={"sha256": entry.sha256})
+        response = self._call(
+            self.client.copy_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            CopySource={"Bucket": bucket, "Key": source_key},
+            ChecksumAlgorithm="SHA256",
+            MetadataDirective="REPLACE",
+            Metadata={"sha256": entry.sha256},
+        )
         copied = response.get("CopyObjectResult", {}).get("ChecksumSHA256")
         if copied is None:
             return False
         if copied.split("-")[0] != b64(entry.sha256):
             self._call(self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
-            raise IntegrityError(f"{source_uri}: the store's SHA-256 of the copy is not the manifest's "
-                                 f"{entry.sha256[:12]}...; the registered artifact is damaged, promotion stopped")
+            raise IntegrityError(
+                f"{source_uri}: the store's SHA-256 of the copy is not the manifest's "
+                f"{entry.sha256[:12]}...; the registered artifact is damaged, promotion stopped"
+            )
         return True
 
     def download(self, key: str, dest: Path) -> None:
@@ -330,5 +402,7 @@ def open_store(target: str | Path) -> Store:
     if is_s3_uri(target):
         return S3Store(*parse_s3_uri(target, "promotion target"))
     if "://" in target and not target.startswith("file://"):
-        raise RegistryError(f"promotion target {target!r}: unsupported scheme; use s3://bucket/prefix or a local folder")
+        raise RegistryError(
+            f"promotion target {target!r}: unsupported scheme; use s3://bucket/prefix or a local folder"
+        )
     return LocalStore(target.removeprefix("file://"))

@@ -32,19 +32,38 @@ def base_tags(name: str, fingerprint: str, source: str, revision: str | None, mo
 
 def base_record(version: ModelVersion) -> BaseRecord:
     tags = version.tags
-    return BaseRecord(name=tags[TAG + "base.name"], model=version.name, version=int(version.version),
-                      fingerprint=tags[TAG + "base.fingerprint"], source=tags.get(TAG + "base.source", ""),
-                      revision=tags.get(TAG + "base.revision"), model_type=tags.get(TAG + "base.model_type"))
+    return BaseRecord(
+        name=tags[TAG + "base.name"],
+        model=version.name,
+        version=int(version.version),
+        fingerprint=tags[TAG + "base.fingerprint"],
+        source=tags.get(TAG + "base.source", ""),
+        revision=tags.get(TAG + "base.revision"),
+        model_type=tags.get(TAG + "base.model_type"),
+    )
 
 
-def version_tags(base: BaseRecord, dataset_fingerprint: str, lora: LoraSummary, code_version: str,
-                 metrics: dict[str, float], manifests: dict[str, str], spectrum: dict[str, float]) -> dict[str, str]:
+def version_tags(
+    base: BaseRecord,
+    dataset_fingerprint: str,
+    lora: LoraSummary,
+    code_version: str,
+    metrics: dict[str, float],
+    manifests: dict[str, str],
+    spectrum: dict[str, float],
+) -> dict[str, str]:
     """Lineage (base, data, LoRA settings, code), metrics, the manifests' digests and the spectrum of a version."""
-    tags = {TAG + "base.name": base.name, TAG + "base.fingerprint": base.fingerprint,
-            TAG + "base.version": str(base.version), TAG + "dataset.fingerprint": dataset_fingerprint,
-            TAG + "lora.r": str(lora.r), TAG + "lora.alpha": str(lora.alpha),
-            TAG + "lora.targets": json.dumps(lora.targets), TAG + "code.version": code_version,
-            TAG + "metrics": json.dumps(metrics, sort_keys=True)}
+    tags = {
+        TAG + "base.name": base.name,
+        TAG + "base.fingerprint": base.fingerprint,
+        TAG + "base.version": str(base.version),
+        TAG + "dataset.fingerprint": dataset_fingerprint,
+        TAG + "lora.r": str(lora.r),
+        TAG + "lora.alpha": str(lora.alpha),
+        TAG + "lora.targets": json.dumps(lora.targets),
+        TAG + "code.version": code_version,
+        TAG + "metrics": json.dumps(metrics, sort_keys=True),
+    }
     tags |= {MANIFEST[mode]: digest for mode, digest in manifests.items()}
     return tags | {f"{SPECTRUM}{key}": f"{value:g}" for key, value in spectrum.items()}
 
@@ -57,14 +76,24 @@ def version_record(version: ModelVersion, aliases: dict[str, int]) -> VersionRec
     artifact_root = (version.source or "").removesuffix("/adapter")
     created = datetime.fromtimestamp(version.creation_timestamp / 1000, timezone.utc)
     return VersionRecord(
-        task=version.name, version=number, aliases=sorted(a for a, v in aliases.items() if v == number),
-        base_name=tags[TAG + "base.name"], base_fingerprint=tags[TAG + "base.fingerprint"],
+        task=version.name,
+        version=number,
+        aliases=sorted(a for a, v in aliases.items() if v == number),
+        base_name=tags[TAG + "base.name"],
+        base_fingerprint=tags[TAG + "base.fingerprint"],
         base_version=int(tags[TAG + "base.version"]) if TAG + "base.version" in tags else None,
         dataset_fingerprint=tags[TAG + "dataset.fingerprint"],
-        lora=LoraSummary(r=int(tags[TAG + "lora.r"]), alpha=float(tags[TAG + "lora.alpha"]),
-                         targets=json.loads(tags[TAG + "lora.targets"])),
-        metrics=json.loads(tags.get(TAG + "metrics", "{}")), code_version=tags.get(TAG + "code.version", ""),
-        run_id=version.run_id, created=created.isoformat(timespec="seconds"),
-        artifacts={mode: f"{artifact_root}/{mode}" for mode in manifests}, manifests=manifests,
+        lora=LoraSummary(
+            r=int(tags[TAG + "lora.r"]),
+            alpha=float(tags[TAG + "lora.alpha"]),
+            targets=json.loads(tags[TAG + "lora.targets"]),
+        ),
+        metrics=json.loads(tags.get(TAG + "metrics", "{}")),
+        code_version=tags.get(TAG + "code.version", ""),
+        run_id=version.run_id,
+        created=created.isoformat(timespec="seconds"),
+        artifacts={mode: f"{artifact_root}/{mode}" for mode in manifests},
+        manifests=manifests,
         promoted={mode: tags[promoted_tag(mode)] for mode in MODES if promoted_tag(mode) in tags},
-        spectrum={k.removeprefix(SPECTRUM): float(v) for k, v in tags.items() if k.startswith(SPECTRUM)})
+        spectrum={k.removeprefix(SPECTRUM): float(v) for k, v in tags.items() if k.startswith(SPECTRUM)},
+    )

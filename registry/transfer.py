@@ -39,8 +39,9 @@ class Download(Protocol):
     def into(self, folder: Path) -> None: ...
 
 
-def upload_verified(store: Store, prefix: str, manifest: Manifest, digests: DigestCache, source: Source,
-                    progress: bool = True) -> tuple[list[str], list[str], int]:
+def upload_verified(
+    store: Store, prefix: str, manifest: Manifest, digests: DigestCache, source: Source, progress: bool = True
+) -> tuple[list[str], list[str], int]:
     """Publish the manifest's files under `prefix`, each verified by the store; manifest.json last.
 
     Files the store can copy from `source.uri` server-side are copied; the others are read once from the
@@ -52,8 +53,11 @@ def upload_verified(store: Store, prefix: str, manifest: Manifest, digests: Dige
     """
     store.abort_stale(prefix + "/")
     local = source.local()
-    todo = [name for name, entry in manifest.files.items()
-            if not store.present(f"{prefix}/{name}", entry, digests, local / name if local else None)]
+    todo = [
+        name
+        for name, entry in manifest.files.items()
+        if not store.present(f"{prefix}/{name}", entry, digests, local / name if local else None)
+    ]
     copyable = store.can_copy_from(source.uri)
     copied = [n for n in todo if copyable and store.copy_from(f"{source.uri}/{n}", f"{prefix}/{n}", manifest.files[n])]
     send = [name for name in todo if name not in copied]
@@ -61,7 +65,9 @@ def upload_verified(store: Store, prefix: str, manifest: Manifest, digests: Dige
     if send:
         folder = source.folder()
         # A bar on a terminal only (disable=None), and only when asked.
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress else True) as bar:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress else True
+        ) as bar:
             for name in send:
                 sent = store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update, digests)
                 if sent is not None:  # the part digests of this pass answer the next "already there?"
@@ -85,8 +91,10 @@ class PromotedCopy:
             raise IntegrityError(f"{self.store.uri(MANIFEST_FILE)} is missing; promote the version again")
         manifest = Manifest.from_json(data, self.store.uri(MANIFEST_FILE))
         if manifest.digest != self.digest:  # checked before any file name from it is used
-            raise IntegrityError(f"{self.store.uri(MANIFEST_FILE)}: digest {manifest.digest[:12]}... is not the "
-                                 f"registered {self.digest[:12]}...; promote the version again")
+            raise IntegrityError(
+                f"{self.store.uri(MANIFEST_FILE)}: digest {manifest.digest[:12]}... is not the "
+                f"registered {self.digest[:12]}...; promote the version again"
+            )
         (folder / MANIFEST_FILE).write_bytes(data)
         for name in manifest.files:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +156,8 @@ def _manifest(folder: Path, digest: str, where: str) -> Manifest:
         raise IntegrityError(f"{where}: no {MANIFEST_FILE}; the folder is incomplete, promote the version again")
     manifest = Manifest.from_json(path.read_bytes(), where)
     if manifest.digest != digest:
-        raise IntegrityError(f"{where}: manifest digest {manifest.digest[:12]}... differs from the registry's "
-                             f"{digest[:12]}...; the copy is not the registered version")
+        raise IntegrityError(
+            f"{where}: manifest digest {manifest.digest[:12]}... differs from the registry's "
+            f"{digest[:12]}...; the copy is not the registered version"
+        )
     return manifest

@@ -35,13 +35,15 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 class VersionCatalog:
     """The bases and adapter versions of every task on one MLflow registry."""
 
-    def __init__(self, client: MlflowClient, runs: RunTracking, book: AliasBook, settings: RegistrySettings,
-                 digests: DigestCache):
+    def __init__(
+        self, client: MlflowClient, runs: RunTracking, book: AliasBook, settings: RegistrySettings, digests: DigestCache
+    ):
         self.client, self.runs, self.book, self.settings, self.digests = client, runs, book, settings, digests
 
     # ---- base models -------------------------------------------------------------------------
-    def register_base(self, path: str | Path, name: str | None = None, source: str | None = None,
-                      revision: str | None = None) -> BaseRecord:
+    def register_base(
+        self, path: str | Path, name: str | None = None, source: str | None = None, revision: str | None = None
+    ) -> BaseRecord:
         """Register a base model folder once per weight fingerprint; the same weights return the same record."""
         path = Path(path)
         fingerprint = fingerprint_weights(path, self.digests)
@@ -56,13 +58,16 @@ class VersionCatalog:
         if (path / CONFIG_FILE).exists():
             self.client.log_artifact(run.info.run_id, str(path / CONFIG_FILE), "base")
         self.client.set_terminated(run.info.run_id)
-        version = self.client.create_model_version(model, f"{run.info.artifact_uri}/base", run_id=run.info.run_id,
-                                                   tags=tags, await_creation_for=0)
+        version = self.client.create_model_version(
+            model, f"{run.info.artifact_uri}/base", run_id=run.info.run_id, tags=tags, await_creation_for=0
+        )
         return base_record(version)
 
     def find_base(self, fingerprint: str) -> BaseRecord | None:
         quoted = fingerprint.replace("'", "")
-        found = self.client.search_model_versions(f"tags.`{KIND}` = 'base' and tags.`{TAG}base.fingerprint` = '{quoted}'")
+        found = self.client.search_model_versions(
+            f"tags.`{KIND}` = 'base' and tags.`{TAG}base.fingerprint` = '{quoted}'"
+        )
         return base_record(found[0]) if found else None
 
     def check_base(self, record: VersionRecord, base_path: str | Path) -> str:
@@ -72,22 +77,38 @@ class VersionCatalog:
             raise BaseMismatchError(
                 f"{record.task} v{record.version} was trained on {record.base_name} (fingerprint "
                 f"{record.base_fingerprint[:12]}), but {base_path} has fingerprint {actual[:12]}; "
-                f"load it on its own base or retrain the task on this one")
+                f"load it on its own base or retrain the task on this one"
+            )
         return actual
 
     # ---- adapter versions --------------------------------------------------------------------
-    def register(self, task: str, adapter_dir: str | Path, base: BaseRecord, dataset_fingerprint: str,
-                 metrics: dict[str, float], *, loader_module: str, merged_dir: str | Path | None = None,
-                 run_id: str | None = None, description: str = "", input_example: list[str] | None = None,
-                 spectrum: dict[str, float] | None = None) -> VersionRecord:
+    def register(
+        self,
+        task: str,
+        adapter_dir: str | Path,
+        base: BaseRecord,
+        dataset_fingerprint: str,
+        metrics: dict[str, float],
+        *,
+        loader_module: str,
+        merged_dir: str | Path | None = None,
+        run_id: str | None = None,
+        description: str = "",
+        input_example: list[str] | None = None,
+        spectrum: dict[str, float] | None = None,
+    ) -> VersionRecord:
         """See AdapterRegistry.register."""
         check_task_name(task)
         lora, task_type = read_adapter_config(Path(adapter_dir))
         spectrum = spectrum or {}
         _check_inputs(merged_dir, dataset_fingerprint, metrics, spectrum)
         folders = {"adapter": Path(adapter_dir)} | ({"merged": Path(merged_dir)} if merged_dir else {})
-        manifests = {mode: Manifest(task=task, mode=mode, base_fingerprint=base.fingerprint,
-                                    files=scan_folder(folder, self.digests)) for mode, folder in folders.items()}
+        manifests = {
+            mode: Manifest(
+                task=task, mode=mode, base_fingerprint=base.fingerprint, files=scan_folder(folder, self.digests)
+            )
+            for mode, folder in folders.items()
+        }
         if same := self._same_version(task, manifests, base, dataset_fingerprint):
             return same  # re-registering identical bytes on the same base and data adds nothing
         own_run = run_id is None
@@ -102,28 +123,47 @@ class VersionCatalog:
             seed(self.settings.cache, folder, manifests[mode])
         if own_run:
             self.runs.end(run_id)
-        tags = version_tags(base, dataset_fingerprint, lora, code_version(), metrics,
-                            {mode: manifest.digest for mode, manifest in manifests.items()}, spectrum)
+        tags = version_tags(
+            base,
+            dataset_fingerprint,
+            lora,
+            code_version(),
+            metrics,
+            {mode: manifest.digest for mode, manifest in manifests.items()},
+            spectrum,
+        )
         self._ensure_model(task, {KIND: "task"})
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
-        version = int(self.client.create_model_version(task, f"{artifact_uri}/{MODEL_DIR}", run_id=run_id, tags=tags,
-                                                       description=description, await_creation_for=0).version)
+        version = int(
+            self.client.create_model_version(
+                task,
+                f"{artifact_uri}/{MODEL_DIR}",
+                run_id=run_id,
+                tags=tags,
+                description=description,
+                await_creation_for=0,
+            ).version
+        )
         self.book.move(task, "candidate", version, "register", "registered")
         return self.resolve(task, version)
 
-    def _same_version(self, task: str, manifests: dict[str, Manifest], base: BaseRecord,
-                      dataset_fingerprint: str) -> VersionRecord | None:
+    def _same_version(
+        self, task: str, manifests: dict[str, Manifest], base: BaseRecord, dataset_fingerprint: str
+    ) -> VersionRecord | None:
         try:
             found = self.client.search_model_versions(
-                f"name = '{task}' and tags.`{MANIFEST['adapter']}` = '{manifests['adapter'].digest}'")
+                f"name = '{task}' and tags.`{MANIFEST['adapter']}` = '{manifests['adapter'].digest}'"
+            )
         except MlflowException:
             return None
         aliases = self.book.aliases(task) if found else {}
         merged = manifests["merged"].digest if "merged" in manifests else None
         for version in found:
             record = version_record(version, aliases)
-            if (record.base_fingerprint, record.dataset_fingerprint) == (base.fingerprint, dataset_fingerprint) \
-                    and record.manifests.get("merged") == merged:
+            if (record.base_fingerprint, record.dataset_fingerprint) == (
+                base.fingerprint,
+                dataset_fingerprint,
+            ) and record.manifests.get("merged") == merged:
                 return record
         return None
 
@@ -147,16 +187,23 @@ class VersionCatalog:
 
     def list_versions(self, task: str | None = None, base: str | None = None) -> list[VersionRecord]:
         """Versions of one task or of all tasks; `base` filters by base name or fingerprint (prefix)."""
-        tasks = [check_task_name(task)] if task else sorted(
-            m.name for m in self.client.search_registered_models(f"tags.`{KIND}` = 'task'"))
+        tasks = (
+            [check_task_name(task)]
+            if task
+            else sorted(m.name for m in self.client.search_registered_models(f"tags.`{KIND}` = 'task'"))
+        )
         records: list[VersionRecord] = []
         for name in tasks:
             aliases = self.book.aliases(name)
             versions = self.client.search_model_versions(f"name = '{name}'")
             records += sorted((version_record(v, aliases) for v in versions), key=lambda r: r.version)
         if base:
-            records = [r for r in records if base in (r.base_name, base_model_name(r.base_name))
-                       or (len(base) >= 8 and r.base_fingerprint.startswith(base))]
+            records = [
+                r
+                for r in records
+                if base in (r.base_name, base_model_name(r.base_name))
+                or (len(base) >= 8 and r.base_fingerprint.startswith(base))
+            ]
         return records
 
     def lineage(self, task: str) -> Lineage:
@@ -188,7 +235,9 @@ def read_adapter_config(folder: Path) -> tuple[LoraSummary, str | None]:
     """The adapter's LoRA settings and its task_type (which MLflow Model it becomes)."""
     missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
     if missing:
-        raise RegistryError(f"{folder}: missing {', '.join(missing)}; pass a folder written by save_adapter (PEFT format)")
+        raise RegistryError(
+            f"{folder}: missing {', '.join(missing)}; pass a folder written by save_adapter (PEFT format)"
+        )
     try:
         config = json.loads((folder / ADAPTER_FILES[0]).read_text())
         if config.get("peft_type") != "LORA":
@@ -196,21 +245,26 @@ def read_adapter_config(folder: Path) -> tuple[LoraSummary, str | None]:
         lora = LoraSummary(r=config["r"], alpha=config["lora_alpha"], targets=config["target_modules"])
         return lora, config.get("task_type")
     except (ValueError, KeyError, TypeError) as e:
-        raise RegistryError(f"{folder / ADAPTER_FILES[0]}: not a LoRA adapter config ({e}); "
-                            f"re-save it with save_adapter") from None
+        raise RegistryError(
+            f"{folder / ADAPTER_FILES[0]}: not a LoRA adapter config ({e}); re-save it with save_adapter"
+        ) from None
 
 
-def _check_inputs(merged_dir: str | Path | None, dataset_fingerprint: str, metrics: dict[str, float],
-                  spectrum: dict[str, float]) -> None:
+def _check_inputs(
+    merged_dir: str | Path | None, dataset_fingerprint: str, metrics: dict[str, float], spectrum: dict[str, float]
+) -> None:
     """Refuse a registration that would record bad lineage, before anything is written."""
     if merged_dir is not None:
         folder = Path(merged_dir)
         if not (folder / CONFIG_FILE).is_file() or not any(folder.glob("*.safetensors")):
-            raise RegistryError(f"{folder}: a merged model needs config.json and *.safetensors; save it with "
-                                f"save_pretrained(..., safe_serialization=True)")
+            raise RegistryError(
+                f"{folder}: a merged model needs config.json and *.safetensors; save it with "
+                f"save_pretrained(..., safe_serialization=True)"
+            )
     if not HEX64.fullmatch(dataset_fingerprint):
-        raise RegistryError(f"dataset fingerprint {dataset_fingerprint!r} is not a sha256 hex digest; "
-                            f"pass the digest of the data")
+        raise RegistryError(
+            f"dataset fingerprint {dataset_fingerprint!r} is not a sha256 hex digest; pass the digest of the data"
+        )
     numbers = {**metrics, **spectrum}
     bad = [k for k, v in numbers.items() if not isinstance(v, (int, float)) or not math.isfinite(v)]
     if bad:
