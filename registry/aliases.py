@@ -37,7 +37,7 @@ class Drift(BaseModel):
     history: int | None  # where loraops's last recorded move put it
 
     def __str__(self) -> str:
-        def at(v):
+        def at(v: int | None) -> str:
             return f"v{v}" if v is not None else "unset"
 
         return f"{self.task} {self.alias} is {at(self.registry)} in the registry but {at(self.history)} in loraops's history"

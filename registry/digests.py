@@ -47,7 +47,10 @@ class FileDigest:
         return f"{base64.b64encode(hashlib.sha256(joined).digest()).decode()}-{len(self.parts)}"
 
 
-def identity(path: Path) -> tuple[int, int, int, int]:
+Identity = tuple[int, int, int, int]  # device, inode, size, mtime_ns
+
+
+def identity(path: Path) -> Identity:
     st = path.stat()
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
@@ -117,7 +120,7 @@ class DigestCache:
             except (OSError, sqlite3.Error):
                 self.db = None
 
-    def cached(self, path: Path, key: tuple | None = None) -> FileDigest | None:
+    def cached(self, path: Path, key: Identity | None = None) -> FileDigest | None:
         """The file's digests if the cache holds them for its current identity; never reads the file."""
         key = key or identity(path)
         row = self._execute(
@@ -149,7 +152,7 @@ class DigestCache:
         assert found is not None  # get() with tensors=True hashes the tensors
         return found
 
-    def put(self, path: Path, digest: FileDigest, key: tuple | None = None, hashed_ns: int | None = None) -> None:
+    def put(self, path: Path, digest: FileDigest, key: Identity | None = None, hashed_ns: int | None = None) -> None:
         """Remember digests of `path` taken when it had identity `key` (default: now), starting at `hashed_ns`."""
         key = key or identity(path)
         if self.db is None or key[2] != digest.bytes:

@@ -14,9 +14,13 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import RegistryError
 from .records import BaseRecord
+
+if TYPE_CHECKING:  # mlflow.models is imported when a model is written, not with the registry
+    from mlflow.models import ModelSignature
 
 MODEL_DIR = "model"  # run-relative folder of the MLflow Model
 DESCRIPTION = "description.json"  # in data/loraops/, the pyfunc flavour's data folder
@@ -24,7 +28,7 @@ PACKAGES = ("lora_core", "registry")  # shipped in code/, with the loader module
 KINDS = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
 
 
-def signature(kind: str):
+def signature(kind: str) -> "ModelSignature":
     """Texts in (a list, or a DataFrame's one column); label + probability, or a completion, out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema

@@ -22,7 +22,7 @@ class RegistrySettings(BaseModel):
     actor: str
 
     @classmethod
-    def from_env(cls, **overrides) -> "RegistrySettings":
+    def from_env(cls, **overrides: str | Path | None) -> "RegistrySettings":
         home = Path(overrides.pop("home", None) or os.environ.get("LORAOPS_HOME", ".loraops")).expanduser().resolve()
         values = {
             "home": home,
