@@ -45,7 +45,7 @@ def machine() -> str:
             f"transformers {transformers.__version__}, peft {peft.__version__}, Python {platform.python_version()}, GPU: {gpu}")
 
 
-INDEPENDENT = ("train step", "merge in memory", "load and switch", "flow overhead", "inference latency")
+INDEPENDENT = ("cli start", "train step", "merge in memory", "load and switch", "flow overhead", "inference latency")
 
 
 def full_run(rows: list[dict]) -> str:
@@ -98,6 +98,7 @@ def main() -> None:
             traceback.print_exc()
             failures.append(f"{name}: {type(e).__name__}: {e}")
             return None
+    attempt("cli start", cases.cli_start, args.quick)
     attempt("train step", cases.train_step, args.quick)
     attempt("merge in memory", cases.merge_in_memory, args.quick)
     scratch = Path(tempfile.mkdtemp(dir=work))

@@ -306,3 +306,19 @@ def flow_overhead(quick: bool, home: Path) -> list[dict]:
         rows.append(row(title + ", Prefect's database already made", flow("warm", tasks, prefect_home),
                         steps["seconds"], "s", "<= 1.10x (overhead <= 10%)", f"fresh loraops state otherwise; {what}"))
     return rows
+
+
+def cli_start(quick: bool) -> list[dict]:
+    """Wall time of `loraops --help` and `loraops --version` as a user's shell starts them, beside `python -c pass`."""
+    import subprocess
+    loraops = str(Path(sys.executable).parent / "loraops")
+
+    def call(*command: str):
+        return lambda: subprocess.run(command, capture_output=True, check=True)
+    runs = {"help": call(loraops, "--help"), "version": call(loraops, "--version"),
+            "python": call(sys.executable, "-c", "pass")}
+    times = interleaved(runs, repeats=3 if quick else 10)
+    return [row(f"`loraops {flag}` wall time (s)", times[name], times["python"], "s", "< 0.5 s",
+                "the CLI imports argparse and its own light modules only; anchor = `python -c pass`")
+            for name, flag in (("help", "--help"), ("version", "--version"))]
+

@@ -3,7 +3,7 @@
     python -m bench.quality [--seeds 3] [--quick] [--out DIR]   # writes QUALITY.md and quality-results.json
 
 Each (task, seed, method) trains in a fresh process (its peak RSS is its own) on the same splits of the same data:
-- loraops: the minimal task file (task, type, data; everything else default), through `steps.train_adapter`,
+- loraops: the minimal task file (task, type, data; everything else default), through `steps.fit_adapter`,
   validation-driven (best checkpoint, early stopping);
 - PEFT: `peft.get_peft_model` with r=8, alpha=16, dropout 0.1 on query/value, the head in modules_to_save (PEFT's
   sequence-classification recipe), AdamW lr 1e-3, last step kept;
@@ -53,22 +53,22 @@ def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: 
     import torch
     from bench.harness import peak_rss
     from pipelines import steps
-    from pipelines.evaluate import classification_metrics
+    from pipelines.evaluation import classification_metrics, predict_logits
     from pipelines.models import load_model, resolve_base
     from pipelines.spec import load_spec
-    from pipelines.train import predict_logits, train
+    from pipelines.train import train
     torch.set_num_threads(2)
     spec = load_spec(task_file(work, task, seed, quick, settings if method == "loraops" else ()))
     prepared = steps.prepare_data(spec, work / "data")
     base = resolve_base(spec.base)[0]
     test = steps.read_split(prepared, "test")
     if method == "loraops":
-        result = steps.train_adapter(spec, prepared, base, work / f"{method}-{task}-{seed}")
-        metrics = steps.evaluate(spec, prepared, base, result["adapter"], None)["adapter"]
-        return {**metrics, "seconds": result["seconds"], "peak": peak_rss(), "steps": result["steps"],
-                "trainable": result["trainable"]}
+        result = steps.fit_adapter(spec, prepared, base, work / f"{method}-{task}-{seed}")
+        metrics = steps.evaluate_adapter(spec, prepared, base, result.adapter, None).adapter
+        return {**metrics, "seconds": result.seconds, "peak": peak_rss(), "steps": result.steps,
+                "trainable": result.trainable}
     torch.manual_seed(seed)
-    model, tokenizer = load_model(base, "classification", prepared["labels"])
+    model, tokenizer = load_model(base, "classification", prepared.labels)
     if method == "peft":
         import peft
         model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, task_type="SEQ_CLS",

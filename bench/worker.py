@@ -88,19 +88,22 @@ def plain_steps(home: str, *tasks: str) -> dict:
 
 def plain_task(spec, registry) -> None:
     from pipelines import steps
-    from pipelines.cli.rank import analyze
+    from pipelines.analysis import analyze_adapter
+    from pipelines.flows import LOADER_MODULE
     from pipelines.models import base_source, resolve_base
     work = registry.settings.home / "work" / spec.task
     prepared = steps.prepare_data(spec, work)
     base_path, base_name = resolve_base(spec.base)
     base = registry.register_base(base_path, name=base_name, source=base_source(spec.base, base_path))
-    trained = steps.train_adapter(spec, prepared, base_path, work / "run")
-    evaluation = steps.evaluate(spec, prepared, base_path, trained["adapter"], None)
-    merged = steps.merge_model(spec, prepared, base_path, trained["adapter"], work / "run" / "merged") \
+    trained = steps.fit_adapter(spec, prepared, base_path, work / "run")
+    evaluation = steps.evaluate_adapter(spec, prepared, base_path, trained.adapter, None)
+    merged = steps.merge_model(spec, prepared, base_path, trained.adapter, work / "run" / "merged") \
         if spec.promotion.mode == "merged" else None
-    analyze(trained["adapter"], str(base_path), None, str(work / "analysis"), print_=lambda *_: None)
-    metrics = {f"{row}_{name}": v for row in ("adapter", "base") for name, v in evaluation[row].items()}
-    record = registry.register(spec.task, trained["adapter"], base, prepared["fingerprint"], metrics, merged_dir=merged)
+    analyze_adapter(trained.adapter, str(base_path), work / "analysis")
+    metrics = {f"{row}_{name}": v for row, values in (("adapter", evaluation.adapter), ("base", evaluation.base))
+               for name, v in values.items()}
+    record = registry.register(spec.task, trained.adapter, base, prepared.digest, metrics, merged_dir=merged,
+                               loader_module=LOADER_MODULE)
     registry.promote(spec.task, record.version, spec.promotion.mode, spec.promotion.target, progress=False)
 
 

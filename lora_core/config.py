@@ -33,14 +33,26 @@ class LoraConfig(BaseModel):
     r: int = Field(default=8, description="rank of the update")
     alpha: float = Field(default=16.0, description="scale numerator: s = alpha / r")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch input")
-    target_modules: list[str] | str | None = None
-    use_rslora: bool = False
-    init: Literal["default", "gaussian", "pissa"] = "default"
-    modules_to_save: list[str] = Field(default_factory=list)
-    bias: Literal["none"] = "none"
-    rank_pattern: dict[str, int] = Field(default_factory=dict)
-    alpha_pattern: dict[str, float] = Field(default_factory=dict)
-    task_type: str | None = None
+    target_modules: list[str] | str | None = Field(
+        default=None,
+        description="modules to adapt: names matched by path or dotted suffix, one regex string, 'all-linear', or "
+        "null for the architecture's attention and MLP projections",
+    )
+    use_rslora: bool = Field(default=False, description="rank-stabilised scale s = alpha / sqrt(r)")
+    init: Literal["default", "gaussian", "pissa"] = Field(
+        default="default", description="initialisation of A and B (B = 0 except pissa: top-r SVD factors of W)"
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="whole modules trained and saved with the adapter (e.g. a task's head)"
+    )
+    bias: Literal["none"] = Field(default="none", description="biases stay frozen (PEFT's bias='none')")
+    rank_pattern: dict[str, int] = Field(
+        default_factory=dict, description="per-module rank: module path suffix (regex) -> r"
+    )
+    alpha_pattern: dict[str, float] = Field(
+        default_factory=dict, description="per-module alpha: module path suffix (regex) -> alpha"
+    )
+    task_type: str | None = Field(default=None, description="PEFT's task type (SEQ_CLS, CAUSAL_LM); set by the flow")
 
     @field_validator("r")
     @classmethod

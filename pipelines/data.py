@@ -13,11 +13,9 @@ import torch
 from registry.errors import RegistryError
 from registry.s3 import is_s3_uri, read_object
 
+from .errors import DataError
+
 MAX_BAD_ROWS = 3
-
-
-class DataError(ValueError):
-    """The data is unusable; the message names the first bad rows and the fix."""
 
 
 @dataclass(frozen=True)
@@ -109,8 +107,8 @@ def check_classes(train: list[Example], test: list[Example], where: str, split_n
         raise DataError(f"{where}: {rows}: label never seen in training; add training examples or drop those rows")
 
 
-def fingerprint_examples(train: list[Example], test: list[Example], validation: list[Example] = ()) -> str:
-    """sha256 of the splits, in order: same data and split, same fingerprint."""
+def digest_examples(train: list[Example], test: list[Example], validation: list[Example] = ()) -> str:
+    """sha256 of the splits, in order: same data and split, same digest."""
     digest = hashlib.sha256()
     for name, examples in (("train", train), ("test", test), ("validation", validation)):
         for e in examples:

@@ -16,14 +16,15 @@ from lora_core import LoraConfig, count_parameters, inject, merge, merge_and_unl
 from lora_core.inject import lora_layers
 
 from . import data
+from .evaluation import accuracy, predict_logits
 from .models import default_base_model
-from .train import accuracy, predict_logits, train
+from .train import train
 
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data" / "package-sections.jsonl"
 
 
 def run_demo(steps: int = 300, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
-             out_dir: Path | None = None, print_=print) -> dict:
+             out_dir: Path | None = None, print_=print) -> dict[str, float]:
     transformers.logging.set_verbosity_error()  # the load report of the new head is expected
     torch.manual_seed(seed)
     base_path = default_base_model()

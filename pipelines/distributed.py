@@ -3,7 +3,7 @@
 One node: `python -m torch.distributed.run --standalone --nproc-per-node=P -m pipelines.distributed LAUNCH.json`.
 Several nodes: the flow's node hosts the c10d rendezvous (at $LORAOPS_RDZV_ENDPOINT, default this host's address,
 port 29400) and writes LAUNCH.json into the shared $LORAOPS_HOME; `loraops train-node` on each other node finds it
-there and runs the same torchrun command as a guest of that rendezvous. Every worker runs `steps.train_adapter`
+there and runs the same torchrun command as a guest of that rendezvous. Every worker runs `steps.fit_adapter`
 inside one process group (NCCL on GPUs, Gloo on CPU). Multi-node needs $LORAOPS_HOME (work folders, prepared data)
 and the base folder on storage that every node mounts at the same path.
 """
@@ -18,19 +18,33 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict
 
 from registry import AdapterRegistry
 from registry.settings import RegistrySettings
 
 from . import steps, tracking
+from .errors import TorchrunError, TrainingNodeError
+from .results import PreparedData, TrainedAdapter
 from .spec import TaskSpec
 
 RDZV_PORT = 29400
 
 
-class TrainingNodeError(RuntimeError):
-    """A training node could not take part in a run; the message says why and what to do."""
+class Launch(BaseModel):
+    """launch.json: everything a torchrun worker needs, so it reads no settings of its own."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    spec: dict[str, object]  # the task as written (exclude_unset): checks of what the user set see the same again
+    source: str
+    prepared: PreparedData
+    base_path: str
+    work: str
+    run_id: str
+    nnodes: int
+    nproc: int
+    endpoint: str
+    settings: RegistrySettings  # where the worker of rank 0 logs the run
 
 def pending_dir(home: Path) -> Path:
     """Where the flow's node announces multi-node runs for `loraops train-node` to join."""
@@ -41,39 +55,40 @@ def rendezvous_endpoint() -> str:
     return os.environ.get("LORAOPS_RDZV_ENDPOINT") or f"{socket.gethostbyname(socket.gethostname())}:{RDZV_PORT}"
 
 
-def torchrun_command(launch: dict, launch_path: Path, host: bool) -> list[str]:
-    if launch["nnodes"] == 1:
+def torchrun_command(launch: Launch, launch_path: Path, host: bool) -> list[str]:
+    if launch.nnodes == 1:
         rendezvous = ["--standalone"]
     else:
         # is_host is explicit: two nodes on one machine (tests, or a fat node) would both guess they host the store
-        rendezvous = [f"--nnodes={launch['nnodes']}", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch['endpoint']}",
-                      f"--rdzv-id={launch['run_id']}", f"--rdzv-conf=is_host={int(host)},join_timeout=900"]
-    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc-per-node={launch['nproc']}",
+        rendezvous = [f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.endpoint}",
+                      f"--rdzv-id={launch.run_id}", f"--rdzv-conf=is_host={int(host)},join_timeout=900"]
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc-per-node={launch.nproc}",
             "-m", "pipelines.distributed", str(launch_path)]
 
 
-def train_with_torchrun(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, run_id: str) -> dict:
+def train_with_torchrun(spec: TaskSpec, prepared: PreparedData, base_path: Path, work: Path, run_id: str,
+                        settings: RegistrySettings) -> TrainedAdapter:
     """The flow's side: launch torchrun on this node (the rendezvous host) and wait for the trained adapter."""
     work.mkdir(parents=True, exist_ok=True)
-    # exclude_unset: the file as written, so checks of what the user set (model_fields_set) see the same again
-    launch = {"spec": spec.model_dump(mode="json", exclude_unset=True), "source": str(spec.source), "prepared": prepared,
-              "base_path": str(base_path), "work": str(work), "run_id": run_id,
-              "nnodes": spec.training.nnodes, "nproc": spec.training.nproc, "endpoint": rendezvous_endpoint()}
+    launch = Launch(spec=spec.model_dump(mode="json", exclude_unset=True), source=str(spec.source), prepared=prepared,
+                    base_path=str(base_path), work=str(work), run_id=run_id, nnodes=spec.training.nnodes,
+                    nproc=spec.training.nproc, endpoint=rendezvous_endpoint(), settings=settings)
     launch_path = work / "launch.json"
-    launch_path.write_text(json.dumps(launch))
-    announce = pending_dir(RegistrySettings.from_env().home) / f"{run_id}.json"
+    launch_path.write_text(launch.model_dump_json())
+    announce = pending_dir(settings.home) / f"{run_id}.json"
     if spec.training.nnodes > 1:
         announce.parent.mkdir(parents=True, exist_ok=True)
         announce.write_text(json.dumps({"launch": str(launch_path)}))
-        print(f"{spec.task}: waiting for {spec.training.nnodes - 1} more node(s) at {launch['endpoint']} "
+        print(f"{spec.task}: waiting for {spec.training.nnodes - 1} more node(s) at {launch.endpoint} "
               f"(run `loraops train-node` on each, with this LORAOPS_HOME mounted)")
     try:
         done = subprocess.run(torchrun_command(launch, launch_path, host=True))
     finally:
         announce.unlink(missing_ok=True)
     if done.returncode != 0:
-        raise RuntimeError(f"torchrun exited with {done.returncode}; see the worker output above")
-    return json.loads((work / "train.json").read_text())
+        raise TorchrunError(f"torchrun exited with {done.returncode} ({spec.training.nproc} process(es) x "
+                            f"{spec.training.nnodes} node(s)); see the worker output above")
+    return TrainedAdapter.model_validate_json((work / "train.json").read_text())
 
 
 def join_runs(home: Path, once: bool, wait: float | None, poll: float = 1.0) -> int:
@@ -102,14 +117,14 @@ def join_runs(home: Path, once: bool, wait: float | None, poll: float = 1.0) -> 
 
 def join_run(launch_path: Path) -> None:
     try:
-        launch = json.loads(launch_path.read_text())
+        launch = Launch.model_validate_json(launch_path.read_text())
     except FileNotFoundError:
         raise TrainingNodeError(f"{launch_path} is not visible on this node; mount the flow's LORAOPS_HOME "
                                 f"at the same path on every node") from None
-    print(f"joining run {launch['run_id']} at {launch['endpoint']} ({launch['nnodes']} nodes x {launch['nproc']})")
+    print(f"joining run {launch.run_id} at {launch.endpoint} ({launch.nnodes} nodes x {launch.nproc})")
     done = subprocess.run(torchrun_command(launch, launch_path, host=False))
     if done.returncode != 0:
-        raise TrainingNodeError(f"torchrun exited with {done.returncode} in run {launch['run_id']}; "
+        raise TrainingNodeError(f"torchrun exited with {done.returncode} in run {launch.run_id}; "
                                 f"see the output above")
 
 
@@ -119,11 +134,11 @@ def main(launch_path: str) -> None:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
-        launch = json.loads(Path(launch_path).read_text())
-        spec = TaskSpec.model_validate({**launch["spec"], "source": launch["source"]})
-        log = tracking.StepLog(AdapterRegistry(), launch["run_id"]) if dist.get_rank() == 0 else None
-        steps.train_adapter(spec, launch["prepared"], Path(launch["base_path"]), Path(launch["work"]), log,
-                            log.validation if log else None)
+        launch = Launch.model_validate_json(Path(launch_path).read_text())
+        spec = TaskSpec.model_validate({**launch.spec, "source": launch.source})
+        log = tracking.StepLog(AdapterRegistry(launch.settings).runs, launch.run_id) if dist.get_rank() == 0 else None
+        steps.fit_adapter(spec, launch.prepared, Path(launch.base_path), Path(launch.work), log,
+                          log.validation if log else None)
         if log:
             log.flush()
     finally:

@@ -5,17 +5,15 @@ import gc
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from .errors import BaseModelError
 from .spec import BaseSpec
 
 DEFAULT_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-class BaseModelError(ValueError):
-    """The base model cannot be found or loaded; the message says where it was looked for."""
 
 
 def default_base_model() -> Path:
@@ -73,7 +71,7 @@ def free_memory() -> None:
             pass
 
 
-def quantization(load_in_4bit: bool) -> dict:
+def quantization(load_in_4bit: bool) -> dict[str, Any]:
     """from_pretrained arguments for QLoRA's base: NF4 weights, double quantization, bf16 compute (Dettmers et al.
     2023). bitsandbytes 4-bit kernels run on CUDA only."""
     if not load_in_4bit:
@@ -109,7 +107,7 @@ def load_model(path: Path, task_type: str, labels: list[str] | None = None, load
     if task_type == "classification":
         # The head is the task's own (trained as a saved module): a base that has one for other labels gets a new one.
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
             ignore_mismatched_sizes=True, **quantized)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **quantized)

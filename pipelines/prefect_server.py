@@ -16,17 +16,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 
 from registry.locks import exclusive
 
+from .errors import PrefectServerError
+
 STARTUP_TIMEOUT = 120
-
-
-class PrefectServerError(RuntimeError):
-    """The local Prefect server did not come up; the message has its last output."""
 
 
 def die_with_parent() -> None:
@@ -42,16 +41,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_prefect_server(home: Path):
-    """Sets PREFECT_API_URL to a server of our own for the duration of the block (nothing if one is set).
-    Prefect must not be imported before the block: it reads PREFECT_API_URL once, at import."""
+def local_prefect_server(home: Path) -> Iterator[Callable[[], str | None]]:
+    """Starts a server of our own in the background (nothing if PREFECT_API_URL is set) and yields `ready()`: it
+    waits until the server answers and sets PREFECT_API_URL for the rest of the block. The block can check its
+    input while the server starts. Prefect must not be imported before `ready()`: it reads PREFECT_API_URL once."""
     if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
+        yield lambda: os.environ["PREFECT_API_URL"]
         return
     if "prefect" in sys.modules:
         # Prefect reads its settings when first imported, so a server set up now would not be seen. A caller that
         # imported Prefect already (a notebook, a test) gets Prefect's own temporary server, as before.
-        yield None
+        yield lambda: None
         return
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -62,20 +62,27 @@ def local_prefect_server(home: Path):
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
                "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "error", "--lifespan", "on"]
-    with exclusive(home / "locks", f"prefect-server-start:{env.get('PREFECT_HOME', '')}"), open(log, "ab") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+    starting = contextlib.ExitStack()  # the start lock, held until the server answers
+    starting.enter_context(exclusive(home / "locks", f"prefect-server-start:{env.get('PREFECT_HOME', '')}"))
+    with open(log, "ab") as out:
+        # Its own session: a Ctrl-C at the terminal reaches loraops alone, which then reports the run as crashed
+        # to this server before stopping it (a server killed first left the flow retrying a dead API).
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
-        try:
+
+    def ready() -> str:
+        if "PREFECT_API_URL" not in os.environ:
             wait_healthy(url, process, log)
-        except BaseException:
-            stop(process)
-            raise
-    os.environ["PREFECT_API_URL"] = url
+            starting.close()
+            os.environ["PREFECT_API_URL"] = url
+        return url
     try:
-        yield url
+        yield ready
     finally:
-        drain_prefect_clients()
-        del os.environ["PREFECT_API_URL"]
+        starting.close()
+        if os.environ.get("PREFECT_API_URL") == url:
+            drain_prefect_clients()
+            del os.environ["PREFECT_API_URL"]
         stop(process)
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,7 +56,7 @@ def check_device(spec: TaskSpec) -> None:
                         f"the other nodes reach, e.g. 10.0.0.5:29400")
 
 
-def check_base_folder(path: Path) -> dict:
+def check_base_folder(path: Path) -> dict[str, Any]:
     """The base's config.json, after checking that every weight file is complete safetensors."""
     if not (path / "config.json").is_file():
         raise BaseModelError(f"base {path}: no config.json; a base is a folder saved with save_pretrained")

@@ -21,9 +21,9 @@ from registry import BaseMismatchError, RegistrySettings, fingerprint_weights
 from registry.digests import DigestCache
 from registry.mlflow_model import DESCRIPTION
 
+from .adapter_files import read_labels, trained_with_chat_template
 from .models import load_model, locate_base
-from .serving import classify, complete, trained_with_chat_template
-from .steps import LABELS_FILE
+from .serving import classify, complete
 
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> "TaskModel":
@@ -34,10 +34,9 @@ def _load_pyfunc(data_path: str, model_config: dict | None = None) -> "TaskModel
 
 
 class TaskModel:
-    def __init__(self, root: Path, kind: str, base: dict, base_path: str | None = None):
+    def __init__(self, root: Path, kind: str, base: dict[str, str], base_path: str | None = None):
         self.kind = kind
-        labels_file = root / "adapter" / LABELS_FILE
-        self.labels = json.loads(labels_file.read_text()) if labels_file.exists() else []
+        self.labels = read_labels(root / "adapter")
         self.chat = trained_with_chat_template(root / "adapter")
         if (root / "merged").is_dir():
             self.model, self.tokenizer = load_model(root / "merged", kind, self.labels)

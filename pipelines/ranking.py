@@ -10,47 +10,45 @@ adapter on gate.metric. Only then does it ship; otherwise the trained adapter sh
 import shutil
 from pathlib import Path
 
-from lora_core.analysis import compress, read_adapter
+from lora_core.analysis import Adapter, compress, read_adapter
 from lora_core.analysis.spectrum import spectrum
 from lora_core.peft_format import WEIGHTS_FILE
 
-from . import steps
-from .evaluate import better
+from .adapter_files import copy_side_files
+from .evaluation import better
+from .results import Evaluation, PreparedData, ProductionVersion, Ranking
 from .spec import TaskSpec
+from .steps import evaluate_adapter
 
-SIDE_FILES = (steps.LABELS_FILE, steps.PROMPT_FILE)  # what predictions need beside the weights
 
-
-def uniform_rank(adapter, pve: float) -> int:
+def uniform_rank(adapter: Adapter, pve: float) -> int:
     """The smallest rank k such that every module keeps at least `pve` of its ‖ΔW‖² in its top k directions."""
     return max(max(1, spectrum(m.lora_b, m.lora_a, m.scale).rank_at(pve)) for m in adapter.modules.values())
 
 
-def choose_rank(spec: TaskSpec, prepared: dict, base_path: Path, trained: str, evaluation: dict,
-                production: dict | None, out: Path) -> dict:
-    """{trained_rank, rank, shipped, reason, adapter, evaluation, metric_delta, bytes_saved}: the adapter to ship
-    (the compressed one in `out` when it passes, else the trained one) and why."""
+def choose_rank(spec: TaskSpec, prepared: PreparedData, base_path: Path, trained: str, evaluation: Evaluation,
+                production: ProductionVersion | None, out: Path) -> Ranking:
+    """The adapter to ship (the compressed one in `out` when it passes, else the trained one) and why."""
     p, metric = spec.promotion, spec.gate.metric
     source = read_adapter(trained)
     r = source.config.r
     k = uniform_rank(source, p.rank_pve) if p.rank == "auto" else int(p.rank)
-    kept = {"trained_rank": r, "rank": r, "shipped": False, "adapter": trained, "evaluation": evaluation,
-            "metric_delta": 0.0, "bytes_saved": 0}
+    kept = Ranking(trained_rank=r, rank=r, shipped=False, adapter=trained, evaluation=evaluation, metric_delta=0.0,
+                   bytes_saved=0, reason=f"rank for {p.rank_pve:.0%} of |dW|^2 is {k}, the trained rank: nothing to cut")
     if k >= r:
-        return {**kept, "reason": f"rank for {p.rank_pve:.0%} of |dW|^2 is {k}, the trained rank: nothing to cut"}
+        return kept
     shutil.rmtree(out, ignore_errors=True)
     compress(source, rank=k).adapter.save(out)
-    for name in SIDE_FILES:
-        if (Path(trained) / name).exists():
-            shutil.copy2(Path(trained) / name, out / name)
-    compressed = steps.evaluate(spec, prepared, base_path, str(out), production)
-    delta = better(metric, compressed["adapter"][metric], evaluation["adapter"][metric])
+    copy_side_files(Path(trained), out)  # predictions still need the class names and the prompt format
+    compressed = evaluate_adapter(spec, prepared, base_path, str(out), production)
+    delta = better(metric, compressed.adapter[metric], evaluation.adapter[metric])
     saved = (Path(trained) / WEIGHTS_FILE).stat().st_size - (out / WEIGHTS_FILE).stat().st_size
-    measured = {"trained_rank": r, "rank": k, "metric_delta": delta, "bytes_saved": saved}
-    if not compressed["passed"]:
-        return {**kept, **measured, "rank": r, "reason": f"r={k} fails the gate: {'; '.join(compressed['reasons'])}"}
+    measured = kept.model_copy(update={"metric_delta": delta, "bytes_saved": saved})
+    if not compressed.passed:
+        return measured.model_copy(update={"reason": f"r={k} fails the gate: {'; '.join(compressed.reasons)}"})
     if delta < -p.rank_tolerance:
-        return {**kept, **measured, "rank": r, "reason": f"r={k} scores {delta:+.4f} {metric} against r={r}, beyond "
-                                                         f"promotion.rank_tolerance {p.rank_tolerance:g}"}
-    return {**measured, "shipped": True, "adapter": str(out), "evaluation": compressed,
-            "reason": f"r={k} of {r} passes the gate ({delta:+.4f} {metric}, {saved:,} bytes smaller)"}
+        return measured.model_copy(update={"reason": f"r={k} scores {delta:+.4f} {metric} against r={r}, beyond "
+                                                     f"promotion.rank_tolerance {p.rank_tolerance:g}"})
+    return measured.model_copy(update={
+        "rank": k, "shipped": True, "adapter": str(out), "evaluation": compressed,
+        "reason": f"r={k} of {r} passes the gate ({delta:+.4f} {metric}, {saved:,} bytes smaller)"})

@@ -7,8 +7,8 @@
 An adapter made for another base (by weight fingerprint) is refused.
 """
 
-import json
-from pathlib import Path
+
+from typing import NamedTuple
 
 import torch
 
@@ -17,9 +17,10 @@ from lora_core.peft_format import read_peft_config
 from registry import AdapterRegistry, BaseMismatchError, VersionRecord
 from registry.names import split_ref
 
+from .adapter_files import read_labels, trained_with_chat_template
 from .data import encode_prompt
 from .models import load_model, locate_base
-from .steps import LABELS_FILE, PROMPT_FILE
+from .results import Prediction
 
 
 class AdapterSwitcher:
@@ -39,8 +40,7 @@ class AdapterSwitcher:
             return name, record
         folder = self.registry.fetch(record.task, record.version)
         kind = read_peft_config(folder).get("task_type")
-        labels_file = folder / LABELS_FILE
-        labels = json.loads(labels_file.read_text()) if labels_file.exists() else []
+        labels = read_labels(folder)
         if self.model is None:
             self._load_base(record, kind, labels)
         elif record.base_fingerprint != self.base_fingerprint:
@@ -64,23 +64,29 @@ class AdapterSwitcher:
         self.base_loads += 1
 
     @torch.no_grad()
-    def predict(self, ref: str, texts: list[str], max_new_tokens: int = 20) -> list[dict]:
+    def predict(self, ref: str, texts: list[str], max_new_tokens: int = 20) -> list[Prediction]:
         name, record = self.activate(ref)
         if self.kind == "CAUSAL_LM":
             chat = self.chat[name]
-            return [{"text": text, "completion": complete(self.model, self.tokenizer, text, max_new_tokens, chat)}
+            return [Prediction(text=text, task=record.task, version=record.version,
+                               completion=complete(self.model, self.tokenizer, text, max_new_tokens, chat))
                     for text in texts]
-        return [{"text": text, **answer, "task": record.task, "version": record.version}
-                for text, answer in zip(texts, classify(self.model, self.tokenizer, texts, self.labels[name]))]
+        return [Prediction(text=text, task=record.task, version=record.version, label=label, probability=probability)
+                for text, (label, probability) in zip(texts, classify(self.model, self.tokenizer, texts,
+                                                                      self.labels[name]))]
+
+
+class Classified(NamedTuple):
+    label: str
+    probability: float
 
 
 @torch.no_grad()
-def classify(model, tokenizer, texts: list[str], labels: list[str]) -> list[dict]:
-    """{label, probability} per text: the most probable class."""
+def classify(model, tokenizer, texts: list[str], labels: list[str]) -> list[Classified]:
+    """The most probable class of each text, with its probability."""
     batch = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
     probs = model(**batch).logits.float().softmax(-1)
-    return [{"label": labels[int(p.argmax())] if labels else str(int(p.argmax())), "probability": float(p.max())}
-            for p in probs]
+    return [Classified(labels[int(p.argmax())] if labels else str(int(p.argmax())), float(p.max())) for p in probs]
 
 
 @torch.no_grad()
@@ -91,7 +97,3 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 20, chat: bool
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-
-def trained_with_chat_template(adapter: Path) -> bool:
-    return (adapter / PROMPT_FILE).exists()

@@ -1,5 +1,6 @@
 """One task = one YAML file, validated here. Errors name the field path and the fix."""
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -9,9 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lora_core import LoraConfig
 from registry.names import check_task_name
 
-
-class SpecError(ValueError):
-    """The task file is unusable; the message gives the field path and the fix."""
+from .errors import SpecError
 
 
 class Strict(BaseModel):
@@ -194,7 +193,19 @@ class TaskSpec(Strict):
 
 
 def load_spec(path: str | Path) -> TaskSpec:
+    """The task file at `path`, validated; parsed once per process while the file is unchanged."""
     path = Path(path)
+    try:
+        stat = path.resolve().stat()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such task file") from None
+    if not path.is_file():
+        raise SpecError(f"{path}: not a regular file; give the task's YAML file")
+    return _parse_spec(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_spec(path: Path, mtime_ns: int, size: int) -> TaskSpec:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -1,7 +1,7 @@
-"""The flow's steps as plain functions: typed inputs, JSON-able outputs, callable without Prefect.
+"""The flow's steps as plain functions, typed in and typed out (results.py), callable without Prefect.
 
 Each step writes under a content-addressed work folder, $LORAOPS_HOME/work/<task>/<key>, where
-the key is a fingerprint of everything the step's output depends on.
+the key is a cache key over everything the step's output depends on.
 """
 
 import hashlib
@@ -9,81 +9,94 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
-from lora_core import LoraConfig, count_parameters, inject, load_adapter, merge, save_adapter, set_active_adapter, unmerge
+from lora_core import (
+    LoraConfig,
+    count_parameters,
+    inject,
+    load_adapter,
+    merge,
+    save_adapter,
+    set_active_adapter,
+    unmerge,
+)
 from lora_core.checkpoint_merge import merge_checkpoint
 
 from . import data as datasets
-from .evaluate import classification_metrics, decide, lm_outputs, relative_gap
+from .adapter_files import write_side_files
+from .errors import DataError, MergeCheckError
+from .evaluation import classification_metrics, decide, lm_outputs, predict_logits, relative_gap
 from .models import base_name, head_modules, load_model
+from .results import Evaluation, Metrics, PreparedData, ProductionVersion, TrainedAdapter, ValidationPass
 from .spec import TaskSpec
-from .train import Validation, predict_logits, train, world
+from .train import Validation, train, world
 
-LABELS_FILE = "labels.json"
-PROMPT_FILE = "prompt.json"  # beside a causal-LM adapter trained on chat-template prompts
 TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 # Merging rounds W0 + s·B·A to the base dtype once: bfloat16 keeps 8 mantissa bits, so logits move by
 # parts in 1e3 per layer; float32 only by accumulation order.
 MERGE_TOLERANCE = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+OnStep = Callable[[int, float, float], None]
+OnValidation = Callable[[int, Metrics], None]
 
 
-class EvaluationError(RuntimeError):
-    """The adapter misbehaves in a way no gate should let through (merged and unmerged models disagree)."""
-
-
-def fingerprint(*parts) -> str:
+def cache_key(*parts: object) -> str:
+    """sha256 over JSON of `parts`: the key of a step's cached result (not a fingerprint of weights or data)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def prepare_data(spec: TaskSpec, work: Path) -> dict:
-    """Load, validate, dedupe and split the task's data; write the splits; return their fingerprint."""
+def prepare_data(spec: TaskSpec, work: Path) -> PreparedData:
+    """Load, validate, dedupe and split the task's data; write the splits; return them with their digest."""
     d = spec.data
     text, label = (d.text_field, d.label_field) if spec.type == "classification" else (d.prompt_field, d.completion_field)
     source = spec.resolve(d.path)
+    assert source is not None  # data.path is required
     examples = datasets.load_examples(source, text, label)
-    if d.test_path:
-        train_set, test_set = examples, datasets.load_examples(spec.resolve(d.test_path), text, label)
+    test_path = spec.resolve(d.test_path)
+    if test_path:
+        train_set, test_set = examples, datasets.load_examples(test_path, text, label)
     else:
         train_set, test_set = datasets.split(examples, d.test_fraction)
     if not train_set or not test_set:
-        raise datasets.DataError(f"{source}: the split left {len(train_set)} train / {len(test_set)} test examples; "
-                                 f"add data or change data.test_fraction")
-    validation_set: list = []
+        raise DataError(f"{source}: the split left {len(train_set)} train / {len(test_set)} test examples; "
+                        f"add data or change data.test_fraction")
+    validation_set: list[datasets.Example] = []
     if d.validation_fraction:
         train_set, validation_set = datasets.split(train_set, d.validation_fraction, salt="validation")
         if not train_set or not validation_set:
-            raise datasets.DataError(f"{source}: the validation split left {len(train_set)} train / {len(validation_set)} "
-                                     f"validation examples; add data, or set data.validation_fraction to 0 for none")
+            raise DataError(f"{source}: the validation split left {len(train_set)} train / {len(validation_set)} "
+                            f"validation examples; add data, or set data.validation_fraction to 0 for none")
     if spec.type == "classification":
         datasets.check_classes(train_set, test_set, source)
         if validation_set:
             datasets.check_classes(train_set, validation_set, source, "validation")
-    digest = datasets.fingerprint_examples(train_set, test_set, validation_set)
+    digest = datasets.digest_examples(train_set, test_set, validation_set)
     folder = work / "data" / digest
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train_set), ("test", test_set), ("validation", validation_set)):
         if rows:
             (folder / f"{name}.jsonl").write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n"
                                                           for e in rows))
-    return {"fingerprint": digest, "folder": str(folder), "source": source, "train": len(train_set), "test": len(test_set),
-            "validation": len(validation_set),
-            "labels": datasets.label_names(train_set) if spec.type == "classification" else []}
+    return PreparedData(digest=digest, folder=str(folder), source=source, train=len(train_set), test=len(test_set),
+                        validation=len(validation_set),
+                        labels=datasets.label_names(train_set) if spec.type == "classification" else [])
 
 
-def read_split(prepared: dict, name: str) -> list[datasets.Example]:
-    return datasets.load_examples(str(Path(prepared["folder"]) / f"{name}.jsonl"))
+def read_split(prepared: PreparedData, name: str) -> list[datasets.Example]:
+    return datasets.load_examples(str(Path(prepared.folder) / f"{name}.jsonl"))
 
 
-def make_batches(spec: TaskSpec, prepared: dict, examples, tokenizer, shuffle_seed: int | None = None, batch_size=None,
-                 packing: bool = False):
+def make_batches(spec: TaskSpec, prepared: PreparedData, examples: list[datasets.Example],
+                 tokenizer: PreTrainedTokenizerBase, shuffle_seed: int | None = None, batch_size: int | None = None, packing: bool = False) -> Iterable[dict]:
     """Batches of a split; `packing` (training only: evaluation scores one example per row) as training.packing."""
     t = spec.training
     size = batch_size or t.batch_size
     if spec.type == "classification":
-        return datasets.batches(examples, prepared["labels"], tokenizer, size, t.max_length, shuffle_seed)
+        return datasets.batches(examples, prepared.labels, tokenizer, size, t.max_length, shuffle_seed)
     return datasets.lm_batches(examples, tokenizer, size, t.max_length, shuffle_seed,
                                chat=datasets.uses_chat_template(tokenizer, t.chat_template), packing=packing)
 
@@ -96,35 +109,35 @@ def total_steps(spec: TaskSpec, n_train: int) -> int:
     return max(1, math.ceil(value * math.ceil(n_train / t.batch_size) / t.grad_accumulation))
 
 
-def task_lora(spec: TaskSpec, model) -> LoraConfig:
+def task_lora(spec: TaskSpec, model: torch.nn.Module) -> LoraConfig:
     """The adapter a task trains: its lora section, the task type, and for classification the task's head among the
     saved modules, always (a new head left at its random init would cap the adapter at chance)."""
     lora = spec.lora.adapter()
-    update: dict = {"task_type": TASK_TYPES[spec.type]}
+    update: dict[str, object] = {"task_type": TASK_TYPES[spec.type]}
     if spec.type == "classification":
         update["modules_to_save"] = sorted(set(lora.modules_to_save) | set(head_modules(model)))
     return lora.model_copy(update=update)
 
 
-def validation_pass(spec: TaskSpec, prepared: dict, examples, model, tokenizer):
-    """metrics of `model` on the validation split: loss (mean cross-entropy), and accuracy and macro-F1 for a
-    classifier or perplexity for a causal LM (completion tokens only)."""
-    def run() -> dict[str, float]:
-        batches = make_batches(spec, prepared, examples, tokenizer, batch_size=64)
-        if spec.type == "classification":
-            logits, gold = predict_logits(model, batches, spec.training.device)
-            loss = torch.nn.functional.cross_entropy(logits, gold).item()
-            return {"loss": loss, **classification_metrics(logits, gold)}
-        return lm_outputs(model, batches, spec.training.device)[1]
-    return run
+def measure(spec: TaskSpec, prepared: PreparedData, examples: list[datasets.Example], model: torch.nn.Module,
+            tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, Metrics]:
+    """(logits, metrics) of `model` on `examples`: loss (mean cross-entropy) with accuracy and macro-F1 for a
+    classifier, or perplexity for a causal LM (completion tokens only)."""
+    batches = make_batches(spec, prepared, examples, tokenizer, batch_size=64)
+    if spec.type == "classification":
+        logits, gold = predict_logits(model, batches, spec.training.device)
+        loss = torch.nn.functional.cross_entropy(logits, gold).item()
+        return logits, {"loss": loss, **classification_metrics(logits, gold)}
+    return lm_outputs(model, batches, spec.training.device)
 
 
-def train_adapter(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, on_step=None, on_eval=None) -> dict:
+def fit_adapter(spec: TaskSpec, prepared: PreparedData, base_path: Path, work: Path, on_step: OnStep | None = None,
+                on_validation: OnValidation | None = None) -> TrainedAdapter:
     """Inject LoRA into the base, train (resuming from a checkpoint in `work` if one is there), save the adapter:
     the weights of the best validation pass when there is a validation split, else the last step's."""
     t = spec.training
     torch.manual_seed(t.seed)
-    model, tokenizer = load_model(base_path, spec.type, prepared["labels"], spec.base.load_in_4bit)
+    model, tokenizer = load_model(base_path, spec.type, prepared.labels, spec.base.load_in_4bit)
     inject(model, task_lora(spec, model))
     if spec.type == "causal-lm":
         model.config.use_cache = False  # no KV cache in training: packed rows need it off, and it only costs memory
@@ -134,12 +147,11 @@ def train_adapter(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, o
     train_set = read_split(prepared, "train")
     steps = total_steps(spec, len(train_set))
     validation = None
-    if prepared.get("validation"):
-        examples = read_split(prepared, "validation")
-        validation = Validation(validation_pass(spec, prepared, examples, model, tokenizer),
+    if prepared.validation:
+        held_out = read_split(prepared, "validation")
+        validation = Validation(lambda: measure(spec, prepared, held_out, model, tokenizer)[1],
                                 every=t.eval_every or max(1, steps // 10), metric=t.best_metric or spec.gate.metric,
-                                patience=t.patience,
-                                on_result=on_eval)
+                                patience=t.patience, on_result=on_validation)
     started = time.perf_counter()
     done = train(model, lambda epoch: make_batches(spec, prepared, train_set, tokenizer, t.seed + epoch,
                                                    packing=t.packing),
@@ -148,75 +160,72 @@ def train_adapter(spec: TaskSpec, prepared: dict, base_path: Path, work: Path, o
                  checkpoint_dir=work / "checkpoint", checkpoint_every=t.checkpoint_every, on_step=on_step,
                  lr_ratio=spec.lora.lr_ratio, validation=validation)
     last = done.losses[-10:]
-    result = {"adapter": str(work / "adapter"), "steps": len(done.losses), "planned_steps": steps,
-              "best_step": done.best_step or len(done.losses), "stopped_early": done.stopped_early,
-              "best_validation": next((e for e in done.evaluations if e["step"] == done.best_step), None),
-              "final_loss": sum(last) / len(last), "seconds": round(time.perf_counter() - started, 1),
-              "trainable": trainable, "total": total, "world_size": world()[1]}
+    best = next((e for e in done.evaluations if e["step"] == done.best_step), None)
+    result = TrainedAdapter(
+        adapter=str(work / "adapter"), steps=len(done.losses), planned_steps=steps,
+        best_step=done.best_step or len(done.losses), stopped_early=done.stopped_early,
+        best_validation=ValidationPass(step=best["step"], metrics={k: v for k, v in best.items() if k != "step"})
+        if best else None,
+        final_loss=sum(last) / len(last), seconds=round(time.perf_counter() - started, 1), trainable=trainable,
+        total=total, world_size=world()[1])
     if world()[0] == 0:  # under DDP only rank 0 writes
         if t.gradient_checkpointing:
             model.gradient_checkpointing_disable()
         save_adapter(model, work / "adapter", base_model_name_or_path=base_name(spec.base))
-        if prepared["labels"]:  # class names, for predictions; PEFT ignores extra files
-            (work / "adapter" / LABELS_FILE).write_text(json.dumps(prepared["labels"]))
-        if spec.type == "causal-lm" and datasets.uses_chat_template(tokenizer, t.chat_template):
-            (work / "adapter" / PROMPT_FILE).write_text(json.dumps({"chat_template": True}))  # predictions prompt alike
-        (work / "train.json").write_text(json.dumps(result))
+        write_side_files(work / "adapter", prepared.labels,
+                         spec.type == "causal-lm" and datasets.uses_chat_template(tokenizer, t.chat_template))
+        (work / "train.json").write_text(result.model_dump_json())
         shutil.rmtree(work / "checkpoint", ignore_errors=True)
     return result
 
 
-def evaluate(spec: TaskSpec, prepared: dict, base_path: Path, adapter: str, production: dict | None) -> dict:
+def evaluate_adapter(spec: TaskSpec, prepared: PreparedData, base_path: Path, adapter: str,
+                     production: ProductionVersion | None) -> Evaluation:
     """Base (no adapter), adapter unmerged and merged, and production (if any) on the held-out split; the gate."""
     torch.manual_seed(spec.training.seed)  # the same fresh head as in training, for the base row
-    model, tokenizer = load_model(base_path, spec.type, prepared["labels"])
+    model, tokenizer = load_model(base_path, spec.type, prepared.labels)
     test_set = read_split(prepared, "test")
-
-    def measure():
-        batches = make_batches(spec, prepared, test_set, tokenizer, batch_size=64)
-        if spec.type == "classification":
-            logits, gold = predict_logits(model, batches, spec.training.device)
-            return logits, classification_metrics(logits, gold)
-        return lm_outputs(model, batches, spec.training.device)
-
-    results = {"base": measure()[1]}
+    base = measure(spec, prepared, test_set, model, tokenizer)[1]
     load_adapter(model, adapter)
-    unmerged_logits, results["adapter"] = measure()
+    unmerged_logits, unmerged = measure(spec, prepared, test_set, model, tokenizer)
     merge(model)
-    merged_logits, results["merged"] = measure()
+    merged_logits, merged = measure(spec, prepared, test_set, model, tokenizer)
     gap = relative_gap(merged_logits, unmerged_logits)
     dtype = next(model.parameters()).dtype
     tolerance = spec.gate.merge_tolerance or MERGE_TOLERANCE.get(dtype, MERGE_TOLERANCE[torch.float32])
     if gap > tolerance:
-        raise EvaluationError(f"merged and unmerged logits differ by {gap:.2e} (relative), above gate.merge_tolerance "
-                              f"{tolerance:.0e} for a {str(dtype).removeprefix('torch.')} base; the merge is not exact, "
-                              "nothing is registered")
+        raise MergeCheckError(f"merged and unmerged logits differ by {gap:.2e} (relative), above gate.merge_tolerance "
+                              f"{tolerance:.0e} for a {str(dtype).removeprefix('torch.')} base; the merge is not exact")
     unmerge(model)
-    if production and production.get("adapter"):
-        load_adapter(model, production["adapter"], adapter_name="production")
+    production_metrics = None
+    if production and production.adapter:
+        load_adapter(model, production.adapter, adapter_name="production")
         set_active_adapter(model, "production")
-        results["production"] = measure()[1]
+        production_metrics = measure(spec, prepared, test_set, model, tokenizer)[1]
     elif production:
-        results["production"] = production["metrics"]
-    passed, reasons = decide(spec.gate, results["adapter"], results["base"], results.get("production"))
-    return {**results, "merge_gap": gap, "passed": passed, "reasons": reasons}
+        production_metrics = production.metrics
+    passed, reasons = decide(spec.gate, unmerged, base, production_metrics)
+    return Evaluation(base=base, adapter=unmerged, merged=merged, production=production_metrics, merge_gap=gap,
+                      passed=passed, reasons=reasons)
 
 
-def merge_model(spec: TaskSpec, prepared: dict, base_path: Path, adapter: str, out: Path) -> str:
+def merge_model(spec: TaskSpec, prepared: PreparedData, base_path: Path, adapter: str, out: Path) -> str:
     """W = W0 + s·B·A streamed shard by shard from the base's files into a plain model (no adapter at inference).
 
     A classifier's head (a saved module of the adapter) and its labels go into the merged model's config.
     """
     shutil.rmtree(out, ignore_errors=True)  # our own work folder: a leftover from a killed run is redone
-    merge_checkpoint(base_path, adapter, out, config_updates=head_config(base_path, spec.type, prepared["labels"]))
+    merge_checkpoint(base_path, adapter, out, config_updates=head_config(base_path, spec.type, prepared.labels))
     return str(out)
 
 
-def head_config(base_path: Path, task_type: str, labels: list[str]) -> dict:
+def head_config(base_path: Path, task_type: str, labels: list[str]) -> dict[str, object]:
     """config.json entries that make AutoModelFor<task> load the merged model with the task's head and labels."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
     model_type = AutoConfig.from_pretrained(base_path).model_type
     if task_type == "classification":
         return {"architectures": [MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES[model_type]],

@@ -1,19 +1,22 @@
-"""The MLflow run of one training flow: parameters, dataset input, per-step loss and lr, metrics."""
+"""The MLflow run of one training flow: parameters, dataset input, per-step loss and lr, metrics, its end.
+
+Everything goes through the registry's run-tracking facade (`AdapterRegistry.runs`), never MLflow directly.
+"""
 
 import json
 import time
+from collections.abc import Mapping
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
-
-from registry import AdapterRegistry, BaseRecord
+from registry import AdapterRegistry, BaseRecord, MetricPoint, RunTracking
 from registry.code_version import code_version
 
+from .results import Evaluation, Metrics, PreparedData
 from .spec import TaskSpec
 
 FLUSH_EVERY = 50
 
 
-def flatten(values: dict, prefix: str = "") -> dict[str, str]:
+def flatten(values: Mapping[str, object], prefix: str = "") -> dict[str, str]:
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict) and value:
@@ -23,49 +26,46 @@ def flatten(values: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: dict, base: BaseRecord) -> str:
-    client = registry.client
-    run = client.create_run(registry.experiment(f"loraops-{spec.task}"), run_name=f"train {spec.task}", tags={
+def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData, base: BaseRecord) -> str:
+    runs = registry.runs
+    run_id = runs.start(spec.task, f"train {spec.task}", {
         "loraops.task": spec.task, "loraops.base.fingerprint": base.fingerprint,
-        "loraops.dataset.fingerprint": prepared["fingerprint"], "loraops.code.version": code_version()})
-    params = flatten(spec.model_dump(mode="json", exclude={"source"}))
-    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
-    dataset = Dataset(name=f"{spec.task}-data", digest=prepared["fingerprint"][:36],
-                      source_type="s3" if prepared["source"].startswith("s3://") else "local",
-                      source=json.dumps({"uri": prepared["source"]}),
-                      profile=json.dumps({"train": prepared["train"], "validation": prepared.get("validation", 0),
-                                         "test": prepared["test"], "labels": prepared["labels"]}))
-    client.log_inputs(run.info.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
-    return run.info.run_id
+        "loraops.dataset.fingerprint": prepared.digest, "loraops.code.version": code_version()})
+    runs.log_params(run_id, flatten(spec.model_dump(mode="json", exclude={"source"})))
+    runs.log_dataset(run_id, f"{spec.task}-data", prepared.digest[:36], prepared.source,
+                     {"train": prepared.train, "validation": prepared.validation, "test": prepared.test,
+                      "labels": prepared.labels})
+    return run_id
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class StepLog:
     """Buffers loss and lr per optimizer step (and each validation pass) and sends them to the run in batches."""
 
-    def __init__(self, registry: AdapterRegistry, run_id: str):
-        self.client, self.run_id, self.pending = registry.client, run_id, []
+    def __init__(self, runs: RunTracking, run_id: str):
+        self.runs, self.run_id, self.pending = runs, run_id, []
 
     def __call__(self, step: int, loss: float, lr: float) -> None:
-        now = int(time.time() * 1000)
-        self.pending += [Metric("train_loss", loss, now, step), Metric("lr", lr, now, step)]
+        self.pending += [MetricPoint("train_loss", loss, step, now_ms()), MetricPoint("lr", lr, step, now_ms())]
         if len(self.pending) >= 2 * FLUSH_EVERY:
             self.flush()
 
-    def validation(self, step: int, metrics: dict[str, float]) -> None:
+    def validation(self, step: int, metrics: Metrics) -> None:
         """One validation pass: val_loss, val_accuracy, ... at that step (the curves beside train_loss)."""
-        now = int(time.time() * 1000)
-        self.pending += [Metric(f"val_{name}", value, now, step) for name, value in metrics.items()]
+        self.pending += [MetricPoint(f"val_{name}", value, step, now_ms()) for name, value in metrics.items()]
 
     def flush(self) -> None:
         if self.pending:
-            self.client.log_batch(self.run_id, metrics=self.pending)
+            self.runs.log_points(self.run_id, self.pending)
             self.pending = []
 
 
-def log_metrics(registry: AdapterRegistry, run_id: str, evaluation: dict) -> None:
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"{row}_{name}", value, now, 0) for row in ("base", "adapter", "merged", "production")
-               for name, value in evaluation.get(row, {}).items()]
-    metrics.append(Metric("merge_relative_gap", evaluation["merge_gap"], now, 0))
-    metrics.append(Metric("gate_passed", float(evaluation["passed"]), now, 0))
-    registry.client.log_batch(run_id, metrics=metrics)
+def log_evaluation(runs: RunTracking, run_id: str, evaluation: Evaluation) -> None:
+    rows = {"base": evaluation.base, "adapter": evaluation.adapter, "merged": evaluation.merged,
+            "production": evaluation.production or {}}
+    metrics = {f"{row}_{name}": value for row, values in rows.items() for name, value in values.items()}
+    runs.log_metrics(run_id, metrics | {"merge_relative_gap": evaluation.merge_gap,
+                                        "gate_passed": float(evaluation.passed)})

@@ -9,15 +9,15 @@ pickle), so a killed run continues to the same adapter. Under torchrun (DDP) eac
 every world-th batch and rank 0 alone writes.
 """
 
-import contextlib
 import json
 import math
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,22 +25,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from .device import autocast, resolve_device
+from .errors import TrainingError
+
 STATE_FILE = "state.json"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("training.device is 'cuda' but no CUDA device is visible; use device: auto or cpu")
-    return torch.device(device)
-
-
-def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full precision on CPU, where bf16 matmuls are slow and lossy."""
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def warmup_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -71,7 +59,7 @@ class Validation:
 
     def better(self, a: dict[str, float], b: dict[str, float] | None) -> bool:
         """Is pass `a` better than pass `b`? On `metric`; a tie (accuracy on a small split) goes to the lower loss."""
-        def rank(m: dict) -> tuple[float, float]:
+        def rank(m: dict[str, float]) -> tuple[float, float]:
             return (m[self.metric] if self.metric in ("loss", "perplexity") else -m[self.metric], m.get("loss", 0.0))
         return b is None or rank(a) < rank(b)
 
@@ -91,7 +79,7 @@ def param_groups(named: dict[str, nn.Parameter], lr: float, lr_ratio: float) -> 
     return [g for g in ({"params": rest, "lr": lr}, {"params": b, "lr": lr * lr_ratio}) if g["params"]]
 
 
-def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps: int, lr: float,
+def train(model: nn.Module, make_batches: Callable[[int], Iterable[dict]], steps: int, lr: float,
           weight_decay: float = 0.0, warmup_fraction: float = 0.1, device: str = "auto", bf16: bool = True,
           grad_accumulation: int = 1, checkpoint_dir: Path | None = None, checkpoint_every: int = 50,
           on_step: Callable[[int, float, float], None] | None = None, lr_ratio: float = 1.0,
@@ -106,7 +94,7 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps
     model.to(dev).train()
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not named:
-        raise ValueError("the model has no trainable parameters; inject an adapter first")
+        raise TrainingError("the model has no trainable parameters; inject an adapter first")
     rank, size = world()
     runner = nn.parallel.DistributedDataParallel(model) if size > 1 else model
     optimizer = torch.optim.AdamW(param_groups(named, lr, lr_ratio), lr=lr, weight_decay=weight_decay)
@@ -127,8 +115,12 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterator[dict]], steps
                 continue  # already trained on before the checkpoint, or another rank's share
             with autocast(dev, bf16):
                 loss = runner(**{k: v.to(dev) for k, v in batch.items()}).loss / grad_accumulation
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingError(f"training diverged at step {len(losses) + 1} (loss {value}); lower training.lr "
+                                    f"or check the data")
             loss.backward()
-            accumulated += loss.item()
+            accumulated += value
             micro += 1
             if micro < grad_accumulation:
                 continue
@@ -180,7 +172,7 @@ def validate(model: nn.Module, validation: Validation, named: dict[str, nn.Param
 
 
 def save_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
-                    schedule, position: dict, best: dict[str, torch.Tensor] | None = None) -> None:
+                    schedule, position: dict[str, Any], best: dict[str, torch.Tensor] | None = None) -> None:
     """Write to a sibling folder, then swap it in: a kill mid-write leaves the previous checkpoint intact."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -211,7 +203,7 @@ def load_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: tor
     state = json.loads((folder / STATE_FILE).read_text())
     weights = load_file(folder / "weights.safetensors")
     if set(weights) != set(named):
-        raise ValueError(f"checkpoint {folder} holds other parameters than this model; delete it to start over")
+        raise TrainingError(f"checkpoint {folder} holds other parameters than this model; delete it to start over")
     with torch.no_grad():
         for name, param in named.items():
             param.copy_(weights[name])
@@ -230,20 +222,3 @@ def load_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: tor
         torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
     best = load_file(folder / "best.safetensors") if (folder / "best.safetensors").exists() else None
     return state, best
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, batches: Iterator[dict], device: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [n, classes] in float32, labels [n]) over all batches, model in eval mode."""
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    logits, labels = [], []
-    for batch in batches:
-        labels.append(batch.pop("labels"))
-        with autocast(dev):
-            logits.append(model(**{k: v.to(dev) for k, v in batch.items()}).logits.float().cpu())
-    return torch.cat(logits), torch.cat(labels)
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(-1) == labels).float().mean().item()

@@ -26,18 +26,18 @@ class AdapterRegistry:
 
     def __init__(self, settings: RegistrySettings | None = None):
         self.settings = settings or RegistrySettings.from_env()
-        self.client = MlflowClient(self.settings.tracking_uri, registry_uri=self.settings.tracking_uri)
+        self._client = MlflowClient(self.settings.tracking_uri, registry_uri=self.settings.tracking_uri)
         if self.settings.embedded and self.settings.tracking_uri not in self.schema_ready:
             # MLflow creates its SQLite schema on first use; two processes doing it at once collide (runs started
             # together on a fresh home), so the first use happens under a lock, once per process.
             with exclusive(self.settings.home / "locks", "mlflow-database"):
-                self.client.search_experiments(max_results=1)
+                self._client.search_experiments(max_results=1)
             self.schema_ready.add(self.settings.tracking_uri)
         self.digests = DigestCache(self.settings.digests)
-        self.book = AliasBook(self.client, self.settings.actor)
-        self.runs = RunTracking(self.client, self.settings)
-        self.catalog = VersionCatalog(self.client, self.runs, self.book, self.settings, self.digests)
-        self.promotions = Promotions(self.catalog, self.client, self.book, self.settings, self.digests)
+        self._book = AliasBook(self._client, self.settings.actor)
+        self.runs = RunTracking(self._client, self.settings)
+        self.catalog = VersionCatalog(self._client, self.runs, self._book, self.settings, self.digests)
+        self.promotions = Promotions(self.catalog, self._client, self._book, self.settings, self.digests)
 
     # ---- base models -------------------------------------------------------------------------
     def register_base(
@@ -135,20 +135,20 @@ class AdapterRegistry:
 
     # ---- aliases -----------------------------------------------------------------------------
     def aliases(self, task: str) -> dict[str, int]:
-        return self.book.aliases(task)
+        return self._book.aliases(task)
 
     def history(self, task: str) -> list[HistoryEvent]:
         """Every alias move of `task`, oldest first."""
-        return self.book.history(task)
+        return self._book.history(task)
 
     def drift(self, task: str) -> list[Drift]:
         """The aliases of `task` moved outside loraops (aliases.py): where the registry and the history disagree."""
-        return self.book.drift(task)
+        return self._book.drift(task)
 
     def check_drift(self, task: str) -> None:
         """Raise DriftError when an alias of `task` was moved outside loraops; a task with no versions has none."""
         try:
-            self.book.settle(task, None, "promote")
+            self._book.settle(task, None, "promote")
         except UnknownTaskError:
             pass
 

@@ -116,4 +116,26 @@ def write_artifacts(root, seed: int = 0) -> dict:
             "logits": logits}
 
 
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory):
+    """An embedded MLflow database with its schema made once: creating it (Alembic migrations) takes seconds."""
+    from mlflow import MlflowClient
+    database = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{database}").search_experiments(max_results=1)
+    return database
+
+
+@pytest.fixture
+def embedded_home(tmp_path, mlflow_template, monkeypatch):
+    """A fresh $LORAOPS_HOME on the embedded default (MLflow on SQLite, folder promotions), set in the environment."""
+    import shutil
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(mlflow_template, home / "mlflow.db")
+    monkeypatch.setenv("LORAOPS_HOME", str(home))
+    for name in ("MLFLOW_TRACKING_URI", "LORAOPS_PROMOTION_TARGET", "PREFECT_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
 from servers import mlflow_server, postgres_uri, s3_auth_server, s3_env, s3_server  # noqa: E402,F401  (fixtures)

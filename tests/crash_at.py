@@ -25,12 +25,12 @@ def kill_after(module, name: str) -> None:
 def main(point: str, task: str) -> int:
     import lora_core.checkpoint_merge
     import pipelines.train
-    import registry.stores
+    import registry.s3_store
     import registry.versions
     targets = {"training": (pipelines.train, "save_checkpoint"),
                "merge": (lora_core.checkpoint_merge, "_copy_side_files"),
                "registration": (registry.versions.VersionCatalog, "_log_folder"),
-               "promotion": (registry.stores.S3Store, "_put_part")}
+               "promotion": (registry.s3_store.S3Store, "_put_part")}
     kill_after(*targets[point])
     from pipelines.cli.main import main as loraops
     return loraops(["run", task])

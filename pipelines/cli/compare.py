@@ -7,6 +7,7 @@ Per module the tables give φ(1, 1) (the top direction) and φ(k, k) at k = min(
 
 import json
 from pathlib import Path
+from typing import Any
 
 from lora_core.analysis import read_adapter, subspace_similarity
 from registry import AdapterRegistry, RegistryError, VersionRecord
@@ -41,7 +42,7 @@ def mean(rows: dict[str, dict], key: str) -> float:
     return sum(row[key] for row in rows.values()) / len(rows)
 
 
-def compare(args, print_=print) -> dict:
+def compare(args, print_=print) -> dict[str, Any]:
     if not args.other:
         raise RegistryError("adapters compare needs two versions, e.g. loraops adapters compare my-task:1 my-task:2")
     registry = AdapterRegistry()
@@ -71,7 +72,7 @@ def production_on(registry: AdapterRegistry, base: str) -> list[VersionRecord]:
     return sorted(found, key=lambda r: r.task)
 
 
-def task_map(args, print_=print) -> dict:
+def task_map(args, print_=print) -> dict[str, Any]:
     """mean φ(k, k) between the production adapters of every task on one base: which tasks adapt the same directions."""
     if not args.base or not args.out:
         raise RegistryError("adapters map needs --base NAME (or fingerprint prefix) and --out DIR")

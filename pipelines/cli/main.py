@@ -1,24 +1,32 @@
-"""The `loraops` command line. Errors print one line naming cause and fix; exit 2 for bad input, 1 for failures."""
+"""The `loraops` command line. Errors print one line naming cause and fix; exit 2 for bad input, 1 for failures.
+
+Only argparse and the standard library load before a command runs: `--help` starts fast, and each command imports
+what it uses (MLflow, torch and transformers take seconds).
+"""
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
+from ..errors import Interrupted, SpecError
 
-from lora_core import LoraError
-from registry.aliases import SETTLE
-from registry.engines import ENGINES
-from registry.errors import IntegrityError, RegistryError, ServerUnavailable, StoreError
-from registry.faults import network_defaults, server_message
-from registry.settings import RegistrySettings
-
-from ..data import DataError
-from ..distributed import TrainingNodeError
-from ..models import BaseModelError
-from ..prefect_server import PrefectServerError
-from ..spec import SpecError
+# Choices shown in --help, kept here so the parser needs no registry import (tests check them against the registry).
+ENGINES = ("any", "vllm", "lorax", "tgi")
+SETTLE = ("accept", "revert")
+# (module, class, exit code), first match wins: only modules already imported are looked at, so the CLI imports
+# no library to classify an error (an error class whose module never loaded cannot have been raised).
+EXIT_CODES = (
+    ("pipelines.errors", "RunError", 1),
+    ("registry.errors", "ServerUnavailable", 1),
+    ("registry.errors", "StoreError", 1),
+    ("registry.errors", "IntegrityError", 1),
+    ("pipelines.errors", "InputError", 2),
+    ("registry.errors", "RegistryError", 2),
+    ("lora_core.errors", "LoraError", 2),
+)
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 
 DRIFT_HELP = ("an alias was moved outside loraops: accept (record the registry's state) or revert (move it back to "
@@ -30,6 +38,7 @@ class PrintVersion(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         from importlib.metadata import version
+
         from registry.code_version import code_version
         print(f"loraops {version('loraops')} ({code_version()})")
         parser.exit()
@@ -135,6 +144,8 @@ def run(args: argparse.Namespace) -> None:
         merge_command(args.base_dir, args.adapter_dir, args.out_dir)
         return
     if args.command == "train-node":
+        from registry.settings import RegistrySettings
+
         from ..distributed import join_runs
         join_runs(RegistrySettings.from_env().home, args.once, args.wait)
         return
@@ -156,6 +167,7 @@ def run(args: argparse.Namespace) -> None:
     if args.command in ("adapters", "promote", "rollback"):
         from . import adapters as registry_commands
         if args.command == "adapters" and args.action not in ("list", "serve-config", "map") and not args.ref:
+            from registry.errors import RegistryError
             raise RegistryError(f"adapters {args.action} needs a task; e.g. loraops adapters {args.action} my-task")
         if args.command == "adapters" and args.action == "serve-config":
             from .serve_config import serve_config
@@ -178,24 +190,47 @@ def run(args: argparse.Namespace) -> None:
         rank_commands.extract_command(args.base, args.finetuned, args.rank, args.pve, args.out)
 
 
+def exit_code(error: BaseException) -> int | None:
+    """The documented exit code of a user-facing error; None for anything else (a bug: its traceback shows)."""
+    for module, name, code in EXIT_CODES:
+        if module in sys.modules and isinstance(error, getattr(sys.modules[module], name)):
+            return code
+    return None
+
+
+def server_fault(error: BaseException) -> str | None:
+    """One line for an MLflow server that is down or failing, or None."""
+    if "mlflow.exceptions" not in sys.modules:
+        return None
+    from registry.faults import server_message
+    from registry.settings import RegistrySettings
+    return server_message(error, RegistrySettings.from_env().tracking_uri)
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted("SIGTERM")  # unwinds like Ctrl-C: the run ends KILLED, servers we started stop
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own output says what moved
-    network_defaults()
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        from registry.faults import network_defaults
+        network_defaults()
         run(args)
-    except (IntegrityError, StoreError, ServerUnavailable, PrefectServerError, TrainingNodeError) as e:
-        print(f"loraops: error: {e}", file=sys.stderr)
-        return 1
-    except MlflowException as e:
-        message = server_message(e, RegistrySettings.from_env().tracking_uri)
-        if message is None:
-            raise  # not a server fault: a bug, shown in full
-        print(f"loraops: error: {message}", file=sys.stderr)
-        return 1
-    except (LoraError, DataError, RegistryError, SpecError, BaseModelError) as e:
-        print(f"loraops: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as e:
+        name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
+        print(f"loraops: interrupted ({name})", file=sys.stderr)
+        return SIGNAL_EXIT[name]
+    except Exception as e:
+        code, message = exit_code(e), str(e).strip()
+        if code is None and (fault := server_fault(e)):
+            code, message = 1, fault
+        if code is None:
+            raise  # not a user-facing error: a bug, shown in full
+        print(f"loraops: error: {message.splitlines()[0] if message else type(e).__name__}", file=sys.stderr)
+        return code
     return 0
 
 

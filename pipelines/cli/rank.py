@@ -1,20 +1,20 @@
 """`loraops analyze | compress | extract`: what rank an adapter needs, and adapters of lower rank."""
 
-import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from lora_core import LoraError
 from lora_core.analysis import adapter_report, compress, extract, read_adapter, subspace_similarity
-from lora_core.analysis.plots import plot_ranks, plot_scree, plot_similarity
 
+from ..analysis import write_report
 from ..tables import render_table
 
 COLUMNS = ("module", "shape", "r", "|dW|_F", "90%", "95%", "99%", "elbow", "eff.rank", "amplif.")
 
 
-def format_table(report: dict) -> str:
+def format_table(report: dict[str, Any]) -> str:
     rows = [COLUMNS]
     for m in report["modules"]:
         amp = f"{m['amplification']:.1f}" if "amplification" in m else "-"
@@ -36,7 +36,7 @@ def mean_similarity(grids: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([g for g in grids.values() if tuple(g.shape) == common]).mean(0)
 
 
-def analyze(adapter_dir: str, base: str | None, compare: str | None, out: str | None, print_=print) -> dict:
+def analyze(adapter_dir: str, base: str | None, compare: str | None, out: str | None, print_=print) -> dict[str, Any]:
     adapter = read_adapter(adapter_dir)
     report = adapter_report(adapter, base=base)
     print_(format_table(report))
@@ -48,13 +48,8 @@ def analyze(adapter_dir: str, base: str | None, compare: str | None, out: str | 
         print_(f"subspace similarity with {compare}: mean phi(1,1) = {float(grid[0, 0]):.3f}, "
                f"phi({grid.shape[0]},{grid.shape[1]}) = {float(grid[-1, -1]):.3f} over {len(grids)} modules")
     if out:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        written = [plot_scree(report, folder / "scree.png"), plot_ranks(report, folder / "ranks.png")]
-        if compare:
-            written.append(plot_similarity(grid, folder / "similarity.png", "mean φ(i, j) over shared modules"))
-        print_(f"wrote {folder / 'report.json'}, " + ", ".join(str(p) for p in written))
+        written = write_report(report, Path(out), grid if compare else None)
+        print_("wrote " + ", ".join(str(p) for p in written))
     return report
 
 

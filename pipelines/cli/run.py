@@ -1,19 +1,29 @@
 """`loraops run | schedule | predict`: the flow on the embedded default or a team's servers, and predictions."""
 
 import os
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from registry import RegistrySettings
 from registry.errors import ServerUnavailable
 from registry.names import check_task_name
 
 from .. import steps
-from ..preflight import preflight
+from ..errors import RunError, SpecError
 from ..prefect_server import local_prefect_server
-from ..spec import SpecError, load_spec
+from ..preflight import preflight
+from ..results import FlowResult, Prediction, PreparedData
+from ..spec import TaskSpec, load_spec
 from ..tables import render_table
 
 DEFAULT_POOL = "loraops-cpu"
+
+
+class CheckedTask(NamedTuple):
+    path: Path
+    spec: TaskSpec
+    prepared: PreparedData
 
 
 def prefect_defaults(settings: RegistrySettings) -> None:
@@ -23,42 +33,53 @@ def prefect_defaults(settings: RegistrySettings) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def validate(paths: list[str]) -> list:
-    """Every task file and its data checked before any flow starts: bad input registers nothing."""
-    settings = RegistrySettings.from_env()
-    specs = [load_spec(p) for p in paths]
-    for spec in specs:
-        preflight(spec, settings)
-        steps.prepare_data(spec, settings.home / "work" / spec.task)
-    return specs
+def check_tasks(paths: list[str], settings: RegistrySettings) -> list[CheckedTask]:
+    """Every task file and its data checked before any flow starts (bad input registers nothing); the data prepared
+    here is what the flow trains on."""
+    specs = [load_spec(path) for path in paths]
+    return [prepare(Path(path).resolve(), spec, settings) for path, spec in zip(paths, specs)]
 
 
-def run(paths: list[str], print_=print) -> list[dict]:
-    specs = validate(paths)
+def prepare(path: Path, spec: TaskSpec, settings: RegistrySettings) -> CheckedTask:
+    preflight(spec, settings)
+    return CheckedTask(path, spec, steps.prepare_data(spec, settings.home / "work" / spec.task))
+
+
+def run(paths: list[str], print_=print) -> list[FlowResult]:
+    """Each task's flow, one after another; a failed task does not stop the others, and the run fails naming it."""
     settings = RegistrySettings.from_env()
     prefect_defaults(settings)
-    with local_prefect_server(settings.home):
-        return [report(run_flow(path), spec, print_) for path, spec in zip(paths, specs)]
+    results, failed = [], []
+    specs = [load_spec(path) for path in paths]  # a task file that does not parse starts nothing
+    with local_prefect_server(settings.home) as prefect_ready:
+        tasks = [prepare(Path(path).resolve(), spec, settings) for path, spec in zip(paths, specs)]  # while it starts
+        prefect_ready()
+        from ..flows import train_adapter
+        for task in tasks:
+            try:
+                results.append(report(train_adapter(str(task.path), prepared=task.prepared), task.spec, print_))
+            except RunError as e:
+                if len(tasks) == 1:
+                    raise
+                print(f"loraops: error: {e}", file=sys.stderr)
+                failed.append(task.spec.task)
+    if failed:
+        raise RunError(f"{len(failed)} of {len(tasks)} tasks failed: {', '.join(failed)}; see the lines above")
+    return results
 
 
-def run_flow(path: str) -> dict:
-    from ..flows import train_adapter
-    return train_adapter(str(Path(path).resolve()), checked=True)
-
-
-def report(result: dict, spec, print_=print) -> dict:
-    e, t = result["evaluation"], result["trained"]
-    metric = spec.gate.metric
-    chosen = f" (kept step {t['best_step']} by validation{', stopped early' if t['stopped_early'] else ''})" \
-        if t.get("best_validation") else ""
-    print_(f"{result['task']}: v{result['version']} trained {t['steps']} steps in {t['seconds']:.0f}s{chosen}; "
-           f"{metric} base {e['base'][metric]:.3f} -> adapter {e['adapter'][metric]:.3f} "
-           f"(merged {e['merged'][metric]:.3f}, gap {e['merge_gap']:.1e}); "
-           f"rank for 95% of |dW|^2: {result['analysis']['recommended_rank']['95']} of r={result['analysis']['r']}")
-    if result["promotion"]:
-        print_(f"{result['task']}: promoted v{result['version']} ({result['promotion']['mode']}) to {result['promotion']['uri']}")
+def report(result: FlowResult, spec: TaskSpec, print_=print) -> FlowResult:
+    e, t, metric = result.evaluation, result.trained, spec.gate.metric
+    chosen = f" (kept step {t.best_step} by validation{', stopped early' if t.stopped_early else ''})" \
+        if t.best_validation else ""
+    print_(f"{result.task}: v{result.version} trained {t.steps} steps in {t.seconds:.0f}s{chosen}; "
+           f"{metric} base {e.base[metric]:.3f} -> adapter {e.adapter[metric]:.3f} "
+           f"(merged {e.merged[metric]:.3f}, gap {e.merge_gap:.1e}); "
+           f"rank for 95% of |dW|^2: {result.analysis.recommended_rank.p95} of r={result.analysis.r}")
+    if result.promotion:
+        print_(f"{result.task}: promoted v{result.version} ({result.promotion.mode}) to {result.promotion.uri}")
     else:
-        print_(f"{result['task']}: not promoted ({'; '.join(e['reasons']) or 'promotion.auto is false'})")
+        print_(f"{result.task}: not promoted (promotion.auto is false)")
     return result
 
 
@@ -67,13 +88,15 @@ def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> st
 
     With a Prefect server (PREFECT_API_URL) it goes to the work pool $LORAOPS_WORK_POOL (default loraops-cpu),
     whose workers run it, and this returns. Without one, this process serves it (until Ctrl-C)."""
-    spec = validate([path])[0]
+    settings = RegistrySettings.from_env()
+    spec = check_tasks([path], settings)[0].spec
     check_cron(cron)
-    prefect_defaults(RegistrySettings.from_env())
+    prefect_defaults(settings)
     pool = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL) if os.environ.get("PREFECT_API_URL") else None
     if pool:
         check_pool(pool)
     from prefect.deployments.runner import EntrypointType
+
     from ..flows import train_adapter
     # A module entrypoint: the runner imports pipelines.flows as a package module (its imports are relative).
     deployment = train_adapter.to_deployment(name=spec.task, cron=cron, parameters={"spec_path": str(Path(path).resolve())},
@@ -147,10 +170,10 @@ def unschedule(task: str, print_=print) -> None:
     print_(f"schedule of {task} removed")
 
 
-def predict(ref: str, texts: list[str], print_=print) -> list[dict]:
+def predict(ref: str, texts: list[str], print_=print) -> list[Prediction]:
     from ..serving import AdapterSwitcher
     results = AdapterSwitcher().predict(ref, texts)
     for r in results:
-        answer = r["completion"] if "completion" in r else f"{r['label']}  (p={r['probability']:.2f}, {r['task']} v{r['version']})"
-        print_(f"{r['text']!r} -> {answer}")
+        answer = r.completion if r.completion is not None else f"{r.label}  (p={r.probability:.2f}, {r.task} v{r.version})"
+        print_(f"{r.text!r} -> {answer}")
     return results

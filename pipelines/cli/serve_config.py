@@ -7,6 +7,7 @@ as a merged model is served as a model of its own and is listed apart.
 
 import json
 import shlex
+from typing import Any
 
 from registry import AdapterRegistry, RegistryError, VersionRecord
 from registry.engines import max_lora_rank, max_rank
@@ -46,7 +47,7 @@ def plan(registry: AdapterRegistry, engine: str, task: str | None, base: str | N
     return list(groups.values())
 
 
-def render(engine: str, group: dict, lora_dir: str) -> list[str]:
+def render(engine: str, group: dict[str, Any], lora_dir: str) -> list[str]:
     base, adapters = group["base"], group["adapters"]
     lines = [f"# base {base} (fingerprint {group['fingerprint'][:12]}): {len(adapters)} adapter(s) in production"]
     lines += [a["fetch"] for a in adapters if a["fetch"]]

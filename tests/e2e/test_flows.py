@@ -10,6 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipelines.errors import GateBlocked
+from pipelines.results import FlowResult
 from pipelines.serving import AdapterSwitcher
 from registry import AdapterRegistry, BaseMismatchError
 
@@ -42,6 +44,12 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+def mlflow_client(registry: AdapterRegistry):
+    """MLflow as a user reads it (the UI's data): runs, metrics, model versions."""
+    from mlflow import MlflowClient
+    return MlflowClient(registry.settings.tracking_uri)
+
+
 def task_runs(flow_run_id) -> dict[str, str]:
     """{task name: state name} for one flow run, read back from the Prefect server."""
     from prefect.client.orchestration import get_client
@@ -58,16 +66,18 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
                       promotion={"mode": "merged", "auto": True}, gate={"metric": "accuracy", "min_gain_over_base": 0.1})
     state = train_adapter(str(path), return_state=True)
     first = state.result()
-    assert first["evaluation"]["adapter"]["accuracy"] > first["evaluation"]["base"]["accuracy"] + 0.1
-    assert first["promotion"]["mode"] == "merged" and first["evaluation"]["passed"]
+    assert first.evaluation.adapter["accuracy"] > first.evaluation.base["accuracy"] + 0.1
+    assert first.promotion.mode == "merged" and first.evaluation.passed
     registry = AdapterRegistry()
     record = registry.resolve("sections")
     assert record.version == 1 and set(record.manifests) == {"adapter", "merged"}
     assert (home / "promoted" / "sections" / "v1" / "merged" / "manifest.json").exists()
-    run = registry.client.get_run(first["run_id"])
-    assert len(registry.client.get_metric_history(first["run_id"], "train_loss")) == 60
+    mlflow = mlflow_client(registry)
+    run = mlflow.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert len(mlflow.get_metric_history(first.run_id, "train_loss")) == 60
     assert run.inputs.dataset_inputs[0].dataset.digest == record.dataset_fingerprint[:36]
-    assert {a.path for a in registry.client.list_artifacts(first["run_id"], "analysis")} >= {
+    assert {a.path for a in mlflow.list_artifacts(first.run_id, "analysis")} >= {
         "analysis/report.json", "analysis/scree.png"}
     assert task_runs(state.state_details.flow_run_id)["train"] == "Completed"
     import mlflow.pyfunc  # the version is an MLflow Model on the embedded registry too
@@ -75,8 +85,8 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
     texts = ["a chess engine", "a 3D modeller"]
     predictions = mlflow.pyfunc.load_model("models:/sections@production").predict(texts)
     expected = AdapterSwitcher(registry).predict("sections@production", texts)
-    assert list(predictions["label"]) == [e["label"] for e in expected]
-    assert predictions["probability"].tolist() == pytest.approx([e["probability"] for e in expected], abs=1e-4)
+    assert list(predictions["label"]) == [e.label for e in expected]
+    assert predictions["probability"].tolist() == pytest.approx([e.probability for e in expected], abs=1e-4)
     from prefect.client.orchestration import get_client
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key and a.key.startswith("sections-")}
@@ -86,7 +96,8 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
 
     again = train_adapter(str(path), return_state=True)
     assert task_runs(again.state_details.flow_run_id)["train"] == "Cached"
-    assert again.result()["version"] == 1 and [r.version for r in registry.list_versions("sections")] == [1]
+    assert isinstance(again.result(), FlowResult) and again.result().version == 1  # typed from the JSON cache
+    assert again.result().trained == first.trained and [r.version for r in registry.list_versions("sections")] == [1]
 
 
 def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home, tmp_path):
@@ -98,7 +109,7 @@ def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home,
     path.write_text(yaml.safe_dump({"task": "minimal", "type": "classification",
                                     "data": {"path": str(data_slice(tmp_path, 120))}}))
     result = train_adapter(str(path))
-    assert result["evaluation"]["passed"] and result["promotion"]["mode"] == "adapter"
+    assert result.evaluation.passed and result.promotion.mode == "adapter"
     registry = AdapterRegistry()
     record = registry.resolve("minimal")
     assert record.version == 1 and record.base_name == "sentence-transformers/all-MiniLM-L6-v2"
@@ -106,12 +117,13 @@ def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home,
     targets = json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
     assert {t.rsplit(".", 1)[-1] for t in targets} == {"query", "key", "value", "dense"}
     assert any(".classifier." in k for k in load_file(adapter / "adapter_model.safetensors"))
-    trained = result["trained"]
-    history = registry.client.get_metric_history(result["run_id"], "val_loss")
-    assert len(history) >= 2 and trained["best_step"] in {m.step for m in history}
-    accuracy = registry.client.get_metric_history(result["run_id"], "val_accuracy")
-    assert max(m.value for m in accuracy) == trained["best_validation"]["accuracy"]  # picked on the gate's metric
-    assert {m.step: m.value for m in history}[trained["best_step"]] == pytest.approx(trained["best_validation"]["loss"])
+    trained = result.trained
+    history = mlflow_client(registry).get_metric_history(result.run_id, "val_loss")
+    assert len(history) >= 2 and trained.best_step in {m.step for m in history}
+    accuracy = mlflow_client(registry).get_metric_history(result.run_id, "val_accuracy")
+    best = trained.best_validation.metrics
+    assert max(m.value for m in accuracy) == best["accuracy"]  # picked on the gate's metric
+    assert {m.step: m.value for m in history}[trained.best_step] == pytest.approx(best["loss"])
     assert (home / "promoted" / "minimal" / "v1" / "adapter" / "manifest.json").exists()
 
 
@@ -122,14 +134,14 @@ def test_auto_rank_is_recorded_on_the_version_it_ships(prefect_server, bases, ho
                       gate={"metric": "accuracy", "min_gain_over_base": -1.0},
                       promotion={"mode": "merged", "rank": "auto", "rank_tolerance": 1.0})
     result = train_adapter(str(path))
-    ranking = result["ranking"]
-    assert ranking["shipped"] and ranking["rank"] < 8  # 20 steps of r=8 leave most of |dW|^2 in a few directions
+    ranking = result.ranking
+    assert ranking.shipped and ranking.rank < 8  # 20 steps of r=8 leave most of |dW|^2 in a few directions
     record = AdapterRegistry().resolve("ranked")
-    assert record.lora["r"] == ranking["rank"] and record.spectrum["shipped_rank"] == ranking["rank"]
-    assert record.spectrum["trained_rank"] == 8 and record.spectrum["rank_at_95"] == ranking["rank"]
-    assert record.spectrum["compressed_bytes_saved"] == ranking["bytes_saved"] > 0
-    description = AdapterRegistry().client.get_model_version("ranked", str(record.version)).description
-    assert description == f"gate passed; rank: {ranking['reason']}"
+    assert record.lora.r == ranking.rank and record.spectrum["shipped_rank"] == ranking.rank
+    assert record.spectrum["trained_rank"] == 8 and record.spectrum["rank_at_95"] == ranking.rank
+    assert record.spectrum["compressed_bytes_saved"] == ranking.bytes_saved > 0
+    description = mlflow_client(AdapterRegistry()).get_model_version("ranked", str(record.version)).description
+    assert description == f"gate passed; rank: {ranking.reason}"
     assert (home / "promoted" / "ranked" / "v1" / "merged" / "manifest.json").exists()
 
 
@@ -137,15 +149,19 @@ def test_the_gate_blocks_an_adapter_worse_than_production(prefect_server, bases,
     from pipelines.flows import train_adapter
     data = data_slice(tmp_path)
     good = train_adapter(str(write_task(tmp_path, "gated", bases["bert"], data, training__max_steps=60)))
-    assert good["promotion"] is not None
+    assert good.promotion is not None
     (tmp_path / "worse").mkdir()
     worse = write_task(tmp_path / "worse", "gated", bases["bert"], data, training__max_steps=2, training__lr=1e-5)
-    result = train_adapter(str(worse))
-    assert not result["evaluation"]["passed"] and result["promotion"] is None
-    assert any("worse than production" in r or "below the required" in r for r in result["evaluation"]["reasons"])
+    state = train_adapter(str(worse), return_state=True)
+    assert state.is_failed() and "gate blocked v2" in state.message  # the flow run says why
+    with pytest.raises(GateBlocked) as blocked:
+        state.result()
+    assert any("worse than production" in r or "below the required" in r for r in blocked.value.reasons)
     registry = AdapterRegistry()
-    assert registry.resolve("gated").version == good["version"] == 1
-    assert registry.resolve("gated", "candidate").version == 2
+    assert registry.resolve("gated").version == good.version == 1  # production unchanged, nothing promoted
+    assert registry.resolve("gated", "candidate").version == 2  # registered for review
+    run = mlflow_client(registry).get_run(blocked.value.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["loraops.failure"].startswith("gate: ")
 
 
 def test_causal_lm_flow_trains_on_completions_and_lowers_perplexity(prefect_server, bases, home, tmp_path):
@@ -153,11 +169,11 @@ def test_causal_lm_flow_trains_on_completions_and_lowers_perplexity(prefect_serv
     path = write_task(tmp_path, "section-words", bases["gpt2"], data_slice(tmp_path, causal=True), causal=True,
                       training__max_steps=80, lora={"r": 8, "alpha": 16, "target_modules": "all-linear"})
     result = train_adapter(str(path))
-    e = result["evaluation"]
-    assert e["adapter"]["perplexity"] < e["base"]["perplexity"] / 10 and e["merge_gap"] < 1e-4
-    assert result["promotion"]["mode"] == "adapter"
+    e = result.evaluation
+    assert e.adapter["perplexity"] < e.base["perplexity"] / 10 and e.merge_gap < 1e-4
+    assert result.promotion.mode == "adapter"
     from pipelines.serving import AdapterSwitcher
-    completion = AdapterSwitcher().predict("section-words", ["Chess game with a 3D board . section :"])[0]["completion"]
+    completion = AdapterSwitcher().predict("section-words", ["Chess game with a 3D board . section :"])[0].completion
     assert completion.split()[0] in ("games", "graphics", "science", "sound")
 
 
@@ -178,7 +194,7 @@ def test_predict_switches_adapters_on_one_base_and_refuses_another_base(prefect_
     assert switcher.predict("first:1", texts) == first
     assert switcher.base_loads == 1 and set(switcher.labels) == {"first-v1", "second-v1"}
     assert pointers == {p: layer.base_layer.weight.data_ptr() for p, layer in lora_layers(switcher.model).items()}
-    assert [r["probability"] for r in first] != [r["probability"] for r in second]
+    assert [r.probability for r in first] != [r.probability for r in second]
     with pytest.raises(BaseMismatchError, match="trained on base"):
         switcher.predict("elsewhere", texts)
 
@@ -219,11 +235,11 @@ def test_training_under_torchrun_with_two_processes(bases, home, tmp_path):
                                 training__nproc=2))
     prepared = steps.prepare_data(spec, tmp_path / "work")
     registry = AdapterRegistry()
-    run_id = registry.client.create_run(registry.experiment("loraops-ddp")).info.run_id
-    result = train_with_torchrun(spec, prepared, bases["bert"], tmp_path / "run", run_id)
-    assert result["steps"] == 6 and torch.isfinite(torch.tensor(result["final_loss"]))
+    run_id = registry.runs.start("ddp", "ddp", {})
+    result = train_with_torchrun(spec, prepared, bases["bert"], tmp_path / "run", run_id, registry.settings)
+    assert result.steps == 6 and torch.isfinite(torch.tensor(result.final_loss))
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
-    assert len(registry.client.get_metric_history(run_id, "train_loss")) == 6  # rank 0 alone logs
+    assert len(mlflow_client(registry).get_metric_history(run_id, "train_loss")) == 6  # rank 0 alone logs
 
 
 def test_training_across_two_nodes_joined_by_train_node(bases, home, tmp_path, monkeypatch):
@@ -238,15 +254,15 @@ def test_training_across_two_nodes_joined_by_train_node(bases, home, tmp_path, m
                                 training__nnodes=2))
     prepared = steps.prepare_data(spec, tmp_path / "work")
     registry = AdapterRegistry()
-    run_id = registry.client.create_run(registry.experiment("loraops-nodes")).info.run_id
+    run_id = registry.runs.start("nodes", "nodes", {})
     guest = subprocess.Popen([LORAOPS, "train-node", "--once", "--wait", "120"], stderr=subprocess.PIPE, text=True)
     try:
-        result = train_with_torchrun(spec, prepared, bases["bert"], tmp_path / "run", run_id)
+        result = train_with_torchrun(spec, prepared, bases["bert"], tmp_path / "run", run_id, registry.settings)
     finally:
         _, err = guest.communicate(timeout=120)
     assert guest.returncode == 0, err
-    assert result["world_size"] == 2 and result["steps"] == 6
-    assert len(registry.client.get_metric_history(run_id, "train_loss")) == 6
+    assert result.world_size == 2 and result.steps == 6
+    assert len(mlflow_client(registry).get_metric_history(run_id, "train_loss")) == 6
     assert not list(pending_dir(home).glob("*.json"))  # the announcement is gone with the run
 
 

@@ -55,9 +55,9 @@ def tracking(versions, monkeypatch):
     return versions
 
 
-def assert_same_classes(frame: pd.DataFrame, expected: list[dict]) -> None:
-    assert list(frame["label"]) == [e["label"] for e in expected]
-    assert frame["probability"].tolist() == pytest.approx([e["probability"] for e in expected], abs=1e-4)
+def assert_same_classes(frame: pd.DataFrame, expected: list) -> None:
+    assert list(frame["label"]) == [e.label for e in expected]
+    assert frame["probability"].tolist() == pytest.approx([e.probability for e in expected], abs=1e-4)
 
 
 @pytest.mark.parametrize("task", ["cls-merged", "cls-adapter"])

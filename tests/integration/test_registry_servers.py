@@ -133,7 +133,7 @@ def test_rollback_and_history_on_the_server(team):
 def test_credentials_never_reach_mlflow(team, s3_env):
     registry, task, _, record, _ = team
     registry.promote(task, 1, "adapter")
-    client = registry.client
+    client = MlflowClient(registry.settings.tracking_uri)
     version = client.get_model_version(task, "1")
     run = client.get_run(record.run_id)
     recorded = json.dumps([version.tags, run.data.tags, run.data.params, client.get_registered_model(task).tags])
@@ -157,7 +157,7 @@ def test_cli_reads_the_team_registry_and_fails_in_one_line(team, mlflow_server):
 def test_large_files_go_up_in_parts_verified_by_the_stores_checksums(s3_env, tmp_path, monkeypatch):
     from registry.digests import DigestCache
     from registry.manifest import FileEntry
-    from registry.stores import S3Store
+    from registry.s3_store import S3Store
     monkeypatch.setattr("registry.digests.MIN_PART", 5 * 1024 * 1024)
     data = os.urandom(11 * 1024 * 1024)
     (tmp_path / "big.safetensors").write_bytes(data)
@@ -186,7 +186,7 @@ def test_large_files_go_up_in_parts_verified_by_the_stores_checksums(s3_env, tmp
 def test_store_without_checksums_falls_back_to_reading_back(s3_env, tmp_path, monkeypatch, caplog):
     from registry.digests import DigestCache
     from registry.manifest import FileEntry
-    from registry.stores import S3Store
+    from registry.s3_store import S3Store
     from servers import ChecksumStrippingProxy
     proxy = ChecksumStrippingProxy(s3_env["endpoint"])
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
@@ -211,11 +211,11 @@ def test_store_without_checksums_falls_back_to_reading_back(s3_env, tmp_path, mo
 
 def test_artifacts_already_on_the_same_s3_are_promoted_by_server_side_copy(s3_env, tmp_path, monkeypatch):
     """An MLflow whose artifact root is the bucket itself: promotion copies inside the store, verified by its SHA-256."""
-    from registry.stores import S3Store
+    from registry.s3_store import S3Store
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env["endpoint"])
     settings = RegistrySettings.from_env(home=tmp_path / "home", promotion_target="s3://promoted/copied", actor="ci")
     registry = AdapterRegistry(settings)
-    registry.client.create_experiment("loraops-direct", artifact_location="s3://mlflow-artifacts/direct")
+    MlflowClient(registry.settings.tracking_uri).create_experiment("loraops-direct", artifact_location="s3://mlflow-artifacts/direct")
     folders = write_artifacts(tmp_path)
     base = registry.register_base(folders["base"], name="tiny/bert")
     record = registry.register("direct", folders["adapter"], base, DATASET, {"accuracy": 0.8},

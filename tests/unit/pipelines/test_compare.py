@@ -19,10 +19,7 @@ LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLfl
 
 
 @pytest.fixture
-def registry(tmp_path, monkeypatch):
-    monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
-    for name in ("MLFLOW_TRACKING_URI", "LORAOPS_PROMOTION_TARGET"):
-        monkeypatch.delenv(name, raising=False)
+def registry(embedded_home):
     return AdapterRegistry()
 
 

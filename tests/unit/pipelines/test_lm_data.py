@@ -98,7 +98,7 @@ def test_an_adapter_trained_on_chat_prompts_is_prompted_the_same_way(tmp_path):
     spec = load_spec(write_task(tmp_path, "chat", base, data_slice(tmp_path, 40, causal=True), causal=True,
                                 training__max_steps=2))
     prepared = steps.prepare_data(spec, tmp_path / "work")
-    adapter = steps.train_adapter(spec, prepared, base, tmp_path / "run")["adapter"]
+    adapter = steps.fit_adapter(spec, prepared, base, tmp_path / "run").adapter
     assert trained_with_chat_template(Path(adapter))
     model = AutoModelForCausalLM.from_pretrained(base).eval()
     seen = []

@@ -6,7 +6,9 @@ from safetensors.torch import load_file, save_file
 
 from lora_core.analysis import read_adapter
 from pipelines import steps
+from pipelines.adapter_files import LABELS_FILE
 from pipelines.ranking import choose_rank, uniform_rank
+from pipelines.results import Evaluation
 from pipelines.spec import SpecError, load_spec
 from tasks import data_slice, tiny_base, write_task
 
@@ -24,8 +26,8 @@ def trained(tmp_path_factory):
                       promotion={"rank": "auto"})
     spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp / "work")
-    result = steps.train_adapter(spec, prepared, base, tmp / "run")
-    return spec, prepared, base, result["adapter"]
+    result = steps.fit_adapter(spec, prepared, base, tmp / "run")
+    return spec, prepared, base, result.adapter
 
 
 def planted_rank_two(adapter: str, out) -> str:
@@ -46,32 +48,33 @@ def test_auto_rank_ships_the_rank_the_update_really_has(trained, tmp_path):
     spec, prepared, base, adapter = trained
     planted = planted_rank_two(adapter, tmp_path / "planted")
     assert uniform_rank(read_adapter(planted), 0.95) == 2 and uniform_rank(read_adapter(adapter), 0.999) > 2
-    evaluation = steps.evaluate(spec, prepared, base, planted, None)
+    evaluation = steps.evaluate_adapter(spec, prepared, base, planted, None)
     ranking = choose_rank(spec, prepared, base, planted, evaluation, None, tmp_path / "ranked")
-    assert ranking["shipped"] and (ranking["trained_rank"], ranking["rank"]) == (8, 2)
-    assert read_adapter(ranking["adapter"]).config.r == 2
-    assert ranking["metric_delta"] == pytest.approx(0.0, abs=1e-9)  # the same ΔW: the same predictions
-    assert ranking["bytes_saved"] > 0 and ranking["evaluation"]["passed"]
-    assert "passes the gate" in ranking["reason"]
-    assert (tmp_path / "ranked" / steps.LABELS_FILE).exists()  # predictions still name the classes
+    assert ranking.shipped and (ranking.trained_rank, ranking.rank) == (8, 2)
+    assert read_adapter(ranking.adapter).config.r == 2
+    assert ranking.metric_delta == pytest.approx(0.0, abs=1e-9)  # the same ΔW: the same predictions
+    assert ranking.bytes_saved > 0 and ranking.evaluation.passed
+    assert "passes the gate" in ranking.reason
+    assert (tmp_path / "ranked" / LABELS_FILE).exists()  # predictions still name the classes
 
 
 def test_a_compressed_adapter_that_scores_worse_is_not_shipped(trained, tmp_path):
     spec, prepared, base, adapter = trained
     strict = spec.model_copy(update={"promotion": spec.promotion.model_copy(update={"rank": 1, "rank_tolerance": 0.0})})
-    evaluation = steps.evaluate(strict, prepared, base, adapter, None)
+    evaluation = steps.evaluate_adapter(strict, prepared, base, adapter, None)
     ranking = choose_rank(strict, prepared, base, adapter, evaluation, None, tmp_path / "ranked")
-    assert ranking["metric_delta"] < 0, "r=1 kept every prediction; the test needs an adapter it hurts"
-    assert not ranking["shipped"] and ranking["adapter"] == adapter and ranking["rank"] == 8
-    assert ranking["evaluation"] is evaluation and "beyond promotion.rank_tolerance 0" in ranking["reason"]
+    assert ranking.metric_delta < 0, "r=1 kept every prediction; the test needs an adapter it hurts"
+    assert not ranking.shipped and ranking.adapter == adapter and ranking.rank == 8
+    assert ranking.evaluation is evaluation and "beyond promotion.rank_tolerance 0" in ranking.reason
 
 
 def test_an_adapter_already_at_its_rank_ships_as_trained(trained, tmp_path):
     spec, prepared, base, adapter = trained
     full = spec.model_copy(update={"promotion": spec.promotion.model_copy(update={"rank_pve": 1.0})})
     rank = uniform_rank(read_adapter(adapter), 1.0)
-    ranking = choose_rank(full, prepared, base, adapter, {"adapter": {}}, None, tmp_path / "ranked")
-    assert rank == 8 and not ranking["shipped"] and "nothing to cut" in ranking["reason"]
+    evaluation = Evaluation(base={}, adapter={}, merged={}, production=None, merge_gap=0.0, passed=True, reasons=[])
+    ranking = choose_rank(full, prepared, base, adapter, evaluation, None, tmp_path / "ranked")
+    assert rank == 8 and not ranking.shipped and "nothing to cut" in ranking.reason
     assert not (tmp_path / "ranked").exists()
 
 

@@ -53,15 +53,15 @@ def test_the_head_is_always_trained_and_saved(bert_base, tmp_path):
     assert head_modules(model) == ["classifier"]
     assert steps.task_lora(spec, model).modules_to_save == ["classifier"]
     prepared = steps.prepare_data(spec, tmp_path / "work")
-    result = steps.train_adapter(spec, prepared, bert_base, tmp_path / "run")
-    saved = load_file(f"{result['adapter']}/adapter_model.safetensors")
+    result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "run")
+    saved = load_file(f"{result.adapter}/adapter_model.safetensors")
     head = {k: v for k, v in saved.items() if ".classifier." in k}
     assert {k.rsplit(".", 1)[-1] for k in head} == {"weight", "bias"}
     torch.manual_seed(spec.training.seed)  # the untrained head: the same seed draws the same init
-    fresh, _ = load_model(bert_base, "classification", prepared["labels"])
+    fresh, _ = load_model(bert_base, "classification", prepared.labels)
     trained = next(v for k, v in head.items() if k.endswith("weight"))
     assert not torch.allclose(trained, fresh.classifier.weight)
-    merged = steps.merge_model(spec, prepared, bert_base, result["adapter"], tmp_path / "merged")
+    merged = steps.merge_model(spec, prepared, bert_base, result.adapter, tmp_path / "merged")
     assert torch.equal(load_file(f"{merged}/model.safetensors")["classifier.weight"], trained)  # and in the merged model
 
 
@@ -72,19 +72,19 @@ def test_the_best_validation_pass_is_the_adapter_saved(bert_base, tmp_path):
                       training__best_metric="loss")
     spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp_path / "work")
-    assert prepared["validation"] > 0
+    assert prepared.validation > 0
     seen = []
-    result = steps.train_adapter(spec, prepared, bert_base, tmp_path / "run", on_eval=lambda s, m: seen.append((s, m)))
+    result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "run", on_validation=lambda s, m: seen.append((s, m)))
     assert [s for s, _ in seen] == list(range(2, 17, 2))
     best_step, best = min(seen, key=lambda s_m: s_m[1]["loss"])
-    assert result["best_step"] == best_step and result["best_validation"]["loss"] == best["loss"]
+    assert result.best_step == best_step and result.best_validation.metrics["loss"] == best["loss"]
     assert best_step < 16, "the run should have overshot; pick a higher lr for this test"
     # the saved adapter, reloaded, scores the best pass's validation loss, not the last one's
     torch.manual_seed(spec.training.seed)
-    model, tokenizer = load_model(bert_base, "classification", prepared["labels"])
+    model, tokenizer = load_model(bert_base, "classification", prepared.labels)
     from lora_core import load_adapter
-    load_adapter(model, result["adapter"])
-    again = steps.validation_pass(spec, prepared, steps.read_split(prepared, "validation"), model, tokenizer)()
+    load_adapter(model, result.adapter)
+    again = steps.measure(spec, prepared, steps.read_split(prepared, "validation"), model, tokenizer)[1]
     assert again["loss"] == pytest.approx(best["loss"], abs=1e-5)
     assert again["loss"] < seen[-1][1]["loss"]
 
@@ -95,9 +95,9 @@ def test_early_stopping_stops_after_patience_passes_without_improvement(bert_bas
                       training__eval_every=2, training__patience=2, training__lr=0.3, training__best_metric="loss")
     spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp_path / "work")
-    result = steps.train_adapter(spec, prepared, bert_base, tmp_path / "run")
-    assert result["stopped_early"] and result["planned_steps"] == 200
-    assert result["steps"] == result["best_step"] + 2 * 2  # two passes, two steps apart, after the best
+    result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "run")
+    assert result.stopped_early and result.planned_steps == 200
+    assert result.steps == result.best_step + 2 * 2  # two passes, two steps apart, after the best
 
 
 def test_the_best_pass_is_chosen_on_the_gate_metric_and_a_tie_goes_to_the_lower_loss(tmp_path):
@@ -128,8 +128,8 @@ def test_gradient_checkpointing_trains_the_same_adapter(bert_base, tmp_path):
                           training__max_steps=5, training__gradient_checkpointing=flag)
         spec = load_spec(path)
         prepared = steps.prepare_data(spec, tmp_path / "work")
-        result = steps.train_adapter(spec, prepared, bert_base, tmp_path / f"run-{flag}")
-        adapters.append(load_file(f"{result['adapter']}/adapter_model.safetensors"))
+        result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / f"run-{flag}")
+        adapters.append(load_file(f"{result.adapter}/adapter_model.safetensors"))
     assert adapters[0].keys() == adapters[1].keys()
     for key in adapters[0]:
         torch.testing.assert_close(adapters[0][key], adapters[1][key], atol=1e-5, rtol=1e-4)

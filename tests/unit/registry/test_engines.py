@@ -53,11 +53,8 @@ def test_max_lora_rank_is_the_smallest_allowed_value_that_holds_the_rank():
 
 
 @pytest.fixture
-def llama_versions(tmp_path, monkeypatch):
+def llama_versions(tmp_path, embedded_home):
     """A tiny Llama base and two versions on it: a plain q/v adapter (v1) and one that also saves lm_head (v2)."""
-    monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
-    for name in ("MLFLOW_TRACKING_URI", "LORAOPS_PROMOTION_TARGET"):
-        monkeypatch.delenv(name, raising=False)
     registry = AdapterRegistry(RegistrySettings.from_env())
     model = build("llama")
     model.save_pretrained(tmp_path / "base")

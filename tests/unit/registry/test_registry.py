@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from mlflow import MlflowClient
 from conftest import build, inputs, output, write_artifacts
 
 from lora_core import load_adapter
@@ -33,8 +34,8 @@ def artifacts(tmp_path):
 
 
 @pytest.fixture
-def registry(tmp_path):
-    return AdapterRegistry(RegistrySettings.from_env(home=tmp_path / "home", tracking_uri=None, actor="tester"))
+def registry(embedded_home):
+    return AdapterRegistry(RegistrySettings.from_env(home=embedded_home, tracking_uri=None, actor="tester"))
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ def test_register_records_lineage_and_base_is_registered_once(registered, artifa
     assert v1.lora == LoraSummary(r=4, alpha=8.0, targets=["query", "value"]) and v1.metrics == {"accuracy": 0.8}
     assert v1.code_version.startswith(("git:", "loraops=="))
     assert set(v1.manifests) == {"adapter", "merged"}
-    mv = registry.client.get_model_version("topics", "1")
+    mv = MlflowClient(registry.settings.tracking_uri).get_model_version("topics", "1")
     assert mv.run_id == v1.run_id and mv.tags["loraops.manifest.sha256"] == v1.manifests["adapter"]
     assert [r.version for r in registry.list_versions(base="tiny/bert")] == [1]
     assert registry.list_versions(base="other/model") == []
@@ -122,7 +123,7 @@ def test_lineage_is_typed_and_names_a_base_it_cannot_find(registered):
     lineage = registry.lineage("topics")
     assert isinstance(lineage, Lineage) and lineage.bases == [base] and lineage.versions == [v1]
     assert [(e.action, e.alias, e.to_version) for e in lineage.history] == [("register", "candidate", 1)]
-    registry.client.delete_registered_model(base.model)  # a base removed by hand: the version still names it
+    MlflowClient(registry.settings.tracking_uri).delete_registered_model(base.model)  # a base removed by hand: the version still names it
     assert registry.lineage("topics").bases == [BaseName(name="tiny/bert")]
 
 
@@ -265,7 +266,7 @@ def test_check_drift_passes_a_new_task_and_refuses_an_alias_moved_outside_loraop
     registry.check_drift("topics")
     extra = write_artifacts(artifacts["base"].parent, seed=1)
     registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.9}, loader_module=LOADER)
-    registry.client.set_registered_model_alias("topics", "candidate", "1")  # by hand, as the MLflow UI would
+    MlflowClient(registry.settings.tracking_uri).set_registered_model_alias("topics", "candidate", "1")  # by hand, as the MLflow UI would
     assert [str(d) for d in registry.drift("topics")] == [
         "topics candidate is v1 in the registry but v2 in loraops's history"]
     with pytest.raises(DriftError, match="topics candidate is v1 in the registry but v2"):

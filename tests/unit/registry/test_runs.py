@@ -9,8 +9,8 @@ from registry import AdapterRegistry, MetricPoint, RegistrySettings, RunTracking
 
 
 @pytest.fixture
-def registry(tmp_path):
-    return AdapterRegistry(RegistrySettings.from_env(home=tmp_path / "home", tracking_uri=None, actor="tester"))
+def registry(embedded_home):
+    return AdapterRegistry(RegistrySettings.from_env(home=embedded_home, tracking_uri=None, actor="tester"))
 
 
 @pytest.fixture

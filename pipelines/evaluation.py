@@ -1,18 +1,37 @@
-"""Held-out metrics and the promotion gate."""
+"""Predictions, held-out metrics and the promotion gate."""
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from .data import DataError
+from .device import autocast, resolve_device
+from .errors import DataError
+from .results import Metrics
 from .spec import GateSpec
-from .train import autocast, resolve_device
 
 LOWER_IS_BETTER = ("perplexity", "loss")
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+@torch.no_grad()
+def predict_logits(model: nn.Module, batches: Iterable[dict], device: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [n, classes] in float32, labels [n]) over all batches, model in eval mode."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    logits, labels = [], []
+    for batch in batches:
+        labels.append(batch.pop("labels"))
+        with autocast(dev):
+            logits.append(model(**{k: v.to(dev) for k, v in batch.items()}).logits.float().cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(-1) == labels).float().mean().item()
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Metrics:
     """accuracy and macro-F1 (F1 per class, averaged with equal weight; classes absent from both count 0)."""
     predicted = logits.argmax(-1)
     f1s = []
@@ -25,7 +44,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
 
 
 @torch.no_grad()
-def lm_outputs(model: nn.Module, batches, device: str = "auto") -> tuple[torch.Tensor, dict[str, float]]:
+def lm_outputs(model: nn.Module, batches: Iterable[dict], device: str = "auto") -> tuple[torch.Tensor, Metrics]:
     """(completion-token logits, {loss, perplexity}): mean cross-entropy over completion tokens only."""
     dev = resolve_device(device)
     model.to(dev).eval()
@@ -55,7 +74,7 @@ def better(metric: str, a: float, b: float) -> float:
     return b - a if metric in LOWER_IS_BETTER else a - b
 
 
-def decide(gate: GateSpec, adapter: dict, base: dict, production: dict | None) -> tuple[bool, list[str]]:
+def decide(gate: GateSpec, adapter: Metrics, base: Metrics, production: Metrics | None) -> tuple[bool, list[str]]:
     """(passed, reasons) of the promotion gate."""
     metric, reasons = gate.metric, []
     gain = better(metric, adapter[metric], base[metric])

@@ -1,0 +1,69 @@
+"""How a flow's MLflow run ends: FINISHED, FAILED with the reason, or KILLED when interrupted.
+
+    with RunLifecycle(registry.runs, spec.task, run_id) as run:
+        run.at("train")
+        ...
+
+A failure the user can act on (bad input met late, a diverged training, a failed merge check, a server fault after
+retries, a gate that blocks) ends the run FAILED with the reason in its tag `loraops.failure` and comes out as one
+`RunError` that names the step and the run. Anything else is a bug: the run ends FAILED and its traceback shows.
+"""
+
+import sys
+from types import TracebackType
+
+from registry import RunTracking
+from registry.errors import RegistryError
+from registry.runs import RunStatus
+
+from .errors import GateBlocked, InputError, Interrupted, RunError, StepFailed
+
+
+def expected(error: BaseException) -> bool:
+    """An error with a message for the user, as opposed to a bug."""
+    known: tuple[type[BaseException], ...] = (InputError, RunError, RegistryError, OSError)
+    for module, name in (("lora_core.errors", "LoraError"), ("mlflow.exceptions", "MlflowException")):
+        if module in sys.modules:
+            known += (getattr(sys.modules[module], name),)
+    return isinstance(error, known)
+
+
+def one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+class RunLifecycle:
+    def __init__(self, runs: RunTracking, task: str, run_id: str):
+        self.runs, self.task, self.run_id, self.step = runs, task, run_id, "start"
+
+    def at(self, step: str) -> None:
+        """The step now running: a failure names it."""
+        self.step = step
+
+    def __enter__(self) -> "RunLifecycle":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if error is None:
+            self.end("FINISHED", None)
+        elif isinstance(error, KeyboardInterrupt):
+            signal_name = error.signal_name if isinstance(error, Interrupted) else "SIGINT"
+            self.end("KILLED", f"{self.step}: interrupted ({signal_name})")
+        elif isinstance(error, GateBlocked):
+            self.end("FAILED", f"gate: {'; '.join(error.reasons)}")
+        else:
+            reason = one_line(error)
+            ended = self.end("FAILED", f"{self.step}: {reason}")
+            if expected(error) and not isinstance(error, StepFailed):
+                raise StepFailed(self.task, self.step, self.run_id, reason, ended) from error
+
+    def end(self, status: RunStatus, reason: str | None) -> bool:
+        """End the run; False when the tracking server could not be told (the failure being reported wins)."""
+        try:
+            self.runs.end(self.run_id, status, reason)
+            return True
+        except Exception as e:  # noqa: BLE001 - the server may be the thing that failed
+            print(f"{self.task}: could not end MLflow run {self.run_id} as {status} ({one_line(e)})", file=sys.stderr)
+            return False

@@ -1,0 +1,269 @@
+"""S3-compatible object storage as a promotion target (boto3 through s3.py): verified uploads in parts, HEAD-only
+"already there?", server-side copies verified by the store's SHA-256, stale multipart uploads aborted.
+
+Each file is read once: that pass computes the sha256 the manifest promised and the SHA-256 of each part, which the
+store checks on receipt and reports back on HEAD.
+"""
+
+import hashlib
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import NamedTuple, TypedDict
+
+from .digests import CHUNK, DigestCache, FileDigest, part_size
+from .errors import IntegrityError
+from .manifest import FileEntry
+from .s3 import S3Client, call, is_s3_uri, parse_s3_uri, s3_client
+from .stores import Progress, b64, log, mismatch
+
+
+class CompletedPart(TypedDict):
+    """One part of a multipart upload, as complete_multipart_upload takes it."""
+
+    ETag: str
+    PartNumber: int
+    ChecksumSHA256: str
+
+
+class ObjectHead(NamedTuple):
+    bytes: int
+    checksum: str | None  # the SHA-256 the store reports ('-N' dropped), None if it keeps none
+
+
+class S3Store:
+    """s3://bucket/prefix: one PUT up to part_size(file), else a multipart upload with `workers` parts in flight."""
+
+    fallback_said = False  # "no additional checksums here" is logged once per process
+
+    def __init__(self, bucket: str, prefix: str = "", client: S3Client | None = None, workers: int = 8):
+        from boto3.s3.transfer import TransferConfig
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.client = client or s3_client()
+        self.transfer = TransferConfig(multipart_chunksize=16 * 1024 * 1024)  # downloads
+        self.workers = workers
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.uri()})"
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def uri(self, key: str = "") -> str:
+        path = self._key(key) if key else self.prefix
+        return f"s3://{self.bucket}/{path}".rstrip("/")
+
+    def check(self) -> None:
+        self._call(self.client.head_bucket, Bucket=self.bucket)
+
+    def head(self, key: str) -> ObjectHead | None:
+        response = self._call(
+            self.client.head_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
+        )
+        if response is None:
+            return None
+        checksum = response.get("ChecksumSHA256")
+        return ObjectHead(response["ContentLength"], checksum.split("-")[0] if checksum else None)
+
+    def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool:
+        """One HEAD: the size and the store's own checksum match the file (full-object, or composite of parts)."""
+
+        def composite() -> str | None:
+            local = digests.get(source) if source is not None and source.is_file() else None
+            return local.s3_checksum().split("-")[0] if local and local.sha256 == entry.sha256 else None
+
+        return self._holds(key, entry, composite)
+
+    def _holds(self, key: str, entry: FileEntry, composite) -> bool:
+        """The object at `key` is `entry`: by the checksum the store reports (the file's, or `composite()` of its
+        parts), or, where the store keeps no checksums, by reading it back (said once in the log)."""
+        info = self.head(key)
+        if info is None or info.bytes != entry.bytes:
+            return False
+        if info.checksum is None:
+            if not S3Store.fallback_said:
+                log.warning("%s reports no SHA-256 checksums; verifying uploads by reading them back", self.uri())
+                S3Store.fallback_said = True
+            return self.read_back(key) == entry
+        return info.checksum == b64(entry.sha256) or info.checksum == composite()
+
+    def read_back(self, key: str) -> FileEntry | None:
+        response = self._call(self.client.get_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key))
+        if response is None:
+            return None
+        digest, size = hashlib.sha256(), 0
+        for chunk in response["Body"].iter_chunks(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        return FileEntry(sha256=digest.hexdigest(), bytes=size)
+
+    def upload(
+        self,
+        source: Path,
+        key: str,
+        entry: FileEntry,
+        progress: Progress | None = None,
+        digests: DigestCache | None = None,
+    ) -> FileDigest:
+        """Send `source` read once, with SHA-256 checksums the store verifies; then confirm with one HEAD.
+
+        When the digest cache holds the file's digests for its current identity (hashed when it was
+        registered), they are the checksums sent and nothing is hashed again: the store's check of each
+        part then ties the bytes it received to the bytes hashed then.
+        """
+        step = part_size(entry.bytes)
+        known = digests.cached(source) if digests else None
+        known = (
+            known if known and known.sha256 == entry.sha256 and len(known.parts) == -(-entry.bytes // step) else None
+        )
+        with open(source, "rb") as f:
+            if entry.bytes <= step:
+                digest = self._put_single(f, source, key, entry, progress)
+            else:
+                digest = self._put_multipart(f, source, key, entry, step, progress, known)
+        self.verify(key, digest, entry)
+        return digest
+
+    def verify(self, key: str, digest: FileDigest, entry: FileEntry) -> None:
+        if not self._holds(key, entry, lambda: digest.s3_checksum().split("-")[0]):
+            raise IntegrityError(
+                f"{self.uri(key)}: the store does not hold {entry.bytes} bytes with sha256 "
+                f"{entry.sha256[:12]}... after the upload; the store altered it, promotion stopped"
+            )
+
+    def _put_single(self, f, source: Path, key: str, entry: FileEntry, progress: Progress | None) -> FileDigest:
+        data = f.read()
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != entry.sha256 or len(data) != entry.bytes:
+            raise mismatch(source, sha, entry)
+        self._call(
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=b64(sha),
+            Metadata={"sha256": sha},
+        )
+        if progress:
+            progress(len(data))
+        return FileDigest(sha, len(data), (sha,))
+
+    def _put_multipart(
+        self,
+        f,
+        source: Path,
+        key: str,
+        entry: FileEntry,
+        step: int,
+        progress: Progress | None,
+        known: FileDigest | None = None,
+    ) -> FileDigest:
+        created = self._call(
+            self.client.create_multipart_upload,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            ChecksumAlgorithm="SHA256",
+            Metadata={"sha256": entry.sha256},
+        )
+        upload_id, whole = created["UploadId"], hashlib.sha256()
+        futures: list[Future[tuple[CompletedPart, str]]] = []
+        try:
+            with ThreadPoolExecutor(self.workers) as pool:
+                for number in range(1, -(-entry.bytes // step) + 1):
+                    data = f.read(step)
+                    if known is None:
+                        whole.update(data)  # the reading thread hashes the file; workers hash and send parts
+                    while sum(not x.done() for x in futures) >= self.workers:  # at most `workers` parts in memory
+                        wait(futures, return_when=FIRST_COMPLETED)
+                    sha = known.parts[number - 1] if known else None
+                    futures.append(pool.submit(self._put_part, key, upload_id, number, data, progress, sha))
+                parts = [x.result() for x in futures]
+            if known is None and whole.hexdigest() != entry.sha256:
+                raise mismatch(source, whole.hexdigest(), entry)
+            self._call(
+                self.client.complete_multipart_upload,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [p for p, _ in parts]},
+            )
+        except BaseException:
+            self.abort(key, upload_id)
+            raise
+        return FileDigest(entry.sha256, entry.bytes, tuple(h for _, h in parts))
+
+    def _put_part(
+        self, key: str, upload_id: str, number: int, data: bytes, progress: Progress | None, sha: str | None = None
+    ) -> tuple[CompletedPart, str]:
+        sha = sha or hashlib.sha256(data).hexdigest()
+        response = self._call(
+            self.client.upload_part,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumSHA256=b64(sha),
+        )
+        if progress:
+            progress(len(data))
+        return CompletedPart(ETag=response["ETag"], PartNumber=number, ChecksumSHA256=b64(sha)), sha
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+        except Exception:  # the upload failed already; the next promotion aborts what is left (abort_stale)
+            pass
+
+    def abort_stale(self, prefix: str) -> None:
+        """Abort incomplete multipart uploads under `prefix` (left by a killed promotion)."""
+        listed = self._call(self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=self._key(prefix))
+        for upload in listed.get("Uploads", []):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+    def can_copy_from(self, uri: str) -> bool:
+        """Objects in S3 (an MLflow server writing artifacts straight to the bucket) are copied server-side."""
+        return is_s3_uri(uri)
+
+    def copy_from(self, source_uri: str, key: str, entry: FileEntry) -> bool:
+        """Server-side copy of s3://bucket/key into this store, verified by the SHA-256 the store computes of the copy.
+
+        False where a single CopyObject cannot do it (over 5 GB) or the store computes no checksum of it:
+        then the caller uploads the file instead.
+        """
+        bucket, source_key = parse_s3_uri(source_uri)
+        if entry.bytes > 5 * 10**9:
+            return False
+        response = self._call(
+            self.client.copy_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            CopySource={"Bucket": bucket, "Key": source_key},
+            ChecksumAlgorithm="SHA256",
+            MetadataDirective="REPLACE",
+            Metadata={"sha256": entry.sha256},
+        )
+        copied = response.get("CopyObjectResult", {}).get("ChecksumSHA256")
+        if copied is None:
+            return False
+        if copied.split("-")[0] != b64(entry.sha256):
+            self._call(self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+            raise IntegrityError(
+                f"{source_uri}: the store's SHA-256 of the copy is not the manifest's "
+                f"{entry.sha256[:12]}...; the registered artifact is damaged, promotion stopped"
+            )
+        return True
+
+    def download(self, key: str, dest: Path) -> None:
+        self._call(self.client.download_file, self.bucket, self._key(key), str(dest), Config=self.transfer)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        response = self._call(self.client.get_object, missing_ok=True, Bucket=self.bucket, Key=self._key(key))
+        return None if response is None else response["Body"].read()
+
+    def _call(self, method, *args, missing_ok: bool = False, **kwargs):
+        return call(self.uri(), method, *args, missing_ok=missing_ok, **kwargs)

@@ -1,0 +1,71 @@
+"""Every error class a user can meet maps to one line and its documented exit code: 2 for bad input, 1 for a failure
+inside a run or of a server, 130/143 for an interrupt; anything else is a bug and keeps its traceback."""
+
+import importlib
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lora_core.errors
+import pipelines.errors
+import registry.errors
+
+cli = importlib.import_module("pipelines.cli.main")  # the module (the package exports its main function)
+
+LORAOPS = str(Path(sys.executable).parent / "loraops")
+FAILURES = {pipelines.errors.RunError, registry.errors.ServerUnavailable, registry.errors.StoreError,
+            registry.errors.IntegrityError}
+
+
+def error_classes():
+    for module in (pipelines.errors, registry.errors, lora_core.errors):
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, Exception) and cls.__module__ == module.__name__:
+                yield cls
+
+
+def make(cls: type[BaseException]) -> BaseException:
+    if cls is pipelines.errors.StepFailed:
+        return cls("t", "train", "run-1", "boom")
+    if cls is pipelines.errors.GateBlocked:
+        return cls("t", 2, "run-1", ["accuracy gain over the base is +0.0000, below the required +0.0100"])
+    return cls("what went wrong; how to fix it")
+
+
+@pytest.mark.parametrize("cls", list(error_classes()), ids=lambda c: f"{c.__module__}.{c.__name__}")
+def test_each_error_class_is_one_line_with_its_exit_code(cls, monkeypatch, capsys):
+    error = make(cls)
+    monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(error))
+    code = cli.main(["adapters", "list"])
+    err = capsys.readouterr().err
+    assert code == (1 if any(issubclass(cls, f) for f in FAILURES) else 2)
+    assert err.count("\n") == 1 and err.startswith("loraops: error: ") and str(error).splitlines()[0] in err
+
+
+@pytest.mark.parametrize("error, code, line", [
+    (pipelines.errors.Interrupted("SIGTERM"), 143, "loraops: interrupted (SIGTERM)\n"),
+    (KeyboardInterrupt(), 130, "loraops: interrupted (SIGINT)\n"),
+])
+def test_an_interrupt_is_one_line_and_the_shell_convention_exit_code(error, code, line, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(error))
+    assert cli.main(["adapters", "list"]) == code and capsys.readouterr().err == line
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(AttributeError("a bug")))
+    with pytest.raises(AttributeError):
+        cli.main(["adapters", "list"])
+
+
+def test_step_failed_names_the_step_and_the_mlflow_run():
+    error = pipelines.errors.StepFailed("sections", "evaluate", "0a1b", "merged and unmerged logits differ")
+    assert str(error) == "sections: evaluate failed: merged and unmerged logits differ; the MLflow run 0a1b ended FAILED"
+
+
+def test_help_and_version_answer_from_a_fresh_process():
+    for flag in ("--help", "--version"):
+        done = subprocess.run([LORAOPS, flag], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.startswith("usage: loraops" if flag == "--help" else "loraops ")
