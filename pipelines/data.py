@@ -42,10 +42,10 @@ def read_rows(path: str) -> list[dict]:
     if suffix not in (".jsonl", ".json"):
         raise DataError(f"{path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
+    for number, row in enumerate(text.splitlines(), 1):
+        if row.strip():
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(row))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{number}: not a JSON object ({e.msg}); one JSON object per line") from None
     return rows
@@ -107,10 +107,10 @@ def check_classes(train: list[Example], test: list[Example], where: str, split_n
         raise DataError(f"{where}: {rows}: label never seen in training; add training examples or drop those rows")
 
 
-def digest_examples(train: list[Example], test: list[Example], validation: list[Example] = ()) -> str:
+def digest_examples(train: list[Example], test: list[Example], validation: list[Example] | None = None) -> str:
     """sha256 of the splits, in order: same data and split, same digest."""
     digest = hashlib.sha256()
-    for name, examples in (("train", train), ("test", test), ("validation", validation)):
+    for name, examples in (("train", train), ("test", test), ("validation", validation or [])):
         for e in examples:
             digest.update(json.dumps([name, e.text, e.label]).encode() + b"\n")
     return digest.hexdigest()

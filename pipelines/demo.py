@@ -44,8 +44,7 @@ def run_demo(steps: int = 300, batch_size: int = 16, lr: float = 1e-3, seed: int
     config = LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])
     inject(model, config)
     trainable, total = count_parameters(model)
-    lora_params = sum(a.lora_A["default"].weight.numel() + a.lora_B["default"].weight.numel()
-                      for a in lora_layers(model).values())
+    lora_params = sum(sum(w.numel() for w in layer.factors("default")) for layer in lora_layers(model).values())
     print_(f"params trainable {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): "
            f"LoRA {lora_params:,} = sum r*(d+k) over {len(lora_layers(model))} matrices, head {trainable - lora_params:,}")
 

@@ -9,10 +9,12 @@ FAILED with the reason, or KILLED (lifecycle.py).
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import flow, task
+from prefect import Task, flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.states import State
 
 from registry import AdapterRegistry, BaseRecord, RegistrySettings
@@ -23,15 +25,28 @@ from registry.records import Promotion
 from . import steps, tracking
 from .analysis import analyze_adapter, spectrum_tags
 from .errors import GateBlocked, SpecError
-from .lifecycle import RunLifecycle
+from .lifecycle import RunLifecycle, quiet_expected_failures
 from .models import base_source, free_memory, resolve_base
 from .preflight import preflight
 from .results import Analysis, Evaluation, FlowResult, PreparedData, ProductionVersion, Ranking, TrainedAdapter
 from .spec import TaskSpec, load_spec
 
-CACHED = {"persist_result": True, "result_serializer": "json", "cache_key_fn": lambda context, parameters: parameters["key"]}
 SMALL_VALIDATION = 50
 LOADER_MODULE = "pipelines.pyfunc"  # what every registered MLflow Model's pyfunc flavour loads
+quiet_expected_failures()
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def by_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return parameters["key"]
+
+
+def cached(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A learning step: its result cached as JSON under the cache key the flow passes as `key`."""
+    return task(name=name, persist_result=True, result_serializer="json", cache_key_fn=by_key)
 
 
 def table(rows: dict[str, object]) -> str:
@@ -63,14 +78,14 @@ def data_artifact(spec: TaskSpec, prepared: PreparedData) -> None:
                              key=f"{spec.task}-data", description="prepare_data")
 
 
-@task(name="prepare_data", **CACHED)
+@cached("prepare_data")
 def prepare_data_task(spec: TaskSpec, work: str, key: str) -> PreparedData:
     prepared = steps.prepare_data(spec, Path(work))
     data_artifact(spec, prepared)
     return prepared
 
 
-@task(name="train", **CACHED)
+@cached("train")
 def train_task(spec: TaskSpec, prepared: PreparedData, base_path: str, work: str, registry: AdapterRegistry,
                run_id: str, key: str) -> TrainedAdapter:
     if spec.training.nproc > 1 or spec.training.nnodes > 1:  # rank 0 of torchrun logs to the run itself
@@ -96,7 +111,7 @@ def train_task(spec: TaskSpec, prepared: PreparedData, base_path: str, work: str
     return trained
 
 
-@task(name="evaluate", **CACHED)
+@cached("evaluate")
 def evaluate_task(spec: TaskSpec, prepared: PreparedData, base_path: str, adapter: str,
                   production: ProductionVersion | None, key: str) -> Evaluation:
     evaluation = steps.evaluate_adapter(spec, prepared, Path(base_path), adapter, production)
@@ -111,7 +126,7 @@ def evaluate_task(spec: TaskSpec, prepared: PreparedData, base_path: str, adapte
     return evaluation
 
 
-@task(name="rank", **CACHED)
+@cached("rank")
 def rank_task(spec: TaskSpec, prepared: PreparedData, base_path: str, adapter: str, evaluation: Evaluation,
               production: ProductionVersion | None, out: str, key: str) -> Ranking:
     from .ranking import choose_rank
@@ -124,14 +139,14 @@ def rank_task(spec: TaskSpec, prepared: PreparedData, base_path: str, adapter: s
     return ranking
 
 
-@task(name="merge", **CACHED)
+@cached("merge")
 def merge_task(spec: TaskSpec, prepared: PreparedData, base_path: str, adapter: str, out: str, key: str) -> str:
     merged = steps.merge_model(spec, prepared, Path(base_path), adapter, Path(out))
     create_markdown_artifact(table({"merged model": merged}), key=f"{spec.task}-merge", description="merge")
     return merged
 
 
-@task(name="analyze", **CACHED)
+@cached("analyze")
 def analyze_task(spec: TaskSpec, adapter: str, base_path: str, out: str, key: str) -> Analysis:
     analysis = analyze_adapter(adapter, base_path, Path(out))
     advice = analysis.recommended_rank
@@ -153,10 +168,12 @@ def transient(task: object, task_run: object, state: State) -> bool:
     return False
 
 
-RETRY = {"retries": 2, "retry_delay_seconds": [5, 20], "retry_condition_fn": transient, "cache_policy": NO_CACHE}
+def retried(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A step that talks to servers: retried twice for a transient fault (after 5 s, then 20 s), never cached."""
+    return task(name=name, retries=2, retry_delay_seconds=[5, 20], retry_condition_fn=transient, cache_policy=NO_CACHE)
 
 
-@task(name="register", **RETRY)
+@retried("register")
 def register_task(registry: AdapterRegistry, spec: TaskSpec, adapter: str, merged: str | None, base: BaseRecord,
                   prepared: PreparedData, evaluation: Evaluation, run_id: str, spectrum: dict[str, float],
                   rank_note: str | None) -> int:
@@ -173,7 +190,7 @@ def register_task(registry: AdapterRegistry, spec: TaskSpec, adapter: str, merge
     return record.version
 
 
-@task(name="promote", **RETRY)
+@retried("promote")
 def promote_task(registry: AdapterRegistry, spec: TaskSpec, version: int) -> Promotion:
     promotion = registry.promote(spec.task, version, spec.promotion.mode, spec.promotion.target,
                                  reason="gate passed", progress=False, serve_with=spec.promotion.serve_with)

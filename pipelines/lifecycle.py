@@ -9,6 +9,8 @@ retries, a gate that blocks) ends the run FAILED with the reason in its tag `lor
 `RunError` that names the step and the run. Anything else is a bug: the run ends FAILED and its traceback shows.
 """
 
+import logging
+import signal
 import sys
 from types import TracebackType
 
@@ -26,6 +28,36 @@ def expected(error: BaseException) -> bool:
         if module in sys.modules:
             known += (getattr(sys.modules[module], name),)
     return isinstance(error, known)
+
+
+class NoTracebackForExpected(logging.Filter):
+    """Prefect logs a failed flow or task run with its traceback; for an error with a message for the user the
+    message is the report (a traceback there reads like a crash), so the record keeps its message only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and expected(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_expected_failures() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, NoTracebackForExpected) for f in logger.filters):
+            logger.addFilter(NoTracebackForExpected())
+
+
+def interrupted_by(error: BaseException) -> str | None:
+    """The signal that stopped the run: ours (Ctrl-C, SIGTERM in the CLI), or Prefect's TerminationSignal (its flow
+    engine turns SIGTERM into one while a flow runs); None for any other error."""
+    if isinstance(error, Interrupted):
+        return error.signal_name
+    if isinstance(error, KeyboardInterrupt):
+        return "SIGINT"
+    termination = getattr(sys.modules.get("prefect.exceptions"), "TerminationSignal", None)
+    if termination is not None and isinstance(error, termination):
+        return signal.Signals(error.signal).name
+    return None
 
 
 def one_line(error: BaseException) -> str:
@@ -48,8 +80,7 @@ class RunLifecycle:
                  traceback: TracebackType | None) -> None:
         if error is None:
             self.end("FINISHED", None)
-        elif isinstance(error, KeyboardInterrupt):
-            signal_name = error.signal_name if isinstance(error, Interrupted) else "SIGINT"
+        elif signal_name := interrupted_by(error):
             self.end("KILLED", f"{self.step}: interrupted ({signal_name})")
         elif isinstance(error, GateBlocked):
             self.end("FAILED", f"gate: {'; '.join(error.reasons)}")

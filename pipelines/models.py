@@ -100,6 +100,7 @@ def head_modules(model) -> list[str]:
 def load_model(path: Path, task_type: str, labels: list[str] | None = None, load_in_4bit: bool = False):
     """(model in eval mode, tokenizer) for classification (a fresh head for `labels`) or causal LM; the frozen base
     in 4-bit NF4 for QLoRA."""
+    labels = labels or []
     transformers.logging.set_verbosity_error()  # the load report of a new head is expected
     transformers.utils.logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -34,6 +34,13 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def prefect_origin() -> str:
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or spec.origin is None:
+        raise PrefectServerError("prefect is not installed; run infra/setup.sh or set PREFECT_API_URL to a server")
+    return spec.origin
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,7 +65,7 @@ def local_prefect_server(home: Path) -> Iterator[Callable[[], str | None]]:
     log = home / "prefect" / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-    prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent
+    prefect_dir = Path(prefect_origin()).parent
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
                "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "error", "--lifespan", "on"]

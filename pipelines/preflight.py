@@ -101,7 +101,7 @@ def check_serving(spec: TaskSpec, lora: LoraConfig, model_type: str | None, name
     is checked again at promotion). A merged model is served as a model of its own: no adapter rules apply."""
     if spec.promotion.serve_with == "any" or spec.promotion.mode != "adapter":
         return
-    modules = frozenset(t.rsplit(".", 1)[-1] for t in lora.target_modules)
+    modules = frozenset(t.rsplit(".", 1)[-1] for t in lora.target_modules or [])
     traits = AdapterTraits(peft_config_dict(lora, False, name), modules, model_type, name)
     check_engine_rules(spec.promotion.serve_with, traits, f"{spec.source or spec.task}")
 

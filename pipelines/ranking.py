@@ -32,7 +32,7 @@ def choose_rank(spec: TaskSpec, prepared: PreparedData, base_path: Path, trained
     p, metric = spec.promotion, spec.gate.metric
     source = read_adapter(trained)
     r = source.config.r
-    k = uniform_rank(source, p.rank_pve) if p.rank == "auto" else int(p.rank)
+    k = int(p.rank) if isinstance(p.rank, int) else uniform_rank(source, p.rank_pve)
     kept = Ranking(trained_rank=r, rank=r, shipped=False, adapter=trained, evaluation=evaluation, metric_delta=0.0,
                    bytes_saved=0, reason=f"rank for {p.rank_pve:.0%} of |dW|^2 is {k}, the trained rank: nothing to cut")
     if k >= r:

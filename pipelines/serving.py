@@ -8,7 +8,7 @@ An adapter made for another base (by weight fingerprint) is refused.
 """
 
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -26,7 +26,10 @@ from .results import Prediction
 class AdapterSwitcher:
     def __init__(self, registry: AdapterRegistry | None = None):
         self.registry = registry or AdapterRegistry()
-        self.model = self.tokenizer = self.base_fingerprint = self.kind = None
+        self.model: Any = None  # the shared base with every loaded adapter beside it
+        self.tokenizer: Any = None
+        self.base_fingerprint: str | None = None
+        self.kind: str | None = None  # SEQ_CLS or CAUSAL_LM
         self.labels: dict[str, list[str]] = {}  # adapter name -> class names
         self.chat: dict[str, bool] = {}  # adapter name -> trained on chat-template prompts
         self.base_loads = 0
@@ -39,13 +42,13 @@ class AdapterSwitcher:
             set_active_adapter(self.model, name)
             return name, record
         folder = self.registry.fetch(record.task, record.version)
-        kind = read_peft_config(folder).get("task_type")
+        kind = str(read_peft_config(folder).get("task_type"))
         labels = read_labels(folder)
         if self.model is None:
             self._load_base(record, kind, labels)
         elif record.base_fingerprint != self.base_fingerprint:
             raise BaseMismatchError(f"{record.task} v{record.version} was trained on base {record.base_name} "
-                                    f"({record.base_fingerprint[:12]}); the loaded base is {self.base_fingerprint[:12]}; "
+                                    f"({record.base_fingerprint[:12]}); the loaded base is {str(self.base_fingerprint)[:12]}; "
                                     f"serve it with its own base")
         elif kind != self.kind:
             raise BaseMismatchError(f"{record.task} is a {kind} adapter; this switcher serves {self.kind} tasks")

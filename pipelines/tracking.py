@@ -17,7 +17,7 @@ FLUSH_EVERY = 50
 
 
 def flatten(values: Mapping[str, object], prefix: str = "") -> dict[str, str]:
-    flat = {}
+    flat: dict[str, str] = {}
     for key, value in values.items():
         if isinstance(value, dict) and value:
             flat |= flatten(value, f"{prefix}{key}.")
@@ -46,7 +46,8 @@ class StepLog:
     """Buffers loss and lr per optimizer step (and each validation pass) and sends them to the run in batches."""
 
     def __init__(self, runs: RunTracking, run_id: str):
-        self.runs, self.run_id, self.pending = runs, run_id, []
+        self.runs, self.run_id = runs, run_id
+        self.pending: list[MetricPoint] = []
 
     def __call__(self, step: int, loss: float, lr: float) -> None:
         self.pending += [MetricPoint("train_loss", loss, step, now_ms()), MetricPoint("lr", lr, step, now_ms())]

@@ -100,7 +100,7 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterable[dict]], steps
     optimizer = torch.optim.AdamW(param_groups(named, lr, lr_ratio), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear_decay(max(1, math.ceil(warmup_fraction * steps)), steps))
-    position = {"epoch": 0, "batch": 0, "losses": [], "evaluations": [], "best_step": None}
+    position: dict[str, Any] = {"epoch": 0, "batch": 0, "losses": [], "evaluations": [], "best_step": None}
     best: dict[str, torch.Tensor] | None = None
     if checkpoint_dir and (checkpoint_dir / STATE_FILE).exists():
         position, best = load_checkpoint(checkpoint_dir, named, optimizer, schedule)
@@ -132,7 +132,7 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterable[dict]], steps
             bar.update()
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             if on_step and rank == 0:
-                on_step(len(losses), losses[-1], schedule.get_last_lr()[0])
+                on_step(len(losses), losses[-1], float(schedule.get_last_lr()[0]))
             if validation and (len(losses) % validation.every == 0 or len(losses) == steps):
                 best = validate(model, validation, named, done, best)
             if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:

@@ -75,6 +75,7 @@ def saved_adapter(folder: Path, base: Path, causal: bool = False, seed: int = 0)
     """An adapter on `base` as train_adapter saves it (PEFT format, class names beside it), with random B so it
     changes the output. Returns (folder, the adapted model in memory, its tokenizer, labels)."""
     from conftest import randomize_b
+
     from lora_core import LoraConfig, inject, save_adapter
     from pipelines.models import load_model
     labels = [] if causal else ["games", "graphics", "science"]

@@ -82,7 +82,7 @@ def task_map(args, print_=print) -> dict[str, Any]:
         raise RegistryError(f"{len(records)} task(s) in production on base {args.base!r}; a map needs at least two "
                             f"(see loraops adapters list --base {args.base})")
     names = [r.task for r in records]
-    phi = [[1.0 if i == j else None for j in range(len(records))] for i in range(len(records))]
+    phi = [[1.0] * len(records) for _ in records]  # φ of an adapter with itself; the pairs are filled below
     loaded: dict = {}
     for i, first in enumerate(records):
         for j in range(i + 1, len(records)):

@@ -95,7 +95,7 @@ def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> st
     pool = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL) if os.environ.get("PREFECT_API_URL") else None
     if pool:
         check_pool(pool)
-    from prefect.deployments.runner import EntrypointType
+    from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
     from ..flows import train_adapter
     # A module entrypoint: the runner imports pipelines.flows as a package module (its imports are relative).
@@ -103,6 +103,7 @@ def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> st
                                              concurrency_limit=1, tags=["loraops", spec.task], work_pool_name=pool,
                                              entrypoint_type=EntrypointType.MODULE_PATH,
                                              description=f"train, evaluate and ship the {spec.task} adapter")
+    assert isinstance(deployment, RunnerDeployment)  # called from sync code: the deployment, not a coroutine
     deployment_id = str(deployment.apply())
     where = f"work pool {pool}: its workers run it" if pool else "concurrency limit 1"
     print_(f"deployment train_adapter/{spec.task} ({deployment_id}) on cron {cron!r}, one run at a time, {where}")
@@ -141,11 +142,12 @@ def schedules(print_=print) -> list[dict]:
     prefect_defaults(RegistrySettings.from_env())
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
     rows = []
     with get_client(sync_client=True) as client:
         for d in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["train_adapter"]))):
             runs = [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])),
-                                                     limit=5, sort="START_TIME_DESC") if r.start_time]  # not the next one
+                                                     limit=5, sort=FlowRunSort.START_TIME_DESC) if r.start_time]  # not the next one
             rows.append({"task": d.name, "cron": ", ".join(s.schedule.cron for s in d.schedules
                                                            if hasattr(s.schedule, "cron")) or "-",
                          "pool": d.work_pool_name or "(served)", "last run": f"{runs[0].name} {runs[0].state_name}"

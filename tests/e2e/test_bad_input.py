@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tasks import data_slice
 
 from pipelines.cli.main import main
-
-from tasks import data_slice
 
 LORAOPS = str(Path(sys.executable).parent / "loraops")
 GOOD = {"task": "sections", "type": "classification", "base": {"model": "default"}, "data": {"path": "data.jsonl"},

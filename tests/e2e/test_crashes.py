@@ -11,10 +11,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+from tasks import data_slice, tiny_base, write_task
 
 from registry import AdapterRegistry, RegistrySettings
-
-from tasks import data_slice, tiny_base, write_task
 
 BIN = Path(sys.executable).parent
 CRASH = Path(__file__).parents[1] / "crash_at.py"

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tasks import data_slice, tiny_base, write_task
 
 from pipelines.errors import GateBlocked
 from pipelines.results import FlowResult
 from pipelines.serving import AdapterSwitcher
 from registry import AdapterRegistry, BaseMismatchError
-
-from tasks import data_slice, tiny_base, write_task
 
 LORAOPS = str(Path(sys.executable).parent / "loraops")
 
@@ -104,6 +103,7 @@ def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home,
     """task, type, data and nothing else: the default base, targets by architecture, the head, a validation split
     with its curve in MLflow, the best pass registered, promoted as an adapter."""
     import yaml
+
     from pipelines.flows import train_adapter
     path = tmp_path / "minimal.yaml"
     path.write_text(yaml.safe_dump({"task": "minimal", "type": "classification",
@@ -201,6 +201,7 @@ def test_predict_switches_adapters_on_one_base_and_refuses_another_base(prefect_
 
 def test_schedule_creates_a_deployment_with_the_cron_and_no_overlap(prefect_server, bases, home, tmp_path):
     from prefect.client.orchestration import get_client
+
     from pipelines.cli.run import schedule
     path = write_task(tmp_path, "nightly", bases["bert"], data_slice(tmp_path))
     deployment_id = schedule(str(path), "0 3 * * *", apply_only=True, print_=lambda *_: None)
@@ -245,10 +246,11 @@ def test_training_under_torchrun_with_two_processes(bases, home, tmp_path):
 def test_training_across_two_nodes_joined_by_train_node(bases, home, tmp_path, monkeypatch):
     """Multi-node torchrun in miniature: the flow's node hosts the c10d rendezvous, `loraops train-node` (another
     process, as another node would run it) finds the run on the shared LORAOPS_HOME and joins; Gloo on CPU."""
+    from servers import free_port
+
     from pipelines import steps
     from pipelines.distributed import pending_dir, train_with_torchrun
     from pipelines.spec import load_spec
-    from servers import free_port
     monkeypatch.setenv("LORAOPS_RDZV_ENDPOINT", f"127.0.0.1:{free_port()}")
     spec = load_spec(write_task(tmp_path, "nodes", bases["bert"], data_slice(tmp_path, 120), training__max_steps=6,
                                 training__nnodes=2))

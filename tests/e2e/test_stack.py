@@ -12,7 +12,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from servers import free_port, postgres_bin
 from tasks import data_slice, tiny_base, write_task
 

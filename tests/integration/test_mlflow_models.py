@@ -10,14 +10,13 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 import pytest
+from servers import free_port, start, stop
+from tasks import saved_adapter, tiny_base
 
 from lora_core.checkpoint_merge import merge_checkpoint
 from pipelines.serving import classify, complete
 from pipelines.steps import head_config
 from registry import AdapterRegistry, BaseMismatchError, RegistrySettings
-
-from servers import free_port, start, stop
-from tasks import saved_adapter, tiny_base
 
 TEXTS = ["chess engine with a graphical board", "scientific plotting library", "an image viewer"]
 PROMPTS = ["chess engine . section :", "image viewer . section :"]

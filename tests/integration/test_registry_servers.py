@@ -11,14 +11,14 @@ from pathlib import Path
 
 import boto3
 import pytest
+from conftest import build, inputs, output, write_artifacts
 from mlflow import MlflowClient
+from servers import postgres_bin
 from transformers import AutoModelForSequenceClassification
 
-from conftest import build, inputs, output, write_artifacts
 from lora_core import load_adapter
 from registry import AdapterRegistry, IntegrityError, RegistrySettings, StoreError
 from registry.aliases import DriftError
-from servers import postgres_bin
 
 DATASET = "e" * 64
 LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLflow Model
@@ -184,10 +184,11 @@ def test_large_files_go_up_in_parts_verified_by_the_stores_checksums(s3_env, tmp
 
 
 def test_store_without_checksums_falls_back_to_reading_back(s3_env, tmp_path, monkeypatch, caplog):
+    from servers import ChecksumStrippingProxy
+
     from registry.digests import DigestCache
     from registry.manifest import FileEntry
     from registry.s3_store import S3Store
-    from servers import ChecksumStrippingProxy
     proxy = ChecksumStrippingProxy(s3_env["endpoint"])
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
     monkeypatch.setattr(S3Store, "fallback_said", False)

@@ -5,15 +5,14 @@ import time
 
 import boto3
 import pytest
-from mlflow.exceptions import MlflowException
-
 from conftest import write_artifacts
+from mlflow.exceptions import MlflowException
+from servers import FaultyProxy, free_port
+
 from pipelines.cli.main import main
 from registry import AdapterRegistry, RegistryError, RegistrySettings
 from registry.errors import StoreUnavailable
 from registry.faults import is_transient
-
-from servers import FaultyProxy, free_port
 
 DATASET = "c" * 64
 LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLflow Model

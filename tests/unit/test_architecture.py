@@ -48,6 +48,12 @@ def test_lora_core_imports_neither_registry_nor_pipelines_nor_mlflow_nor_prefect
         assert not heavy, path
 
 
+def test_the_registry_exports_load_lazily_and_all_of_them_resolve():
+    import registry
+    assert sorted(registry.__all__) == sorted(registry._MODULE_OF)
+    assert all(getattr(registry, name) for name in registry.__all__)
+
+
 def test_no_module_of_registry_is_longer_than_300_lines():
     long = {p.name: n for p in (ROOT / "registry").glob("*.py") if (n := len(p.read_text().splitlines())) > 300}
     assert not long

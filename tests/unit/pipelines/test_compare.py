@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import build
+
 from lora_core import LoraConfig, inject, save_adapter
 from lora_core.inject import lora_layers
 from pipelines.cli import compare

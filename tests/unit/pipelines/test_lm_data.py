@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tasks import tiny_base
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.data import Example, encode_pair, lm_batches, uses_chat_template
-from tasks import tiny_base
 
 CHAT = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} [SEP] {% endfor %}"
         "{% if add_generation_prompt %}<|assistant|> {% endif %}")
@@ -87,10 +87,11 @@ def test_prompts_follow_the_chat_template_when_the_tokenizer_has_one(gpt2):
 
 
 def test_an_adapter_trained_on_chat_prompts_is_prompted_the_same_way(tmp_path):
+    from tasks import data_slice, write_task
+
     from pipelines import steps
     from pipelines.serving import complete, trained_with_chat_template
     from pipelines.spec import load_spec
-    from tasks import data_slice, write_task
     base = tiny_base(tmp_path / "gpt2", "gpt2")
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.chat_template = CHAT

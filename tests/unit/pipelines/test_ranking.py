@@ -3,6 +3,7 @@
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tasks import data_slice, tiny_base, write_task
 
 from lora_core.analysis import read_adapter
 from pipelines import steps
@@ -10,7 +11,6 @@ from pipelines.adapter_files import LABELS_FILE
 from pipelines.ranking import choose_rank, uniform_rank
 from pipelines.results import Evaluation
 from pipelines.spec import SpecError, load_spec
-from tasks import data_slice, tiny_base, write_task
 
 A = "lora_A.weight"
 

@@ -4,8 +4,16 @@ import pytest
 from prefect.serializers import JSONSerializer
 from pydantic import ValidationError
 
-from pipelines.results import (Analysis, Evaluation, FlowResult, PreparedData, RankAdvice, Ranking, TrainedAdapter,
-                               ValidationPass)
+from pipelines.results import (
+    Analysis,
+    Evaluation,
+    FlowResult,
+    PreparedData,
+    RankAdvice,
+    Ranking,
+    TrainedAdapter,
+    ValidationPass,
+)
 from registry.records import HistoryEvent, Promotion
 
 EVALUATION = Evaluation(base={"accuracy": 0.5}, adapter={"accuracy": 0.9, "loss": 0.3}, merged={"accuracy": 0.9},

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from tasks import data_slice, tiny_base, write_task
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 from lora_core import LoraConfig, inject, save_adapter
@@ -14,7 +15,6 @@ from pipelines import steps
 from pipelines.models import head_modules, load_model
 from pipelines.spec import load_spec
 from pipelines.train import param_groups
-from tasks import data_slice, tiny_base, write_task
 
 
 @pytest.fixture(scope="module")

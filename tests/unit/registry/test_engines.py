@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import build, randomize_b
+
 from lora_core import LoraConfig, inject, save_adapter
 from pipelines.cli.main import main
 from registry import AdapterRegistry, RegistrySettings

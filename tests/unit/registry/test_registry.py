@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 import torch
-from mlflow import MlflowClient
 from conftest import build, inputs, output, write_artifacts
+from mlflow import MlflowClient
 
 from lora_core import load_adapter
 from registry import (
