@@ -19,7 +19,6 @@ import torch
 from bench import cases
 from bench.latency import latency
 
-
 ran = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -36,13 +35,26 @@ def fmt(value, unit: str) -> str:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     import peft
     import transformers
+
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"transformers {transformers.__version__}, peft {peft.__version__}, Python {platform.python_version()}, GPU: {gpu}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}, peft {peft.__version__}, Python {platform.python_version()}, GPU: {gpu}"
+    )
 
 
 INDEPENDENT = ("cli start", "train step", "merge in memory", "load and switch", "flow overhead", "inference latency")
@@ -55,19 +67,33 @@ def full_run(rows: list[dict]) -> str:
 
 
 def report(rows: list[dict], failures: list[str], quick: bool) -> str:
-    lines = [f"# Benchmarks ({'quick' if quick else 'full'} mode)", "",
-             f"Run {full_run(rows)} with `python -m bench{' --quick' if quick else ''}`"
-             + (f"; the rows marked re-run were measured later with --only, on: {machine()}."
-                if any(r.get("ran", ran) != full_run(rows) for r in rows) else f" on: {machine()}."), "",
-             "Each case runs loraops and its anchor in the same run on the same inputs, repeats interleaved, medians; "
-             "ratio = loraops / anchor (for bytes/s higher is better, for everything else lower is better).", "",
-             "| case | loraops | anchor | ratio | target | notes |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Benchmarks ({'quick' if quick else 'full'} mode)",
+        "",
+        f"Run {full_run(rows)} with `python -m bench{' --quick' if quick else ''}`"
+        + (
+            f"; the rows marked re-run were measured later with --only, on: {machine()}."
+            if any(r.get("ran", ran) != full_run(rows) for r in rows)
+            else f" on: {machine()}."
+        ),
+        "",
+        "Each case runs loraops and its anchor in the same run on the same inputs, repeats interleaved, medians; "
+        "ratio = loraops / anchor (for bytes/s higher is better, for everything else lower is better).",
+        "",
+        "| case | loraops | anchor | ratio | target | notes |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ratio = "-" if r["anchor"] is None else f"{r['ratio']:.2f}x"
         when = f" (re-run {r['ran']} with --only)" if r.get("ran", ran) != full_run(rows) else ""
-        lines.append(f"| {r['case']} | {fmt(r['ours'], r['unit'])} | {fmt(r['anchor'], r['unit'])} | {ratio} | "
-                     f"{r['target']} | {r['note']}{when} |")
-    lines += ["", "Not measured here: GPU cases (no GPU on this machine; the code paths are the same with device: cuda)."]
+        lines.append(
+            f"| {r['case']} | {fmt(r['ours'], r['unit'])} | {fmt(r['anchor'], r['unit'])} | {ratio} | "
+            f"{r['target']} | {r['note']}{when} |"
+        )
+    lines += [
+        "",
+        "Not measured here: GPU cases (no GPU on this machine; the code paths are the same with device: cuda).",
+    ]
     lines += [f"Failed: {f}" for f in failures]
     return "\n".join(lines) + "\n"
 
@@ -77,8 +103,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--out", default=".", help="folder for BENCHMARKS.md and bench-results.json")
     parser.add_argument("--work", default=None, help="folder for built models (kept between runs); default a temp dir")
-    parser.add_argument("--only", nargs="+", choices=INDEPENDENT, metavar="CASE",
-                        help=f"re-run these cases ({', '.join(INDEPENDENT)}) and merge them into the results in --out")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=INDEPENDENT,
+        metavar="CASE",
+        help=f"re-run these cases ({', '.join(INDEPENDENT)}) and merge them into the results in --out",
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     work = Path(args.work or tempfile.mkdtemp(prefix="loraops-bench-"))
@@ -91,13 +122,14 @@ def main() -> None:
         try:
             result = fn(*a)
             rows.extend({**r, "group": name, "ran": ran} for r in (result[0] if isinstance(result, tuple) else result))
-            for r in rows[-len(result[0] if isinstance(result, tuple) else result):]:
+            for r in rows[-len(result[0] if isinstance(result, tuple) else result) :]:
                 print(f"{r['case']}: {fmt(r['ours'], r['unit'])} vs {fmt(r['anchor'], r['unit'])}", flush=True)
             return result
         except Exception as e:  # one broken case must not hide the others; it is reported
             traceback.print_exc()
             failures.append(f"{name}: {type(e).__name__}: {e}")
             return None
+
     attempt("cli start", cases.cli_start, args.quick)
     attempt("train step", cases.train_step, args.quick)
     attempt("merge in memory", cases.merge_in_memory, args.quick)
@@ -118,11 +150,15 @@ def main() -> None:
         previous = json.loads((out / "bench-results.json").read_text())
         fresh = {r["case"] for r in rows}
         earlier = previous.get("ran", "an earlier run")
-        rows = [{"ran": earlier, **r} for r in previous["rows"]
-                if r.get("group") not in args.only and r["case"] not in fresh] + rows
+        rows = [
+            {"ran": earlier, **r}
+            for r in previous["rows"]
+            if r.get("group") not in args.only and r["case"] not in fresh
+        ] + rows
     (out / "BENCHMARKS.md").write_text(report(rows, failures, args.quick))
-    (out / "bench-results.json").write_text(json.dumps({"quick": args.quick, "ran": full_run(rows), "rows": rows,
-                                                         "failures": failures}, indent=2))
+    (out / "bench-results.json").write_text(
+        json.dumps({"quick": args.quick, "ran": full_run(rows), "rows": rows, "failures": failures}, indent=2)
+    )
     print(f"wrote {out / 'BENCHMARKS.md'}")
     if failures:
         raise SystemExit(1)

@@ -17,14 +17,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def row(case, ours, anchor, unit, target, note="", floor=None):
-    return {"case": case, "ours": ours, "anchor": anchor, "unit": unit, "ratio": ratio(ours, anchor), "target": target,
-            "note": note, "floor": floor}
+    return {
+        "case": case,
+        "ours": ours,
+        "anchor": anchor,
+        "unit": unit,
+        "ratio": ratio(ours, anchor),
+        "target": target,
+        "note": note,
+        "floor": floor,
+    }
 
 
 def train_step(quick: bool) -> list[dict]:
     steps, runs = (2, 1) if quick else (6, 3)
-    results = {impl: [in_child("bench.worker", "train", impl, str(steps)) for _ in range(runs)]
-               for impl in ("ours", "peft", "full")}
+    results = {
+        impl: [in_child("bench.worker", "train", impl, str(steps)) for _ in range(runs)]
+        for impl in ("ours", "peft", "full")
+    }
     med = lambda impl, key: sorted(r[key] for r in results[impl])[len(results[impl]) // 2]  # noqa: E731
     ours, peft, full = ({k: med(i, k) for k in results[i][0]} for i in ("ours", "peft", "full"))
     return [
@@ -32,7 +42,13 @@ def train_step(quick: bool) -> list[dict]:
         row("  same, peak RSS of the training process", ours["peak"], peft["peak"], "bytes", "<= 1.0x PEFT"),
         row("LoRA vs full fine-tune: step time", ours["step"], full["step"], "s", "report"),
         row("LoRA vs full fine-tune: trainable parameters", ours["trainable"], full["trainable"], "count", "report"),
-        row("LoRA vs full fine-tune: checkpoint bytes", ours["checkpoint_bytes"], full["checkpoint_bytes"], "bytes", "report"),
+        row(
+            "LoRA vs full fine-tune: checkpoint bytes",
+            ours["checkpoint_bytes"],
+            full["checkpoint_bytes"],
+            "bytes",
+            "report",
+        ),
         row("LoRA vs full fine-tune: peak RSS", ours["peak"], full["peak"], "bytes", "report"),
     ]
 
@@ -40,8 +56,10 @@ def train_step(quick: bool) -> list[dict]:
 def merge_in_memory(quick: bool) -> list[dict]:
     """merge_and_unload of an all-linear r=16 adapter on a Llama-like model, fresh copies each repeat."""
     import peft
+
     from lora_core import LoraConfig, inject, merge_and_unload
     from lora_core.inject import lora_layers
+
     base = llama("tiny" if quick else "100m")
     names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     models = {}
@@ -63,24 +81,40 @@ def merge_in_memory(quick: bool) -> list[dict]:
             dst.copy_(src)
 
     with torch.no_grad():
-        times = interleaved({"ours": lambda: merge_and_unload(models["ours"]),
-                             "peft": lambda: models["peft"].merge_and_unload(), "floor": floor},
-                            repeats=2 if quick else 5, setup=setup)
+        times = interleaved(
+            {
+                "ours": lambda: merge_and_unload(models["ours"]),
+                "peft": lambda: models["peft"].merge_and_unload(),
+                "floor": floor,
+            },
+            repeats=2 if quick else 5,
+            setup=setup,
+        )
     params = sum(p.numel() for p in base.parameters()) / 1e6
-    return [row(f"merge all-linear r=16, Llama-like {params:.0f}M, in memory (s)", times["ours"], times["peft"], "s",
-                "<= 0.5x PEFT, <= 3x floor", f"floor {times['floor']:.4f}s, ours/floor {times['ours'] / times['floor']:.1f}x",
-                times["floor"])]
+    return [
+        row(
+            f"merge all-linear r=16, Llama-like {params:.0f}M, in memory (s)",
+            times["ours"],
+            times["peft"],
+            "s",
+            "<= 0.5x PEFT, <= 3x floor",
+            f"floor {times['floor']:.4f}s, ours/floor {times['ours'] / times['floor']:.1f}x",
+            times["floor"],
+        )
+    ]
 
 
 def load_and_switch(quick: bool, tmp: Path) -> list[dict]:
     import peft
-    from lora_core import LoraConfig, delete_adapter, inject, load_adapter, save_adapter, set_active_adapter
     from transformers import AutoModelForSequenceClassification
+
+    from lora_core import LoraConfig, delete_adapter, inject, load_adapter, save_adapter, set_active_adapter
     from pipelines.models import default_base_model
 
     def minilm():
         torch.manual_seed(0)
         return AutoModelForSequenceClassification.from_pretrained(default_base_model(), num_labels=4).eval()
+
     loaded = 4 if quick else 20
     model = minilm()
     inject(model, LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"]))
@@ -101,6 +135,7 @@ def load_and_switch(quick: bool, tmp: Path) -> list[dict]:
         theirs.load_adapter(tmp / "adapter", adapter_name=name)
         theirs.delete_adapter(name)
         theirs.set_adapter("a0")
+
     load = interleaved({"ours": ours_load, "peft": peft_load}, repeats=3 if quick else 15)
     for i in range(1, loaded):
         load_adapter(ours, tmp / "adapter", f"a{i}")
@@ -115,41 +150,67 @@ def load_and_switch(quick: bool, tmp: Path) -> list[dict]:
     def peft_switch():
         for _ in range(switches):
             theirs.set_adapter(f"a{next(turn) % loaded}")
+
     switch = interleaved({"ours": ours_switch, "peft": peft_switch}, repeats=3 if quick else 7)
     # flat in the number loaded: the same switch with only two adapters loaded
     for i in range(2, loaded):
         delete_adapter(ours, f"a{i}")
-    two = interleaved({"ours": lambda: [set_active_adapter(ours, f"a{k % 2}") for k in range(switches)]},
-                      repeats=3 if quick else 7)["ours"]
-    return [row("load one adapter onto a loaded MiniLM (s)", load["ours"], load["peft"], "s", "<= 0.5x PEFT"),
-            row(f"switch the active adapter, {loaded} loaded (s per switch)", switch["ours"] / switches,
-                switch["peft"] / switches, "s", "<= 0.5x PEFT; flat in the number loaded",
-                f"with 2 loaded: {two / switches * 1e6:.0f} us per switch (x{switch['ours'] / two:.2f})")]
+    two = interleaved(
+        {"ours": lambda: [set_active_adapter(ours, f"a{k % 2}") for k in range(switches)]}, repeats=3 if quick else 7
+    )["ours"]
+    return [
+        row("load one adapter onto a loaded MiniLM (s)", load["ours"], load["peft"], "s", "<= 0.5x PEFT"),
+        row(
+            f"switch the active adapter, {loaded} loaded (s per switch)",
+            switch["ours"] / switches,
+            switch["peft"] / switches,
+            "s",
+            "<= 0.5x PEFT; flat in the number loaded",
+            f"with 2 loaded: {two / switches * 1e6:.0f} us per switch (x{switch['ours'] / two:.2f})",
+        ),
+    ]
 
 
 def disk_merge(quick: bool, home: Path) -> tuple[list[dict], Path, Path]:
-    base = llama_on_disk("tiny" if quick else "1b", home / ("llama-tiny" if quick else "llama-1b"),
-                         shard="200KB" if quick else "500MB")
+    base = llama_on_disk(
+        "tiny" if quick else "1b", home / ("llama-tiny" if quick else "llama-1b"), shard="200KB" if quick else "500MB"
+    )
     adapter = adapter_for(base, home / f"{base.name}-adapter")
     results = {impl: [] for impl in ("ours", "peft", "floor")}
     for _ in range(1 if quick else 2):  # interleaved; each run starts and ends with the page cache written back
         for impl, found in results.items():
-            found.append(in_child("bench.worker", "disk-merge", impl, str(base), str(adapter), str(home / f"out-{impl}")))
-    runs = {impl: {k: sorted(r[k] for r in found)[len(found) // 2] for k in ("seconds", "peak")}
-            for impl, found in results.items()}
+            found.append(
+                in_child("bench.worker", "disk-merge", impl, str(base), str(adapter), str(home / f"out-{impl}"))
+            )
+    runs = {
+        impl: {k: sorted(r[k] for r in found)[len(found) // 2] for k in ("seconds", "peak")}
+        for impl, found in results.items()
+    }
     floor = runs["floor"]["seconds"]
-    note = (f"{describe(base)}, largest shard {max(shard_sizes(base)) / 1e6:.0f} MB; all-linear r=16; base in the page "
-            f"cache, each until its output is on disk (sync); floor = read + write every byte once: {floor:.2f}s, ours/floor "
-            f"{runs['ours']['seconds'] / floor:.1f}x")
-    rows = [row("merge a bf16 sharded Llama disk to disk (s)", runs["ours"]["seconds"], runs["peft"]["seconds"], "s",
-                "<= 0.5x PEFT", note, floor),
-            row("  same, peak RSS", runs["ours"]["peak"], runs["peft"]["peak"], "bytes", "<= 0.3x PEFT")]
+    note = (
+        f"{describe(base)}, largest shard {max(shard_sizes(base)) / 1e6:.0f} MB; all-linear r=16; base in the page "
+        f"cache, each until its output is on disk (sync); floor = read + write every byte once: {floor:.2f}s, ours/floor "
+        f"{runs['ours']['seconds'] / floor:.1f}x"
+    )
+    rows = [
+        row(
+            "merge a bf16 sharded Llama disk to disk (s)",
+            runs["ours"]["seconds"],
+            runs["peft"]["seconds"],
+            "s",
+            "<= 0.5x PEFT",
+            note,
+            floor,
+        ),
+        row("  same, peak RSS", runs["ours"]["peak"], runs["peft"]["peak"], "bytes", "<= 0.3x PEFT"),
+    ]
     return rows, base, adapter
 
 
 def fingerprint(base: Path, home: Path) -> list[dict]:
     from registry import fingerprint_weights
     from registry.digests import DigestCache
+
     db = home / "fingerprint-digests.sqlite"
     db.unlink(missing_ok=True)
     cache = DigestCache(db)
@@ -159,8 +220,16 @@ def fingerprint(base: Path, home: Path) -> list[dict]:
     started = time.perf_counter()
     assert fingerprint_weights(base, cache) == first
     warm = time.perf_counter() - started
-    return [row("base fingerprint of an unchanged base, second run (s)", warm, cold, "s", "<= 2% of the first run",
-                f"{folder_bytes(base) / 1e9:.2f} GB; first run {folder_bytes(base) / cold / 1e9:.2f} GB/s")]
+    return [
+        row(
+            "base fingerprint of an unchanged base, second run (s)",
+            warm,
+            cold,
+            "s",
+            "<= 2% of the first run",
+            f"{folder_bytes(base) / 1e9:.2f} GB; first run {folder_bytes(base) / cold / 1e9:.2f} GB/s",
+        )
+    ]
 
 
 def registry_cases(quick: bool, home: Path, merged_source: Path, base: Path, adapter: Path) -> list[dict]:
@@ -170,26 +239,40 @@ def registry_cases(quick: bool, home: Path, merged_source: Path, base: Path, ada
 
     from bench.servers import mlflow_server, moto_server
     from registry import AdapterRegistry, RegistrySettings
+
     with moto_server(home) as endpoint, mlflow_server(home) as url:
-        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                           "AWS_DEFAULT_REGION": "us-east-1"})
+        os.environ.update(
+            {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }
+        )
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="promoted")
-        settings = RegistrySettings.from_env(home=home / "registry", tracking_uri=url,
-                                             promotion_target="s3://promoted/bench", actor="bench")
+        settings = RegistrySettings.from_env(
+            home=home / "registry", tracking_uri=url, promotion_target="s3://promoted/bench", actor="bench"
+        )
         registry = AdapterRegistry(settings)
         record = registry.register_base(base, name="bench/llama")
         merged = home / "merged"
         if not merged.is_dir():
             from lora_core.checkpoint_merge import merge_checkpoint
+
             merge_checkpoint(merged_source, adapter, merged)
-        version = registry.register("bench-task", adapter, record, "b" * 64, {"loss": 1.0}, merged_dir=merged,
-                                    loader_module="pipelines.pyfunc")
+        version = registry.register(
+            "bench-task", adapter, record, "b" * 64, {"loss": 1.0}, merged_dir=merged, loader_module="pipelines.pyfunc"
+        )
         registry.promote("bench-task", version.version, "adapter")
         client = MlflowClient(url)  # the anchor: a raw MLflow client, as a user without loraops would write it
-        resolve = interleaved({"ours": lambda: registry.resolve("bench-task", "production"),
-                               "anchor": lambda: client.get_model_version_by_alias("bench-task", "production")},
-                              repeats=5 if quick else 30)
+        resolve = interleaved(
+            {
+                "ours": lambda: registry.resolve("bench-task", "production"),
+                "anchor": lambda: client.get_model_version_by_alias("bench-task", "production"),
+            },
+            repeats=5 if quick else 30,
+        )
         size = folder_bytes(merged)
         files = [p for p in merged.iterdir() if p.is_file()]
 
@@ -200,31 +283,56 @@ def registry_cases(quick: bool, home: Path, merged_source: Path, base: Path, ada
         def clear():  # each promotion starts from an empty prefix
             for key in [o["Key"] for o in s3.list_objects_v2(Bucket="promoted", Prefix="bench/").get("Contents", [])]:
                 s3.delete_object(Bucket="promoted", Key=key)
-        promote = interleaved({"ours": lambda: registry.promote("bench-task", version.version, "merged", progress=False),
-                               "anchor": raw_upload}, repeats=1 if quick else 2, setup=clear)
+
+        promote = interleaved(
+            {
+                "ours": lambda: registry.promote("bench-task", version.version, "merged", progress=False),
+                "anchor": raw_upload,
+            },
+            repeats=1 if quick else 2,
+            setup=clear,
+        )
         ours, raw = promote["ours"], promote["anchor"]
         registry.promote("bench-task", version.version, "merged", progress=False)
         started = time.perf_counter()
         again = registry.promote("bench-task", version.version, "merged", progress=False)
         repeat = time.perf_counter() - started
         assert again.bytes_uploaded == 0
-    return [row("resolve task@production (s)", resolve["ours"], resolve["anchor"], "s", "<= 1.2x MlflowClient",
-                "AdapterRegistry.resolve vs get_model_version_by_alias, same mlflow server"),
-            row(f"promote a {size / 1e9:.2f} GB merged model, verified (bytes/s)", size / ours, size / raw, "B/s",
-                ">= 0.9x boto3 upload_file", f"ours {ours:.1f}s, boto3 upload_file without verification {raw:.1f}s"),
-            row("promote the same version again (s)", repeat, None, "s", "<= 1 s", "one HEAD per object")]
+    return [
+        row(
+            "resolve task@production (s)",
+            resolve["ours"],
+            resolve["anchor"],
+            "s",
+            "<= 1.2x MlflowClient",
+            "AdapterRegistry.resolve vs get_model_version_by_alias, same mlflow server",
+        ),
+        row(
+            f"promote a {size / 1e9:.2f} GB merged model, verified (bytes/s)",
+            size / ours,
+            size / raw,
+            "B/s",
+            ">= 0.9x boto3 upload_file",
+            f"ours {ours:.1f}s, boto3 upload_file without verification {raw:.1f}s",
+        ),
+        row("promote the same version again (s)", repeat, None, "s", "<= 1 s", "one HEAD per object"),
+    ]
 
 
 def package_pairs(path: Path, per_label: int) -> Path:
     """Prompt/completion pairs from the shipped Debian synopses (real text): synopsis -> section."""
     import json
+
     rows = [json.loads(line) for line in (ROOT / "examples/data/package-sections.jsonl").read_text().splitlines()]
     seen: dict[str, int] = {}
     with open(path, "w") as f:
         for row in rows:
             if seen.setdefault(row["label"], 0) < per_label:
                 seen[row["label"]] += 1
-                f.write(json.dumps({"prompt": f"Debian package: {row['text']}\nSection:", "completion": row["label"]}) + "\n")
+                f.write(
+                    json.dumps({"prompt": f"Debian package: {row['text']}\nSection:", "completion": row["label"]})
+                    + "\n"
+                )
     return path
 
 
@@ -232,27 +340,55 @@ def llm_flow(quick: bool, home: Path, base: Path) -> list[dict]:
     """`loraops run` on a causal-LM task over the Llama base, promoting the merged model to an S3 server."""
     import boto3
     import yaml
+
     from bench.harness import run_watched
     from bench.servers import moto_server
+
     folder = home / "llm"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     data = package_pairs(folder / "pairs.jsonl", per_label=20)
     task = folder / "llm-sections.yaml"
-    task.write_text(yaml.safe_dump({
-        "task": "llm-sections", "type": "causal-lm", "base": {"model": str(base)},
-        "data": {"path": str(data), "test_fraction": 0.2},
-        "lora": {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                          "up_proj", "down_proj"]},
-        "training": {"max_steps": 2 if quick else 4, "batch_size": 4, "lr": 1e-3, "max_length": 64, "device": "cpu"},
-        # A random-weight base: the benchmark is about the path and its memory, so the gate lets any adapter through.
-        "gate": {"metric": "perplexity", "min_gain_over_base": -1e9, "must_beat_production": False},
-        "promotion": {"mode": "merged", "target": "s3://promoted/llm"}}))
+    task.write_text(
+        yaml.safe_dump(
+            {
+                "task": "llm-sections",
+                "type": "causal-lm",
+                "base": {"model": str(base)},
+                "data": {"path": str(data), "test_fraction": 0.2},
+                "lora": {
+                    "r": 16,
+                    "alpha": 32,
+                    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                },
+                "training": {
+                    "max_steps": 2 if quick else 4,
+                    "batch_size": 4,
+                    "lr": 1e-3,
+                    "max_length": 64,
+                    "device": "cpu",
+                },
+                # A random-weight base: the benchmark is about the path and its memory, so the gate lets any adapter through.
+                "gate": {"metric": "perplexity", "min_gain_over_base": -1e9, "must_beat_production": False},
+                "promotion": {"mode": "merged", "target": "s3://promoted/llm"},
+            }
+        )
+    )
     with moto_server(folder) as endpoint:
-        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-               "AWS_DEFAULT_REGION": "us-east-1", "LORAOPS_HOME": str(folder / "home")}
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
-                          aws_secret_access_key="bench")
+        env = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "LORAOPS_HOME": str(folder / "home"),
+        }
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
         s3.create_bucket(Bucket="promoted")
         run = run_watched([str(Path(sys.executable).parent / "loraops"), "run", str(task)], env=env)
         if run["returncode"]:
@@ -262,16 +398,25 @@ def llm_flow(quick: bool, home: Path, base: Path) -> list[dict]:
         if not any(o["Key"].endswith("manifest.json") for o in listed):
             raise RuntimeError("the merged model's manifest is not on the S3 server")
     size = folder_bytes(base)
-    return [row("loraops run, causal LM on the Llama base, merged model promoted to S3: peak RSS", run["peak"], size,
-                "bytes", "<= 2x the base's bytes on disk",
-                f"{describe(base)}; anchor = the base's bytes on disk; {run['seconds']:.0f}s end to end; "
-                f"{shipped / 1e9:.2f} GB on S3")]
+    return [
+        row(
+            "loraops run, causal LM on the Llama base, merged model promoted to S3: peak RSS",
+            run["peak"],
+            size,
+            "bytes",
+            "<= 2x the base's bytes on disk",
+            f"{describe(base)}; anchor = the base's bytes on disk; {run['seconds']:.0f}s end to end; "
+            f"{shipped / 1e9:.2f} GB on S3",
+        )
+    ]
 
 
 def flow_overhead(quick: bool, home: Path) -> list[dict]:
     """The quickstart tasks through one `loraops run` vs the same steps as plain functions, each on a fresh home."""
     import yaml
+
     from bench.harness import run_watched
+
     folder = home / "overhead"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -293,32 +438,61 @@ def flow_overhead(quick: bool, home: Path) -> list[dict]:
         if done["returncode"]:
             raise RuntimeError(f"loraops run failed:\n{done['output'][-3000:]}")
         return done["seconds"]
+
     title = f"flow overhead: {len(tasks)} quickstart task(s) in one `loraops run` vs their steps as plain functions (s)"
     what = "the flow adds Prefect's local server, task caching and MLflow run logging"
-    rows = [row(title + ", first run on a fresh home", flow("fresh", tasks), steps["seconds"], "s",
-                "<= 1.10x (overhead <= 10%)", f"both whole processes; {what}; Prefect migrates its new database first")]
+    rows = [
+        row(
+            title + ", first run on a fresh home",
+            flow("fresh", tasks),
+            steps["seconds"],
+            "s",
+            "<= 1.10x (overhead <= 10%)",
+            f"both whole processes; {what}; Prefect migrates its new database first",
+        )
+    ]
     if not quick:  # every later run: Prefect's database exists (a scheduled task's second night)
         prefect_home = folder / "prefect-home"
         quick_task = folder / "warm-up.yaml"
         warm_up = yaml.safe_load(tasks[0].read_text())
         quick_task.write_text(yaml.safe_dump({**warm_up, "training": {"max_steps": 2}}))
         flow("warm-up", [quick_task], prefect_home)
-        rows.append(row(title + ", Prefect's database already made", flow("warm", tasks, prefect_home),
-                        steps["seconds"], "s", "<= 1.10x (overhead <= 10%)", f"fresh loraops state otherwise; {what}"))
+        rows.append(
+            row(
+                title + ", Prefect's database already made",
+                flow("warm", tasks, prefect_home),
+                steps["seconds"],
+                "s",
+                "<= 1.10x (overhead <= 10%)",
+                f"fresh loraops state otherwise; {what}",
+            )
+        )
     return rows
 
 
 def cli_start(quick: bool) -> list[dict]:
     """Wall time of `loraops --help` and `loraops --version` as a user's shell starts them, beside `python -c pass`."""
     import subprocess
+
     loraops = str(Path(sys.executable).parent / "loraops")
 
     def call(*command: str):
         return lambda: subprocess.run(command, capture_output=True, check=True)
-    runs = {"help": call(loraops, "--help"), "version": call(loraops, "--version"),
-            "python": call(sys.executable, "-c", "pass")}
-    times = interleaved(runs, repeats=3 if quick else 10)
-    return [row(f"`loraops {flag}` wall time (s)", times[name], times["python"], "s", "< 0.5 s",
-                "the CLI imports argparse and its own light modules only; anchor = `python -c pass`")
-            for name, flag in (("help", "--help"), ("version", "--version"))]
 
+    runs = {
+        "help": call(loraops, "--help"),
+        "version": call(loraops, "--version"),
+        "python": call(sys.executable, "-c", "pass"),
+    }
+    times = interleaved(runs, repeats=3 if quick else 10)
+    return [
+        row(
+            f"`loraops {flag}` wall time (s)",
+            times[name],
+            times["python"],
+            "s",
+            "< 0.5 s",
+            "the CLI imports argparse and its own light modules only; anchor = `python -c pass`",
+        )
+        for name, flag in (("help", "--help"), ("version", "--version"))
+    ]

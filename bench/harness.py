@@ -10,7 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def interleaved(runs: dict[str, Callable[[], None]], repeats: int, setup: Callable[[], None] | None = None) -> dict[str, float]:
+def interleaved(
+    runs: dict[str, Callable[[], None]], repeats: int, setup: Callable[[], None] | None = None
+) -> dict[str, float]:
     """Median seconds per callable after one untimed warm-up call each, the callables taking turns so drift hits
     all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -31,8 +33,9 @@ def interleaved(runs: dict[str, Callable[[], None]], repeats: int, setup: Callab
 def in_child(module: str, *args: str, env: dict | None = None) -> dict:
     """Run `python -m module args` and return the JSON its last line prints, with its peak RSS in bytes."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if done.returncode:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -54,10 +57,12 @@ def peak_rss(pid: int | str = "self") -> int:
 def run_watched(command: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
     """Run a command to completion, sampling its peak RSS (VmHWM) until it exits: {seconds, peak, returncode, output}."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                               env={**os.environ, **(env or {})})
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd, env={**os.environ, **(env or {})}
+    )
     peak, lines = 0, []
     import threading
+
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
     while process.poll() is None:
@@ -67,8 +72,12 @@ def run_watched(command: list[str], env: dict | None = None, cwd: str | None = N
             pass
         time.sleep(0.1)
     reader.join()
-    return {"seconds": time.perf_counter() - started, "peak": peak, "returncode": process.returncode,
-            "output": "".join(lines)}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak": peak,
+        "returncode": process.returncode,
+        "output": "".join(lines),
+    }
 
 
 def ratio(ours: float, anchor: float) -> float:

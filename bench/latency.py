@@ -32,18 +32,28 @@ def with_adapter(model: torch.nn.Module, **config) -> tuple[torch.nn.Module, tor
 
 def rows_for(case: str, times: dict[str, float], tokens: int) -> list[dict]:
     from bench.cases import row
+
     out = []
     for name in ("merged", "unmerged"):
-        out.append(row(f"{case}: {name} adapter vs base, per token (s)", times[name] / tokens, times["base"] / tokens,
-                       "s", "merged <= 1.05x base" if name == "merged" else "report",
-                       f"{tokens / times[name]:,.0f} tokens/s vs base {tokens / times['base']:,.0f}"))
+        out.append(
+            row(
+                f"{case}: {name} adapter vs base, per token (s)",
+                times[name] / tokens,
+                times["base"] / tokens,
+                "s",
+                "merged <= 1.05x base" if name == "merged" else "report",
+                f"{tokens / times[name]:,.0f} tokens/s vs base {tokens / times['base']:,.0f}",
+            )
+        )
     return out
 
 
 @torch.no_grad()
 def classification(quick: bool) -> list[dict]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     from pipelines.models import default_base_model
+
     path = default_base_model()
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(0)
@@ -55,8 +65,10 @@ def classification(quick: bool) -> list[dict]:
     for batch in (1, 32):
         inputs = tokenizer(texts[:batch], padding="max_length", truncation=True, max_length=64, return_tensors="pt")
         models = {"base": base, "unmerged": unmerged, "merged": merged}
-        times = interleaved({name: (lambda m=m: m(**inputs)) for name, m in models.items()},
-                            repeats=2 if quick else (30 if batch == 1 else 8))
+        times = interleaved(
+            {name: (lambda m=m: m(**inputs)) for name, m in models.items()},
+            repeats=2 if quick else (30 if batch == 1 else 8),
+        )
         rows += rows_for(f"MiniLM classifier forward, batch {batch}x64", times, batch * 64)
     return rows
 
@@ -64,6 +76,7 @@ def classification(quick: bool) -> list[dict]:
 @torch.no_grad()
 def causal_lm(quick: bool) -> list[dict]:
     from bench.models import llama
+
     base = llama("tiny" if quick else "100m")
     unmerged, merged = with_adapter(base)
     new_tokens, prompt = (4, 8) if quick else (32, 32)
@@ -72,11 +85,20 @@ def causal_lm(quick: bool) -> list[dict]:
         ids = torch.randint(3, base.config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(batch))
 
         def decode(model):
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+            model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+
         models = {"base": base, "unmerged": unmerged, "merged": merged}
-        times = interleaved({name: (lambda m=m: decode(m)) for name, m in models.items()},
-                            repeats=1 if quick else (5 if batch == 1 else 3))
+        times = interleaved(
+            {name: (lambda m=m: decode(m)) for name, m in models.items()},
+            repeats=1 if quick else (5 if batch == 1 else 3),
+        )
         params = sum(p.numel() for p in base.parameters()) / 1e6
         rows += rows_for(f"Llama {params:.0f}M greedy decode, batch {batch}", times, batch * new_tokens)
     return rows

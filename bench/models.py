@@ -12,13 +12,31 @@ from lora_core.peft_format import PREFIX, write_adapter
 from lora_core.safetensors_io import read_header
 
 SHAPES = {  # name -> LlamaConfig arguments
-    "tiny": dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2),
-    "100m": dict(vocab_size=8000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                 num_key_value_heads=12),
+    "tiny": dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+    "100m": dict(
+        vocab_size=8000,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+    ),
     # TinyLlama-1.1B's shape
-    "1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-               num_key_value_heads=4),
+    "1b": dict(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+    ),
 }
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -44,13 +62,15 @@ def write_tokenizer(folder: Path) -> None:
     """A byte-level BPE tokenizer with no merges (256 bytes + 3 specials): enough to run text through a random model."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {ch: i + 3 for i, ch in enumerate(sorted(alphabet))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="</s>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    ).save_pretrained(folder)
 
 
 def adapter_for(base: Path, out: Path, r: int = 16, seed: int = 0) -> Path:
@@ -64,7 +84,7 @@ def adapter_for(base: Path, out: Path, r: int = 16, seed: int = 0) -> Path:
             module = name.removesuffix(".weight")
             if module.rsplit(".", 1)[-1] in LINEAR:
                 out_f, in_f = entry.shape
-                tensors[f"{PREFIX}{module}.lora_A.weight"] = torch.randn(r, in_f, generator=g) / in_f ** 0.5
+                tensors[f"{PREFIX}{module}.lora_A.weight"] = torch.randn(r, in_f, generator=g) / in_f**0.5
                 tensors[f"{PREFIX}{module}.lora_B.weight"] = torch.randn(out_f, r, generator=g) * 0.01
     config = LoraConfig(r=r, alpha=2 * r, target_modules=list(LINEAR), task_type="CAUSAL_LM")
     write_adapter(out, tensors, config, base_model_name_or_path=str(base))

@@ -27,8 +27,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-TASKS = {"package-sections": "package-sections.jsonl", "server-sections": "server-sections.jsonl",
-         "wordnet-senses": "wordnet-senses.jsonl"}
+TASKS = {
+    "package-sections": "package-sections.jsonl",
+    "server-sections": "server-sections.jsonl",
+    "wordnet-senses": "wordnet-senses.jsonl",
+}
 METHODS = ("loraops", "peft", "full")
 PEFT_LR = 1e-3
 FULL_LR = 1e-4  # about a tenth of LoRA's rate (Schulman et al. 2025); BERT-size fine-tunes use 2e-5..1e-4
@@ -37,8 +40,12 @@ FULL_LR = 1e-4  # about a tenth of LoRA's rate (Schulman et al. 2025); BERT-size
 def task_file(work: Path, task: str, seed: int, quick: bool, settings: list[str] = ()) -> Path:
     """The minimal task file a user writes, plus the seed (in quick mode, a handful of steps) and any --set
     SECTION.FIELD=VALUE (a YAML value) to measure other settings beside the same anchors."""
-    spec = {"task": task, "type": "classification", "data": {"path": str(ROOT / "examples" / "data" / TASKS[task])},
-            "training": {"seed": seed, **({"max_steps": 4, "eval_every": 2} if quick else {})}}
+    spec = {
+        "task": task,
+        "type": "classification",
+        "data": {"path": str(ROOT / "examples" / "data" / TASKS[task])},
+        "training": {"seed": seed, **({"max_steps": 4, "eval_every": 2} if quick else {})},
+    }
     for setting in settings:
         key, _, value = setting.partition("=")
         section, _, name = key.partition(".")
@@ -51,12 +58,14 @@ def task_file(work: Path, task: str, seed: int, quick: bool, settings: list[str]
 def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: list[str] = ()) -> dict:
     """One training run in this process: {accuracy, macro_f1, seconds, peak, steps, trainable}."""
     import torch
+
     from bench.harness import peak_rss
     from pipelines import steps
     from pipelines.evaluation import classification_metrics, predict_logits
     from pipelines.models import load_model, resolve_base
     from pipelines.spec import load_spec
     from pipelines.train import train
+
     torch.set_num_threads(2)
     spec = load_spec(task_file(work, task, seed, quick, settings if method == "loraops" else ()))
     prepared = steps.prepare_data(spec, work / "data")
@@ -65,27 +74,51 @@ def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: 
     if method == "loraops":
         result = steps.fit_adapter(spec, prepared, base, work / f"{method}-{task}-{seed}")
         metrics = steps.evaluate_adapter(spec, prepared, base, result.adapter, None).adapter
-        return {**metrics, "seconds": result.seconds, "peak": peak_rss(), "steps": result.steps,
-                "trainable": result.trainable}
+        return {
+            **metrics,
+            "seconds": result.seconds,
+            "peak": peak_rss(),
+            "steps": result.steps,
+            "trainable": result.trainable,
+        }
     torch.manual_seed(seed)
     model, tokenizer = load_model(base, "classification", prepared.labels)
     if method == "peft":
         import peft
-        model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, task_type="SEQ_CLS",
-                                                           target_modules=["query", "value"],
-                                                           modules_to_save=["classifier"]))
+
+        model = peft.get_peft_model(
+            model,
+            peft.LoraConfig(
+                r=8,
+                lora_alpha=16,
+                lora_dropout=0.1,
+                task_type="SEQ_CLS",
+                target_modules=["query", "value"],
+                modules_to_save=["classifier"],
+            ),
+        )
     # no selection, so nothing held out: they train on loraops's train and validation splits together
     train_set = steps.read_split(prepared, "train") + steps.read_split(prepared, "validation")
     n_steps = steps.total_steps(spec, len(train_set))
     if quick:
         n_steps = 4
     started = time.perf_counter()
-    train(model, lambda epoch: steps.make_batches(spec, prepared, train_set, tokenizer, seed + epoch),
-          steps=n_steps, lr=PEFT_LR if method == "peft" else FULL_LR, device="cpu")
+    train(
+        model,
+        lambda epoch: steps.make_batches(spec, prepared, train_set, tokenizer, seed + epoch),
+        steps=n_steps,
+        lr=PEFT_LR if method == "peft" else FULL_LR,
+        device="cpu",
+    )
     seconds = time.perf_counter() - started
     logits, gold = predict_logits(model, steps.make_batches(spec, prepared, test, tokenizer, batch_size=64), "cpu")
-    return {**classification_metrics(logits, gold), "seconds": seconds, "peak": peak_rss(), "steps": n_steps,
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {
+        **classification_metrics(logits, gold),
+        "seconds": seconds,
+        "peak": peak_rss(),
+        "steps": n_steps,
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -99,71 +132,112 @@ def summarize(runs: list[dict]) -> dict:
     out: dict = {}
     for r in runs:
         out.setdefault(r["task"], {}).setdefault(r["method"], []).append(r)
-    return {task: {method: {**{key: mean_std([r[key] for r in rows]) for key in ("accuracy", "macro_f1")},
-                            **{key: (statistics.median(r[key] for r in rows), 0.0) for key in ("seconds", "peak", "steps")}}
-                   for method, rows in by_method.items()} for task, by_method in out.items()}
+    return {
+        task: {
+            method: {
+                **{key: mean_std([r[key] for r in rows]) for key in ("accuracy", "macro_f1")},
+                **{key: (statistics.median(r[key] for r in rows), 0.0) for key in ("seconds", "peak", "steps")},
+            }
+            for method, rows in by_method.items()
+        }
+        for task, by_method in out.items()
+    }
 
 
 def report(summary: dict, seeds: int, quick: bool, settings: list[str] = ()) -> str:
     from bench.__main__ import machine
-    lines = [f"# Quality of the defaults ({'quick' if quick else 'full'} mode)", "",
-             f"`python -m bench.quality{' --quick' if quick else ''} --seeds {seeds}"
-             f"{''.join(f' --set {s}' for s in settings)}` on: {machine()}.", "",
-             "Minimal task file (task, type, data) vs PEFT LoRA (r=8, alpha=16, query/value + head, lr 1e-3) vs full "
-             f"fine-tuning (lr {FULL_LR:.0e}), same splits, batches and epochs; mean ± std over "
-             f"{seeds} seed(s); train time, peak RSS and steps are medians. "
-             "Targets: loraops >= full fine-tuning - 1 point and >= PEFT; train time <= 1.1x PEFT; peak <= PEFT.", "",
-             "| task | method | test accuracy | macro-F1 | train time | peak RSS | steps |",
-             "|---|---|---|---|---|---|---|"]
+
+    lines = [
+        f"# Quality of the defaults ({'quick' if quick else 'full'} mode)",
+        "",
+        f"`python -m bench.quality{' --quick' if quick else ''} --seeds {seeds}"
+        f"{''.join(f' --set {s}' for s in settings)}` on: {machine()}.",
+        "",
+        "Minimal task file (task, type, data) vs PEFT LoRA (r=8, alpha=16, query/value + head, lr 1e-3) vs full "
+        f"fine-tuning (lr {FULL_LR:.0e}), same splits, batches and epochs; mean ± std over "
+        f"{seeds} seed(s); train time, peak RSS and steps are medians. "
+        "Targets: loraops >= full fine-tuning - 1 point and >= PEFT; train time <= 1.1x PEFT; peak <= PEFT.",
+        "",
+        "| task | method | test accuracy | macro-F1 | train time | peak RSS | steps |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for task, by_method in summary.items():
         for method in METHODS:
             m = by_method.get(method)
             if m:
-                lines.append(f"| {task} | {method} | {100 * m['accuracy'][0]:.1f} ± {100 * m['accuracy'][1]:.1f} | "
-                             f"{100 * m['macro_f1'][0]:.1f} ± {100 * m['macro_f1'][1]:.1f} | "
-                             f"{m['seconds'][0]:.1f} s | {m['peak'][0] / 2**20:,.0f} MiB | {m['steps'][0]:.0f} |")
-    lines += ["", "| task | loraops - full (points) | loraops - PEFT (points) | time / PEFT | peak / PEFT |",
-              "|---|---|---|---|---|"]
+                lines.append(
+                    f"| {task} | {method} | {100 * m['accuracy'][0]:.1f} ± {100 * m['accuracy'][1]:.1f} | "
+                    f"{100 * m['macro_f1'][0]:.1f} ± {100 * m['macro_f1'][1]:.1f} | "
+                    f"{m['seconds'][0]:.1f} s | {m['peak'][0] / 2**20:,.0f} MiB | {m['steps'][0]:.0f} |"
+                )
+    lines += [
+        "",
+        "| task | loraops - full (points) | loraops - PEFT (points) | time / PEFT | peak / PEFT |",
+        "|---|---|---|---|---|",
+    ]
     for task, m in summary.items():
         if {"loraops", "peft", "full"} <= m.keys():
-            lines.append(f"| {task} | {100 * (m['loraops']['accuracy'][0] - m['full']['accuracy'][0]):+.1f} | "
-                         f"{100 * (m['loraops']['accuracy'][0] - m['peft']['accuracy'][0]):+.1f} | "
-                         f"{m['loraops']['seconds'][0] / m['peft']['seconds'][0]:.2f}x | "
-                         f"{m['loraops']['peak'][0] / m['peft']['peak'][0]:.2f}x |")
+            lines.append(
+                f"| {task} | {100 * (m['loraops']['accuracy'][0] - m['full']['accuracy'][0]):+.1f} | "
+                f"{100 * (m['loraops']['accuracy'][0] - m['peft']['accuracy'][0]):+.1f} | "
+                f"{m['loraops']['seconds'][0] / m['peft']['seconds'][0]:.2f}x | "
+                f"{m['loraops']['peak'][0] / m['peft']['peak'][0]:.2f}x |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.quality")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="4 steps per run: the harness works, the numbers mean nothing")
+    parser.add_argument(
+        "--quick", action="store_true", help="4 steps per run: the harness works, the numbers mean nothing"
+    )
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="a task-file setting for the loraops runs, e.g. lora.r=16 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="a task-file setting for the loraops runs, e.g. lora.r=16 (repeatable)",
+    )
     parser.add_argument("--out", default=".")
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
     import tempfile
+
     from bench.harness import in_child
+
     work = Path(args.work or tempfile.mkdtemp(prefix="loraops-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in range(args.seeds):
         for task in args.tasks:
             for method in args.methods:
-                result = in_child("bench.quality", "--child", method, task, str(seed), str(work),
-                                  *(["--quick"] if args.quick else []), *(f"--set={s}" for s in args.set),
-                                  env={"LORAOPS_HOME": str(work / "home")})
+                result = in_child(
+                    "bench.quality",
+                    "--child",
+                    method,
+                    task,
+                    str(seed),
+                    str(work),
+                    *(["--quick"] if args.quick else []),
+                    *(f"--set={s}" for s in args.set),
+                    env={"LORAOPS_HOME": str(work / "home")},
+                )
                 runs.append({"task": task, "method": method, "seed": seed, **result})
-                print(f"{task} seed {seed} {method}: accuracy {result['accuracy']:.4f} in {result['seconds']:.1f} s "
-                      f"({result['steps']} steps), peak {result['peak'] / 2**20:,.0f} MiB", flush=True)
+                print(
+                    f"{task} seed {seed} {method}: accuracy {result['accuracy']:.4f} in {result['seconds']:.1f} s "
+                    f"({result['steps']} steps), peak {result['peak'] / 2**20:,.0f} MiB",
+                    flush=True,
+                )
     summary = summarize(runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "QUALITY.md").write_text(report(summary, args.seeds, args.quick, args.set))
-    (out / "quality-results.json").write_text(json.dumps({"quick": args.quick, "runs": runs, "summary": summary},
-                                                         indent=1))
+    (out / "quality-results.json").write_text(
+        json.dumps({"quick": args.quick, "runs": runs, "summary": summary}, indent=1)
+    )
     print(f"wrote {out / 'QUALITY.md'}")
 
 

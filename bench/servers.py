@@ -40,8 +40,11 @@ def serving(command: list[str], url: str, log: Path):
 @contextlib.contextmanager
 def moto_server(home: Path):
     port = free_port()
-    with serving([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/moto-api/",
-                 home / "moto.log"):
+    with serving(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}/moto-api/",
+        home / "moto.log",
+    ):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -50,7 +53,22 @@ def mlflow_server(home: Path):
     port = free_port()
     folder = home / "mlflow-server"
     folder.mkdir(parents=True, exist_ok=True)
-    with serving([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-                  "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                  "--workers", "1"], f"http://127.0.0.1:{port}/health", home / "mlflow.log"):
+    with serving(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        f"http://127.0.0.1:{port}/health",
+        home / "mlflow.log",
+    ):
         yield f"http://127.0.0.1:{port}"

@@ -17,21 +17,29 @@ torch.set_num_threads(2)
 def minilm_step(impl: str, steps: int, full: bool = False) -> dict:
     """Median seconds of an AdamW train step (MiniLM classifier, batch 32 x 64 tokens) and the peak RSS."""
     from transformers import AutoModelForSequenceClassification
+
     from pipelines.models import default_base_model
+
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(default_base_model(), num_labels=4)
     if impl == "ours":
         from lora_core import LoraConfig, inject
+
         inject(model, LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"]))
     elif impl == "peft":
         import peft
-        model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"],
-                                                           task_type="SEQ_CLS"))
+
+        model = peft.get_peft_model(
+            model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], task_type="SEQ_CLS")
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     g = torch.Generator().manual_seed(1)
-    batch = {"input_ids": torch.randint(1000, 20000, (32, 64), generator=g),
-             "attention_mask": torch.ones(32, 64, dtype=torch.long), "labels": torch.randint(0, 4, (32,), generator=g)}
+    batch = {
+        "input_ids": torch.randint(1000, 20000, (32, 64), generator=g),
+        "attention_mask": torch.ones(32, 64, dtype=torch.long),
+        "labels": torch.randint(0, 4, (32,), generator=g),
+    }
     model.train()
     times = []
     for _ in range(steps + 2):  # two warm-up steps
@@ -41,12 +49,17 @@ def minilm_step(impl: str, steps: int, full: bool = False) -> dict:
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - started)
     checkpoint = sum(p.numel() * p.element_size() for p in params)
-    return {"step": statistics.median(times[2:]), "peak": peak_rss(), "trainable": sum(p.numel() for p in params),
-            "checkpoint_bytes": checkpoint}
+    return {
+        "step": statistics.median(times[2:]),
+        "peak": peak_rss(),
+        "trainable": sum(p.numel() for p in params),
+        "checkpoint_bytes": checkpoint,
+    }
 
 
 def disk_merge(impl: str, base: str, adapter: str, out: str) -> dict:
     import os
+
     shutil.rmtree(out, ignore_errors=True)
     for path in Path(base).iterdir():  # the base in the page cache, as right after training: every side alike
         with open(path, "rb") as f:
@@ -62,10 +75,12 @@ def disk_merge(impl: str, base: str, adapter: str, out: str) -> dict:
                     dst.write(chunk)
     elif impl == "ours":
         from lora_core.checkpoint_merge import merge_checkpoint
+
         merge_checkpoint(base, adapter, out)
     else:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         merged.save_pretrained(out, max_shard_size="500MB")
@@ -78,9 +93,11 @@ def disk_merge(impl: str, base: str, adapter: str, out: str) -> dict:
 def plain_steps(home: str, *tasks: str) -> dict:
     """The flow's steps as plain functions, no Prefect, no caching: the anchor of the flow-overhead case."""
     import os
+
     os.environ["LORAOPS_HOME"] = home
     from pipelines.spec import load_spec
     from registry import AdapterRegistry
+
     for task in tasks:
         plain_task(load_spec(task), AdapterRegistry())
     return {"tasks": len(tasks)}
@@ -91,19 +108,27 @@ def plain_task(spec, registry) -> None:
     from pipelines.analysis import analyze_adapter
     from pipelines.flows import LOADER_MODULE
     from pipelines.models import base_source, resolve_base
+
     work = registry.settings.home / "work" / spec.task
     prepared = steps.prepare_data(spec, work)
     base_path, base_name = resolve_base(spec.base)
     base = registry.register_base(base_path, name=base_name, source=base_source(spec.base, base_path))
     trained = steps.fit_adapter(spec, prepared, base_path, work / "run")
     evaluation = steps.evaluate_adapter(spec, prepared, base_path, trained.adapter, None)
-    merged = steps.merge_model(spec, prepared, base_path, trained.adapter, work / "run" / "merged") \
-        if spec.promotion.mode == "merged" else None
+    merged = (
+        steps.merge_model(spec, prepared, base_path, trained.adapter, work / "run" / "merged")
+        if spec.promotion.mode == "merged"
+        else None
+    )
     analyze_adapter(trained.adapter, str(base_path), work / "analysis")
-    metrics = {f"{row}_{name}": v for row, values in (("adapter", evaluation.adapter), ("base", evaluation.base))
-               for name, v in values.items()}
-    record = registry.register(spec.task, trained.adapter, base, prepared.digest, metrics, merged_dir=merged,
-                               loader_module=LOADER_MODULE)
+    metrics = {
+        f"{row}_{name}": v
+        for row, values in (("adapter", evaluation.adapter), ("base", evaluation.base))
+        for name, v in values.items()
+    }
+    record = registry.register(
+        spec.task, trained.adapter, base, prepared.digest, metrics, merged_dir=merged, loader_module=LOADER_MODULE
+    )
     registry.promote(spec.task, record.version, spec.promotion.mode, spec.promotion.target, progress=False)
 
 

@@ -17,7 +17,11 @@ def write_report(report: dict[str, Any], folder: Path, similarity: torch.Tensor 
     """report.json and the plots (scree, ranks; the φ grid when compared) into `folder`; returns what was written."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    written = [folder / "report.json", plot_scree(report, folder / "scree.png"), plot_ranks(report, folder / "ranks.png")]
+    written = [
+        folder / "report.json",
+        plot_scree(report, folder / "scree.png"),
+        plot_ranks(report, folder / "ranks.png"),
+    ]
     if similarity is not None:
         written.append(plot_similarity(similarity, folder / "similarity.png", "mean φ(i, j) over shared modules"))
     return written
@@ -30,11 +34,14 @@ def analyze_adapter(adapter: str, base_path: str | None, out: Path) -> Analysis:
     s = report["summary"]
     advice = s["recommended_rank"]
     amplification = s.get("mean_amplification")
-    return Analysis(r=s["r"], modules=s["modules"], mean_effective_rank=s["mean_effective_rank"],
-                    recommended_rank=RankAdvice(p90=advice["90"], p95=advice["95"], p99=advice["99"],
-                                                elbow=advice["elbow"]),
-                    mean_amplification=amplification if amplification is not None and math.isfinite(amplification)
-                    else None, folder=str(out))
+    return Analysis(
+        r=s["r"],
+        modules=s["modules"],
+        mean_effective_rank=s["mean_effective_rank"],
+        recommended_rank=RankAdvice(p90=advice["90"], p95=advice["95"], p99=advice["99"], elbow=advice["elbow"]),
+        mean_amplification=amplification if amplification is not None and math.isfinite(amplification) else None,
+        folder=str(out),
+    )
 
 
 def spectrum_tags(analysis: Analysis, ranking: Ranking | None = None) -> dict[str, float]:
@@ -42,11 +49,20 @@ def spectrum_tags(analysis: Analysis, ranking: Ranking | None = None) -> dict[st
     effective rank, (the base known) the mean amplification; with promotion.rank, the trained and shipped ranks, the
     compressed adapter's metric delta and the bytes it saved."""
     advice = analysis.recommended_rank
-    tags: dict[str, float] = {"rank_at_90": advice.p90, "rank_at_95": advice.p95, "rank_at_99": advice.p99,
-                              "elbow": advice.elbow, "effective_rank": analysis.mean_effective_rank}
+    tags: dict[str, float] = {
+        "rank_at_90": advice.p90,
+        "rank_at_95": advice.p95,
+        "rank_at_99": advice.p99,
+        "elbow": advice.elbow,
+        "effective_rank": analysis.mean_effective_rank,
+    }
     if analysis.mean_amplification is not None:  # None where ΔW is orthogonal to W
         tags["amplification"] = analysis.mean_amplification
     if ranking:
-        tags |= {"trained_rank": ranking.trained_rank, "shipped_rank": ranking.rank,
-                 "compressed_metric_delta": ranking.metric_delta, "compressed_bytes_saved": ranking.bytes_saved}
+        tags |= {
+            "trained_rank": ranking.trained_rank,
+            "shipped_rank": ranking.rank,
+            "compressed_metric_delta": ranking.metric_delta,
+            "compressed_bytes_saved": ranking.bytes_saved,
+        }
     return tags

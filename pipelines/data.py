@@ -21,6 +21,7 @@ MAX_BAD_ROWS = 3
 @dataclass(frozen=True)
 class Example:
     """Classification: text and its label. Causal LM: the prompt (text) and its completion (label)."""
+
     text: str
     label: str
 
@@ -31,11 +32,12 @@ def read_rows(path: str) -> list[dict]:
     suffix = Path(path.split("?")[0]).suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
+
         return pq.read_table(io.BytesIO(data)).to_pylist()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
+        line = data[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
     if suffix == ".csv":
         return list(csv.DictReader(io.StringIO(text)))
@@ -68,12 +70,19 @@ def load_examples(path: str, text_field: str = "text", label_field: str = "label
     rows = read_rows(path)
     if not rows:
         raise DataError(f"{path}: no examples; the file is empty")
-    bad = [i for i, row in enumerate(rows, 1) if not isinstance(row, dict)
-           or not _filled(row.get(text_field)) or not _filled(row.get(label_field))]
+    bad = [
+        i
+        for i, row in enumerate(rows, 1)
+        if not isinstance(row, dict) or not _filled(row.get(text_field)) or not _filled(row.get(label_field))
+    ]
     if bad:
-        shown = ", ".join(map(str, bad[:MAX_BAD_ROWS])) + (f" and {len(bad) - MAX_BAD_ROWS} more" if len(bad) > MAX_BAD_ROWS else "")
-        raise DataError(f"{path}: rows {shown} lack a non-empty {text_field!r} or {label_field!r}; "
-                        f"fix those rows or set data.text_field / data.label_field")
+        shown = ", ".join(map(str, bad[:MAX_BAD_ROWS])) + (
+            f" and {len(bad) - MAX_BAD_ROWS} more" if len(bad) > MAX_BAD_ROWS else ""
+        )
+        raise DataError(
+            f"{path}: rows {shown} lack a non-empty {text_field!r} or {label_field!r}; "
+            f"fix those rows or set data.text_field / data.label_field"
+        )
     examples, seen = [], set()
     for row in rows:
         example = Example(str(row[text_field]), str(row[label_field]))
@@ -90,9 +99,11 @@ def _filled(value) -> bool:
 def split(examples: list[Example], test_fraction: float = 0.2, salt: str = "") -> tuple[list[Example], list[Example]]:
     """(kept, held out) by a hash of the text: the same example always lands on the same side. Another salt draws
     an independent split (the validation split is carved from what the test split left)."""
+
     def is_test(e: Example) -> bool:
         digest = hashlib.sha256((salt + e.text).encode()).digest()
         return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
+
     return [e for e in examples if not is_test(e)], [e for e in examples if is_test(e)]
 
 
@@ -100,7 +111,9 @@ def check_classes(train: list[Example], test: list[Example], where: str, split_n
     """At least two classes, and no held-out label the model never saw in training."""
     seen = {e.label for e in train}
     if len(seen) < 2:
-        raise DataError(f"{where}: the training split has a single class {sorted(seen)}; a classifier needs at least two")
+        raise DataError(
+            f"{where}: the training split has a single class {sorted(seen)}; a classifier needs at least two"
+        )
     unseen = [(i, e.label) for i, e in enumerate(test, 1) if e.label not in seen]
     if unseen:
         rows = ", ".join(f"{split_name} row {i} ({label!r})" for i, label in unseen[:MAX_BAD_ROWS])
@@ -133,25 +146,32 @@ def batch_order(lengths: list[int], batch_size: int, shuffle_seed: int | None) -
     n = len(lengths)
     if shuffle_seed is None:
         ordered = sorted(range(n), key=lambda i: lengths[i])
-        return [ordered[i:i + batch_size] for i in range(0, n, batch_size)]
+        return [ordered[i : i + batch_size] for i in range(0, n, batch_size)]
     g = torch.Generator().manual_seed(shuffle_seed)
     order = torch.randperm(n, generator=g).tolist()
     window = batch_size * GROUP_WINDOW
     grouped = []
     for start in range(0, n, window):
-        ordered = sorted(order[start:start + window], key=lambda i: lengths[i])
-        grouped += [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+        ordered = sorted(order[start : start + window], key=lambda i: lengths[i])
+        grouped += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
     return [grouped[i] for i in torch.randperm(len(grouped), generator=g).tolist()]
 
 
-def batches(examples: list[Example], labels: list[str], tokenizer, batch_size: int, max_length: int,
-            shuffle_seed: int | None = None):
+def batches(
+    examples: list[Example],
+    labels: list[str],
+    tokenizer,
+    batch_size: int,
+    max_length: int,
+    shuffle_seed: int | None = None,
+):
     """Classification batches {input_ids, attention_mask, ..., labels [batch]}."""
     index = {name: i for i, name in enumerate(labels)}
     for members in batch_order([len(e.text) for e in examples], batch_size, shuffle_seed):
         chunk = [examples[i] for i in members]
-        batch = tokenizer([e.text for e in chunk], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt")
+        batch = tokenizer(
+            [e.text for e in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         batch["labels"] = torch.tensor([index[e.label] for e in chunk])
         yield batch
 
@@ -164,8 +184,9 @@ def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
     """Token ids a completion follows: the prompt as a user turn of the chat template plus the assistant's opening,
     or the plain prompt (no special tokens) when the tokenizer has no template or the task turned it off."""
     if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
@@ -176,21 +197,32 @@ def encode_pair(tokenizer, prompt: str, completion: str, max_length: int, chat: 
     loses its start, so the completion (what is learned and measured) always fits."""
     prompt_ids = encode_prompt(tokenizer, prompt, chat)
     if chat:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                              {"role": "assistant", "content": completion}], tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], tokenize=False
+        )
         full = tokenizer(text, add_special_tokens=False)["input_ids"]
-        answer = full[len(prompt_ids):] if full[:len(prompt_ids)] == prompt_ids else \
-            tokenizer(text[len(tokenizer.decode(prompt_ids)):], add_special_tokens=False)["input_ids"]
+        answer = (
+            full[len(prompt_ids) :]
+            if full[: len(prompt_ids)] == prompt_ids
+            else tokenizer(text[len(tokenizer.decode(prompt_ids)) :], add_special_tokens=False)["input_ids"]
+        )
     else:
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         answer = tokenizer(" " + completion, add_special_tokens=False)["input_ids"] + [eos]
-    answer = answer[:max_length - 1]
-    prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - len(answer))):]
+    answer = answer[: max_length - 1]
+    prompt_ids = prompt_ids[max(0, len(prompt_ids) - (max_length - len(answer))) :]
     return prompt_ids + answer, [-100] * len(prompt_ids) + answer
 
 
-def lm_batches(examples: list[Example], tokenizer, batch_size: int, max_length: int, shuffle_seed: int | None = None,
-               chat: bool = False, packing: bool = False):
+def lm_batches(
+    examples: list[Example],
+    tokenizer,
+    batch_size: int,
+    max_length: int,
+    shuffle_seed: int | None = None,
+    chat: bool = False,
+    packing: bool = False,
+):
     """Causal LM batches of prompt + completion pairs (`encode_pair`), right-padded, labels -100 on prompt and padding.
 
     packing: each row holds several examples, up to max_length tokens, in the order of `batch_order`; position ids
@@ -199,15 +231,25 @@ def lm_batches(examples: list[Example], tokenizer, batch_size: int, max_length: 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = batch_order([len(e.text) + len(e.label) for e in examples], batch_size, shuffle_seed)
     if packing:
-        yield from packed_batches([encode_pair(tokenizer, examples[i].text, examples[i].label, max_length, chat)
-                                   for members in order for i in members], batch_size, max_length, pad)
+        yield from packed_batches(
+            [
+                encode_pair(tokenizer, examples[i].text, examples[i].label, max_length, chat)
+                for members in order
+                for i in members
+            ],
+            batch_size,
+            max_length,
+            pad,
+        )
         return
     for members in order:
         rows = [encode_pair(tokenizer, examples[i].text, examples[i].label, max_length, chat) for i in members]
         width = max(len(ids) for ids, _ in rows)
-        yield {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
-               "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
-               "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])}
+        yield {
+            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows]),
+        }
 
 
 def packed_batches(pairs: list[tuple[list[int], list[int]]], batch_size: int, max_length: int, pad: int):
@@ -220,9 +262,11 @@ def packed_batches(pairs: list[tuple[list[int], list[int]]], batch_size: int, ma
         rows[-1][1].extend(labels)
         rows[-1][2].extend(range(len(ids)))
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         width = max(len(ids) for ids, _, _ in chunk)
         # padding is a sequence of its own (positions from 0), its labels ignored
-        yield {"input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in chunk]),
-               "position_ids": torch.tensor([pos + list(range(width - len(pos))) for _, _, pos in chunk]),
-               "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, _ in chunk])}
+        yield {
+            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _ in chunk]),
+            "position_ids": torch.tensor([pos + list(range(width - len(pos))) for _, _, pos in chunk]),
+            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab, _ in chunk]),
+        }

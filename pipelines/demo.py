@@ -23,8 +23,9 @@ from .train import train
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data" / "package-sections.jsonl"
 
 
-def run_demo(steps: int = 300, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
-             out_dir: Path | None = None, print_=print) -> dict[str, float]:
+def run_demo(
+    steps: int = 300, batch_size: int = 16, lr: float = 1e-3, seed: int = 0, out_dir: Path | None = None, print_=print
+) -> dict[str, float]:
     transformers.logging.set_verbosity_error()  # the load report of the new head is expected
     torch.manual_seed(seed)
     base_path = default_base_model()
@@ -45,14 +46,22 @@ def run_demo(steps: int = 300, batch_size: int = 16, lr: float = 1e-3, seed: int
     inject(model, config)
     trainable, total = count_parameters(model)
     lora_params = sum(sum(w.numel() for w in layer.factors("default")) for layer in lora_layers(model).values())
-    print_(f"params trainable {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): "
-           f"LoRA {lora_params:,} = sum r*(d+k) over {len(lora_layers(model))} matrices, head {trainable - lora_params:,}")
+    print_(
+        f"params trainable {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): "
+        f"LoRA {lora_params:,} = sum r*(d+k) over {len(lora_layers(model))} matrices, head {trainable - lora_params:,}"
+    )
 
     started = time.perf_counter()
     report = max(1, steps // 6)
-    train(model, lambda epoch: data.batches(train_set, labels, tokenizer, batch_size, 32, shuffle_seed=seed + epoch),
-          steps=steps, lr=lr,
-          on_step=lambda s, loss, cur_lr: print_(f"train  step {s:4d}  loss {loss:.4f}  lr {cur_lr:.2e}") if s % report == 0 else None)
+    train(
+        model,
+        lambda epoch: data.batches(train_set, labels, tokenizer, batch_size, 32, shuffle_seed=seed + epoch),
+        steps=steps,
+        lr=lr,
+        on_step=lambda s, loss, cur_lr: (
+            print_(f"train  step {s:4d}  loss {loss:.4f}  lr {cur_lr:.2e}") if s % report == 0 else None
+        ),
+    )
     print_(f"train  {steps} steps in {time.perf_counter() - started:.1f}s")
 
     unmerged, gold = predict_logits(model, test_batches())
@@ -68,5 +77,12 @@ def run_demo(steps: int = 300, batch_size: int = 16, lr: float = 1e-3, seed: int
     size = sum(f.stat().st_size for f in out_dir.iterdir())
     base_size = sum(f.stat().st_size for f in base_path.glob("*.safetensors"))
     print_(f"saved  {out_dir} (PEFT format): {size / 1024:.0f} KiB, {100 * size / base_size:.2f}% of the base weights")
-    return {"accuracy_before": acc_before, "accuracy_after": acc_after, "merge_rel_diff": diff_merged,
-            "unload_rel_diff": diff_unloaded, "trainable": trainable, "total": total, "adapter_bytes": size}
+    return {
+        "accuracy_before": acc_before,
+        "accuracy_after": acc_after,
+        "merge_rel_diff": diff_merged,
+        "unload_rel_diff": diff_unloaded,
+        "trainable": trainable,
+        "total": total,
+        "adapter_bytes": size,
+    }

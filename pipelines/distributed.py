@@ -46,6 +46,7 @@ class Launch(BaseModel):
     endpoint: str
     settings: RegistrySettings  # where the worker of rank 0 logs the run
 
+
 def pending_dir(home: Path) -> Path:
     """Where the flow's node announces multi-node runs for `loraops train-node` to join."""
     return home / "nodes" / "pending"
@@ -60,34 +61,61 @@ def torchrun_command(launch: Launch, launch_path: Path, host: bool) -> list[str]
         rendezvous = ["--standalone"]
     else:
         # is_host is explicit: two nodes on one machine (tests, or a fat node) would both guess they host the store
-        rendezvous = [f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.endpoint}",
-                      f"--rdzv-id={launch.run_id}", f"--rdzv-conf=is_host={int(host)},join_timeout=900"]
-    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, f"--nproc-per-node={launch.nproc}",
-            "-m", "pipelines.distributed", str(launch_path)]
+        rendezvous = [
+            f"--nnodes={launch.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={launch.endpoint}",
+            f"--rdzv-id={launch.run_id}",
+            f"--rdzv-conf=is_host={int(host)},join_timeout=900",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *rendezvous,
+        f"--nproc-per-node={launch.nproc}",
+        "-m",
+        "pipelines.distributed",
+        str(launch_path),
+    ]
 
 
-def train_with_torchrun(spec: TaskSpec, prepared: PreparedData, base_path: Path, work: Path, run_id: str,
-                        settings: RegistrySettings) -> TrainedAdapter:
+def train_with_torchrun(
+    spec: TaskSpec, prepared: PreparedData, base_path: Path, work: Path, run_id: str, settings: RegistrySettings
+) -> TrainedAdapter:
     """The flow's side: launch torchrun on this node (the rendezvous host) and wait for the trained adapter."""
     work.mkdir(parents=True, exist_ok=True)
-    launch = Launch(spec=spec.model_dump(mode="json", exclude_unset=True), source=str(spec.source), prepared=prepared,
-                    base_path=str(base_path), work=str(work), run_id=run_id, nnodes=spec.training.nnodes,
-                    nproc=spec.training.nproc, endpoint=rendezvous_endpoint(), settings=settings)
+    launch = Launch(
+        spec=spec.model_dump(mode="json", exclude_unset=True),
+        source=str(spec.source),
+        prepared=prepared,
+        base_path=str(base_path),
+        work=str(work),
+        run_id=run_id,
+        nnodes=spec.training.nnodes,
+        nproc=spec.training.nproc,
+        endpoint=rendezvous_endpoint(),
+        settings=settings,
+    )
     launch_path = work / "launch.json"
     launch_path.write_text(launch.model_dump_json())
     announce = pending_dir(settings.home) / f"{run_id}.json"
     if spec.training.nnodes > 1:
         announce.parent.mkdir(parents=True, exist_ok=True)
         announce.write_text(json.dumps({"launch": str(launch_path)}))
-        print(f"{spec.task}: waiting for {spec.training.nnodes - 1} more node(s) at {launch.endpoint} "
-              f"(run `loraops train-node` on each, with this LORAOPS_HOME mounted)")
+        print(
+            f"{spec.task}: waiting for {spec.training.nnodes - 1} more node(s) at {launch.endpoint} "
+            f"(run `loraops train-node` on each, with this LORAOPS_HOME mounted)"
+        )
     try:
         done = subprocess.run(torchrun_command(launch, launch_path, host=True))
     finally:
         announce.unlink(missing_ok=True)
     if done.returncode != 0:
-        raise TorchrunError(f"torchrun exited with {done.returncode} ({spec.training.nproc} process(es) x "
-                            f"{spec.training.nnodes} node(s)); see the worker output above")
+        raise TorchrunError(
+            f"torchrun exited with {done.returncode} ({spec.training.nproc} process(es) x "
+            f"{spec.training.nnodes} node(s)); see the worker output above"
+        )
     return TrainedAdapter.model_validate_json((work / "train.json").read_text())
 
 
@@ -97,8 +125,11 @@ def join_runs(home: Path, once: bool, wait: float | None, poll: float = 1.0) -> 
     joined: set[str] = set()
     idle_since = time.monotonic()
     while True:
-        announced = sorted(pending_dir(home).glob("*.json"), key=lambda p: p.stat().st_mtime) \
-            if pending_dir(home).is_dir() else []
+        announced = (
+            sorted(pending_dir(home).glob("*.json"), key=lambda p: p.stat().st_mtime)
+            if pending_dir(home).is_dir()
+            else []
+        )
         fresh = [p for p in announced if p.stem not in joined]
         if fresh:
             join_run(Path(json.loads(fresh[0].read_text())["launch"]))
@@ -108,8 +139,10 @@ def join_runs(home: Path, once: bool, wait: float | None, poll: float = 1.0) -> 
             idle_since = time.monotonic()
         elif wait is not None and time.monotonic() - idle_since > wait:
             if not joined:
-                raise TrainingNodeError(f"no multi-node run was announced under {pending_dir(home)} in {wait:g} s; "
-                                        f"start one with training.nnodes > 1 on the same LORAOPS_HOME")
+                raise TrainingNodeError(
+                    f"no multi-node run was announced under {pending_dir(home)} in {wait:g} s; "
+                    f"start one with training.nnodes > 1 on the same LORAOPS_HOME"
+                )
             return len(joined)
         else:
             time.sleep(poll)
@@ -119,13 +152,13 @@ def join_run(launch_path: Path) -> None:
     try:
         launch = Launch.model_validate_json(launch_path.read_text())
     except FileNotFoundError:
-        raise TrainingNodeError(f"{launch_path} is not visible on this node; mount the flow's LORAOPS_HOME "
-                                f"at the same path on every node") from None
+        raise TrainingNodeError(
+            f"{launch_path} is not visible on this node; mount the flow's LORAOPS_HOME at the same path on every node"
+        ) from None
     print(f"joining run {launch.run_id} at {launch.endpoint} ({launch.nnodes} nodes x {launch.nproc})")
     done = subprocess.run(torchrun_command(launch, launch_path, host=False))
     if done.returncode != 0:
-        raise TrainingNodeError(f"torchrun exited with {done.returncode} in run {launch.run_id}; "
-                                f"see the output above")
+        raise TrainingNodeError(f"torchrun exited with {done.returncode} in run {launch.run_id}; see the output above")
 
 
 def main(launch_path: str) -> None:
@@ -137,8 +170,9 @@ def main(launch_path: str) -> None:
         launch = Launch.model_validate_json(Path(launch_path).read_text())
         spec = TaskSpec.model_validate({**launch.spec, "source": launch.source})
         log = tracking.StepLog(AdapterRegistry(launch.settings).runs, launch.run_id) if dist.get_rank() == 0 else None
-        steps.fit_adapter(spec, launch.prepared, Path(launch.base_path), Path(launch.work), log,
-                          log.validation if log else None)
+        steps.fit_adapter(
+            spec, launch.prepared, Path(launch.base_path), Path(launch.work), log, log.validation if log else None
+        )
         if log:
             log.flush()
     finally:

@@ -42,9 +42,11 @@ class GateBlocked(RunError):
     """The adapter did not pass the gate: registered as `candidate`, production unchanged, nothing promoted."""
 
     def __init__(self, task: str, version: int, run_id: str, reasons: list[str]):
-        super().__init__(f"{task}: gate blocked v{version} ({'; '.join(reasons)}); registered as candidate, "
-                         f"production unchanged; see MLflow run {run_id}, or promote it deliberately with "
-                         f"`loraops promote {task} --version {version}`")
+        super().__init__(
+            f"{task}: gate blocked v{version} ({'; '.join(reasons)}); registered as candidate, "
+            f"production unchanged; see MLflow run {run_id}, or promote it deliberately with "
+            f"`loraops promote {task} --version {version}`"
+        )
         self.task, self.version, self.run_id, self.reasons = task, version, run_id, reasons
 
     def __reduce__(self):

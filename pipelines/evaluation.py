@@ -15,7 +15,9 @@ LOWER_IS_BETTER = ("perplexity", "loss")
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, batches: Iterable[dict], device: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(
+    model: nn.Module, batches: Iterable[dict], device: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [n, classes] in float32, labels [n]) over all batches, model in eval mode."""
     dev = resolve_device(device)
     model.to(dev).eval()

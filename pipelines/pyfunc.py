@@ -48,7 +48,8 @@ class TaskModel:
             raise BaseMismatchError(
                 f"this adapter was trained on {base['name']} (fingerprint {base['fingerprint'][:12]}), but {path} has "
                 f"fingerprint {actual[:12]}; load it with model_config={{'base_path': <folder of that base>}} "
-                f"or LORAOPS_BASE_PATH")
+                f"or LORAOPS_BASE_PATH"
+            )
         self.model, self.tokenizer = load_model(path, kind, self.labels)
         load_adapter(self.model, root / "adapter")
         merge_and_unload(self.model)
@@ -57,11 +58,11 @@ class TaskModel:
         """Texts (a list, a string, or a DataFrame's first column) -> label + probability, or a completion."""
         texts = _texts(model_input)
         if self.kind == "classification":
-            return pd.DataFrame(classify(self.model, self.tokenizer, texts, self.labels),
-                                columns=["label", "probability"])
+            return pd.DataFrame(
+                classify(self.model, self.tokenizer, texts, self.labels), columns=["label", "probability"]
+            )
         tokens = int((params or {}).get("max_new_tokens", 20))
-        return pd.DataFrame({"completion": [complete(self.model, self.tokenizer, t, tokens, self.chat)
-                                           for t in texts]})
+        return pd.DataFrame({"completion": [complete(self.model, self.tokenizer, t, tokens, self.chat) for t in texts]})
 
 
 def _texts(model_input) -> list[str]:

@@ -26,15 +26,30 @@ def uniform_rank(adapter: Adapter, pve: float) -> int:
     return max(max(1, spectrum(m.lora_b, m.lora_a, m.scale).rank_at(pve)) for m in adapter.modules.values())
 
 
-def choose_rank(spec: TaskSpec, prepared: PreparedData, base_path: Path, trained: str, evaluation: Evaluation,
-                production: ProductionVersion | None, out: Path) -> Ranking:
+def choose_rank(
+    spec: TaskSpec,
+    prepared: PreparedData,
+    base_path: Path,
+    trained: str,
+    evaluation: Evaluation,
+    production: ProductionVersion | None,
+    out: Path,
+) -> Ranking:
     """The adapter to ship (the compressed one in `out` when it passes, else the trained one) and why."""
     p, metric = spec.promotion, spec.gate.metric
     source = read_adapter(trained)
     r = source.config.r
     k = int(p.rank) if isinstance(p.rank, int) else uniform_rank(source, p.rank_pve)
-    kept = Ranking(trained_rank=r, rank=r, shipped=False, adapter=trained, evaluation=evaluation, metric_delta=0.0,
-                   bytes_saved=0, reason=f"rank for {p.rank_pve:.0%} of |dW|^2 is {k}, the trained rank: nothing to cut")
+    kept = Ranking(
+        trained_rank=r,
+        rank=r,
+        shipped=False,
+        adapter=trained,
+        evaluation=evaluation,
+        metric_delta=0.0,
+        bytes_saved=0,
+        reason=f"rank for {p.rank_pve:.0%} of |dW|^2 is {k}, the trained rank: nothing to cut",
+    )
     if k >= r:
         return kept
     shutil.rmtree(out, ignore_errors=True)
@@ -47,8 +62,18 @@ def choose_rank(spec: TaskSpec, prepared: PreparedData, base_path: Path, trained
     if not compressed.passed:
         return measured.model_copy(update={"reason": f"r={k} fails the gate: {'; '.join(compressed.reasons)}"})
     if delta < -p.rank_tolerance:
-        return measured.model_copy(update={"reason": f"r={k} scores {delta:+.4f} {metric} against r={r}, beyond "
-                                                     f"promotion.rank_tolerance {p.rank_tolerance:g}"})
-    return measured.model_copy(update={
-        "rank": k, "shipped": True, "adapter": str(out), "evaluation": compressed,
-        "reason": f"r={k} of {r} passes the gate ({delta:+.4f} {metric}, {saved:,} bytes smaller)"})
+        return measured.model_copy(
+            update={
+                "reason": f"r={k} scores {delta:+.4f} {metric} against r={r}, beyond "
+                f"promotion.rank_tolerance {p.rank_tolerance:g}"
+            }
+        )
+    return measured.model_copy(
+        update={
+            "rank": k,
+            "shipped": True,
+            "adapter": str(out),
+            "evaluation": compressed,
+            "reason": f"r={k} of {r} passes the gate ({delta:+.4f} {metric}, {saved:,} bytes smaller)",
+        }
+    )

@@ -7,7 +7,6 @@
 An adapter made for another base (by weight fingerprint) is refused.
 """
 
-
 from typing import Any, NamedTuple
 
 import torch
@@ -47,9 +46,11 @@ class AdapterSwitcher:
         if self.model is None:
             self._load_base(record, kind, labels)
         elif record.base_fingerprint != self.base_fingerprint:
-            raise BaseMismatchError(f"{record.task} v{record.version} was trained on base {record.base_name} "
-                                    f"({record.base_fingerprint[:12]}); the loaded base is {str(self.base_fingerprint)[:12]}; "
-                                    f"serve it with its own base")
+            raise BaseMismatchError(
+                f"{record.task} v{record.version} was trained on base {record.base_name} "
+                f"({record.base_fingerprint[:12]}); the loaded base is {str(self.base_fingerprint)[:12]}; "
+                f"serve it with its own base"
+            )
         elif kind != self.kind:
             raise BaseMismatchError(f"{record.task} is a {kind} adapter; this switcher serves {self.kind} tasks")
         load_adapter(self.model, folder, adapter_name=name)
@@ -71,12 +72,19 @@ class AdapterSwitcher:
         name, record = self.activate(ref)
         if self.kind == "CAUSAL_LM":
             chat = self.chat[name]
-            return [Prediction(text=text, task=record.task, version=record.version,
-                               completion=complete(self.model, self.tokenizer, text, max_new_tokens, chat))
-                    for text in texts]
-        return [Prediction(text=text, task=record.task, version=record.version, label=label, probability=probability)
-                for text, (label, probability) in zip(texts, classify(self.model, self.tokenizer, texts,
-                                                                      self.labels[name]))]
+            return [
+                Prediction(
+                    text=text,
+                    task=record.task,
+                    version=record.version,
+                    completion=complete(self.model, self.tokenizer, text, max_new_tokens, chat),
+                )
+                for text in texts
+            ]
+        return [
+            Prediction(text=text, task=record.task, version=record.version, label=label, probability=probability)
+            for text, (label, probability) in zip(texts, classify(self.model, self.tokenizer, texts, self.labels[name]))
+        ]
 
 
 class Classified(NamedTuple):
@@ -97,6 +105,11 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 20, chat: bool
     """The greedy continuation of `prompt`, encoded as in training (the chat template when the adapter was trained
     with it, else the plain prompt with no special tokens)."""
     ids = torch.tensor([encode_prompt(tokenizer, prompt, chat)])
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

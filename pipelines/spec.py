@@ -18,32 +18,49 @@ class Strict(BaseModel):
 
 
 class BaseSpec(Strict):
-    model: str = Field("default", description="Hugging Face id, a local folder, or 'default' (offline "
-                       "all-MiniLM-L6-v2)")
-    revision: str | None = Field(None, description="a Hugging Face revision (branch, tag or commit) of `model`; "
-                                 "null = the default branch")
-    load_in_4bit: bool = Field(False, description="QLoRA: the frozen base in 4-bit NF4 through bitsandbytes "
-                               "(CUDA only)")
+    model: str = Field(
+        "default", description="Hugging Face id, a local folder, or 'default' (offline all-MiniLM-L6-v2)"
+    )
+    revision: str | None = Field(
+        None, description="a Hugging Face revision (branch, tag or commit) of `model`; null = the default branch"
+    )
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: the frozen base in 4-bit NF4 through bitsandbytes (CUDA only)"
+    )
 
 
 class DataSpec(Strict):
     path: str = Field(description="JSONL, CSV or Parquet; local path (relative to the task file) or s3://")
     test_path: str | None = Field(None, description="a separate held-out file; else a hash split of `path`")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="share held out for the test split (by a hash of the "
-                                 "text) when there is no test_path")
-    validation_fraction: float = Field(0.1, ge=0, lt=1, description="carved from the training data (never the test "
-                                       "split) to choose the best checkpoint and stop early; 0 = none")
+    test_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="share held out for the test split (by a hash of the text) when there is no test_path",
+    )
+    validation_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="carved from the training data (never the test "
+        "split) to choose the best checkpoint and stop early; 0 = none",
+    )
     text_field: str = Field("text", description="classification: the column holding the text")
     label_field: str = Field("label", description="classification: the column holding the label")
     prompt_field: str = Field("prompt", description="causal LM: the column holding the prompt")
-    completion_field: str = Field("completion", description="causal LM: the column holding the completion, the "
-                                  "only tokens the loss counts")
+    completion_field: str = Field(
+        "completion", description="causal LM: the column holding the completion, the only tokens the loss counts"
+    )
 
 
 class LoraSpec(LoraConfig):
     """The adapter (lora_core.LoraConfig: r, alpha, target_modules, ...) plus how its factors train."""
-    lr_ratio: float = Field(1.0, gt=0, description="LoRA+: B's learning rate is lr_ratio x training.lr (Hayou et al. "
-                            "2024 use 16); 1 = plain LoRA")
+
+    lr_ratio: float = Field(
+        1.0,
+        gt=0,
+        description="LoRA+: B's learning rate is lr_ratio x training.lr (Hayou et al. 2024 use 16); 1 = plain LoRA",
+    )
 
     def adapter(self) -> LoraConfig:
         return LoraConfig(**self.model_dump(exclude={"lr_ratio"}))
@@ -55,37 +72,60 @@ BEST_METRICS = {"classification": ("loss", "accuracy", "macro_f1"), "causal-lm":
 
 class TrainingSpec(Strict):
     max_steps: int | None = Field(None, gt=0, description="optimizer steps to train; give this or epochs, not both")
-    epochs: float | None = Field(None, gt=0, description="passes over the training split; default 6 when neither "
-                                 "epochs nor max_steps is given")
+    epochs: float | None = Field(
+        None, gt=0, description="passes over the training split; default 6 when neither epochs nor max_steps is given"
+    )
     batch_size: int = Field(16, gt=0, description="examples (causal LM with packing: rows) per batch and process")
     grad_accumulation: int = Field(1, gt=0, description="batches whose gradients add up to one optimizer step")
     lr: float = Field(2e-3, gt=0, description="AdamW; LoRA wants about 10x the rate of full fine-tuning")
-    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of the steps over which the learning rate "
-                                   "rises linearly from 0; it then decays linearly to 0")
+    warmup_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the steps over which the learning rate "
+        "rises linearly from 0; it then decays linearly to 0",
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the trained parameters")
-    max_length: int = Field(64, gt=0, description="tokens per example; longer texts are truncated (causal LM: the "
-                            "prompt loses its start, never the completion)")
+    max_length: int = Field(
+        64,
+        gt=0,
+        description="tokens per example; longer texts are truncated (causal LM: the "
+        "prompt loses its start, never the completion)",
+    )
     seed: int = Field(0, description="seeds torch (fresh weights such as the head) and the batch order of each epoch")
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto = CUDA when a GPU is visible, else CPU; "
-                                                   "cuda without a GPU is refused before any work")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto = CUDA when a GPU is visible, else CPU; cuda without a GPU is refused before any work"
+    )
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between resumable checkpoints")
     nproc: int = Field(1, gt=0, description="processes per node under torchrun (DDP), one per GPU; 1 = no DDP")
-    nnodes: int = Field(1, gt=0, description="nodes under torchrun; the others run `loraops train-node` on a shared "
-                        "LORAOPS_HOME")
-    eval_every: int | None = Field(None, gt=0, description="optimizer steps between validation passes; "
-                                   "default: 10 passes per run")
-    patience: int | None = Field(None, gt=0, description="stop after this many validation passes without a better "
-                                 "best_metric; null (default) = run every step, still keeping the best pass")
-    best_metric: str | None = Field(None, description="validation metric that picks the registered checkpoint and "
-                                    "decides early stopping: loss, accuracy, macro_f1 (classification), perplexity "
-                                    "(causal LM); default gate.metric")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, "
-                                         "about a third more time")
-    packing: bool = Field(False, description="causal LM: several examples per row up to max_length, attention kept "
-                          "within each example")
-    chat_template: bool = Field(True, description="causal LM: wrap prompts in the tokenizer's chat template when it "
-                                "has one")
+    nnodes: int = Field(
+        1, gt=0, description="nodes under torchrun; the others run `loraops train-node` on a shared LORAOPS_HOME"
+    )
+    eval_every: int | None = Field(
+        None, gt=0, description="optimizer steps between validation passes; default: 10 passes per run"
+    )
+    patience: int | None = Field(
+        None,
+        gt=0,
+        description="stop after this many validation passes without a better "
+        "best_metric; null (default) = run every step, still keeping the best pass",
+    )
+    best_metric: str | None = Field(
+        None,
+        description="validation metric that picks the registered checkpoint and "
+        "decides early stopping: loss, accuracy, macro_f1 (classification), perplexity "
+        "(causal LM); default gate.metric",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward: less memory, about a third more time"
+    )
+    packing: bool = Field(
+        False, description="causal LM: several examples per row up to max_length, attention kept within each example"
+    )
+    chat_template: bool = Field(
+        True, description="causal LM: wrap prompts in the tokenizer's chat template when it has one"
+    )
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainingSpec":
@@ -100,27 +140,40 @@ class TrainingSpec(Strict):
 
 
 class GateSpec(Strict):
-    metric: str = Field("accuracy", description="accuracy | macro_f1 (classification), perplexity | loss (causal LM; "
-                        "its default)")
+    metric: str = Field(
+        "accuracy", description="accuracy | macro_f1 (classification), perplexity | loss (causal LM; its default)"
+    )
     min_gain_over_base: float = Field(0.0, description="the adapter must beat the base by at least this much")
     must_beat_production: bool = Field(True, description="refuse an adapter worse than current production")
-    merge_tolerance: float | None = Field(None, gt=0, description="max |merged - unmerged| / max|unmerged| on logits; "
-                                          "default by the base's dtype: 1e-3 float32, 1e-2 float16, 3e-2 bfloat16")
+    merge_tolerance: float | None = Field(
+        None,
+        gt=0,
+        description="max |merged - unmerged| / max|unmerged| on logits; "
+        "default by the base's dtype: 1e-3 float32, 1e-2 float16, 3e-2 bfloat16",
+    )
 
 
 class PromotionSpec(Strict):
-    mode: Literal["adapter", "merged"] = Field("adapter", description="what ships: the adapter alone, or the base with "
-                                              "the adapter merged in (a plain model)")
+    mode: Literal["adapter", "merged"] = Field(
+        "adapter", description="what ships: the adapter alone, or the base with the adapter merged in (a plain model)"
+    )
     target: str | None = Field(None, description="s3://bucket/prefix or a folder; default $LORAOPS_PROMOTION_TARGET")
     auto: bool = Field(True, description="promote when the gate passes")
     serve_with: Literal["any", "vllm", "lorax", "tgi"] = Field(
-        "any", description="an engine whose adapter-loading rules are checked before anything is trained or uploaded")
-    rank: Literal["auto"] | int | None = Field(None, description="ship a lower rank: auto = the smallest uniform rank "
-                                               "keeping rank_pve of |dW|^2 in every module, or a number; null = as "
-                                               "trained. The compressed adapter ships only if it passes the gate")
+        "any", description="an engine whose adapter-loading rules are checked before anything is trained or uploaded"
+    )
+    rank: Literal["auto"] | int | None = Field(
+        None,
+        description="ship a lower rank: auto = the smallest uniform rank "
+        "keeping rank_pve of |dW|^2 in every module, or a number; null = as "
+        "trained. The compressed adapter ships only if it passes the gate",
+    )
     rank_pve: float = Field(0.95, gt=0, le=1, description="rank: auto keeps this share of |dW|^2 in every module")
-    rank_tolerance: float = Field(0.01, ge=0, description="the compressed adapter may score at most this much "
-                                  "below the trained one on gate.metric")
+    rank_tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="the compressed adapter may score at most this much below the trained one on gate.metric",
+    )
 
     @field_validator("rank")
     @classmethod
@@ -131,18 +184,24 @@ class PromotionSpec(Strict):
 
 
 class TaskSpec(Strict):
-    task: str = Field(description="the task's name, a slug (1-63 lower-case letters, digits, '-'): its registered "
-                      "model in MLflow and its prefix in the promotion target")
-    type: Literal["classification", "causal-lm"] = Field(description="classification (text -> label) or causal-lm "
-                                                         "(prompt -> completion)")
+    task: str = Field(
+        description="the task's name, a slug (1-63 lower-case letters, digits, '-'): its registered "
+        "model in MLflow and its prefix in the promotion target"
+    )
+    type: Literal["classification", "causal-lm"] = Field(
+        description="classification (text -> label) or causal-lm (prompt -> completion)"
+    )
     base: BaseSpec = Field(BaseSpec(), description="the shared base model the adapter trains on")
     data: DataSpec = Field(description="where the examples are and which columns to read")
     lora: LoraSpec = Field(LoraSpec(), description="the adapter: rank, scale, target modules, initialisation")
     training: TrainingSpec = Field(TrainingSpec(), description="how long and how the adapter trains")
     gate: GateSpec = Field(GateSpec(), description="what the adapter must achieve to be promoted")
     promotion: PromotionSpec = Field(PromotionSpec(), description="what ships, where, and for which serving engine")
-    source: Path | None = Field(None, exclude=True, description="the YAML file, for relative data paths; set by "
-                                "load_spec, not written in a task file")
+    source: Path | None = Field(
+        None,
+        exclude=True,
+        description="the YAML file, for relative data paths; set by load_spec, not written in a task file",
+    )
 
     @field_validator("task")
     @classmethod
@@ -166,21 +225,31 @@ class TaskSpec(Strict):
     def _metric_fits_type(self) -> "TaskSpec":
         allowed = {"classification": ("accuracy", "macro_f1"), "causal-lm": ("perplexity", "loss")}[self.type]
         if self.gate.metric not in allowed:
-            raise ValueError(f"gate.metric {self.gate.metric!r} does not apply to {self.type}; use one of {', '.join(allowed)}")
+            raise ValueError(
+                f"gate.metric {self.gate.metric!r} does not apply to {self.type}; use one of {', '.join(allowed)}"
+            )
         t = self.training
         if t.best_metric is not None and t.best_metric not in BEST_METRICS[self.type]:
-            raise ValueError(f"training.best_metric {t.best_metric!r} does not apply to {self.type}; use one of "
-                             f"{', '.join(BEST_METRICS[self.type])}")
+            raise ValueError(
+                f"training.best_metric {t.best_metric!r} does not apply to {self.type}; use one of "
+                f"{', '.join(BEST_METRICS[self.type])}"
+            )
         if self.data.validation_fraction == 0 and (t.patience is not None or t.eval_every is not None):
-            raise ValueError("training.patience and eval_every need a validation split; set data.validation_fraction "
-                             "> 0 or remove them")
+            raise ValueError(
+                "training.patience and eval_every need a validation split; set data.validation_fraction "
+                "> 0 or remove them"
+            )
         rank = self.promotion.rank
         if isinstance(rank, int) and rank >= self.lora.r:
-            raise ValueError(f"promotion.rank {rank} is not below lora.r {self.lora.r}; ship a smaller rank, auto, or "
-                             f"null (as trained)")
+            raise ValueError(
+                f"promotion.rank {rank} is not below lora.r {self.lora.r}; ship a smaller rank, auto, or "
+                f"null (as trained)"
+            )
         if rank is None and {"rank_pve", "rank_tolerance"} & self.promotion.model_fields_set:
-            raise ValueError("promotion.rank_pve and rank_tolerance apply with promotion.rank; set rank: auto or a "
-                             "number, or remove them")
+            raise ValueError(
+                "promotion.rank_pve and rank_tolerance apply with promotion.rank; set rank: auto or a "
+                "number, or remove them"
+            )
         if t.packing and self.type != "causal-lm":
             raise ValueError("training.packing applies to causal-lm tasks only; remove it")
         return self

@@ -52,7 +52,9 @@ def cache_key(*parts: object) -> str:
 def prepare_data(spec: TaskSpec, work: Path) -> PreparedData:
     """Load, validate, dedupe and split the task's data; write the splits; return them with their digest."""
     d = spec.data
-    text, label = (d.text_field, d.label_field) if spec.type == "classification" else (d.prompt_field, d.completion_field)
+    text, label = (
+        (d.text_field, d.label_field) if spec.type == "classification" else (d.prompt_field, d.completion_field)
+    )
     source = spec.resolve(d.path)
     assert source is not None  # data.path is required
     examples = datasets.load_examples(source, text, label)
@@ -62,14 +64,18 @@ def prepare_data(spec: TaskSpec, work: Path) -> PreparedData:
     else:
         train_set, test_set = datasets.split(examples, d.test_fraction)
     if not train_set or not test_set:
-        raise DataError(f"{source}: the split left {len(train_set)} train / {len(test_set)} test examples; "
-                        f"add data or change data.test_fraction")
+        raise DataError(
+            f"{source}: the split left {len(train_set)} train / {len(test_set)} test examples; "
+            f"add data or change data.test_fraction"
+        )
     validation_set: list[datasets.Example] = []
     if d.validation_fraction:
         train_set, validation_set = datasets.split(train_set, d.validation_fraction, salt="validation")
         if not train_set or not validation_set:
-            raise DataError(f"{source}: the validation split left {len(train_set)} train / {len(validation_set)} "
-                            f"validation examples; add data, or set data.validation_fraction to 0 for none")
+            raise DataError(
+                f"{source}: the validation split left {len(train_set)} train / {len(validation_set)} "
+                f"validation examples; add data, or set data.validation_fraction to 0 for none"
+            )
     if spec.type == "classification":
         datasets.check_classes(train_set, test_set, source)
         if validation_set:
@@ -79,26 +85,47 @@ def prepare_data(spec: TaskSpec, work: Path) -> PreparedData:
     folder.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", train_set), ("test", test_set), ("validation", validation_set)):
         if rows:
-            (folder / f"{name}.jsonl").write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n"
-                                                          for e in rows))
-    return PreparedData(digest=digest, folder=str(folder), source=source, train=len(train_set), test=len(test_set),
-                        validation=len(validation_set),
-                        labels=datasets.label_names(train_set) if spec.type == "classification" else [])
+            (folder / f"{name}.jsonl").write_text(
+                "".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows)
+            )
+    return PreparedData(
+        digest=digest,
+        folder=str(folder),
+        source=source,
+        train=len(train_set),
+        test=len(test_set),
+        validation=len(validation_set),
+        labels=datasets.label_names(train_set) if spec.type == "classification" else [],
+    )
 
 
 def read_split(prepared: PreparedData, name: str) -> list[datasets.Example]:
     return datasets.load_examples(str(Path(prepared.folder) / f"{name}.jsonl"))
 
 
-def make_batches(spec: TaskSpec, prepared: PreparedData, examples: list[datasets.Example],
-                 tokenizer: PreTrainedTokenizerBase, shuffle_seed: int | None = None, batch_size: int | None = None, packing: bool = False) -> Iterable[dict]:
+def make_batches(
+    spec: TaskSpec,
+    prepared: PreparedData,
+    examples: list[datasets.Example],
+    tokenizer: PreTrainedTokenizerBase,
+    shuffle_seed: int | None = None,
+    batch_size: int | None = None,
+    packing: bool = False,
+) -> Iterable[dict]:
     """Batches of a split; `packing` (training only: evaluation scores one example per row) as training.packing."""
     t = spec.training
     size = batch_size or t.batch_size
     if spec.type == "classification":
         return datasets.batches(examples, prepared.labels, tokenizer, size, t.max_length, shuffle_seed)
-    return datasets.lm_batches(examples, tokenizer, size, t.max_length, shuffle_seed,
-                               chat=datasets.uses_chat_template(tokenizer, t.chat_template), packing=packing)
+    return datasets.lm_batches(
+        examples,
+        tokenizer,
+        size,
+        t.max_length,
+        shuffle_seed,
+        chat=datasets.uses_chat_template(tokenizer, t.chat_template),
+        packing=packing,
+    )
 
 
 def total_steps(spec: TaskSpec, n_train: int) -> int:
@@ -119,8 +146,13 @@ def task_lora(spec: TaskSpec, model: torch.nn.Module) -> LoraConfig:
     return lora.model_copy(update=update)
 
 
-def measure(spec: TaskSpec, prepared: PreparedData, examples: list[datasets.Example], model: torch.nn.Module,
-            tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, Metrics]:
+def measure(
+    spec: TaskSpec,
+    prepared: PreparedData,
+    examples: list[datasets.Example],
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+) -> tuple[torch.Tensor, Metrics]:
     """(logits, metrics) of `model` on `examples`: loss (mean cross-entropy) with accuracy and macro-F1 for a
     classifier, or perplexity for a causal LM (completion tokens only)."""
     batches = make_batches(spec, prepared, examples, tokenizer, batch_size=64)
@@ -131,8 +163,14 @@ def measure(spec: TaskSpec, prepared: PreparedData, examples: list[datasets.Exam
     return lm_outputs(model, batches, spec.training.device)
 
 
-def fit_adapter(spec: TaskSpec, prepared: PreparedData, base_path: Path, work: Path, on_step: OnStep | None = None,
-                on_validation: OnValidation | None = None) -> TrainedAdapter:
+def fit_adapter(
+    spec: TaskSpec,
+    prepared: PreparedData,
+    base_path: Path,
+    work: Path,
+    on_step: OnStep | None = None,
+    on_validation: OnValidation | None = None,
+) -> TrainedAdapter:
     """Inject LoRA into the base, train (resuming from a checkpoint in `work` if one is there), save the adapter:
     the weights of the best validation pass when there is a validation split, else the last step's."""
     t = spec.training
@@ -149,38 +187,64 @@ def fit_adapter(spec: TaskSpec, prepared: PreparedData, base_path: Path, work: P
     validation = None
     if prepared.validation:
         held_out = read_split(prepared, "validation")
-        validation = Validation(lambda: measure(spec, prepared, held_out, model, tokenizer)[1],
-                                every=t.eval_every or max(1, steps // 10), metric=t.best_metric or spec.gate.metric,
-                                patience=t.patience, on_result=on_validation)
+        validation = Validation(
+            lambda: measure(spec, prepared, held_out, model, tokenizer)[1],
+            every=t.eval_every or max(1, steps // 10),
+            metric=t.best_metric or spec.gate.metric,
+            patience=t.patience,
+            on_result=on_validation,
+        )
     started = time.perf_counter()
-    done = train(model, lambda epoch: make_batches(spec, prepared, train_set, tokenizer, t.seed + epoch,
-                                                   packing=t.packing),
-                 steps=steps, lr=t.lr, weight_decay=t.weight_decay, warmup_fraction=t.warmup_fraction,
-                 device=t.device, bf16=t.bf16, grad_accumulation=t.grad_accumulation,
-                 checkpoint_dir=work / "checkpoint", checkpoint_every=t.checkpoint_every, on_step=on_step,
-                 lr_ratio=spec.lora.lr_ratio, validation=validation)
+    done = train(
+        model,
+        lambda epoch: make_batches(spec, prepared, train_set, tokenizer, t.seed + epoch, packing=t.packing),
+        steps=steps,
+        lr=t.lr,
+        weight_decay=t.weight_decay,
+        warmup_fraction=t.warmup_fraction,
+        device=t.device,
+        bf16=t.bf16,
+        grad_accumulation=t.grad_accumulation,
+        checkpoint_dir=work / "checkpoint",
+        checkpoint_every=t.checkpoint_every,
+        on_step=on_step,
+        lr_ratio=spec.lora.lr_ratio,
+        validation=validation,
+    )
     last = done.losses[-10:]
     best = next((e for e in done.evaluations if e["step"] == done.best_step), None)
     result = TrainedAdapter(
-        adapter=str(work / "adapter"), steps=len(done.losses), planned_steps=steps,
-        best_step=done.best_step or len(done.losses), stopped_early=done.stopped_early,
+        adapter=str(work / "adapter"),
+        steps=len(done.losses),
+        planned_steps=steps,
+        best_step=done.best_step or len(done.losses),
+        stopped_early=done.stopped_early,
         best_validation=ValidationPass(step=best["step"], metrics={k: v for k, v in best.items() if k != "step"})
-        if best else None,
-        final_loss=sum(last) / len(last), seconds=round(time.perf_counter() - started, 1), trainable=trainable,
-        total=total, world_size=world()[1])
+        if best
+        else None,
+        final_loss=sum(last) / len(last),
+        seconds=round(time.perf_counter() - started, 1),
+        trainable=trainable,
+        total=total,
+        world_size=world()[1],
+    )
     if world()[0] == 0:  # under DDP only rank 0 writes
         if t.gradient_checkpointing:
             model.gradient_checkpointing_disable()
         save_adapter(model, work / "adapter", base_model_name_or_path=base_name(spec.base))
-        write_side_files(work / "adapter", prepared.labels,
-                         spec.type == "causal-lm" and datasets.uses_chat_template(tokenizer, t.chat_template))
+        write_side_files(
+            work / "adapter",
+            prepared.labels,
+            spec.type == "causal-lm" and datasets.uses_chat_template(tokenizer, t.chat_template),
+        )
         (work / "train.json").write_text(result.model_dump_json())
         shutil.rmtree(work / "checkpoint", ignore_errors=True)
     return result
 
 
-def evaluate_adapter(spec: TaskSpec, prepared: PreparedData, base_path: Path, adapter: str,
-                     production: ProductionVersion | None) -> Evaluation:
+def evaluate_adapter(
+    spec: TaskSpec, prepared: PreparedData, base_path: Path, adapter: str, production: ProductionVersion | None
+) -> Evaluation:
     """Base (no adapter), adapter unmerged and merged, and production (if any) on the held-out split; the gate."""
     torch.manual_seed(spec.training.seed)  # the same fresh head as in training, for the base row
     model, tokenizer = load_model(base_path, spec.type, prepared.labels)
@@ -194,8 +258,10 @@ def evaluate_adapter(spec: TaskSpec, prepared: PreparedData, base_path: Path, ad
     dtype = next(model.parameters()).dtype
     tolerance = spec.gate.merge_tolerance or MERGE_TOLERANCE.get(dtype, MERGE_TOLERANCE[torch.float32])
     if gap > tolerance:
-        raise MergeCheckError(f"merged and unmerged logits differ by {gap:.2e} (relative), above gate.merge_tolerance "
-                              f"{tolerance:.0e} for a {str(dtype).removeprefix('torch.')} base; the merge is not exact")
+        raise MergeCheckError(
+            f"merged and unmerged logits differ by {gap:.2e} (relative), above gate.merge_tolerance "
+            f"{tolerance:.0e} for a {str(dtype).removeprefix('torch.')} base; the merge is not exact"
+        )
     unmerge(model)
     production_metrics = None
     if production and production.adapter:
@@ -205,8 +271,15 @@ def evaluate_adapter(spec: TaskSpec, prepared: PreparedData, base_path: Path, ad
     elif production:
         production_metrics = production.metrics
     passed, reasons = decide(spec.gate, unmerged, base, production_metrics)
-    return Evaluation(base=base, adapter=unmerged, merged=merged, production=production_metrics, merge_gap=gap,
-                      passed=passed, reasons=reasons)
+    return Evaluation(
+        base=base,
+        adapter=unmerged,
+        merged=merged,
+        production=production_metrics,
+        merge_gap=gap,
+        passed=passed,
+        reasons=reasons,
+    )
 
 
 def merge_model(spec: TaskSpec, prepared: PreparedData, base_path: Path, adapter: str, out: Path) -> str:
@@ -226,8 +299,12 @@ def head_config(base_path: Path, task_type: str, labels: list[str]) -> dict[str,
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
+
     model_type = AutoConfig.from_pretrained(base_path).model_type
     if task_type == "classification":
-        return {"architectures": [MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES[model_type]],
-                "id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+        return {
+            "architectures": [MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES[model_type]],
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
     return {"architectures": [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]}

@@ -28,13 +28,24 @@ def flatten(values: Mapping[str, object], prefix: str = "") -> dict[str, str]:
 
 def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData, base: BaseRecord) -> str:
     runs = registry.runs
-    run_id = runs.start(spec.task, f"train {spec.task}", {
-        "loraops.task": spec.task, "loraops.base.fingerprint": base.fingerprint,
-        "loraops.dataset.fingerprint": prepared.digest, "loraops.code.version": code_version()})
+    run_id = runs.start(
+        spec.task,
+        f"train {spec.task}",
+        {
+            "loraops.task": spec.task,
+            "loraops.base.fingerprint": base.fingerprint,
+            "loraops.dataset.fingerprint": prepared.digest,
+            "loraops.code.version": code_version(),
+        },
+    )
     runs.log_params(run_id, flatten(spec.model_dump(mode="json", exclude={"source"})))
-    runs.log_dataset(run_id, f"{spec.task}-data", prepared.digest[:36], prepared.source,
-                     {"train": prepared.train, "validation": prepared.validation, "test": prepared.test,
-                      "labels": prepared.labels})
+    runs.log_dataset(
+        run_id,
+        f"{spec.task}-data",
+        prepared.digest[:36],
+        prepared.source,
+        {"train": prepared.train, "validation": prepared.validation, "test": prepared.test, "labels": prepared.labels},
+    )
     return run_id
 
 
@@ -65,8 +76,13 @@ class StepLog:
 
 
 def log_evaluation(runs: RunTracking, run_id: str, evaluation: Evaluation) -> None:
-    rows = {"base": evaluation.base, "adapter": evaluation.adapter, "merged": evaluation.merged,
-            "production": evaluation.production or {}}
+    rows = {
+        "base": evaluation.base,
+        "adapter": evaluation.adapter,
+        "merged": evaluation.merged,
+        "production": evaluation.production or {},
+    }
     metrics = {f"{row}_{name}": value for row, values in rows.items() for name, value in values.items()}
-    runs.log_metrics(run_id, metrics | {"merge_relative_gap": evaluation.merge_gap,
-                                        "gate_passed": float(evaluation.passed)})
+    runs.log_metrics(
+        run_id, metrics | {"merge_relative_gap": evaluation.merge_gap, "gate_passed": float(evaluation.passed)}
+    )

@@ -33,10 +33,12 @@ STATE_FILE = "state.json"
 
 def warmup_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """lr multiplier: linear 0 → 1 over warmup, then linear 1 → 0 at total_steps."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
     return factor
 
 
@@ -51,6 +53,7 @@ def world() -> tuple[int, int]:
 class Validation:
     """Validation during training: `run()` -> metrics, every `every` optimizer steps; the pass best on `metric` is
     kept (lower is better for loss and perplexity); `patience` passes without a better one stop training."""
+
     run: Callable[[], dict[str, float]]
     every: int
     metric: str = "loss"
@@ -59,8 +62,10 @@ class Validation:
 
     def better(self, a: dict[str, float], b: dict[str, float] | None) -> bool:
         """Is pass `a` better than pass `b`? On `metric`; a tie (accuracy on a small split) goes to the lower loss."""
+
         def rank(m: dict[str, float]) -> tuple[float, float]:
             return (m[self.metric] if self.metric in ("loss", "perplexity") else -m[self.metric], m.get("loss", 0.0))
+
         return b is None or rank(a) < rank(b)
 
 
@@ -79,11 +84,22 @@ def param_groups(named: dict[str, nn.Parameter], lr: float, lr_ratio: float) -> 
     return [g for g in ({"params": rest, "lr": lr}, {"params": b, "lr": lr * lr_ratio}) if g["params"]]
 
 
-def train(model: nn.Module, make_batches: Callable[[int], Iterable[dict]], steps: int, lr: float,
-          weight_decay: float = 0.0, warmup_fraction: float = 0.1, device: str = "auto", bf16: bool = True,
-          grad_accumulation: int = 1, checkpoint_dir: Path | None = None, checkpoint_every: int = 50,
-          on_step: Callable[[int, float, float], None] | None = None, lr_ratio: float = 1.0,
-          validation: Validation | None = None) -> Trained:
+def train(
+    model: nn.Module,
+    make_batches: Callable[[int], Iterable[dict]],
+    steps: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    warmup_fraction: float = 0.1,
+    device: str = "auto",
+    bf16: bool = True,
+    grad_accumulation: int = 1,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 50,
+    on_step: Callable[[int, float, float], None] | None = None,
+    lr_ratio: float = 1.0,
+    validation: Validation | None = None,
+) -> Trained:
     """AdamW over the trainable parameters for up to `steps` optimizer steps.
 
     make_batches(epoch) yields batches with a `labels` entry; epochs roll over until `steps`.
@@ -99,7 +115,8 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterable[dict]], steps
     runner = nn.parallel.DistributedDataParallel(model) if size > 1 else model
     optimizer = torch.optim.AdamW(param_groups(named, lr, lr_ratio), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_linear_decay(max(1, math.ceil(warmup_fraction * steps)), steps))
+        optimizer, warmup_linear_decay(max(1, math.ceil(warmup_fraction * steps)), steps)
+    )
     position: dict[str, Any] = {"epoch": 0, "batch": 0, "losses": [], "evaluations": [], "best_step": None}
     best: dict[str, torch.Tensor] | None = None
     if checkpoint_dir and (checkpoint_dir / STATE_FILE).exists():
@@ -117,8 +134,9 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterable[dict]], steps
                 loss = runner(**{k: v.to(dev) for k, v in batch.items()}).loss / grad_accumulation
             value = loss.item()
             if not math.isfinite(value):
-                raise TrainingError(f"training diverged at step {len(losses) + 1} (loss {value}); lower training.lr "
-                                    f"or check the data")
+                raise TrainingError(
+                    f"training diverged at step {len(losses) + 1} (loss {value}); lower training.lr or check the data"
+                )
             loss.backward()
             accumulated += value
             micro += 1
@@ -136,9 +154,20 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterable[dict]], steps
             if validation and (len(losses) % validation.every == 0 or len(losses) == steps):
                 best = validate(model, validation, named, done, best)
             if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:
-                save_checkpoint(checkpoint_dir, named, optimizer, schedule,
-                                {"epoch": epoch, "batch": index + 1, "losses": losses,
-                                 "evaluations": done.evaluations, "best_step": done.best_step}, best)
+                save_checkpoint(
+                    checkpoint_dir,
+                    named,
+                    optimizer,
+                    schedule,
+                    {
+                        "epoch": epoch,
+                        "batch": index + 1,
+                        "losses": losses,
+                        "evaluations": done.evaluations,
+                        "best_step": done.best_step,
+                    },
+                    best,
+                )
             if len(losses) == steps or done.stopped_early:
                 break
         epoch += 1
@@ -152,8 +181,13 @@ def train(model: nn.Module, make_batches: Callable[[int], Iterable[dict]], steps
     return done
 
 
-def validate(model: nn.Module, validation: Validation, named: dict[str, nn.Parameter], done: Trained,
-             best: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+def validate(
+    model: nn.Module,
+    validation: Validation,
+    named: dict[str, nn.Parameter],
+    done: Trained,
+    best: dict[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor] | None:
     """One validation pass (every rank runs it on the whole split, so all agree on stopping); keeps the best weights."""
     model.eval()
     metrics = validation.run()
@@ -171,8 +205,14 @@ def validate(model: nn.Module, validation: Validation, named: dict[str, nn.Param
     return best
 
 
-def save_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
-                    schedule, position: dict[str, Any], best: dict[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(
+    folder: Path,
+    named: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    schedule,
+    position: dict[str, Any],
+    best: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write to a sibling folder, then swap it in: a kill mid-write leaves the previous checkpoint intact."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -197,8 +237,9 @@ def save_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: tor
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
-                    schedule) -> tuple[dict, dict[str, torch.Tensor] | None]:
+def load_checkpoint(
+    folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer, schedule
+) -> tuple[dict, dict[str, torch.Tensor] | None]:
     """(position, best weights or None) of a checkpoint; the parameters, AdamW moments, schedule and RNG restored."""
     state = json.loads((folder / STATE_FILE).read_text())
     weights = load_file(folder / "weights.safetensors")

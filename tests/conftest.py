@@ -25,6 +25,8 @@ def pytest_collection_modifyitems(items):
         tier = next((part for part in item.path.parts if part in TIERS), None)
         if tier:
             item.add_marker(tier)
+
+
 VOCAB = 64
 
 
@@ -38,20 +40,53 @@ class MLP(nn.Module):
 
 
 def make_bert():
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=32, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=32,
+            num_labels=3,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
 
 
 def make_gpt2():
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                                      bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
 
 
 def make_llama():
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                                        bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
 
 
 # name → (factory, LoRA targets, input maker)
@@ -110,22 +145,32 @@ def write_artifacts(root, seed: int = 0) -> dict:
     Returns the folders and the adapted model's logits on `inputs("bert")` for round-trip checks.
     """
     from lora_core import LoraConfig, inject, merge_and_unload, save_adapter
+
     model = build("bert")
     model.save_pretrained(root / "base")
-    inject(model, LoraConfig(r=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"],
-                             task_type="SEQ_CLS"))
+    inject(
+        model,
+        LoraConfig(
+            r=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"], task_type="SEQ_CLS"
+        ),
+    )
     randomize_b(model, seed=seed + 2)
     save_adapter(model, root / f"adapter-{seed}", base_model_name_or_path="tiny/bert")
     logits = output(model, inputs("bert"))
     merge_and_unload(model).save_pretrained(root / f"merged-{seed}")
-    return {"base": root / "base", "adapter": root / f"adapter-{seed}", "merged": root / f"merged-{seed}",
-            "logits": logits}
+    return {
+        "base": root / "base",
+        "adapter": root / f"adapter-{seed}",
+        "merged": root / f"merged-{seed}",
+        "logits": logits,
+    }
 
 
 @pytest.fixture(scope="session")
 def mlflow_template(tmp_path_factory):
     """An embedded MLflow database with its schema made once: creating it (Alembic migrations) takes seconds."""
     from mlflow import MlflowClient
+
     database = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(f"sqlite:///{database}").search_experiments(max_results=1)
     return database
@@ -135,6 +180,7 @@ def mlflow_template(tmp_path_factory):
 def embedded_home(tmp_path, mlflow_template, monkeypatch):
     """A fresh $LORAOPS_HOME on the embedded default (MLflow on SQLite, folder promotions), set in the environment."""
     import shutil
+
     home = tmp_path / "home"
     home.mkdir()
     shutil.copy(mlflow_template, home / "mlflow.db")

@@ -19,6 +19,7 @@ def kill_after(module, name: str) -> None:
         result = original(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
         return result
+
     setattr(module, name, wrapped)
 
 
@@ -27,12 +28,16 @@ def main(point: str, task: str) -> int:
     import pipelines.train
     import registry.s3_store
     import registry.versions
-    targets = {"training": (pipelines.train, "save_checkpoint"),
-               "merge": (lora_core.checkpoint_merge, "_copy_side_files"),
-               "registration": (registry.versions.VersionCatalog, "_log_folder"),
-               "promotion": (registry.s3_store.S3Store, "_put_part")}
+
+    targets = {
+        "training": (pipelines.train, "save_checkpoint"),
+        "merge": (lora_core.checkpoint_merge, "_copy_side_files"),
+        "registration": (registry.versions.VersionCatalog, "_log_folder"),
+        "promotion": (registry.s3_store.S3Store, "_put_part"),
+    }
     kill_after(*targets[point])
     from pipelines.cli.main import main as loraops
+
     return loraops(["run", task])
 
 

@@ -44,8 +44,13 @@ def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 90
 
 
 def start(command: list[str], url: str, log: Path, env: dict | None = None) -> subprocess.Popen:
-    process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     wait_for(url, process, log)
     return process
 
@@ -64,8 +69,12 @@ def start_moto(folder: Path, auth: bool) -> tuple[subprocess.Popen, str]:
     endpoint = f"http://127.0.0.1:{port}"
     # With auth on, the first three requests (create user, policy, key) pass unauthenticated; all others are checked.
     env = {"INITIAL_NO_AUTH_ACTION_COUNT": "3"} if auth else {}
-    process = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], f"{endpoint}/moto-api/",
-                    folder / "moto.log", env)
+    process = start(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        f"{endpoint}/moto-api/",
+        folder / "moto.log",
+        env,
+    )
     return process, endpoint
 
 
@@ -77,10 +86,16 @@ def s3_server(tmp_path_factory):
     so this one accepts any key; `s3_auth_server` is the one that rejects wrong keys.
     """
     import boto3
+
     process, endpoint = start_moto(tmp_path_factory.mktemp("moto"), auth=False)
     server = {"endpoint": endpoint, "key": "AKIALORAOPSTESTKEY01", "secret": "loraops-test-secret-never-logged"}
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=server["key"],
-                      aws_secret_access_key=server["secret"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=server["key"],
+        aws_secret_access_key=server["secret"],
+    )
     for bucket in ("mlflow-artifacts", "promoted"):
         s3.create_bucket(Bucket=bucket)
     yield server
@@ -91,16 +106,32 @@ def s3_server(tmp_path_factory):
 def s3_auth_server(tmp_path_factory):
     """{endpoint, key, secret, bucket}: moto with IAM auth on; only the IAM user's key made here is accepted."""
     import boto3
+
     process, endpoint = start_moto(tmp_path_factory.mktemp("moto-auth"), auth=True)
-    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bootstrap",
-                       aws_secret_access_key="bootstrap")
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
     iam.create_user(UserName="loraops-ci")
-    iam.put_user_policy(UserName="loraops-ci", PolicyName="all", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="loraops-ci",
+        PolicyName="all",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        ),
+    )
     key = iam.create_access_key(UserName="loraops-ci")["AccessKey"]
     server = {"endpoint": endpoint, "key": key["AccessKeyId"], "secret": key["SecretAccessKey"], "bucket": "guarded"}
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=server["key"],
-                 aws_secret_access_key=server["secret"]).create_bucket(Bucket=server["bucket"])
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=server["key"],
+        aws_secret_access_key=server["secret"],
+    ).create_bucket(Bucket=server["bucket"])
     yield server
     stop(process)
 
@@ -138,12 +169,22 @@ def postgres_uri():
     port = free_port()
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
     run(str(bindir / "initdb"), "-D", str(root / "data"), "-U", "loraops", "-A", "trust", "--no-sync")
-    run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "start", "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off")
+    run(
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(root / "data"),
+        "-l",
+        str(root / "log"),
+        "-w",
+        "start",
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+    )
     run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "loraops", "mlflow")
     yield f"postgresql+psycopg2://loraops@127.0.0.1:{port}/mlflow"
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"],
-                   capture_output=True)
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True
+    )
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -154,11 +195,31 @@ def mlflow_server(s3_server, postgres_uri, tmp_path_factory):
     backend = postgres_uri or f"sqlite:///{folder / 'mlflow.db'}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {"MLFLOW_S3_ENDPOINT_URL": s3_server["endpoint"], "AWS_ACCESS_KEY_ID": s3_server["key"],
-           "AWS_SECRET_ACCESS_KEY": s3_server["secret"], "AWS_DEFAULT_REGION": "us-east-1"}
-    process = start([str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination",
-                     "s3://mlflow-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                    f"{url}/health", folder / "server.log", env)
+    env = {
+        "MLFLOW_S3_ENDPOINT_URL": s3_server["endpoint"],
+        "AWS_ACCESS_KEY_ID": s3_server["key"],
+        "AWS_SECRET_ACCESS_KEY": s3_server["secret"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    process = start(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            "s3://mlflow-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        f"{url}/health",
+        folder / "server.log",
+        env,
+    )
     yield {"url": url, "backend": backend.split(":")[0].split("+")[0]}
     stop(process)
 
@@ -173,6 +234,7 @@ class ChecksumStrippingProxy:
         import http.client
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
         host, port = upstream.removeprefix("http://").split(":")
 
         class Handler(BaseHTTPRequestHandler):
@@ -185,7 +247,10 @@ class ChecksumStrippingProxy:
                 data = response.read()
                 self.send_response(response.status)
                 for key, value in response.getheaders():
-                    if not key.lower().startswith("x-amz-checksum") and key.lower() not in ("transfer-encoding", "connection"):
+                    if not key.lower().startswith("x-amz-checksum") and key.lower() not in (
+                        "transfer-encoding",
+                        "connection",
+                    ):
                         self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(data)
@@ -214,6 +279,7 @@ class FaultyProxy:
         import socket
         import struct
         import threading
+
         host, port = upstream.removeprefix("http://").split(":")
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"

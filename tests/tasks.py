@@ -23,9 +23,18 @@ def tiny_base(folder: Path, kind: str = "bert", seed: int = 0) -> Path:
         model = BertForSequenceClassification.from_pretrained(default_base_model(), num_hidden_layers=1, num_labels=2)
     else:
         # Wide initial weights: the LM head is tied to the frozen embeddings, whose norm caps the logits.
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=128, n_layer=2, n_head=4, n_positions=64,
-                                           initializer_range=0.2,
-                                           bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=tokenizer.vocab_size,
+                n_embd=128,
+                n_layer=2,
+                n_head=4,
+                n_positions=64,
+                initializer_range=0.2,
+                bos_token_id=tokenizer.cls_token_id,
+                eos_token_id=tokenizer.sep_token_id,
+            )
+        )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -37,7 +46,7 @@ def data_slice(folder: Path, rows: int = 240, causal: bool = False) -> Path:
     by_label: dict[str, list] = {}
     for row in lines:
         by_label.setdefault(row["label"], []).append(row)
-    picked = [row for group in by_label.values() for row in group[:rows // len(by_label)]]
+    picked = [row for group in by_label.values() for row in group[: rows // len(by_label)]]
     path = folder / ("pairs.jsonl" if causal else "sections.jsonl")
     with open(path, "w") as f:
         for row in picked:
@@ -53,10 +62,20 @@ def write_task(folder: Path, name: str, base: Path, data: Path, causal: bool = F
         "base": {"model": str(base)},
         # no validation split unless a test asks: slices of a few hundred rows leave one too small to pick a pass on
         "data": {"path": str(data), "validation_fraction": 0},
-        "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn"] if causal else ["query", "value"],
-                 "modules_to_save": [] if causal else ["classifier"]},
-        "training": {"max_steps": 30, "batch_size": 16, "lr": 2e-2, "max_length": 32, "checkpoint_every": 10,
-                     "device": "cpu"},
+        "lora": {
+            "r": 4,
+            "alpha": 8,
+            "target_modules": ["c_attn"] if causal else ["query", "value"],
+            "modules_to_save": [] if causal else ["classifier"],
+        },
+        "training": {
+            "max_steps": 30,
+            "batch_size": 16,
+            "lr": 2e-2,
+            "max_length": 32,
+            "checkpoint_every": 10,
+            "device": "cpu",
+        },
         "gate": {"metric": "perplexity" if causal else "accuracy", "min_gain_over_base": 0.0},
         "promotion": {"mode": "adapter"},
     }
@@ -78,11 +97,19 @@ def saved_adapter(folder: Path, base: Path, causal: bool = False, seed: int = 0)
 
     from lora_core import LoraConfig, inject, save_adapter
     from pipelines.models import load_model
+
     labels = [] if causal else ["games", "graphics", "science"]
     model, tokenizer = load_model(base, "causal-lm" if causal else "classification", labels)
-    inject(model, LoraConfig(r=4, alpha=8, target_modules=["c_attn"] if causal else ["query", "value"],
-                             modules_to_save=[] if causal else ["classifier"],
-                             task_type="CAUSAL_LM" if causal else "SEQ_CLS"))
+    inject(
+        model,
+        LoraConfig(
+            r=4,
+            alpha=8,
+            target_modules=["c_attn"] if causal else ["query", "value"],
+            modules_to_save=[] if causal else ["classifier"],
+            task_type="CAUSAL_LM" if causal else "SEQ_CLS",
+        ),
+    )
     randomize_b(model, seed=seed + 2, std=0.5)
     save_adapter(model, folder, base_model_name_or_path=str(base))
     if labels:

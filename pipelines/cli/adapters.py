@@ -10,14 +10,30 @@ from ..tables import render_table
 
 def versions_table(records: list[VersionRecord]) -> str:
     # r@95: the rank that keeps 95% of |dW|^2 in every module (the low-rank analysis at registration)
-    rows = [("task", "version", "aliases", "base", "base fp", "dataset fp", "r", "r@95", "metrics", "promoted",
-             "created")]
+    rows = [
+        ("task", "version", "aliases", "base", "base fp", "dataset fp", "r", "r@95", "metrics", "promoted", "created")
+    ]
     for r in records:
-        metrics = " ".join(f"{k.removeprefix('adapter_')}={v:.3f}" for k, v in sorted(r.metrics.items())
-                           if k.startswith("adapter_") or "_" not in k)
-        rows.append((r.task, str(r.version), ",".join(r.aliases) or "-", r.base_name, r.base_fingerprint[:12],
-                     r.dataset_fingerprint[:12], str(r.lora.r), effective_rank(r), metrics or "-",
-                     ",".join(sorted(r.promoted)) or "-", r.created))
+        metrics = " ".join(
+            f"{k.removeprefix('adapter_')}={v:.3f}"
+            for k, v in sorted(r.metrics.items())
+            if k.startswith("adapter_") or "_" not in k
+        )
+        rows.append(
+            (
+                r.task,
+                str(r.version),
+                ",".join(r.aliases) or "-",
+                r.base_name,
+                r.base_fingerprint[:12],
+                r.dataset_fingerprint[:12],
+                str(r.lora.r),
+                effective_rank(r),
+                metrics or "-",
+                ",".join(sorted(r.promoted)) or "-",
+                r.created,
+            )
+        )
     return render_table(rows) if records else "no adapter versions registered"
 
 
@@ -38,8 +54,10 @@ def lineage_text(lineage: Lineage) -> str:
     lines = [f"task {lineage.task}"]
     for base in lineage.bases:
         if isinstance(base, BaseRecord):
-            lines.append(f"  base {base.name} (fingerprint {base.fingerprint[:12]}, {base.model} v{base.version}, "
-                         f"source {base.source})")
+            lines.append(
+                f"  base {base.name} (fingerprint {base.fingerprint[:12]}, {base.model} v{base.version}, "
+                f"source {base.source})"
+            )
             versions = [v for v in lineage.versions if v.base_fingerprint == base.fingerprint]
         else:  # known by name only: its versions cannot be told apart by fingerprint
             lines.append(f"  base {base.name} (fingerprint ?, ? v?, source ?)")
@@ -47,8 +65,10 @@ def lineage_text(lineage: Lineage) -> str:
         for v in versions:
             aliases = f" [{', '.join(v.aliases)}]" if v.aliases else ""
             metrics = " ".join(f"{k}={val:.3f}" for k, val in sorted(v.metrics.items()))
-            lines.append(f"    v{v.version}{aliases} r={v.lora.r} data {v.dataset_fingerprint[:12]} "
-                         f"code {v.code_version} {metrics}")
+            lines.append(
+                f"    v{v.version}{aliases} r={v.lora.r} data {v.dataset_fingerprint[:12]} "
+                f"code {v.code_version} {metrics}"
+            )
             for mode, uri in sorted(v.promoted.items()):
                 lines.append(f"      promoted {mode}: {uri}")
     lines.append(f"  {len(lineage.history)} alias moves (loraops adapters history {lineage.task})")
@@ -81,16 +101,21 @@ def adapters(args, print_=print) -> None:
 
 
 def promote(args, print_=print) -> None:
-    result = AdapterRegistry().promote(args.task, args.version, args.mode, args.target, args.reason or "",
-                                       serve_with=args.serve_with, drift=args.drift)
-    print_(f"promoted {result.task} v{result.version} ({result.mode}) to {result.uri}: "
-           f"{len(result.uploaded)} files uploaded ({result.bytes_uploaded:,} bytes), {len(result.skipped)} already there, "
-           f"all verified by sha256")
+    result = AdapterRegistry().promote(
+        args.task, args.version, args.mode, args.target, args.reason or "", serve_with=args.serve_with, drift=args.drift
+    )
+    print_(
+        f"promoted {result.task} v{result.version} ({result.mode}) to {result.uri}: "
+        f"{len(result.uploaded)} files uploaded ({result.bytes_uploaded:,} bytes), {len(result.skipped)} already there, "
+        f"all verified by sha256"
+    )
     if result.previous != result.version:
         print_(f"production: {result.previous or '-'} -> {result.version}")
 
 
 def rollback(args, print_=print) -> None:
     events = AdapterRegistry().rollback(args.task, args.reason or "", drift=args.drift)
-    print_(f"production: {events[0].from_version} -> {events[0].to_version}; "
-           f"previous-production is now {events[1].to_version or 'unset'}")
+    print_(
+        f"production: {events[0].from_version} -> {events[0].to_version}; "
+        f"previous-production is now {events[1].to_version or 'unset'}"
+    )

@@ -29,8 +29,10 @@ EXIT_CODES = (
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 
 
-DRIFT_HELP = ("an alias was moved outside loraops: accept (record the registry's state) or revert (move it back to "
-              "where loraops's history says)")
+DRIFT_HELP = (
+    "an alias was moved outside loraops: accept (record the registry's state) or revert (move it back to "
+    "where loraops's history says)"
+)
 
 
 class PrintVersion(argparse.Action):
@@ -40,6 +42,7 @@ class PrintVersion(argparse.Action):
         from importlib.metadata import version
 
         from registry.code_version import code_version
+
         print(f"loraops {version('loraops')} ({code_version()})")
         parser.exit()
 
@@ -79,15 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     _registry_commands(commands)
     run = commands.add_parser("run", help="run the train_adapter flow for one or more task files")
     run.add_argument("tasks", nargs="+", metavar="TASK.yaml")
-    schedule = commands.add_parser("schedule", help="run a task on a cron: a Prefect deployment (on the work pool "
-                                   "$LORAOPS_WORK_POOL when PREFECT_API_URL is set, else served by this process)")
+    schedule = commands.add_parser(
+        "schedule",
+        help="run a task on a cron: a Prefect deployment (on the work pool "
+        "$LORAOPS_WORK_POOL when PREFECT_API_URL is set, else served by this process)",
+    )
     schedule.add_argument("task", nargs="?", metavar="TASK.yaml")
     schedule.add_argument("--cron", help='e.g. "0 3 * * *"')
     schedule.add_argument("--apply-only", action="store_true", help="without a server: create the deployment and exit")
     schedule.add_argument("--list", action="store_true", help="the scheduled tasks, their cron, pool and last run")
     schedule.add_argument("--remove", metavar="TASK", help="delete a task's schedule")
-    node = commands.add_parser("train-node", help="a further node of multi-node training (training.nnodes > 1): "
-                               "join the runs announced on this LORAOPS_HOME")
+    node = commands.add_parser(
+        "train-node",
+        help="a further node of multi-node training (training.nnodes > 1): "
+        "join the runs announced on this LORAOPS_HOME",
+    )
     node.add_argument("--once", action="store_true", help="exit after one run")
     node.add_argument("--wait", type=float, help="exit after this many seconds with no run to join")
     predict = commands.add_parser("predict", help="predict with a task's adapter on the shared base")
@@ -98,18 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registry_commands(commands) -> None:
     adapters = commands.add_parser("adapters", help="look adapters up in the registry")
-    adapters.add_argument("action", choices=["list", "show", "lineage", "history", "fetch", "serve-config", "compare",
-                                             "map"])
-    adapters.add_argument("ref", nargs="?", help="TASK, or TASK@alias / TASK:version for show, fetch and compare; "
-                          "serve-config: one task (default all in production)")
+    adapters.add_argument(
+        "action", choices=["list", "show", "lineage", "history", "fetch", "serve-config", "compare", "map"]
+    )
+    adapters.add_argument(
+        "ref",
+        nargs="?",
+        help="TASK, or TASK@alias / TASK:version for show, fetch and compare; "
+        "serve-config: one task (default all in production)",
+    )
     adapters.add_argument("other", nargs="?", help="compare: the second TASK@alias / TASK:version")
     adapters.add_argument("--out", help="map: folder for map.json and map.png")
     adapters.add_argument("--task", help="list: only this task")
-    adapters.add_argument("--base", help="list, serve-config, map: only adapters on this base (name or fingerprint "
-                          "prefix)")
+    adapters.add_argument(
+        "--base", help="list, serve-config, map: only adapters on this base (name or fingerprint prefix)"
+    )
     adapters.add_argument("--engine", choices=ENGINES[1:], default="vllm", help="serve-config: the serving engine")
-    adapters.add_argument("--lora-dir", default="./loras",
-                          help="serve-config: where the engine host keeps adapters fetched from S3 (default ./loras)")
+    adapters.add_argument(
+        "--lora-dir",
+        default="./loras",
+        help="serve-config: where the engine host keeps adapters fetched from S3 (default ./loras)",
+    )
     adapters.add_argument("--mode", choices=["adapter", "merged"], default="adapter", help="fetch: which artifacts")
     adapters.add_argument("--json", action="store_true", help="machine-readable output")
     promote = commands.add_parser("promote", help="upload a version, verify it, then make it production")
@@ -118,8 +136,12 @@ def _registry_commands(commands) -> None:
     promote.add_argument("--mode", choices=["adapter", "merged"], default="adapter")
     promote.add_argument("--target", help="s3://bucket/prefix or a folder (default $LORAOPS_PROMOTION_TARGET)")
     promote.add_argument("--reason", help="recorded in the history")
-    promote.add_argument("--serve-with", choices=ENGINES, default="any",
-                         help="refuse an adapter this serving engine would not load (default any)")
+    promote.add_argument(
+        "--serve-with",
+        choices=ENGINES,
+        default="any",
+        help="refuse an adapter this serving engine would not load (default any)",
+    )
     promote.add_argument("--drift", choices=SETTLE, help=DRIFT_HELP)
     rollback = commands.add_parser("rollback", help="production goes back to the previous production version")
     rollback.add_argument("task")
@@ -137,20 +159,24 @@ def run(args: argparse.Namespace) -> None:
     # Command modules load transformers or matplotlib: import only the one that runs.
     if args.command == "demo":
         from ..demo import run_demo
+
         run_demo(steps=args.steps, out_dir=Path(args.out) if args.out else None)
         return
     if args.command == "merge":
         from .merge import merge_command
+
         merge_command(args.base_dir, args.adapter_dir, args.out_dir)
         return
     if args.command == "train-node":
         from registry.settings import RegistrySettings
 
         from ..distributed import join_runs
+
         join_runs(RegistrySettings.from_env().home, args.once, args.wait)
         return
     if args.command in ("run", "schedule", "predict"):
         from . import run as run_commands
+
         if args.command == "run":
             run_commands.run(args.tasks)
         elif args.command == "schedule" and args.list:
@@ -166,22 +192,28 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.command in ("adapters", "promote", "rollback"):
         from . import adapters as registry_commands
+
         if args.command == "adapters" and args.action not in ("list", "serve-config", "map") and not args.ref:
             from registry.errors import RegistryError
+
             raise RegistryError(f"adapters {args.action} needs a task; e.g. loraops adapters {args.action} my-task")
         if args.command == "adapters" and args.action == "serve-config":
             from .serve_config import serve_config
+
             serve_config(args)
         elif args.command == "adapters" and args.action == "compare":
             from .compare import compare
+
             compare(args)
         elif args.command == "adapters" and args.action == "map":
             from .compare import task_map
+
             task_map(args)
         else:
             getattr(registry_commands, args.command)(args)
         return
     from . import rank as rank_commands
+
     if args.command == "analyze":
         rank_commands.analyze(args.adapter_dir, args.base, args.compare, args.out)
     elif args.command == "compress":
@@ -204,6 +236,7 @@ def server_fault(error: BaseException) -> str | None:
         return None
     from registry.faults import server_message
     from registry.settings import RegistrySettings
+
     return server_message(error, RegistrySettings.from_env().tracking_uri)
 
 
@@ -217,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         from registry.faults import network_defaults
+
         network_defaults()
         run(args)
     except KeyboardInterrupt as e:

@@ -19,8 +19,10 @@ def check_recorded_base(base_dir: Path, adapter_dir: Path) -> None:
     expected = json.loads(manifest.read_text()).get("base_fingerprint")
     actual = fingerprint_weights(base_dir, DigestCache(RegistrySettings.from_env().digests))
     if expected and actual != expected:
-        raise BaseMismatchError(f"{adapter_dir} was trained on a base with fingerprint {expected[:12]}, but {base_dir} "
-                                f"has {actual[:12]}; merge onto the base it was trained on")
+        raise BaseMismatchError(
+            f"{adapter_dir} was trained on a base with fingerprint {expected[:12]}, but {base_dir} "
+            f"has {actual[:12]}; merge onto the base it was trained on"
+        )
 
 
 def merge_command(base_dir: str, adapter_dir: str, out_dir: str, print_=print) -> MergeReport:
@@ -31,6 +33,8 @@ def merge_command(base_dir: str, adapter_dir: str, out_dir: str, print_=print) -
     check_recorded_base(base, adapter)
     started = time.perf_counter()
     report = merge_checkpoint(base, adapter, out_dir)
-    print_(f"merged {len(report.merged)} weights into {len(report.shards)} shard(s), {report.bytes / 1e9:.2f} GB, "
-           f"in {time.perf_counter() - started:.1f}s: {out_dir}")
+    print_(
+        f"merged {len(report.merged)} weights into {len(report.shards)} shard(s), {report.bytes / 1e9:.2f} GB, "
+        f"in {time.perf_counter() - started:.1f}s: {out_dir}"
+    )
     return report

@@ -18,14 +18,36 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [COLUMNS]
     for m in report["modules"]:
         amp = f"{m['amplification']:.1f}" if "amplification" in m else "-"
-        rows.append((m["module"], "x".join(map(str, m["shape"])), str(m["r"]), f"{m['frobenius']:.4f}",
-                     str(m["rank_at_90"]), str(m["rank_at_95"]), str(m["rank_at_99"]), str(m["elbow"]),
-                     f"{m['effective_rank']:.2f}", amp))
+        rows.append(
+            (
+                m["module"],
+                "x".join(map(str, m["shape"])),
+                str(m["r"]),
+                f"{m['frobenius']:.4f}",
+                str(m["rank_at_90"]),
+                str(m["rank_at_95"]),
+                str(m["rank_at_99"]),
+                str(m["elbow"]),
+                f"{m['effective_rank']:.2f}",
+                amp,
+            )
+        )
     s = report["summary"]
     rec = s["recommended_rank"]
-    rows.append(("all modules (uniform rank)", "", str(s["r"]), f"{s['frobenius']:.4f}", str(rec["90"]),
-                 str(rec["95"]), str(rec["99"]), str(rec["elbow"]), f"{s['mean_effective_rank']:.2f}",
-                 f"{s['mean_amplification']:.1f}" if "mean_amplification" in s else "-"))
+    rows.append(
+        (
+            "all modules (uniform rank)",
+            "",
+            str(s["r"]),
+            f"{s['frobenius']:.4f}",
+            str(rec["90"]),
+            str(rec["95"]),
+            str(rec["99"]),
+            str(rec["elbow"]),
+            f"{s['mean_effective_rank']:.2f}",
+            f"{s['mean_amplification']:.1f}" if "mean_amplification" in s else "-",
+        )
+    )
     return render_table(rows, footer=True)
 
 
@@ -43,10 +65,15 @@ def analyze(adapter_dir: str, base: str | None, compare: str | None, out: str | 
     if compare:
         grids = subspace_similarity(adapter, compare)
         grid = mean_similarity(grids)
-        report["similarity"] = {"compared_with": str(compare), "mean_phi": grid.tolist(),
-                                "per_module_phi_1_1": {p: float(g[0, 0]) for p, g in grids.items()}}
-        print_(f"subspace similarity with {compare}: mean phi(1,1) = {float(grid[0, 0]):.3f}, "
-               f"phi({grid.shape[0]},{grid.shape[1]}) = {float(grid[-1, -1]):.3f} over {len(grids)} modules")
+        report["similarity"] = {
+            "compared_with": str(compare),
+            "mean_phi": grid.tolist(),
+            "per_module_phi_1_1": {p: float(g[0, 0]) for p, g in grids.items()},
+        }
+        print_(
+            f"subspace similarity with {compare}: mean phi(1,1) = {float(grid[0, 0]):.3f}, "
+            f"phi({grid.shape[0]},{grid.shape[1]}) = {float(grid[-1, -1]):.3f} over {len(grids)} modules"
+        )
     if out:
         written = write_report(report, Path(out), grid if compare else None)
         print_("wrote " + ", ".join(str(p) for p in written))
@@ -68,6 +95,7 @@ def compress_command(adapter_dir: str, rank: int | None, pve: float | None, out:
 def load_hf_model(folder: str):
     """The model class the checkpoint names (config.architectures), from a local folder."""
     import transformers
+
     if not Path(folder, "config.json").is_file():
         raise LoraError(f"{folder} has no config.json: pass a Hugging Face model folder")
     config = transformers.AutoConfig.from_pretrained(folder)
@@ -80,5 +108,7 @@ def extract_command(base: str, finetuned: str, rank: int | None, pve: float | No
     result, uncaptured = extract(load_hf_model(base), load_hf_model(finetuned), rank=rank, pve=pve)
     _print_reduction(result, out, print_)
     if uncaptured:
-        print_(f"note: {len(uncaptured)} other parameters changed and are not in the adapter "
-               f"(LoRA carries target weights only): {', '.join(uncaptured[:5])}")
+        print_(
+            f"note: {len(uncaptured)} other parameters changed and are not in the adapter "
+            f"(LoRA carries target weights only): {', '.join(uncaptured[:5])}"
+        )

@@ -55,6 +55,7 @@ def run(paths: list[str], print_=print) -> list[FlowResult]:
         tasks = [prepare(Path(path).resolve(), spec, settings) for path, spec in zip(paths, specs)]  # while it starts
         prefect_ready()
         from ..flows import train_adapter
+
         for task in tasks:
             try:
                 results.append(report(train_adapter(str(task.path), prepared=task.prepared), task.spec, print_))
@@ -70,12 +71,17 @@ def run(paths: list[str], print_=print) -> list[FlowResult]:
 
 def report(result: FlowResult, spec: TaskSpec, print_=print) -> FlowResult:
     e, t, metric = result.evaluation, result.trained, spec.gate.metric
-    chosen = f" (kept step {t.best_step} by validation{', stopped early' if t.stopped_early else ''})" \
-        if t.best_validation else ""
-    print_(f"{result.task}: v{result.version} trained {t.steps} steps in {t.seconds:.0f}s{chosen}; "
-           f"{metric} base {e.base[metric]:.3f} -> adapter {e.adapter[metric]:.3f} "
-           f"(merged {e.merged[metric]:.3f}, gap {e.merge_gap:.1e}); "
-           f"rank for 95% of |dW|^2: {result.analysis.recommended_rank.p95} of r={result.analysis.r}")
+    chosen = (
+        f" (kept step {t.best_step} by validation{', stopped early' if t.stopped_early else ''})"
+        if t.best_validation
+        else ""
+    )
+    print_(
+        f"{result.task}: v{result.version} trained {t.steps} steps in {t.seconds:.0f}s{chosen}; "
+        f"{metric} base {e.base[metric]:.3f} -> adapter {e.adapter[metric]:.3f} "
+        f"(merged {e.merged[metric]:.3f}, gap {e.merge_gap:.1e}); "
+        f"rank for 95% of |dW|^2: {result.analysis.recommended_rank.p95} of r={result.analysis.r}"
+    )
     if result.promotion:
         print_(f"{result.task}: promoted v{result.version} ({result.promotion.mode}) to {result.promotion.uri}")
     else:
@@ -98,17 +104,25 @@ def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> st
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
     from ..flows import train_adapter
+
     # A module entrypoint: the runner imports pipelines.flows as a package module (its imports are relative).
-    deployment = train_adapter.to_deployment(name=spec.task, cron=cron, parameters={"spec_path": str(Path(path).resolve())},
-                                             concurrency_limit=1, tags=["loraops", spec.task], work_pool_name=pool,
-                                             entrypoint_type=EntrypointType.MODULE_PATH,
-                                             description=f"train, evaluate and ship the {spec.task} adapter")
+    deployment = train_adapter.to_deployment(
+        name=spec.task,
+        cron=cron,
+        parameters={"spec_path": str(Path(path).resolve())},
+        concurrency_limit=1,
+        tags=["loraops", spec.task],
+        work_pool_name=pool,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        description=f"train, evaluate and ship the {spec.task} adapter",
+    )
     assert isinstance(deployment, RunnerDeployment)  # called from sync code: the deployment, not a coroutine
     deployment_id = str(deployment.apply())
     where = f"work pool {pool}: its workers run it" if pool else "concurrency limit 1"
     print_(f"deployment train_adapter/{spec.task} ({deployment_id}) on cron {cron!r}, one run at a time, {where}")
     if not pool and not apply_only:
         from prefect import serve
+
         print_("serving it from this process; stop with Ctrl-C (with PREFECT_API_URL set, a worker runs it instead)")
         serve(deployment)
     return deployment_id
@@ -116,25 +130,33 @@ def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> st
 
 def check_cron(cron: str) -> None:
     from prefect.client.schemas.schedules import CronSchedule
+
     try:
         CronSchedule(cron=cron)
     except ValueError:
-        raise SpecError(f"--cron {cron!r} is not a cron expression; use five fields, e.g. '0 3 * * *' (03:00 daily)") from None
+        raise SpecError(
+            f"--cron {cron!r} is not a cron expression; use five fields, e.g. '0 3 * * *' (03:00 daily)"
+        ) from None
 
 
 def check_pool(pool: str) -> None:
     """The work pool exists on the Prefect server (which answers)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+
     try:
         with get_client(sync_client=True) as client:
             client.read_work_pool(pool)
     except ObjectNotFound:
-        raise SpecError(f"work pool {pool!r} does not exist on {os.environ['PREFECT_API_URL']}; create it (prefect "
-                        f"work-pool create {pool} --type process) or start the stack (bash infra/stack.sh up)") from None
+        raise SpecError(
+            f"work pool {pool!r} does not exist on {os.environ['PREFECT_API_URL']}; create it (prefect "
+            f"work-pool create {pool} --type process) or start the stack (bash infra/stack.sh up)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - httpx/ssl errors: the server does not answer
-        raise ServerUnavailable(f"the Prefect server at {os.environ['PREFECT_API_URL']} does not answer "
-                                f"({type(e).__name__}); start it or fix PREFECT_API_URL") from None
+        raise ServerUnavailable(
+            f"the Prefect server at {os.environ['PREFECT_API_URL']} does not answer "
+            f"({type(e).__name__}); start it or fix PREFECT_API_URL"
+        ) from None
 
 
 def schedules(print_=print) -> list[dict]:
@@ -143,17 +165,32 @@ def schedules(print_=print) -> list[dict]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
+
     rows = []
     with get_client(sync_client=True) as client:
         for d in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["train_adapter"]))):
-            runs = [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])),
-                                                     limit=5, sort=FlowRunSort.START_TIME_DESC) if r.start_time]  # not the next one
-            rows.append({"task": d.name, "cron": ", ".join(s.schedule.cron for s in d.schedules
-                                                           if hasattr(s.schedule, "cron")) or "-",
-                         "pool": d.work_pool_name or "(served)", "last run": f"{runs[0].name} {runs[0].state_name}"
-                         if runs else "-"})
-    print_(render_table([("task", "cron", "pool", "last run")] + [tuple(r.values()) for r in rows])
-           if rows else "no scheduled tasks")
+            runs = [
+                r
+                for r in client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])),
+                    limit=5,
+                    sort=FlowRunSort.START_TIME_DESC,
+                )
+                if r.start_time
+            ]  # not the next one
+            rows.append(
+                {
+                    "task": d.name,
+                    "cron": ", ".join(s.schedule.cron for s in d.schedules if hasattr(s.schedule, "cron")) or "-",
+                    "pool": d.work_pool_name or "(served)",
+                    "last run": f"{runs[0].name} {runs[0].state_name}" if runs else "-",
+                }
+            )
+    print_(
+        render_table([("task", "cron", "pool", "last run")] + [tuple(r.values()) for r in rows])
+        if rows
+        else "no scheduled tasks"
+    )
     return rows
 
 
@@ -163,6 +200,7 @@ def unschedule(task: str, print_=print) -> None:
     prefect_defaults(RegistrySettings.from_env())
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+
     with get_client(sync_client=True) as client:
         try:
             deployment = client.read_deployment_by_name(f"train_adapter/{task}")
@@ -174,8 +212,11 @@ def unschedule(task: str, print_=print) -> None:
 
 def predict(ref: str, texts: list[str], print_=print) -> list[Prediction]:
     from ..serving import AdapterSwitcher
+
     results = AdapterSwitcher().predict(ref, texts)
     for r in results:
-        answer = r.completion if r.completion is not None else f"{r.label}  (p={r.probability:.2f}, {r.task} v{r.version})"
+        answer = (
+            r.completion if r.completion is not None else f"{r.label}  (p={r.probability:.2f}, {r.task} v{r.version})"
+        )
         print_(f"{r.text!r} -> {answer}")
     return results

@@ -6,28 +6,62 @@ import sys
 
 
 def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path), "--work", str(tmp_path / "w")],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path), "--work", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "bench-results.json").read_text())
     cases = [r["case"] for r in results["rows"]]
     assert results["failures"] == [] and len(cases) == 25  # full mode adds the flow overhead on an initialized home
-    for needle in ("train step", "full fine-tune", "in memory", "load one adapter", "switch", "disk to disk",
-                   "fingerprint", "resolve", "promote a", "promote the same", "causal LM", "flow overhead",
-                   "classifier forward, batch 1x64: merged", "greedy decode, batch 32: unmerged"):
+    for needle in (
+        "train step",
+        "full fine-tune",
+        "in memory",
+        "load one adapter",
+        "switch",
+        "disk to disk",
+        "fingerprint",
+        "resolve",
+        "promote a",
+        "promote the same",
+        "causal LM",
+        "flow overhead",
+        "classifier forward, batch 1x64: merged",
+        "greedy decode, batch 32: unmerged",
+    ):
         assert any(needle in c for c in cases), needle
     assert all(r["ours"] > 0 for r in results["rows"])
     assert "| case | loraops | anchor | ratio |" in (tmp_path / "BENCHMARKS.md").read_text()
 
 
 def test_quick_quality_runs_loraops_beside_peft_and_full_fine_tuning(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bench.quality", "--quick", "--seeds", "2", "--tasks", "server-sections",
-                           "--out", str(tmp_path), "--work", str(tmp_path / "w")], capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.quality",
+            "--quick",
+            "--seeds",
+            "2",
+            "--tasks",
+            "server-sections",
+            "--out",
+            str(tmp_path),
+            "--work",
+            str(tmp_path / "w"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "quality-results.json").read_text())
     assert sorted((r["method"], r["seed"]) for r in results["runs"]) == [
-        (m, s) for m in ("full", "loraops", "peft") for s in (0, 1)]
+        (m, s) for m in ("full", "loraops", "peft") for s in (0, 1)
+    ]
     assert all(0 <= r["accuracy"] <= 1 and r["peak"] > 0 and r["seconds"] > 0 for r in results["runs"])
     trainable = {r["method"]: r["trainable"] for r in results["runs"]}
     assert trainable["peft"] < trainable["loraops"] < trainable["full"] / 10  # q,v < every projection << everything

@@ -29,8 +29,10 @@ def prefect_servers(home: Path) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
         try:
-            if b"prefect.server.api.server:create_app" in (proc / "cmdline").read_bytes() and \
-                    f"PREFECT_HOME={home / 'prefect'}".encode() in (proc / "environ").read_bytes():
+            if (
+                b"prefect.server.api.server:create_app" in (proc / "cmdline").read_bytes()
+                and f"PREFECT_HOME={home / 'prefect'}".encode() in (proc / "environ").read_bytes()
+            ):
                 found.append(int(proc.name))
         except (OSError, ValueError):
             continue
@@ -38,8 +40,11 @@ def prefect_servers(home: Path) -> list[int]:
 
 
 def leftovers(home: Path) -> list[str]:
-    return sorted(str(p.relative_to(home)) for pattern in (".*.partial-*", ".fetch-*", ".seed-*", ".upload-*")
-                  for p in home.rglob(pattern))
+    return sorted(
+        str(p.relative_to(home))
+        for pattern in (".*.partial-*", ".fetch-*", ".seed-*", ".upload-*")
+        for p in home.rglob(pattern)
+    )
 
 
 def run(command: list[str], home: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -55,9 +60,15 @@ def test_a_run_killed_at_any_point_leaves_nothing_behind_and_the_rerun_completes
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)
     home = tmp_path / "home"
-    task = write_task(tmp_path, "crash", base, data_slice(tmp_path), training__max_steps=30,
-                      gate={"metric": "accuracy", "min_gain_over_base": -1.0},  # the gate is not what is tested
-                      promotion={"mode": "merged", "target": f"s3://{bucket}/models"})
+    task = write_task(
+        tmp_path,
+        "crash",
+        base,
+        data_slice(tmp_path),
+        training__max_steps=30,
+        gate={"metric": "accuracy", "min_gain_over_base": -1.0},  # the gate is not what is tested
+        promotion={"mode": "merged", "target": f"s3://{bucket}/models"},
+    )
     killed = run([sys.executable, str(CRASH), point, str(task)], home)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     deadline = time.monotonic() + 10
@@ -80,17 +91,29 @@ def test_a_run_killed_at_any_point_leaves_nothing_behind_and_the_rerun_completes
 
 def test_three_first_runs_started_together_on_a_fresh_home_all_succeed(base, tmp_path):
     home = tmp_path / "home"
-    tasks = [write_task(tmp_path, f"together-{i}", base, data_slice(tmp_path), training__max_steps=10,
-                        gate={"metric": "accuracy", "min_gain_over_base": -1.0}) for i in range(3)]
+    tasks = [
+        write_task(
+            tmp_path,
+            f"together-{i}",
+            base,
+            data_slice(tmp_path),
+            training__max_steps=10,
+            gate={"metric": "accuracy", "min_gain_over_base": -1.0},
+        )
+        for i in range(3)
+    ]
     env = {**os.environ, "LORAOPS_HOME": str(home)}
     for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "LORAOPS_PROMOTION_TARGET"):
         env.pop(name, None)
     logs = [tmp_path / f"run-{i}.log" for i in range(3)]
-    processes = [subprocess.Popen([str(BIN / "loraops"), "run", str(t)], env=env, stdout=log.open("w"),
-                                  stderr=subprocess.STDOUT) for t, log in zip(tasks, logs)]
+    processes = [
+        subprocess.Popen([str(BIN / "loraops"), "run", str(t)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        for t, log in zip(tasks, logs)
+    ]
     outcomes = [(p.wait(timeout=600), log.read_text()) for p, log in zip(processes, logs)]
     assert [code for code, _ in outcomes] == [0, 0, 0], [err[-1500:] for _, err in outcomes]
     registry = AdapterRegistry(RegistrySettings.from_env(home=home, tracking_uri=None))
     assert sorted((r.task, r.version, tuple(r.aliases)) for r in registry.list_versions()) == [
-        (f"together-{i}", 1, ("candidate", "production")) for i in range(3)]
+        (f"together-{i}", 1, ("candidate", "production")) for i in range(3)
+    ]
     assert prefect_servers(home) == []

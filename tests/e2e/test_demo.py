@@ -1,6 +1,5 @@
 """The README's main command on the real MiniLM base (shortened to a few steps)."""
 
-
 import pytest
 
 from lora_core import load_adapter
@@ -20,6 +19,7 @@ def test_demo_trains_merges_exactly_and_saves_a_loadable_adapter(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from pipelines.models import default_base_model
+
     model = AutoModelForSequenceClassification.from_pretrained(default_base_model(), num_labels=4)
     assert len(lora_layers(load_adapter(model, tmp_path / "adapter"))) == 12
 
@@ -33,6 +33,7 @@ def test_cli_rejects_a_bad_step_count(capsys):
 
 def test_version_names_the_package_and_the_code(capsys):
     from importlib.metadata import version
+
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0

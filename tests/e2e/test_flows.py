@@ -23,6 +23,7 @@ LORAOPS = str(Path(sys.executable).parent / "loraops")
 def prefect_server(tmp_path_factory):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
+
     with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results")}):
         with prefect_test_harness(server_startup_timeout=120):
             yield
@@ -31,8 +32,11 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bases")
-    return {"bert": tiny_base(folder / "bert"), "gpt2": tiny_base(folder / "gpt2", "gpt2"),
-            "other-bert": tiny_base(folder / "other-bert", seed=1)}
+    return {
+        "bert": tiny_base(folder / "bert"),
+        "gpt2": tiny_base(folder / "gpt2", "gpt2"),
+        "other-bert": tiny_base(folder / "other-bert", seed=1),
+    }
 
 
 @pytest.fixture
@@ -46,6 +50,7 @@ def home(tmp_path, monkeypatch):
 def mlflow_client(registry: AdapterRegistry):
     """MLflow as a user reads it (the UI's data): runs, metrics, model versions."""
     from mlflow import MlflowClient
+
     return MlflowClient(registry.settings.tracking_uri)
 
 
@@ -53,16 +58,26 @@ def task_runs(flow_run_id) -> dict[str, str]:
     """{task name: state name} for one flow run, read back from the Prefect server."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
-def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is_cached(prefect_server, bases, home, tmp_path,
-                                                                                       monkeypatch):
+def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is_cached(
+    prefect_server, bases, home, tmp_path, monkeypatch
+):
     from pipelines.flows import train_adapter
-    path = write_task(tmp_path, "sections", bases["bert"], data_slice(tmp_path), training__max_steps=60,
-                      promotion={"mode": "merged", "auto": True}, gate={"metric": "accuracy", "min_gain_over_base": 0.1})
+
+    path = write_task(
+        tmp_path,
+        "sections",
+        bases["bert"],
+        data_slice(tmp_path),
+        training__max_steps=60,
+        promotion={"mode": "merged", "auto": True},
+        gate={"metric": "accuracy", "min_gain_over_base": 0.1},
+    )
     state = train_adapter(str(path), return_state=True)
     first = state.result()
     assert first.evaluation.adapter["accuracy"] > first.evaluation.base["accuracy"] + 0.1
@@ -77,9 +92,12 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
     assert len(mlflow.get_metric_history(first.run_id, "train_loss")) == 60
     assert run.inputs.dataset_inputs[0].dataset.digest == record.dataset_fingerprint[:36]
     assert {a.path for a in mlflow.list_artifacts(first.run_id, "analysis")} >= {
-        "analysis/report.json", "analysis/scree.png"}
+        "analysis/report.json",
+        "analysis/scree.png",
+    }
     assert task_runs(state.state_details.flow_run_id)["train"] == "Completed"
     import mlflow.pyfunc  # the version is an MLflow Model on the embedded registry too
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.settings.tracking_uri)
     texts = ["a chess engine", "a 3D modeller"]
     predictions = mlflow.pyfunc.load_model("models:/sections@production").predict(texts)
@@ -87,9 +105,12 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
     assert list(predictions["label"]) == [e.label for e in expected]
     assert predictions["probability"].tolist() == pytest.approx([e.probability for e in expected], abs=1e-4)
     from prefect.client.orchestration import get_client
+
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.key and a.key.startswith("sections-")}
-    assert keys == {f"sections-{step}" for step in ("data", "train", "evaluate", "merge", "analyze", "register", "promote")}
+    assert keys == {
+        f"sections-{step}" for step in ("data", "train", "evaluate", "merge", "analyze", "register", "promote")
+    }
     with get_client(sync_client=True) as client:  # the Prefect UI reads like a log
         assert client.read_flow_run(state.state_details.flow_run_id).name == "sections-v1"
 
@@ -105,9 +126,11 @@ def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home,
     import yaml
 
     from pipelines.flows import train_adapter
+
     path = tmp_path / "minimal.yaml"
-    path.write_text(yaml.safe_dump({"task": "minimal", "type": "classification",
-                                    "data": {"path": str(data_slice(tmp_path, 120))}}))
+    path.write_text(
+        yaml.safe_dump({"task": "minimal", "type": "classification", "data": {"path": str(data_slice(tmp_path, 120))}})
+    )
     result = train_adapter(str(path))
     assert result.evaluation.passed and result.promotion.mode == "adapter"
     registry = AdapterRegistry()
@@ -129,10 +152,17 @@ def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home,
 
 def test_auto_rank_is_recorded_on_the_version_it_ships(prefect_server, bases, home, tmp_path):
     from pipelines.flows import train_adapter
-    path = write_task(tmp_path, "ranked", bases["bert"], data_slice(tmp_path, 120), training__max_steps=20,
-                      lora={"r": 8, "alpha": 16, "target_modules": ["query", "value"]},
-                      gate={"metric": "accuracy", "min_gain_over_base": -1.0},
-                      promotion={"mode": "merged", "rank": "auto", "rank_tolerance": 1.0})
+
+    path = write_task(
+        tmp_path,
+        "ranked",
+        bases["bert"],
+        data_slice(tmp_path, 120),
+        training__max_steps=20,
+        lora={"r": 8, "alpha": 16, "target_modules": ["query", "value"]},
+        gate={"metric": "accuracy", "min_gain_over_base": -1.0},
+        promotion={"mode": "merged", "rank": "auto", "rank_tolerance": 1.0},
+    )
     result = train_adapter(str(path))
     ranking = result.ranking
     assert ranking.shipped and ranking.rank < 8  # 20 steps of r=8 leave most of |dW|^2 in a few directions
@@ -147,6 +177,7 @@ def test_auto_rank_is_recorded_on_the_version_it_ships(prefect_server, bases, ho
 
 def test_the_gate_blocks_an_adapter_worse_than_production(prefect_server, bases, home, tmp_path):
     from pipelines.flows import train_adapter
+
     data = data_slice(tmp_path)
     good = train_adapter(str(write_task(tmp_path, "gated", bases["bert"], data, training__max_steps=60)))
     assert good.promotion is not None
@@ -166,13 +197,22 @@ def test_the_gate_blocks_an_adapter_worse_than_production(prefect_server, bases,
 
 def test_causal_lm_flow_trains_on_completions_and_lowers_perplexity(prefect_server, bases, home, tmp_path):
     from pipelines.flows import train_adapter
-    path = write_task(tmp_path, "section-words", bases["gpt2"], data_slice(tmp_path, causal=True), causal=True,
-                      training__max_steps=80, lora={"r": 8, "alpha": 16, "target_modules": "all-linear"})
+
+    path = write_task(
+        tmp_path,
+        "section-words",
+        bases["gpt2"],
+        data_slice(tmp_path, causal=True),
+        causal=True,
+        training__max_steps=80,
+        lora={"r": 8, "alpha": 16, "target_modules": "all-linear"},
+    )
     result = train_adapter(str(path))
     e = result.evaluation
     assert e.adapter["perplexity"] < e.base["perplexity"] / 10 and e.merge_gap < 1e-4
     assert result.promotion.mode == "adapter"
     from pipelines.serving import AdapterSwitcher
+
     completion = AdapterSwitcher().predict("section-words", ["Chess game with a 3D board . section :"])[0].completion
     assert completion.split()[0] in ("games", "graphics", "science", "sound")
 
@@ -181,11 +221,23 @@ def test_predict_switches_adapters_on_one_base_and_refuses_another_base(prefect_
     from lora_core.inject import lora_layers
     from pipelines.flows import train_adapter
     from pipelines.serving import AdapterSwitcher
+
     data = data_slice(tmp_path)
     for name, base in (("first", "bert"), ("second", "bert"), ("elsewhere", "other-bert")):
         # The gate is not what this test is about: every version is promoted, near chance or not.
-        train_adapter(str(write_task(tmp_path, name, bases[base], data, training__max_steps=20,
-                                     training__seed=len(name), gate__min_gain_over_base=-1.0)))
+        train_adapter(
+            str(
+                write_task(
+                    tmp_path,
+                    name,
+                    bases[base],
+                    data,
+                    training__max_steps=20,
+                    training__seed=len(name),
+                    gate__min_gain_over_base=-1.0,
+                )
+            )
+        )
     switcher = AdapterSwitcher()
     texts = ["a chess engine", "audio mixer for the desktop"]
     first = switcher.predict("first", texts)
@@ -203,6 +255,7 @@ def test_schedule_creates_a_deployment_with_the_cron_and_no_overlap(prefect_serv
     from prefect.client.orchestration import get_client
 
     from pipelines.cli.run import schedule
+
     path = write_task(tmp_path, "nightly", bases["bert"], data_slice(tmp_path))
     deployment_id = schedule(str(path), "0 3 * * *", apply_only=True, print_=lambda *_: None)
     with get_client(sync_client=True) as client:
@@ -211,18 +264,24 @@ def test_schedule_creates_a_deployment_with_the_cron_and_no_overlap(prefect_serv
     assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
     assert deployment.global_concurrency_limit.limit == 1
     from prefect.utilities.importtools import import_object
+
     assert import_object(deployment.entrypoint).name == "train_adapter"  # what a worker or `serve` will load
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("yaml", "training.batch_size: Input should be greater than 0"),
-    ("data", "lack a non-empty 'text' or 'label'"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("yaml", "training.batch_size: Input should be greater than 0"),
+        ("data", "lack a non-empty 'text' or 'label'"),
+    ],
+)
 def test_bad_yaml_or_data_exit_2_in_one_line_and_register_nothing(bases, home, tmp_path, problem, message):
     data = data_slice(tmp_path)
     if problem == "data":
         data.write_text(data.read_text() + json.dumps({"text": "no label"}) + "\n")
-    path = write_task(tmp_path, "broken", bases["bert"], data, **({"training__batch_size": 0} if problem == "yaml" else {}))
+    path = write_task(
+        tmp_path, "broken", bases["bert"], data, **({"training__batch_size": 0} if problem == "yaml" else {})
+    )
     done = subprocess.run([LORAOPS, "run", str(path)], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr
     assert not (home / "mlflow.db").exists() or AdapterRegistry().list_versions() == []
@@ -232,8 +291,10 @@ def test_training_under_torchrun_with_two_processes(bases, home, tmp_path):
     from pipelines import steps
     from pipelines.distributed import train_with_torchrun
     from pipelines.spec import load_spec
-    spec = load_spec(write_task(tmp_path, "ddp", bases["bert"], data_slice(tmp_path, 120), training__max_steps=6,
-                                training__nproc=2))
+
+    spec = load_spec(
+        write_task(tmp_path, "ddp", bases["bert"], data_slice(tmp_path, 120), training__max_steps=6, training__nproc=2)
+    )
     prepared = steps.prepare_data(spec, tmp_path / "work")
     registry = AdapterRegistry()
     run_id = registry.runs.start("ddp", "ddp", {})
@@ -251,9 +312,13 @@ def test_training_across_two_nodes_joined_by_train_node(bases, home, tmp_path, m
     from pipelines import steps
     from pipelines.distributed import pending_dir, train_with_torchrun
     from pipelines.spec import load_spec
+
     monkeypatch.setenv("LORAOPS_RDZV_ENDPOINT", f"127.0.0.1:{free_port()}")
-    spec = load_spec(write_task(tmp_path, "nodes", bases["bert"], data_slice(tmp_path, 120), training__max_steps=6,
-                                training__nnodes=2))
+    spec = load_spec(
+        write_task(
+            tmp_path, "nodes", bases["bert"], data_slice(tmp_path, 120), training__max_steps=6, training__nnodes=2
+        )
+    )
     prepared = steps.prepare_data(spec, tmp_path / "work")
     registry = AdapterRegistry()
     run_id = registry.runs.start("nodes", "nodes", {})

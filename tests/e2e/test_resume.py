@@ -35,13 +35,32 @@ steps.fit_adapter(load_spec(spec_path), PreparedData.model_validate_json(prepare
 
 def test_a_run_killed_mid_training_resumes_to_the_same_adapter(tmp_path, bert_base):
     # with validation every 3 steps: the best weights so far and the passes made resume too
-    path = write_task(tmp_path, "resume", bert_base, data_slice(tmp_path, 120), data__validation_fraction=0.2,
-                      training__max_steps=12, training__checkpoint_every=5, training__eval_every=3)
+    path = write_task(
+        tmp_path,
+        "resume",
+        bert_base,
+        data_slice(tmp_path, 120),
+        data__validation_fraction=0.2,
+        training__max_steps=12,
+        training__checkpoint_every=5,
+        training__eval_every=3,
+    )
     spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp_path / "work")
     reference = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "uninterrupted")
-    killed = subprocess.run([sys.executable, "-c", KILL_AT_STEP_8, str(path), prepared.model_dump_json(), str(bert_base),
-                             str(tmp_path / "killed")], capture_output=True, text=True)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_AT_STEP_8,
+            str(path),
+            prepared.model_dump_json(),
+            str(bert_base),
+            str(tmp_path / "killed"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())["schedule_step"] == 5
     resumed = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "killed")

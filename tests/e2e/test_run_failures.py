@@ -59,14 +59,22 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("case, overrides, says, reason", [
-    ("gate", {"gate": {"metric": "accuracy", "min_gain_over_base": 1.0}}, "gate blocked v1", "gate: accuracy gain"),
-    ("merge-check", {"gate": {"metric": "accuracy", "merge_tolerance": 1e-12}}, "evaluate failed: merged and unmerged",
-     "evaluate: merged and unmerged logits"),
-    ("diverged", {"training__lr": 1e30}, "train failed: training diverged", "train: training diverged"),
-])
+@pytest.mark.parametrize(
+    "case, overrides, says, reason",
+    [
+        ("gate", {"gate": {"metric": "accuracy", "min_gain_over_base": 1.0}}, "gate blocked v1", "gate: accuracy gain"),
+        (
+            "merge-check",
+            {"gate": {"metric": "accuracy", "merge_tolerance": 1e-12}},
+            "evaluate failed: merged and unmerged",
+            "evaluate: merged and unmerged logits",
+        ),
+        ("diverged", {"training__lr": 1e30}, "train failed: training diverged", "train: training diverged"),
+    ],
+)
 def test_a_failed_run_says_which_step_and_which_mlflow_run_and_ends_both_runs_failed(
-        base, home, tmp_path, case, overrides, says, reason):
+    base, home, tmp_path, case, overrides, says, reason
+):
     path = write_task(tmp_path, case, base, data_slice(tmp_path, 120), training__max_steps=8, **overrides)
     done = run(LORAOPS, "run", str(path))
     line = one_line(done)
@@ -75,8 +83,10 @@ def test_a_failed_run_says_which_step_and_which_mlflow_run_and_ends_both_runs_fa
     assert mlflow_run.info.run_id in line and mlflow_run.info.status == "FAILED"
     assert mlflow_run.data.tags["loraops.failure"].startswith(reason)
     assert [state for state, _ in flow_runs(home)] == ["FAILED"]
-    registered = [int(v.version) for v in MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_model_versions(
-        f"name = '{case}'")]
+    registered = [
+        int(v.version)
+        for v in MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_model_versions(f"name = '{case}'")
+    ]
     assert registered == ([1] if case == "gate" else [])  # a blocked version stays a candidate; else nothing
     assert not (home / "promoted" / case).exists()
 
@@ -104,6 +114,8 @@ def test_an_interrupted_run_ends_killed_and_its_flow_run_crashed(base, home, tmp
     name = signal.Signals(signal_number).name
     assert process.returncode == code and err.strip().splitlines()[-1] == f"loraops: interrupted ({name})", err[-3000:]
     [mlflow_run] = runs(home, "stopped")
-    assert mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["loraops.failure"] == f"train: interrupted ({name})"
+    assert (
+        mlflow_run.info.status == "KILLED" and mlflow_run.data.tags["loraops.failure"] == f"train: interrupted ({name})"
+    )
     assert [state for state, _ in flow_runs(home)] == ["CRASHED"]
     assert not os.listdir(home / "work" / "stopped") == []  # the checkpoint folder stays for a re-run to resume

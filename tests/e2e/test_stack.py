@@ -19,8 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 STACK_SH = REPO / "infra" / "stack.sh"
 BIN = Path(sys.executable).parent
 
-pytestmark = pytest.mark.skipif(postgres_bin() is None or shutil.which("runuser") is None and os.geteuid() == 0,
-                                reason="the stack needs PostgreSQL (CI installs it)")
+pytestmark = pytest.mark.skipif(
+    postgres_bin() is None or shutil.which("runuser") is None and os.geteuid() == 0,
+    reason="the stack needs PostgreSQL (CI installs it)",
+)
 
 
 def stack(command: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -54,8 +56,12 @@ def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
     folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))  # PostgreSQL's own user must reach it (not tmp_path)
     folder.chmod(0o755)
     ports = " ".join(str(free_port()) for _ in range(4))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
-           "LORAOPS_STACK": str(folder), "LORAOPS_STACK_PORTS": ports, "LORAOPS_VENV": str(BIN.parent)}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
+        "LORAOPS_STACK": str(folder),
+        "LORAOPS_STACK_PORTS": ports,
+        "LORAOPS_VENV": str(BIN.parent),
+    }
     try:
         up = stack("up", env)
         assert up.returncode == 0, up.stderr[-3000:]
@@ -65,19 +71,36 @@ def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
         user = {**env, **sourced(folder / "stack.env"), "LORAOPS_HOME": str(tmp_path / "home")}
 
         base = tiny_base(tmp_path / "bert")
-        task = write_task(tmp_path, "stacked", base, data_slice(tmp_path), training__max_steps=20,
-                          gate={"metric": "accuracy", "min_gain_over_base": -1.0})
-        scheduled = subprocess.run([str(BIN / "loraops"), "schedule", str(task), "--cron", "0 3 * * *"], env=user,
-                                   capture_output=True, text=True, timeout=120)
+        task = write_task(
+            tmp_path,
+            "stacked",
+            base,
+            data_slice(tmp_path),
+            training__max_steps=20,
+            gate={"metric": "accuracy", "min_gain_over_base": -1.0},
+        )
+        scheduled = subprocess.run(
+            [str(BIN / "loraops"), "schedule", str(task), "--cron", "0 3 * * *"],
+            env=user,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert scheduled.returncode == 0 and "work pool loraops-cpu" in scheduled.stdout, scheduled.stderr[-2000:]
         listed = subprocess.run([str(BIN / "loraops"), "schedule", "--list"], env=user, capture_output=True, text=True)
         assert "stacked" in listed.stdout and "0 3 * * *" in listed.stdout and "loraops-cpu" in listed.stdout
 
-        triggered = subprocess.run([str(BIN / "prefect"), "deployment", "run", "train_adapter/stacked"], env=user,
-                                   capture_output=True, text=True, timeout=60)  # what the cron does at 03:00
+        triggered = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "train_adapter/stacked"],
+            env=user,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # what the cron does at 03:00
         assert triggered.returncode == 0, triggered.stderr
         deadline = time.monotonic() + 420
         from mlflow import MlflowClient
+
         client = MlflowClient(user["MLFLOW_TRACKING_URI"])
         while time.monotonic() < deadline:
             try:
@@ -87,17 +110,35 @@ def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
                 pass
             time.sleep(3)
         else:
-            pytest.fail("the worker did not register and promote in time: " + (folder / "logs" / "worker.log").read_text()[-3000:])
+            pytest.fail(
+                "the worker did not register and promote in time: "
+                + (folder / "logs" / "worker.log").read_text()[-3000:]
+            )
 
-        s3 = boto3.client("s3", endpoint_url=user["AWS_ENDPOINT_URL"], aws_access_key_id=user["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=user["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=user["AWS_ENDPOINT_URL"],
+            aws_access_key_id=user["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=user["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="loraops-promoted")["Contents"]}
         assert "prod/stacked/v1/adapter/manifest.json" in keys
-        predicted = subprocess.run([str(BIN / "loraops"), "predict", "stacked@production", "a chess engine"], env=user,
-                                   capture_output=True, text=True, timeout=120)
+        predicted = subprocess.run(
+            [str(BIN / "loraops"), "predict", "stacked@production", "a chess engine"],
+            env=user,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert predicted.returncode == 0 and "stacked v1" in predicted.stdout, predicted.stderr[-2000:]
-        removed = subprocess.run([str(BIN / "loraops"), "schedule", "--remove", "stacked"], env=user,
-                                 capture_output=True, text=True, timeout=60)
+        removed = subprocess.run(
+            [str(BIN / "loraops"), "schedule", "--remove", "stacked"],
+            env=user,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert removed.returncode == 0, removed.stderr
     finally:
         down = stack("down", env)
@@ -110,16 +151,22 @@ def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
 
 def test_stack_and_schedule_bad_input_is_one_line_and_leaves_nothing_running(tmp_path):
     import socket
+
     folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
     folder.chmod(0o755)
     ports = [free_port() for _ in range(4)]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
-           "LORAOPS_STACK": str(folder), "LORAOPS_STACK_PORTS": " ".join(map(str, ports)), "LORAOPS_VENV": str(BIN.parent)}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
+        "LORAOPS_STACK": str(folder),
+        "LORAOPS_STACK_PORTS": " ".join(map(str, ports)),
+        "LORAOPS_VENV": str(BIN.parent),
+    }
     assert "nothing is running" in stack("down", env).stdout  # down on a stack that is not up
     with socket.create_server(("127.0.0.1", ports[1])):  # something else holds the S3 port
         up = stack("up", env)
-    assert up.returncode == 1 and up.stderr.strip() == (f"stack: error: port {ports[1]} for s3 is taken by another "
-                                                        f"process; free it or set LORAOPS_STACK_PORTS")
+    assert up.returncode == 1 and up.stderr.strip() == (
+        f"stack: error: port {ports[1]} for s3 is taken by another process; free it or set LORAOPS_STACK_PORTS"
+    )
     time.sleep(1)
     assert pids_under(folder) == []  # PostgreSQL, started first, was stopped again
     (folder / "pids" / "mlflow.pid").write_text("999999")
@@ -130,8 +177,15 @@ def test_stack_and_schedule_bad_input_is_one_line_and_leaves_nothing_running(tmp
     data_slice(tmp_path).rename(tmp_path / "data.jsonl")
     tiny_base(tmp_path / "bert")
     task = write_task(tmp_path, "nightly", tmp_path / "bert", tmp_path / "data.jsonl")
-    for cron, code, says in (("every night", 2, "--cron 'every night' is not a cron expression"),
-                             ("0 3 * * *", 1, f"the Prefect server at http://127.0.0.1:{ports[3]}/api does not answer")):
-        done = subprocess.run([str(BIN / "loraops"), "schedule", str(task), "--cron", cron], env=dead,
-                              capture_output=True, text=True, timeout=120)
+    for cron, code, says in (
+        ("every night", 2, "--cron 'every night' is not a cron expression"),
+        ("0 3 * * *", 1, f"the Prefect server at http://127.0.0.1:{ports[3]}/api does not answer"),
+    ):
+        done = subprocess.run(
+            [str(BIN / "loraops"), "schedule", str(task), "--cron", cron],
+            env=dead,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == code and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr

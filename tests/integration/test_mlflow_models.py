@@ -27,25 +27,43 @@ LOADER = "pipelines.pyfunc"  # the pyfunc loader module of every registered MLfl
 def versions(mlflow_server, tmp_path_factory):
     """Three tasks in production on the server: a classifier shipped merged, the same adapter-only, a causal LM."""
     root = tmp_path_factory.mktemp("mlflow-models")
-    settings = RegistrySettings.from_env(home=root / "home", tracking_uri=mlflow_server["url"],
-                                         promotion_target=str(root / "promoted"), actor="ci")
+    settings = RegistrySettings.from_env(
+        home=root / "home", tracking_uri=mlflow_server["url"], promotion_target=str(root / "promoted"), actor="ci"
+    )
     registry = AdapterRegistry(settings)
     bert, gpt2 = tiny_base(root / "bert"), tiny_base(root / "gpt2", "gpt2")
     adapter, model, tokenizer, labels = saved_adapter(root / "adapter", bert)
     merged = root / "merged"
     merge_checkpoint(bert, adapter, merged, config_updates=head_config(bert, "classification", labels))
     lm_adapter, lm, lm_tokenizer, _ = saved_adapter(root / "lm-adapter", gpt2, causal=True)
-    expected = {"label": classify(model, tokenizer, TEXTS, labels),
-                "completion": [complete(lm, lm_tokenizer, p, 5) for p in PROMPTS]}
+    expected = {
+        "label": classify(model, tokenizer, TEXTS, labels),
+        "completion": [complete(lm, lm_tokenizer, p, 5) for p in PROMPTS],
+    }
     base, lm_base = registry.register_base(bert, name="tiny/bert"), registry.register_base(gpt2, name="tiny/gpt2")
-    for task, folder, on, merged_dir, example in (("cls-merged", adapter, base, merged, TEXTS[:1]),
-                                                  ("cls-adapter", adapter, base, None, TEXTS[:1]),
-                                                  ("lm-adapter", lm_adapter, lm_base, None, PROMPTS[:1])):
-        registry.register(task, folder, on, "f" * 64, {"accuracy": 0.9}, merged_dir=merged_dir,
-                          input_example=example, loader_module=LOADER)
+    for task, folder, on, merged_dir, example in (
+        ("cls-merged", adapter, base, merged, TEXTS[:1]),
+        ("cls-adapter", adapter, base, None, TEXTS[:1]),
+        ("lm-adapter", lm_adapter, lm_base, None, PROMPTS[:1]),
+    ):
+        registry.register(
+            task,
+            folder,
+            on,
+            "f" * 64,
+            {"accuracy": 0.9},
+            merged_dir=merged_dir,
+            input_example=example,
+            loader_module=LOADER,
+        )
         registry.promote(task, 1, "merged" if merged_dir else "adapter", progress=False)
-    return {"url": mlflow_server["url"], "expected": expected, "bases": {"bert": bert, "gpt2": gpt2}, "root": root,
-            "registry": registry}
+    return {
+        "url": mlflow_server["url"],
+        "expected": expected,
+        "bases": {"bert": bert, "gpt2": gpt2},
+        "root": root,
+        "registry": registry,
+    }
 
 
 @pytest.fixture
@@ -84,7 +102,9 @@ def test_pyfunc_completes_prompts_with_a_causal_lm_adapter(tracking):
 
 def test_an_adapter_only_model_refuses_a_base_with_other_weights(tracking, tmp_path):
     other = tiny_base(tmp_path / "other", seed=1)
-    with pytest.raises(BaseMismatchError, match=r"trained on tiny/bert \(fingerprint [0-9a-f]{12}\), but .* has fingerprint"):
+    with pytest.raises(
+        BaseMismatchError, match=r"trained on tiny/bert \(fingerprint [0-9a-f]{12}\), but .* has fingerprint"
+    ):
         mlflow.pyfunc.load_model("models:/cls-adapter@production", model_config={"base_path": str(other)})
 
 
@@ -93,12 +113,30 @@ def test_mlflow_models_serve_answers_invocations(tracking, tmp_path):
     url = f"http://127.0.0.1:{port}"
     bindir = Path(sys.executable).parent  # an activated venv: mlflow execs `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking["url"], "PATH": f"{bindir}:{os.environ['PATH']}"}
-    process = start([str(bindir / "mlflow"), "models", "serve", "-m", "models:/cls-adapter@production",
-                     "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                    f"{url}/ping", tmp_path / "serve.log", env)
+    process = start(
+        [
+            str(bindir / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/cls-adapter@production",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        f"{url}/ping",
+        tmp_path / "serve.log",
+        env,
+    )
     try:
-        request = urllib.request.Request(f"{url}/invocations", data=json.dumps({"inputs": TEXTS}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{url}/invocations",
+            data=json.dumps({"inputs": TEXTS}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
     finally:

@@ -25,6 +25,7 @@ def proxy():
     def make(upstream: str, mode: str, after: int = 0) -> FaultyProxy:
         made.append(FaultyProxy(upstream, mode, after))
         return made[-1]
+
     yield make
     for p in made:
         p.close()
@@ -38,16 +39,24 @@ def test_only_server_faults_count_as_transient():
     assert not is_transient(ValueError("r=0"))
 
 
-def test_s3_stopped_or_resetting_mid_upload_fails_in_one_line_and_moves_no_alias(s3_env, proxy, tmp_path, monkeypatch,
-                                                                                   capsys):
+def test_s3_stopped_or_resetting_mid_upload_fails_in_one_line_and_moves_no_alias(
+    s3_env, proxy, tmp_path, monkeypatch, capsys
+):
     boto3.client("s3").create_bucket(Bucket="faults")
     monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     registry = AdapterRegistry(RegistrySettings.from_env())
     folders = write_artifacts(tmp_path)
     base = registry.register_base(folders["base"], name="tiny/bert")
-    registry.register("faults", folders["adapter"], base, DATASET, {"accuracy": 0.8}, merged_dir=folders["merged"],
-                      loader_module=LOADER)
+    registry.register(
+        "faults",
+        folders["adapter"],
+        base,
+        DATASET,
+        {"accuracy": 0.8},
+        merged_dir=folders["merged"],
+        loader_module=LOADER,
+    )
     stopped = f"http://127.0.0.1:{free_port()}"  # nothing listens: the store is down
     flaky = proxy(s3_env["endpoint"], "reset", after=20_000)  # requests pass, bodies are cut
     for endpoint in (stopped, flaky.endpoint):
@@ -65,8 +74,9 @@ def test_s3_stopped_or_resetting_mid_upload_fails_in_one_line_and_moves_no_alias
 
 
 @pytest.mark.parametrize("mode", ["reset", "stall"])
-def test_an_mlflow_server_that_resets_or_stalls_is_one_line_naming_it(mode, mlflow_server, proxy, tmp_path, monkeypatch,
-                                                                      capsys):
+def test_an_mlflow_server_that_resets_or_stalls_is_one_line_naming_it(
+    mode, mlflow_server, proxy, tmp_path, monkeypatch, capsys
+):
     faulty = proxy(mlflow_server["url"], mode, after=100)
     monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", faulty.endpoint)

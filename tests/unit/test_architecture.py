@@ -50,6 +50,7 @@ def test_lora_core_imports_neither_registry_nor_pipelines_nor_mlflow_nor_prefect
 
 def test_the_registry_exports_load_lazily_and_all_of_them_resolve():
     import registry
+
     assert sorted(registry.__all__) == sorted(registry._MODULE_OF)
     assert all(getattr(registry, name) for name in registry.__all__)
 
@@ -90,8 +91,10 @@ def test_every_public_step_function_is_annotated_in_and_out(module):
 
 
 def test_the_cli_starts_without_importing_torch_mlflow_transformers_or_prefect():
-    code = ("import sys; from pipelines.cli.main import build_parser; build_parser().format_help(); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow', 'transformers', 'prefect'}))")
+    code = (
+        "import sys; from pipelines.cli.main import build_parser; build_parser().format_help(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow', 'transformers', 'prefect'}))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -101,5 +104,6 @@ def test_the_cli_knows_the_registry_choices_it_offers():
 
     from registry.aliases import SETTLE
     from registry.engines import ENGINES
+
     cli = importlib.import_module("pipelines.cli.main")
     assert cli.ENGINES == ENGINES and cli.SETTLE == SETTLE

@@ -20,12 +20,12 @@ def stack_services() -> list[str]:
 
 
 def stack_ports() -> dict[str, int]:
-    defaults = re.search(r'LORAOPS_STACK_PORTS:-([\d ]+)}', STACK).group(1).split()
+    defaults = re.search(r"LORAOPS_STACK_PORTS:-([\d ]+)}", STACK).group(1).split()
     return dict(zip(["postgres", "s3", "mlflow", "prefect"], map(int, defaults)))
 
 
 def stack_env() -> dict[str, str]:
-    block = STACK[STACK.index('cat >"$STACK/stack.env"'):STACK.index("\nEOF", STACK.index('cat >"$STACK/stack.env"'))]
+    block = STACK[STACK.index('cat >"$STACK/stack.env"') : STACK.index("\nEOF", STACK.index('cat >"$STACK/stack.env"'))]
     pool = re.search(r"^POOL=\$\{LORAOPS_WORK_POOL:-(\S+)\}$", STACK, re.M).group(1)
     return {k: v.replace("$POOL", pool) for k, v in re.findall(r"^export (\w+)=(\S+)$", block, re.M)}
 
@@ -62,28 +62,41 @@ def render_gpu_job(**values) -> dict:
     """The Job a Prefect Kubernetes worker makes from the GPU pool's base job template: defaults, then `values`, with
     the worker's own fill-ins (command as args, env as name/value pairs, labels, name)."""
     from prefect.utilities.templating import apply_values
+
     filled = {name: spec["default"] for name, spec in GPU_POOL["variables"]["properties"].items()} | values
-    filled |= {"command": ["prefect", "flow-run", "execute"], "name": "train-adapter-abc12", "labels": {"app": "loraops"},
-               "env": [{"name": k, "value": v} for k, v in filled["env"].items()]}
+    filled |= {
+        "command": ["prefect", "flow-run", "execute"],
+        "name": "train-adapter-abc12",
+        "labels": {"app": "loraops"},
+        "env": [{"name": k, "value": v} for k, v in filled["env"].items()],
+    }
     return apply_values(GPU_POOL["job_configuration"]["job_manifest"], filled)
 
 
 def test_every_gpu_pool_variable_reaches_the_job():
     from prefect.utilities.templating import find_placeholders
+
     used = {p.name for p in find_placeholders(GPU_POOL["job_configuration"])}
     assert set(GPU_POOL["variables"]["properties"]) <= used | {"pod_watch_timeout_seconds"}
 
 
 def test_the_gpu_job_requests_gpus_and_passes_the_kubernetes_schema():
     import kubernetes_validate
+
     job = render_gpu_job(gpus=4, env={"LORAOPS_LOG": "debug"})
     kubernetes_validate.validate(job, desired_version="1.30.0", strict=True)  # raises on any schema error
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4 == container["resources"]["requests"]["nvidia.com/gpu"]
-    assert container["args"] == ["prefect", "flow-run", "execute"] and container["env"] == [{"name": "LORAOPS_LOG",
-                                                                                              "value": "debug"}]
-    assert container["envFrom"] == [{"configMapRef": {"name": "loraops-settings"}}, {"secretRef": {"name": "loraops-env"}}]
+    assert (
+        container["resources"]["limits"]["nvidia.com/gpu"] == 4 == container["resources"]["requests"]["nvidia.com/gpu"]
+    )
+    assert container["args"] == ["prefect", "flow-run", "execute"] and container["env"] == [
+        {"name": "LORAOPS_LOG", "value": "debug"}
+    ]
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "loraops-settings"}},
+        {"secretRef": {"name": "loraops-env"}},
+    ]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     broken = render_gpu_job()
     broken["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = [1]
@@ -92,8 +105,10 @@ def test_the_gpu_job_requests_gpus_and_passes_the_kubernetes_schema():
 
 
 K8S = list(yaml.safe_load_all((INFRA / "k8s" / "loraops.yaml").read_text()))
-VALUES = {name: yaml.safe_load((INFRA / "k8s" / f"{name}-values.yaml").read_text())
-          for name in ("mlflow", "prefect-server", "prefect-worker")}
+VALUES = {
+    name: yaml.safe_load((INFRA / "k8s" / f"{name}-values.yaml").read_text())
+    for name in ("mlflow", "prefect-server", "prefect-worker")
+}
 
 
 def k8s(kind: str, name: str) -> dict:
@@ -102,10 +117,17 @@ def k8s(kind: str, name: str) -> dict:
 
 def test_the_loraops_manifests_pass_the_kubernetes_schema():
     import kubernetes_validate
+
     for doc in K8S:
         kubernetes_validate.validate(doc, desired_version="1.30.0", strict=True)
-    assert {doc["kind"] for doc in K8S} == {"Namespace", "ServiceAccount", "PersistentVolumeClaim", "Secret",
-                                            "ConfigMap", "Deployment"}
+    assert {doc["kind"] for doc in K8S} == {
+        "Namespace",
+        "ServiceAccount",
+        "PersistentVolumeClaim",
+        "Secret",
+        "ConfigMap",
+        "Deployment",
+    }
 
 
 def test_train_nodes_share_the_flow_pods_home_and_settings():
@@ -120,8 +142,10 @@ def test_train_nodes_share_the_flow_pods_home_and_settings():
         assert home == k8s("PersistentVolumeClaim", "loraops-home")["metadata"]["name"]
         mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
         assert mounts["home"] == settings["LORAOPS_HOME"] and mounts["dshm"] == "/dev/shm"
-        assert pod["containers"][0]["envFrom"] == [{"configMapRef": {"name": "loraops-settings"}},
-                                                   {"secretRef": {"name": "loraops-env"}}]
+        assert pod["containers"][0]["envFrom"] == [
+            {"configMapRef": {"name": "loraops-settings"}},
+            {"secretRef": {"name": "loraops-env"}},
+        ]
     assert "ReadWriteMany" in k8s("PersistentVolumeClaim", "loraops-home")["spec"]["accessModes"]
 
 
@@ -133,7 +157,10 @@ def test_the_cluster_uses_the_names_the_stack_uses():
     assert settings["PREFECT_API_URL"] == VALUES["prefect-worker"]["worker"]["selfHostedServerApiConfig"]["apiUrl"]
     mlflow = VALUES["mlflow"]
     assert settings["MLFLOW_TRACKING_URI"].endswith(f":{mlflow['service']['port']}")
-    assert mlflow["artifactRoot"]["s3"]["bucket"] == "mlflow-artifacts" and mlflow["artifactRoot"]["proxiedArtifactStorage"]
+    assert (
+        mlflow["artifactRoot"]["s3"]["bucket"] == "mlflow-artifacts"
+        and mlflow["artifactRoot"]["proxiedArtifactStorage"]
+    )
     assert mlflow["extraEnvVars"]["MLFLOW_S3_ENDPOINT_URL"] == settings["AWS_ENDPOINT_URL"]
     assert mlflow["artifactRoot"]["s3"]["existingSecret"]["name"] == "loraops-env"
     databases = re.search(r"for db in ([\w ]+); do", STACK).group(1).split()  # what stack.sh creates

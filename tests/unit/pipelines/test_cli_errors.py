@@ -16,8 +16,12 @@ import registry.errors
 cli = importlib.import_module("pipelines.cli.main")  # the module (the package exports its main function)
 
 LORAOPS = str(Path(sys.executable).parent / "loraops")
-FAILURES = {pipelines.errors.RunError, registry.errors.ServerUnavailable, registry.errors.StoreError,
-            registry.errors.IntegrityError}
+FAILURES = {
+    pipelines.errors.RunError,
+    registry.errors.ServerUnavailable,
+    registry.errors.StoreError,
+    registry.errors.IntegrityError,
+}
 
 
 def error_classes():
@@ -45,10 +49,13 @@ def test_each_error_class_is_one_line_with_its_exit_code(cls, monkeypatch, capsy
     assert err.count("\n") == 1 and err.startswith("loraops: error: ") and str(error).splitlines()[0] in err
 
 
-@pytest.mark.parametrize("error, code, line", [
-    (pipelines.errors.Interrupted("SIGTERM"), 143, "loraops: interrupted (SIGTERM)\n"),
-    (KeyboardInterrupt(), 130, "loraops: interrupted (SIGINT)\n"),
-])
+@pytest.mark.parametrize(
+    "error, code, line",
+    [
+        (pipelines.errors.Interrupted("SIGTERM"), 143, "loraops: interrupted (SIGTERM)\n"),
+        (KeyboardInterrupt(), 130, "loraops: interrupted (SIGINT)\n"),
+    ],
+)
 def test_an_interrupt_is_one_line_and_the_shell_convention_exit_code(error, code, line, monkeypatch, capsys):
     monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(error))
     assert cli.main(["adapters", "list"]) == code and capsys.readouterr().err == line
@@ -62,7 +69,9 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 
 def test_step_failed_names_the_step_and_the_mlflow_run():
     error = pipelines.errors.StepFailed("sections", "evaluate", "0a1b", "merged and unmerged logits differ")
-    assert str(error) == "sections: evaluate failed: merged and unmerged logits differ; the MLflow run 0a1b ended FAILED"
+    assert (
+        str(error) == "sections: evaluate failed: merged and unmerged logits differ; the MLflow run 0a1b ended FAILED"
+    )
 
 
 def test_help_and_version_answer_from_a_fresh_process():

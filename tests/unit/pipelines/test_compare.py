@@ -25,8 +25,9 @@ def registry(embedded_home):
 
 def planted(tmp_path, base_model, name: str, rows: list[int]) -> str:
     """An adapter whose A in every module spans the input directions `rows` (unit vectors), B random."""
-    model = inject(base_model(), LoraConfig(r=len(rows), alpha=len(rows), target_modules=["query", "value"],
-                                            task_type="SEQ_CLS"))
+    model = inject(
+        base_model(), LoraConfig(r=len(rows), alpha=len(rows), target_modules=["query", "value"], task_type="SEQ_CLS")
+    )
     g = torch.Generator().manual_seed(len(name))
     with torch.no_grad():
         for layer in lora_layers(model).values():

@@ -10,8 +10,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.data import Example, encode_pair, lm_batches, uses_chat_template
 
-CHAT = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} [SEP] {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} [SEP] {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,11 @@ def test_a_long_prompt_loses_its_start_never_the_completion(gpt2):
 
 def test_packed_rows_keep_attention_within_each_example(gpt2):
     model, tokenizer = gpt2
-    examples = [Example("a chess engine :", "games"), Example("an image viewer for the desktop :", "graphics"),
-                Example("a synthesizer :", "sound")]
+    examples = [
+        Example("a chess engine :", "games"),
+        Example("an image viewer for the desktop :", "graphics"),
+        Example("a synthesizer :", "sound"),
+    ]
     rows = list(lm_batches(examples, tokenizer, 8, 64, packing=True))
     assert len(rows) == 1 and set(rows[0]) == {"input_ids", "position_ids", "labels"}  # no 2-D mask: block-diagonal
     pairs = [encode_pair(tokenizer, e.text, e.label, 64, chat=False) for e in examples]
@@ -60,7 +65,7 @@ def test_packed_rows_keep_attention_within_each_example(gpt2):
         start = 0
         for i in order:
             alone = model(input_ids=torch.tensor([pairs[i][0]]), use_cache=False).logits[0]
-            torch.testing.assert_close(packed[start:start + len(alone)], alone, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(packed[start : start + len(alone)], alone, atol=1e-5, rtol=1e-5)
             start += len(alone)
 
 
@@ -80,8 +85,9 @@ def test_prompts_follow_the_chat_template_when_the_tokenizer_has_one(gpt2):
     tokenizer.chat_template = CHAT
     assert uses_chat_template(tokenizer) and not uses_chat_template(tokenizer, wanted=False)
     input_ids, labels = encode_pair(tokenizer, "a chess engine", "games", 64, chat=True)
-    assert tokenizer.decode(input_ids) == tokenizer.decode(ids(tokenizer, "<|user|> a chess engine [SEP] <|assistant|> "
-                                                                       "games [SEP] "))
+    assert tokenizer.decode(input_ids) == tokenizer.decode(
+        ids(tokenizer, "<|user|> a chess engine [SEP] <|assistant|> games [SEP] ")
+    )
     answer = [t for t in labels if t != -100]
     assert answer == ids(tokenizer, "games [SEP]")  # the assistant's turn and its end, nothing of the prompt
 
@@ -92,12 +98,14 @@ def test_an_adapter_trained_on_chat_prompts_is_prompted_the_same_way(tmp_path):
     from pipelines import steps
     from pipelines.serving import complete, trained_with_chat_template
     from pipelines.spec import load_spec
+
     base = tiny_base(tmp_path / "gpt2", "gpt2")
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.chat_template = CHAT
     tokenizer.save_pretrained(base)
-    spec = load_spec(write_task(tmp_path, "chat", base, data_slice(tmp_path, 40, causal=True), causal=True,
-                                training__max_steps=2))
+    spec = load_spec(
+        write_task(tmp_path, "chat", base, data_slice(tmp_path, 40, causal=True), causal=True, training__max_steps=2)
+    )
     prepared = steps.prepare_data(spec, tmp_path / "work")
     adapter = steps.fit_adapter(spec, prepared, base, tmp_path / "run").adapter
     assert trained_with_chat_template(Path(adapter))
@@ -106,4 +114,6 @@ def test_an_adapter_trained_on_chat_prompts_is_prompted_the_same_way(tmp_path):
     generate = model.generate
     model.generate = lambda input_ids, **kw: seen.append(input_ids) or generate(input_ids=input_ids, **kw)
     complete(model, tokenizer, "a chess engine", max_new_tokens=2, chat=True)
-    assert tokenizer.decode(seen[0][0]) == tokenizer.decode(ids(tokenizer, "<|user|> a chess engine [SEP] <|assistant|> "))
+    assert tokenizer.decode(seen[0][0]) == tokenizer.decode(
+        ids(tokenizer, "<|user|> a chess engine [SEP] <|assistant|> ")
+    )

@@ -22,8 +22,21 @@ def test_analyze_prints_the_table_and_writes_report_and_plots(tmp_path, capsys):
     adapter(tmp_path / "a")
     adapter(tmp_path / "b", r=4, seed=1)
     build("llama").save_pretrained(tmp_path / "base")
-    assert main(["analyze", str(tmp_path / "a"), "--base", str(tmp_path / "base"), "--compare", str(tmp_path / "b"),
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(tmp_path / "a"),
+                "--base",
+                str(tmp_path / "base"),
+                "--compare",
+                str(tmp_path / "b"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "model.layers.0.self_attn.q_proj" in printed and "all modules (uniform rank)" in printed
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -46,8 +59,22 @@ def test_extract_from_model_folders(tmp_path, capsys):
         tuned.model.layers[1].self_attn.o_proj.weight.add_(torch.outer(torch.ones(32), torch.ones(32)) * 0.01)
     base.save_pretrained(tmp_path / "base")
     tuned.save_pretrained(tmp_path / "tuned")
-    assert main(["extract", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"),
-                 "--pve", "0.99", "--out", str(tmp_path / "x")]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--base",
+                str(tmp_path / "base"),
+                "--finetuned",
+                str(tmp_path / "tuned"),
+                "--pve",
+                "0.99",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 0
+    )
     extracted = read_adapter(tmp_path / "x")
     assert list(extracted.modules) == ["model.layers.1.self_attn.o_proj"] and extracted.config.r == 1
 

@@ -20,10 +20,17 @@ def trained(tmp_path_factory):
     """A real r=8 adapter on a one-layer MiniLM (60 steps), its spec and prepared data."""
     tmp = tmp_path_factory.mktemp("ranking")
     base = tiny_base(tmp / "bert")
-    path = write_task(tmp, "ranked", base, data_slice(tmp), lora={"r": 8, "alpha": 16, "target_modules": ["query", "value"]},
-                      training__max_steps=60, gate={"metric": "accuracy", "min_gain_over_base": -1.0},
-                      data__validation_fraction=0.1,
-                      promotion={"rank": "auto"})
+    path = write_task(
+        tmp,
+        "ranked",
+        base,
+        data_slice(tmp),
+        lora={"r": 8, "alpha": 16, "target_modules": ["query", "value"]},
+        training__max_steps=60,
+        gate={"metric": "accuracy", "min_gain_over_base": -1.0},
+        data__validation_fraction=0.1,
+        promotion={"rank": "auto"},
+    )
     spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp / "work")
     result = steps.fit_adapter(spec, prepared, base, tmp / "run")
@@ -33,6 +40,7 @@ def trained(tmp_path_factory):
 def planted_rank_two(adapter: str, out) -> str:
     """The adapter with every A's rows 2..7 replaced by mixtures of rows 0 and 1: ΔW = s·B·A has rank exactly 2."""
     import shutil
+
     shutil.copytree(adapter, out)
     tensors = load_file(f"{out}/adapter_model.safetensors")
     g = torch.Generator().manual_seed(0)
@@ -78,15 +86,21 @@ def test_an_adapter_already_at_its_rank_ships_as_trained(trained, tmp_path):
     assert not (tmp_path / "ranked").exists()
 
 
-@pytest.mark.parametrize("promotion, message", [
-    ({"rank": 0}, "promotion.rank 0 must be a positive integer"),
-    ({"rank": 4}, "promotion.rank 4 is not below lora.r 4"),
-    ({"rank": "half"}, "promotion.rank"),
-    ({"rank": "auto", "rank_pve": 0}, "promotion.rank_pve: Input should be greater than 0"),
-    ({"rank": "auto", "rank_pve": 1.5}, "promotion.rank_pve: Input should be less than or equal to 1"),
-    ({"rank": "auto", "rank_tolerance": -0.1}, "promotion.rank_tolerance: Input should be greater than or equal to 0"),
-    ({"rank_pve": 0.9}, "promotion.rank_pve and rank_tolerance apply with promotion.rank"),
-])
+@pytest.mark.parametrize(
+    "promotion, message",
+    [
+        ({"rank": 0}, "promotion.rank 0 must be a positive integer"),
+        ({"rank": 4}, "promotion.rank 4 is not below lora.r 4"),
+        ({"rank": "half"}, "promotion.rank"),
+        ({"rank": "auto", "rank_pve": 0}, "promotion.rank_pve: Input should be greater than 0"),
+        ({"rank": "auto", "rank_pve": 1.5}, "promotion.rank_pve: Input should be less than or equal to 1"),
+        (
+            {"rank": "auto", "rank_tolerance": -0.1},
+            "promotion.rank_tolerance: Input should be greater than or equal to 0",
+        ),
+        ({"rank_pve": 0.9}, "promotion.rank_pve and rank_tolerance apply with promotion.rank"),
+    ],
+)
 def test_bad_rank_settings_are_one_line_naming_the_fix(tmp_path, promotion, message):
     path = write_task(tmp_path, "bad", tmp_path, tmp_path / "d.jsonl", promotion={"mode": "adapter", **promotion})
     with pytest.raises(SpecError, match=message.replace("(", r"\(")):

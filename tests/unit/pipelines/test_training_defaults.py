@@ -23,15 +23,29 @@ def bert_base(tmp_path_factory):
 
 
 def tiny_bert() -> BertForSequenceClassification:
-    return BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                                    num_attention_heads=4, intermediate_size=48, num_labels=3))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            num_labels=3,
+        )
+    )
 
 
 def test_targets_default_to_every_attention_and_mlp_projection_never_the_head():
     model = inject(tiny_bert(), LoraConfig(modules_to_save=["classifier"]))
     leaves = {path.removeprefix("bert.") for path in lora_layers(model)}
-    per_layer = {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-                 "intermediate.dense", "output.dense"}
+    per_layer = {
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    }
     assert leaves == {f"encoder.layer.{i}.{p}" for i in range(2) for p in per_layer} | {"pooler.dense"}
     gpt2 = inject(GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4)), LoraConfig())
     assert {p.rsplit(".", 1)[-1] for p in lora_layers(gpt2)} == {"c_attn", "c_proj", "c_fc"}  # not lm_head
@@ -46,8 +60,9 @@ def test_a_defaulted_adapter_names_its_modules_on_disk(tmp_path):
 
 def test_the_head_is_always_trained_and_saved(bert_base, tmp_path):
     """modules_to_save left empty: the classification head is added anyway, trains, and is in the saved adapter."""
-    path = write_task(tmp_path, "head", bert_base, data_slice(tmp_path, 120), lora__modules_to_save=[],
-                      training__max_steps=6)
+    path = write_task(
+        tmp_path, "head", bert_base, data_slice(tmp_path, 120), lora__modules_to_save=[], training__max_steps=6
+    )
     spec = load_spec(path)
     model, _ = load_model(bert_base, "classification", ["a", "b"])
     assert head_modules(model) == ["classifier"]
@@ -62,19 +77,30 @@ def test_the_head_is_always_trained_and_saved(bert_base, tmp_path):
     trained = next(v for k, v in head.items() if k.endswith("weight"))
     assert not torch.allclose(trained, fresh.classifier.weight)
     merged = steps.merge_model(spec, prepared, bert_base, result.adapter, tmp_path / "merged")
-    assert torch.equal(load_file(f"{merged}/model.safetensors")["classifier.weight"], trained)  # and in the merged model
+    assert torch.equal(
+        load_file(f"{merged}/model.safetensors")["classifier.weight"], trained
+    )  # and in the merged model
 
 
 def test_the_best_validation_pass_is_the_adapter_saved(bert_base, tmp_path):
-    path = write_task(tmp_path, "best", bert_base, data_slice(tmp_path, 160), data__validation_fraction=0.1,
-                      training__max_steps=16,
-                      training__eval_every=2, training__lr=0.3,  # a rate high enough that later passes get worse
-                      training__best_metric="loss")
+    path = write_task(
+        tmp_path,
+        "best",
+        bert_base,
+        data_slice(tmp_path, 160),
+        data__validation_fraction=0.1,
+        training__max_steps=16,
+        training__eval_every=2,
+        training__lr=0.3,  # a rate high enough that later passes get worse
+        training__best_metric="loss",
+    )
     spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp_path / "work")
     assert prepared.validation > 0
     seen = []
-    result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "run", on_validation=lambda s, m: seen.append((s, m)))
+    result = steps.fit_adapter(
+        spec, prepared, bert_base, tmp_path / "run", on_validation=lambda s, m: seen.append((s, m))
+    )
     assert [s for s, _ in seen] == list(range(2, 17, 2))
     best_step, best = min(seen, key=lambda s_m: s_m[1]["loss"])
     assert result.best_step == best_step and result.best_validation.metrics["loss"] == best["loss"]
@@ -83,6 +109,7 @@ def test_the_best_validation_pass_is_the_adapter_saved(bert_base, tmp_path):
     torch.manual_seed(spec.training.seed)
     model, tokenizer = load_model(bert_base, "classification", prepared.labels)
     from lora_core import load_adapter
+
     load_adapter(model, result.adapter)
     again = steps.measure(spec, prepared, steps.read_split(prepared, "validation"), model, tokenizer)[1]
     assert again["loss"] == pytest.approx(best["loss"], abs=1e-5)
@@ -90,9 +117,18 @@ def test_the_best_validation_pass_is_the_adapter_saved(bert_base, tmp_path):
 
 
 def test_early_stopping_stops_after_patience_passes_without_improvement(bert_base, tmp_path):
-    path = write_task(tmp_path, "stop", bert_base, data_slice(tmp_path, 160), data__validation_fraction=0.2,
-                      training__max_steps=200,
-                      training__eval_every=2, training__patience=2, training__lr=0.3, training__best_metric="loss")
+    path = write_task(
+        tmp_path,
+        "stop",
+        bert_base,
+        data_slice(tmp_path, 160),
+        data__validation_fraction=0.2,
+        training__max_steps=200,
+        training__eval_every=2,
+        training__patience=2,
+        training__lr=0.3,
+        training__best_metric="loss",
+    )
     spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp_path / "work")
     result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "run")
@@ -102,6 +138,7 @@ def test_early_stopping_stops_after_patience_passes_without_improvement(bert_bas
 
 def test_the_best_pass_is_chosen_on_the_gate_metric_and_a_tie_goes_to_the_lower_loss(tmp_path):
     from pipelines.train import Validation
+
     by_accuracy = Validation(run=dict, every=1, metric="accuracy")
     assert by_accuracy.better({"accuracy": 0.9, "loss": 0.5}, {"accuracy": 0.8, "loss": 0.3})
     assert by_accuracy.better({"accuracy": 0.8, "loss": 0.2}, {"accuracy": 0.8, "loss": 0.3})
@@ -124,8 +161,14 @@ def test_lora_plus_gives_b_its_own_learning_rate():
 def test_gradient_checkpointing_trains_the_same_adapter(bert_base, tmp_path):
     adapters = []
     for flag in (False, True):
-        path = write_task(tmp_path, f"gc-{flag}".lower(), bert_base, data_slice(tmp_path, 120),
-                          training__max_steps=5, training__gradient_checkpointing=flag)
+        path = write_task(
+            tmp_path,
+            f"gc-{flag}".lower(),
+            bert_base,
+            data_slice(tmp_path, 120),
+            training__max_steps=5,
+            training__gradient_checkpointing=flag,
+        )
         spec = load_spec(path)
         prepared = steps.prepare_data(spec, tmp_path / "work")
         result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / f"run-{flag}")

@@ -18,9 +18,13 @@ def test_one_read_gives_file_part_and_tensor_digests(tmp_path, monkeypatch):
     data = (tmp_path / "w.safetensors").read_bytes()
     found = digest_file(tmp_path / "w.safetensors", tensors=True)
     assert found.sha256 == hashlib.sha256(data).hexdigest() and found.bytes == len(data)
-    assert list(found.parts) == [hashlib.sha256(data[i:i + 2**20]).hexdigest() for i in range(0, len(data), 2**20)]
+    assert list(found.parts) == [hashlib.sha256(data[i : i + 2**20]).hexdigest() for i in range(0, len(data), 2**20)]
     for name, entry in read_header(tmp_path / "w.safetensors")[0].items():
-        assert found.tensors[name] == [entry.dtype, list(entry.shape), hashlib.sha256(data[entry.start:entry.end]).hexdigest()]
+        assert found.tensors[name] == [
+            entry.dtype,
+            list(entry.shape),
+            hashlib.sha256(data[entry.start : entry.end]).hexdigest(),
+        ]
 
 
 def test_unchanged_file_is_not_read_again_and_a_changed_one_is(tmp_path, monkeypatch):
@@ -53,6 +57,7 @@ def test_fresh_files_are_hashed_again_until_their_mtime_is_safely_past(tmp_path,
 
 def test_base_fingerprint_cached_per_file_and_invalidated_by_a_changed_shard(tmp_path, monkeypatch):
     from conftest import build
+
     build("llama").save_pretrained(tmp_path / "base", max_shard_size="20KB")
     old = 1_600_000_000_000_000_000
     shards = sorted((tmp_path / "base").glob("*.safetensors"))
@@ -71,4 +76,4 @@ def test_base_fingerprint_cached_per_file_and_invalidated_by_a_changed_shard(tmp
         f.write(bytes([f.read(1)[0] ^ 1]))
     os.utime(shards[0], ns=(old + 10**9, old + 10**9))
     assert fingerprint_weights(tmp_path / "base", cache) != first
-    assert reads[len(shards):] == [shards[0].name]  # only the changed shard was read again
+    assert reads[len(shards) :] == [shards[0].name]  # only the changed shard was read again

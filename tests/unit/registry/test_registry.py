@@ -41,8 +41,15 @@ def registry(embedded_home):
 @pytest.fixture
 def registered(registry, artifacts):
     base = registry.register_base(artifacts["base"], name="tiny/bert", source="hf:tiny/bert", revision="r1")
-    v1 = registry.register("topics", artifacts["adapter"], base, DATASET, {"accuracy": 0.8},
-                           merged_dir=artifacts["merged"], loader_module=LOADER)
+    v1 = registry.register(
+        "topics",
+        artifacts["adapter"],
+        base,
+        DATASET,
+        {"accuracy": 0.8},
+        merged_dir=artifacts["merged"],
+        loader_module=LOADER,
+    )
     return registry, base, v1
 
 
@@ -61,7 +68,14 @@ def test_slugs_and_refs_parse():
     assert check_task_name("support-tickets-2") == "support-tickets-2"
     assert base_model_name("sentence-transformers/all-MiniLM-L6-v2") == "base.sentence-transformers--all-minilm-l6-v2"
     assert [parse_ref(r) for r in (None, "@production", "candidate", 3, "3", ":3", "v3")] == [
-        "production", "production", "candidate", 3, 3, 3, 3]
+        "production",
+        "production",
+        "candidate",
+        3,
+        3,
+        3,
+        3,
+    ]
     with pytest.raises(RegistryError, match="neither a version number nor an alias"):
         parse_ref("staging")
 
@@ -123,28 +137,46 @@ def test_lineage_is_typed_and_names_a_base_it_cannot_find(registered):
     lineage = registry.lineage("topics")
     assert isinstance(lineage, Lineage) and lineage.bases == [base] and lineage.versions == [v1]
     assert [(e.action, e.alias, e.to_version) for e in lineage.history] == [("register", "candidate", 1)]
-    MlflowClient(registry.settings.tracking_uri).delete_registered_model(base.model)  # a base removed by hand: the version still names it
+    MlflowClient(registry.settings.tracking_uri).delete_registered_model(
+        base.model
+    )  # a base removed by hand: the version still names it
     assert registry.lineage("topics").bases == [BaseName(name="tiny/bert")]
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda a: (a["adapter"] / "adapter_model.safetensors").unlink(), "missing adapter_model.safetensors"),
-    (lambda a: (a["adapter"] / "adapter_config.json").write_text('{"peft_type": "IA3"}'), "not a LoRA adapter config"),
-    (lambda a: (a["merged"] / "config.json").unlink(), "merged model needs config.json"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: (a["adapter"] / "adapter_model.safetensors").unlink(), "missing adapter_model.safetensors"),
+        (
+            lambda a: (a["adapter"] / "adapter_config.json").write_text('{"peft_type": "IA3"}'),
+            "not a LoRA adapter config",
+        ),
+        (lambda a: (a["merged"] / "config.json").unlink(), "merged model needs config.json"),
+    ],
+)
 def test_bad_artifacts_register_nothing(registry, artifacts, change, message):
     base = registry.register_base(artifacts["base"], name="tiny/bert")
     change(artifacts)
     with pytest.raises(RegistryError, match=message):
-        registry.register("topics", artifacts["adapter"], base, DATASET, {"accuracy": 0.8},
-                          merged_dir=artifacts["merged"], loader_module=LOADER)
+        registry.register(
+            "topics",
+            artifacts["adapter"],
+            base,
+            DATASET,
+            {"accuracy": 0.8},
+            merged_dir=artifacts["merged"],
+            loader_module=LOADER,
+        )
     assert registry.list_versions() == []
 
 
-@pytest.mark.parametrize("dataset, metrics, message", [
-    ("not-a-digest", {"accuracy": 0.8}, "not a sha256"),
-    (DATASET, {"accuracy": float("nan")}, "not a finite number"),
-])
+@pytest.mark.parametrize(
+    "dataset, metrics, message",
+    [
+        ("not-a-digest", {"accuracy": 0.8}, "not a sha256"),
+        (DATASET, {"accuracy": float("nan")}, "not a finite number"),
+    ],
+)
 def test_bad_lineage_registers_nothing(registry, artifacts, dataset, metrics, message):
     base = registry.register_base(artifacts["base"], name="tiny/bert")
     with pytest.raises(RegistryError, match=message):
@@ -199,8 +231,9 @@ def test_rollback_walks_back_through_promotions_and_history_records_every_move(r
     registry, base, _ = registered
     for seed in (1, 2):
         extra = write_artifacts(artifacts["base"].parent, seed=seed)
-        registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.8 + seed / 100},
-                          loader_module=LOADER)
+        registry.register(
+            "topics", extra["adapter"], base, DATASET, {"accuracy": 0.8 + seed / 100}, loader_module=LOADER
+        )
     for version in (1, 2, 3):
         registry.promote("topics", version, "adapter", reason=f"ship v{version}")
     assert registry.resolve("topics", "previous-production").version == 2
@@ -212,9 +245,16 @@ def test_rollback_walks_back_through_promotions_and_history_records_every_move(r
         registry.resolve("topics", "previous-production")
     with pytest.raises(RegistryError, match="nothing to roll back to"):
         registry.rollback("topics")
-    production = [(e.action, e.from_version, e.to_version) for e in registry.history("topics") if e.alias == "production"]
-    assert production == [("promote", None, 1), ("promote", 1, 2), ("promote", 2, 3), ("rollback", 3, 2),
-                          ("rollback", 2, 1)]
+    production = [
+        (e.action, e.from_version, e.to_version) for e in registry.history("topics") if e.alias == "production"
+    ]
+    assert production == [
+        ("promote", None, 1),
+        ("promote", 1, 2),
+        ("promote", 2, 3),
+        ("rollback", 3, 2),
+        ("rollback", 2, 1),
+    ]
     event = next(e for e in registry.history("topics") if e.reason == "v3 regressed")
     assert event.actor == "tester" and event.time.endswith("+00:00")
 
@@ -243,11 +283,14 @@ def test_promote_merged_requires_a_merged_model(registry, artifacts):
 
 def test_two_promotions_of_one_task_at_once_leave_consistent_aliases_and_history(registered, artifacts):
     import threading
+
     registry, base, _ = registered
     extra = write_artifacts(artifacts["base"].parent, seed=1)
     registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.9}, loader_module=LOADER)
-    threads = [threading.Thread(target=registry.promote, args=("topics", v, "adapter"), kwargs={"progress": False})
-               for v in (1, 2)]
+    threads = [
+        threading.Thread(target=registry.promote, args=("topics", v, "adapter"), kwargs={"progress": False})
+        for v in (1, 2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -266,8 +309,11 @@ def test_check_drift_passes_a_new_task_and_refuses_an_alias_moved_outside_loraop
     registry.check_drift("topics")
     extra = write_artifacts(artifacts["base"].parent, seed=1)
     registry.register("topics", extra["adapter"], base, DATASET, {"accuracy": 0.9}, loader_module=LOADER)
-    MlflowClient(registry.settings.tracking_uri).set_registered_model_alias("topics", "candidate", "1")  # by hand, as the MLflow UI would
+    MlflowClient(registry.settings.tracking_uri).set_registered_model_alias(
+        "topics", "candidate", "1"
+    )  # by hand, as the MLflow UI would
     assert [str(d) for d in registry.drift("topics")] == [
-        "topics candidate is v1 in the registry but v2 in loraops's history"]
+        "topics candidate is v1 in the registry but v2 in loraops's history"
+    ]
     with pytest.raises(DriftError, match="topics candidate is v1 in the registry but v2"):
         registry.check_drift("topics")

@@ -69,7 +69,8 @@ def test_log_points_keeps_each_step_and_timestamp(runs, client, run_id):
     runs.log_points(run_id, points + [MetricPoint("lr", 1e-3, 4, 1_700_000_000_004)])
     history = client.get_metric_history(run_id, "train_loss")
     assert sorted((m.step, m.value, m.timestamp) for m in history) == [
-        (p.step, p.value, p.timestamp_ms) for p in points]
+        (p.step, p.value, p.timestamp_ms) for p in points
+    ]
     assert client.get_run(run_id).data.metrics["lr"] == 1e-3
 
 
