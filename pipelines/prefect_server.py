@@ -34,6 +34,13 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def prefect_environment(home: Path) -> dict[str, str]:
+    """Prefect's settings for a run, where the user set none: its state under $LORAOPS_HOME, anonymous usage
+    reporting off (this machine may have no network)."""
+    defaults = {"PREFECT_HOME": str(home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return {name: os.environ.get(name, value) for name, value in defaults.items()}
+
+
 def prefect_origin() -> str:
     spec = importlib.util.find_spec("prefect")
     if spec is None or spec.origin is None:
@@ -64,7 +71,13 @@ def local_prefect_server(home: Path) -> Iterator[Callable[[], str | None]]:
     url = f"http://127.0.0.1:{port}/api"
     log = home / "prefect" / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env = {
+        **prefect_environment(home),
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
     prefect_dir = Path(prefect_origin()).parent
     command = [
         sys.executable,

@@ -11,7 +11,7 @@ from registry.names import check_task_name
 
 from .. import steps
 from ..errors import RunError, SpecError
-from ..prefect_server import local_prefect_server
+from ..prefect_server import local_prefect_server, prefect_environment
 from ..preflight import preflight
 from ..results import FlowResult, Prediction, PreparedData
 from ..spec import TaskSpec, load_spec
@@ -27,10 +27,9 @@ class CheckedTask(NamedTuple):
 
 
 def prefect_defaults(settings: RegistrySettings) -> None:
-    """Before Prefect is imported: its state under $LORAOPS_HOME; with no PREFECT_API_URL it starts its own
-    local server for the run. Anonymous usage reporting stays off (this machine may have no network)."""
-    os.environ.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    """Before Prefect is imported: its settings for this run (prefect_server.prefect_environment)."""
+    for name, value in prefect_environment(settings.home).items():
+        os.environ.setdefault(name, value)
 
 
 def check_tasks(paths: list[str], settings: RegistrySettings) -> list[CheckedTask]:
@@ -48,11 +47,11 @@ def prepare(path: Path, spec: TaskSpec, settings: RegistrySettings) -> CheckedTa
 def run(paths: list[str], print_=print) -> list[FlowResult]:
     """Each task's flow, one after another; a failed task does not stop the others, and the run fails naming it."""
     settings = RegistrySettings.from_env()
-    prefect_defaults(settings)
     results, failed = [], []
     specs = [load_spec(path) for path in paths]  # a task file that does not parse starts nothing
     with local_prefect_server(settings.home) as prefect_ready:
         tasks = [prepare(Path(path).resolve(), spec, settings) for path, spec in zip(paths, specs)]  # while it starts
+        prefect_defaults(settings)  # only now: bad input leaves this process's environment as it was
         prefect_ready()
         from ..flows import train_adapter
 

@@ -15,8 +15,9 @@ def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "bench-results.json").read_text())
     cases = [r["case"] for r in results["rows"]]
-    assert results["failures"] == [] and len(cases) == 25  # full mode adds the flow overhead on an initialized home
+    assert results["failures"] == [] and len(cases) == 27  # full mode adds the flow overhead on an initialized home
     for needle in (
+        "`loraops --help` wall time",
         "train step",
         "full fine-tune",
         "in memory",
