@@ -32,7 +32,8 @@ def base(tmp_path_factory):
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
-    for name in ("MLFLOW_TRACKING_URI", "LORAOPS_PROMOTION_TARGET", "PREFECT_API_URL"):
+    # PREFECT_HOME too: an earlier test in this process may have set it, and loraops would keep its state there
+    for name in ("MLFLOW_TRACKING_URI", "LORAOPS_PROMOTION_TARGET", "PREFECT_API_URL", "PREFECT_HOME"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path / "home"
 
