@@ -106,8 +106,8 @@ def plain_steps(home: str, *tasks: str) -> dict:
 def plain_task(spec, registry) -> None:
     from pipelines import steps
     from pipelines.analysis import analyze_adapter
-    from pipelines.flows import LOADER_MODULE
     from pipelines.models import base_source, resolve_base
+    from pipelines.tasks import LOADER_MODULE
 
     work = registry.settings.home / "work" / spec.task
     prepared = steps.prepare_data(spec, work)

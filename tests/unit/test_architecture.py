@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STEP_MODULES = ("steps", "flows", "ranking", "analysis", "evaluation", "distributed", "tracking", "lifecycle")
+STEP_MODULES = ("steps", "flows", "tasks", "ranking", "analysis", "evaluation", "distributed", "tracking", "lifecycle")
 
 
 def sources(package: str) -> dict[Path, ast.Module]:
