@@ -27,6 +27,7 @@ from . import steps, tracking
 from .errors import TorchrunError, TrainingNodeError
 from .results import PreparedData, TrainedAdapter
 from .spec import TaskSpec
+from .threads import size_threads, thread_env, use_threads
 
 RDZV_PORT = 29400
 
@@ -80,6 +81,13 @@ def torchrun_command(launch: Launch, launch_path: Path, host: bool) -> list[str]
     ]
 
 
+def worker_env(explicit: int | None, nproc: int) -> dict[str, str]:
+    """torchrun's environment: each of the node's `nproc` workers gets its share of the CPUs in the variables its
+    pools read as they start (torchrun's own default of 1 thread applies only where OMP_NUM_THREADS is unset)."""
+    sized = size_threads(explicit, env={**os.environ, "LOCAL_WORLD_SIZE": str(nproc)})
+    return {**os.environ, **thread_env(sized.threads)}
+
+
 def train_with_torchrun(
     spec: TaskSpec, prepared: PreparedData, base_path: Path, work: Path, run_id: str, settings: RegistrySettings
 ) -> TrainedAdapter:
@@ -108,7 +116,9 @@ def train_with_torchrun(
             f"(run `loraops train-node` on each, with this LORAOPS_HOME mounted)"
         )
     try:
-        done = subprocess.run(torchrun_command(launch, launch_path, host=True))
+        done = subprocess.run(
+            torchrun_command(launch, launch_path, host=True), env=worker_env(spec.training.threads, launch.nproc)
+        )
     finally:
         announce.unlink(missing_ok=True)
     if done.returncode != 0:
@@ -156,7 +166,8 @@ def join_run(launch_path: Path) -> None:
             f"{launch_path} is not visible on this node; mount the flow's LORAOPS_HOME at the same path on every node"
         ) from None
     print(f"joining run {launch.run_id} at {launch.endpoint} ({launch.nnodes} nodes x {launch.nproc})")
-    done = subprocess.run(torchrun_command(launch, launch_path, host=False))
+    explicit = TaskSpec.model_validate({**launch.spec, "source": launch.source}).training.threads
+    done = subprocess.run(torchrun_command(launch, launch_path, host=False), env=worker_env(explicit, launch.nproc))
     if done.returncode != 0:
         raise TrainingNodeError(f"torchrun exited with {done.returncode} in run {launch.run_id}; see the output above")
 
@@ -169,6 +180,7 @@ def main(launch_path: str) -> None:
     try:
         launch = Launch.model_validate_json(Path(launch_path).read_text())
         spec = TaskSpec.model_validate({**launch.spec, "source": launch.source})
+        use_threads(spec.training.threads)  # this node's CPUs / (runs x LOCAL_WORLD_SIZE), before the model loads
         log = tracking.StepLog(AdapterRegistry(launch.settings).runs, launch.run_id) if dist.get_rank() == 0 else None
         steps.fit_adapter(
             spec, launch.prepared, Path(launch.base_path), Path(launch.work), log, log.validation if log else None

@@ -14,6 +14,10 @@ class SpecError(InputError):
     """The task file is invalid; the message names the field and the fix."""
 
 
+class SettingError(InputError):
+    """An environment variable loraops reads has a bad value; the message names the variable and the fix."""
+
+
 class DataError(InputError):
     """The data is unusable; the message names the first bad rows and the fix."""
 

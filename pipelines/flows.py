@@ -36,6 +36,7 @@ from .tasks import (
     source_key,
     train_task,
 )
+from .threads import use_threads
 
 
 def production_for(registry: AdapterRegistry, task_name: str, base_fingerprint: str) -> ProductionVersion | None:
@@ -81,6 +82,8 @@ def train_adapter(spec_path: str, prepared: PreparedData | None = None) -> FlowR
     prepares it here). Raises GateBlocked when the gate blocks (the version stays a candidate)."""
     network_defaults()
     spec = load_spec(spec_path)
+    threads = use_threads(spec.training.threads)  # before any step: the run's share of the CPUs, not all of them
+    print(f"{spec.task}: {threads.threads} thread(s): {threads.reason}")
     settings = RegistrySettings.from_env()
     if prepared is None:  # `loraops run` checked the task before starting Prefect; a worker's run has not
         preflight(spec, settings)
@@ -100,7 +103,7 @@ def train_adapter(spec_path: str, prepared: PreparedData | None = None) -> FlowR
     base = registry.register_base(
         base_path, name=base_name, source=base_source(spec.base, base_path), revision=spec.base.revision
     )
-    run_id = tracking.start_run(registry, spec, prepared, base)
+    run_id = tracking.start_run(registry, spec, prepared, base, threads)
     with RunLifecycle(registry.runs, spec.task, run_id) as run:
         return run_steps(spec, prepared, registry, base, base_path, work, run, key)
 
@@ -124,7 +127,7 @@ def run_steps(
         spec.base.load_in_4bit,
         spec.type,
         spec.lora.model_dump(mode="json"),
-        spec.training.model_dump(mode="json"),
+        spec.training.model_dump(mode="json", exclude={"threads"}),  # threads change the speed, not the adapter
         code_version(),
     )
     folder = work / train_key[:16]

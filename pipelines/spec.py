@@ -98,6 +98,14 @@ class TrainingSpec(Strict):
     )
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     checkpoint_every: int = Field(50, gt=0, description="optimizer steps between resumable checkpoints")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        le=1024,
+        description="CPU threads of torch, BLAS and tokenizers per training process; default: the CPUs the process "
+        "is given (the smaller of its cgroup quota and CPU affinity) divided by LORAOPS_CONCURRENT_RUNS (the runs "
+        "sharing them, a work-pool worker's --limit) and by training.nproc, at least 1",
+    )
     nproc: int = Field(1, gt=0, description="processes per node under torchrun (DDP), one per GPU; 1 = no DDP")
     nnodes: int = Field(
         1, gt=0, description="nodes under torchrun; the others run `loraops train-node` on a shared LORAOPS_HOME"

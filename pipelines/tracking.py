@@ -12,6 +12,7 @@ from registry.code_version import code_version
 
 from .results import Evaluation, Metrics, PreparedData
 from .spec import TaskSpec
+from .threads import Threads
 
 FLUSH_EVERY = 50
 
@@ -26,7 +27,11 @@ def flatten(values: Mapping[str, object], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData, base: BaseRecord) -> str:
+def start_run(
+    registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData, base: BaseRecord, threads: Threads
+) -> str:
+    """A new run with the task's tags, its settings as parameters (and the threads it used: param `threads`, tag
+    `loraops.threads` saying why), and its dataset."""
     runs = registry.runs
     run_id = runs.start(
         spec.task,
@@ -36,9 +41,11 @@ def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData,
             "loraops.base.fingerprint": base.fingerprint,
             "loraops.dataset.fingerprint": prepared.digest,
             "loraops.code.version": code_version(),
+            "loraops.threads": threads.reason,
         },
     )
-    runs.log_params(run_id, flatten(spec.model_dump(mode="json", exclude={"source"})))
+    params = flatten(spec.model_dump(mode="json", exclude={"source"}))
+    runs.log_params(run_id, params | {"threads": str(threads.threads)})
     runs.log_dataset(
         run_id,
         f"{spec.task}-data",
