@@ -16,6 +16,9 @@ STACK=$(realpath -m "${LORAOPS_STACK:-.loraops-stack}")
 BIN=$(realpath -m "${LORAOPS_VENV:-.venv}/bin")
 read -r PG_PORT S3_PORT MLFLOW_PORT PREFECT_PORT <<<"${LORAOPS_STACK_PORTS:-15432 9000 5000 4200}"
 POOL=${LORAOPS_WORK_POOL:-loraops-cpu}
+# Flow runs the worker runs at once (its --limit); each run sizes its threads to its share of the CPUs from the same
+# number (pipelines/threads.py), so runs side by side share the cores instead of fighting over them.
+RUNS=${LORAOPS_CONCURRENT_RUNS:-1}
 KEY=loraops
 SECRET=loraops-local-only   # the local store's own credentials; a team's real store has its own
 SERVICES=(postgres s3 mlflow prefect worker)
@@ -131,7 +134,8 @@ start_worker() {
   # shellcheck disable=SC2046
   launch worker env $(prefect_env) $(s3_env) PATH="$BIN:$PATH" PREFECT_WORKER_QUERY_SECONDS=2 \
     MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" LORAOPS_PROMOTION_TARGET=s3://loraops-promoted/prod \
-    LORAOPS_HOME="$STACK/worker-home" "$BIN/prefect" worker start --pool "$POOL" --type process
+    LORAOPS_HOME="$STACK/worker-home" LORAOPS_CONCURRENT_RUNS="$RUNS" \
+    "$BIN/prefect" worker start --pool "$POOL" --type process --limit "$RUNS"
   wait_for worker 60 grep -q "started" "$STACK/logs/worker.log"
 }
 
@@ -151,6 +155,7 @@ EOF
 
 up() {
   [ -x "$BIN/mlflow" ] && [ -x "$BIN/prefect" ] || die "no loraops environment at $BIN; run bash infra/setup.sh first"
+  [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "LORAOPS_CONCURRENT_RUNS=$RUNS is not a positive whole number; set the runs the worker may run at once, or unset it for 1"
   mkdir -p "$STACK/pids" "$STACK/logs"
   local before
   before=$(ls "$STACK/pids")
