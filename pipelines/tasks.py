@@ -249,6 +249,7 @@ def register_task(
         input_example=example,
         spectrum=spectrum,
         loader_module=LOADER_MODULE,
+        gate="passed" if evaluation.passed else "blocked",
         description=verdict + (f"; rank: {rank_note}" if rank_note else ""),
     )
     create_markdown_artifact(

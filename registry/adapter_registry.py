@@ -68,6 +68,7 @@ class AdapterRegistry:
         spectrum: dict[str, float] | None = None,
         *,
         loader_module: str,
+        gate: str | None = None,
     ) -> VersionRecord:
         """A new version of `task`, an MLflow Model (mlflow_model.py) whose weights and manifests are logged to the
         run (a run of its own when `run_id` is None); lineage in tags; alias `candidate`.
@@ -75,7 +76,9 @@ class AdapterRegistry:
         loader_module: the module mlflow.pyfunc loads the model with (shipped with its package).
         input_example: texts the model's input example shows.
         spectrum: numbers from the low-rank analysis (rank_at_95, elbow, ...), one version tag each, so the UI
-        sorts and filters by them."""
+        sorts and filters by them.
+        gate: the evaluation gate's verdict, "passed" or "blocked" (tag loraops.gate; `loraops promote
+        --all-passing` promotes only candidates whose gate passed)."""
         return self.catalog.register(
             task,
             adapter_dir,
@@ -88,6 +91,7 @@ class AdapterRegistry:
             description=description,
             input_example=input_example,
             spectrum=spectrum,
+            gate=gate,
         )
 
     def resolve(self, task: str, ref: str | int | None = None) -> VersionRecord:

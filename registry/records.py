@@ -60,6 +60,7 @@ class VersionRecord(BaseModel):
     manifests: dict[str, str]  # mode -> content digest
     promoted: dict[str, str]  # mode -> promoted folder URI
     spectrum: dict[str, float] = {}  # rank_at_90/95/99, elbow, effective_rank, amplification (low-rank analysis)
+    gate: str | None = None  # the flow's gate verdict, "passed" or "blocked"; None when registered outside a flow
 
 
 class HistoryEvent(BaseModel):

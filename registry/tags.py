@@ -14,6 +14,8 @@ TAG = "loraops."
 KIND = TAG + "kind"  # registered models: "task" or "base"
 SPECTRUM = TAG + "spectrum."  # version tags from the low-rank analysis
 MANIFEST = {"adapter": TAG + "manifest.sha256", "merged": TAG + "merged.manifest.sha256"}
+GATE = TAG + "gate"  # the evaluation gate's verdict at registration: one of GATE_VERDICTS (absent outside a flow)
+GATE_VERDICTS = ("passed", "blocked")
 
 
 def promoted_tag(mode: str) -> str:
@@ -51,8 +53,10 @@ def version_tags(
     metrics: dict[str, float],
     manifests: dict[str, str],
     spectrum: dict[str, float],
+    gate: str | None = None,
 ) -> dict[str, str]:
-    """Lineage (base, data, LoRA settings, code), metrics, the manifests' digests and the spectrum of a version."""
+    """Lineage (base, data, LoRA settings, code), metrics, the manifests' digests, the spectrum and the gate's
+    verdict of a version."""
     tags = {
         TAG + "base.name": base.name,
         TAG + "base.fingerprint": base.fingerprint,
@@ -65,6 +69,8 @@ def version_tags(
         TAG + "metrics": json.dumps(metrics, sort_keys=True),
     }
     tags |= {MANIFEST[mode]: digest for mode, digest in manifests.items()}
+    if gate is not None:
+        tags[GATE] = gate
     return tags | {f"{SPECTRUM}{key}": f"{value:g}" for key, value in spectrum.items()}
 
 
@@ -96,4 +102,5 @@ def version_record(version: ModelVersion, aliases: dict[str, int]) -> VersionRec
         manifests=manifests,
         promoted={mode: tags[promoted_tag(mode)] for mode in MODES if promoted_tag(mode) in tags},
         spectrum={k.removeprefix(SPECTRUM): float(v) for k, v in tags.items() if k.startswith(SPECTRUM)},
+        gate=tags.get(GATE),
     )

@@ -25,7 +25,7 @@ from .names import base_model_name, check_task_name, parse_ref
 from .records import BaseName, BaseRecord, Lineage, LoraSummary, VersionRecord
 from .runs import RunTracking
 from .settings import RegistrySettings
-from .tags import KIND, MANIFEST, TAG, base_record, base_tags, version_record, version_tags
+from .tags import GATE_VERDICTS, KIND, MANIFEST, TAG, base_record, base_tags, version_record, version_tags
 from .transfer import seed
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -96,9 +96,12 @@ class VersionCatalog:
         description: str = "",
         input_example: list[str] | None = None,
         spectrum: dict[str, float] | None = None,
+        gate: str | None = None,
     ) -> VersionRecord:
         """See AdapterRegistry.register."""
         check_task_name(task)
+        if gate not in (None, *GATE_VERDICTS):
+            raise RegistryError(f"gate verdict {gate!r} is not one of {', '.join(GATE_VERDICTS)}; pass one or None")
         lora, task_type = read_adapter_config(Path(adapter_dir))
         spectrum = spectrum or {}
         _check_inputs(merged_dir, dataset_fingerprint, metrics, spectrum)
@@ -131,6 +134,7 @@ class VersionCatalog:
             metrics,
             {mode: manifest.digest for mode, manifest in manifests.items()},
             spectrum,
+            gate,
         )
         self._ensure_model(task, {KIND: "task"})
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
