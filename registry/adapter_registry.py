@@ -14,6 +14,7 @@ from .aliases import AliasBook, Drift
 from .digests import DigestCache
 from .errors import UnknownTaskError
 from .locks import exclusive
+from .paging import Pages
 from .promotion import Promotions
 from .records import BaseRecord, HistoryEvent, Lineage, Promotion, VersionRecord
 from .runs import RunTracking
@@ -24,7 +25,8 @@ from .versions import VersionCatalog
 class AdapterRegistry:
     schema_ready: set[str] = set()  # embedded databases this process has opened once under the lock
 
-    def __init__(self, settings: RegistrySettings | None = None):
+    def __init__(self, settings: RegistrySettings | None = None, page_size: int | None = None):
+        """page_size: the most results per search request (MLflow's own caps by default; tests use small pages)."""
         self.settings = settings or RegistrySettings.from_env()
         self._client = MlflowClient(self.settings.tracking_uri, registry_uri=self.settings.tracking_uri)
         if self.settings.embedded and self.settings.tracking_uri not in self.schema_ready:
@@ -34,7 +36,7 @@ class AdapterRegistry:
                 self._client.search_experiments(max_results=1)
             self.schema_ready.add(self.settings.tracking_uri)
         self.digests = DigestCache(self.settings.digests)
-        self._book = AliasBook(self._client, self.settings.actor)
+        self._book = AliasBook(self._client, self.settings.actor, Pages(self._client, page_size))
         self.runs = RunTracking(self._client, self.settings)
         self.catalog = VersionCatalog(self._client, self.runs, self._book, self.settings, self.digests)
         self.promotions = Promotions(self.catalog, self._client, self._book, self.settings, self.digests)
@@ -98,9 +100,13 @@ class AdapterRegistry:
         """The version an alias points at (default production) or a version number, with its lineage."""
         return self.catalog.resolve(task, ref)
 
-    def list_versions(self, task: str | None = None, base: str | None = None) -> list[VersionRecord]:
-        """Versions of one task or of all tasks; `base` filters by base name or fingerprint (prefix)."""
-        return self.catalog.list_versions(task, base)
+    def list_versions(
+        self, task: str | None = None, base: str | None = None, alias: str | None = None, task_prefix: str = ""
+    ) -> list[VersionRecord]:
+        """Versions of one task or of every task, by task and version; `base` filters by base name or fingerprint
+        prefix, `alias` to the versions it points at, `task_prefix` by the start of task names. Costs one request
+        per page of tasks and per page of versions, however many tasks."""
+        return self.catalog.list_versions(task, base, alias, task_prefix)
 
     def lineage(self, task: str) -> Lineage:
         """base model(s) -> versions -> promotions for one task."""
@@ -145,9 +151,12 @@ class AdapterRegistry:
         """Every alias move of `task`, oldest first."""
         return self._book.history(task)
 
-    def drift(self, task: str) -> list[Drift]:
-        """The aliases of `task` moved outside loraops (aliases.py): where the registry and the history disagree."""
-        return self._book.drift(task)
+    def drift(self, task: str | None = None, task_prefix: str = "") -> list[Drift]:
+        """The aliases moved outside loraops (aliases.py), where the registry and the history disagree: of `task`,
+        or of every task (whose name starts with `task_prefix`) in one request per page of tasks."""
+        if task:
+            return self._book.drift(task)
+        return [d for name, state in sorted(self._book.states(task_prefix).items()) for d in state.drift(name)]
 
     def check_drift(self, task: str) -> None:
         """Raise DriftError when an alias of `task` was moved outside loraops; a task with no versions has none."""

@@ -9,14 +9,18 @@ back to where the history says it is. Nothing is overwritten silently.
 
 import time
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
 from .errors import RegistryError, UnknownTaskError
 from .names import ALIASES, check_task_name
+from .paging import Pages
 from .records import HistoryEvent
+from .tags import KIND
 
 HISTORY_TAG = "loraops.history."
 SETTLE = ("accept", "revert")
@@ -43,43 +47,60 @@ class Drift(BaseModel):
         return f"{self.task} {self.alias} is {at(self.registry)} in the registry but {at(self.history)} in loraops's history"
 
 
-class AliasBook:
-    """Aliases, history and drift of tasks on one MLflow registry; every move by `actor` is recorded."""
+class TaskState(NamedTuple):
+    """A task's aliases and its history (oldest first), as one registered model holds them."""
 
-    def __init__(self, client: MlflowClient, actor: str):
-        self.client, self.actor = client, actor
+    aliases: dict[str, int]
+    history: list[HistoryEvent]
 
-    def state(self, task: str) -> tuple[dict[str, int], list[HistoryEvent]]:
-        """(aliases, history oldest first) in one round trip."""
-        check_task_name(task)
-        try:
-            model = self.client.get_registered_model(task)
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise  # a server that failed is not a missing task
-            raise UnknownTaskError(f"no task {task!r} in the registry; see `loraops adapters list`") from None
+    @classmethod
+    def of(cls, model: RegisteredModel) -> "TaskState":
         tags = model.tags
-        return (
+        return cls(
             {alias: int(v) for alias, v in model.aliases.items()},
             [HistoryEvent.model_validate_json(tags[key]) for key in sorted(tags) if key.startswith(HISTORY_TAG)],
         )
 
-    def aliases(self, task: str) -> dict[str, int]:
-        return self.state(task)[0]
-
-    def history(self, task: str) -> list[HistoryEvent]:
-        return self.state(task)[1]
-
     def drift(self, task: str) -> list[Drift]:
-        aliases, events = self.state(task)
         recorded: dict[str, int | None] = {}
-        for event in events:
+        for event in self.history:
             recorded[event.alias] = event.to_version
         return [
-            Drift(task=task, alias=alias, registry=aliases.get(alias), history=recorded.get(alias))
+            Drift(task=task, alias=alias, registry=self.aliases.get(alias), history=recorded.get(alias))
             for alias in ALIASES
-            if aliases.get(alias) != recorded.get(alias)
+            if self.aliases.get(alias) != recorded.get(alias)
         ]
+
+
+class AliasBook:
+    """Aliases, history and drift of tasks on one MLflow registry; every move by `actor` is recorded."""
+
+    def __init__(self, client: MlflowClient, actor: str, pages: Pages):
+        self.client, self.actor, self.pages = client, actor, pages
+
+    def state(self, task: str) -> TaskState:
+        """(aliases, history oldest first) in one round trip."""
+        check_task_name(task)
+        try:
+            return TaskState.of(self.client.get_registered_model(task))
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # a server that failed is not a missing task
+            raise UnknownTaskError(f"no task {task!r} in the registry; see `loraops adapters list`") from None
+
+    def states(self, prefix: str = "") -> dict[str, TaskState]:
+        """Every task (whose name starts with `prefix`) and its state: one request per page of tasks."""
+        where = f"tags.`{KIND}` = 'task'" + (f" and name LIKE '{prefix}%'" if prefix else "")
+        return {model.name: TaskState.of(model) for model in self.pages.models(where)}
+
+    def aliases(self, task: str) -> dict[str, int]:
+        return self.state(task).aliases
+
+    def history(self, task: str) -> list[HistoryEvent]:
+        return self.state(task).history
+
+    def drift(self, task: str) -> list[Drift]:
+        return self.state(task).drift(task)
 
     def settle(self, task: str, how: str | None, action: str) -> list[HistoryEvent]:
         """Before `action` (promote, rollback): refuse on drift unless `how` says which side is right."""

@@ -19,6 +19,23 @@ def check_task_name(name: str) -> str:
     return name
 
 
+def check_task_prefix(prefix: str) -> str:
+    """The start of task names: what a slug starts with (MLflow's LIKE filter then needs no escaping)."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", prefix):
+        raise RegistryError(
+            f"task prefix {prefix!r} cannot start a task name; use lower-case letters, digits and '-', "
+            f"starting with a letter or digit (e.g. 'support-')"
+        )
+    return prefix
+
+
+def check_filter_value(value: str, what: str) -> str:
+    """A value MLflow's search filter can quote (an `=` comparison): not empty, no quotes, no backslash."""
+    if not value or any(c in value for c in "'\"`\\"):
+        raise RegistryError(f"{what} {value!r} cannot be searched for; give it without quotes or backslashes")
+    return value
+
+
 def base_model_name(name: str) -> str:
     """MLflow model name for a base model: 'sentence-transformers/all-MiniLM-L6-v2' -> 'base.sentence-transformers--all-minilm-l6-v2'."""
     slug = re.sub(r"[^a-z0-9.-]+", "-", name.lower().replace("/", "--")).strip("-.")

@@ -21,7 +21,16 @@ from .errors import BaseMismatchError, RegistryError
 from .fingerprint import CONFIG_FILE, fingerprint_weights
 from .manifest import MANIFEST_FILE, Manifest, scan_folder
 from .mlflow_model import MODEL_DIR, write_model
-from .names import base_model_name, check_task_name, parse_ref
+from .names import (
+    ALIASES,
+    BASE_PREFIX,
+    base_model_name,
+    check_filter_value,
+    check_task_name,
+    check_task_prefix,
+    parse_ref,
+)
+from .paging import Pages
 from .records import BaseName, BaseRecord, Lineage, LoraSummary, VersionRecord
 from .runs import RunTracking
 from .settings import RegistrySettings
@@ -30,6 +39,7 @@ from .transfer import seed
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 HEX64 = re.compile(r"[0-9a-f]{64}")
+FINGERPRINT_PREFIX = re.compile(r"[0-9a-f]{8,64}")
 
 
 class VersionCatalog:
@@ -39,6 +49,7 @@ class VersionCatalog:
         self, client: MlflowClient, runs: RunTracking, book: AliasBook, settings: RegistrySettings, digests: DigestCache
     ):
         self.client, self.runs, self.book, self.settings, self.digests = client, runs, book, settings, digests
+        self.pages: Pages = book.pages
 
     # ---- base models -------------------------------------------------------------------------
     def register_base(
@@ -65,10 +76,8 @@ class VersionCatalog:
 
     def find_base(self, fingerprint: str) -> BaseRecord | None:
         quoted = fingerprint.replace("'", "")
-        found = self.client.search_model_versions(
-            f"tags.`{KIND}` = 'base' and tags.`{TAG}base.fingerprint` = '{quoted}'"
-        )
-        return base_record(found[0]) if found else None
+        found = self.pages.versions(f"tags.`{KIND}` = 'base' and tags.`{TAG}base.fingerprint` = '{quoted}'")
+        return next((base_record(v) for v in found), None)
 
     def check_base(self, record: VersionRecord, base_path: str | Path) -> str:
         """Refuse to use `record` on a base whose weights differ from its training base; returns the fingerprint."""
@@ -155,8 +164,10 @@ class VersionCatalog:
         self, task: str, manifests: dict[str, Manifest], base: BaseRecord, dataset_fingerprint: str
     ) -> VersionRecord | None:
         try:
-            found = self.client.search_model_versions(
-                f"name = '{task}' and tags.`{MANIFEST['adapter']}` = '{manifests['adapter'].digest}'"
+            found = list(
+                self.pages.versions(
+                    f"name = '{task}' and tags.`{MANIFEST['adapter']}` = '{manifests['adapter'].digest}'"
+                )
             )
         except MlflowException:
             return None
@@ -189,26 +200,35 @@ class VersionCatalog:
         # One round trip: MLflow returns the version with the aliases that point at it.
         return version_record(version, {alias: int(version.version) for alias in version.aliases})
 
-    def list_versions(self, task: str | None = None, base: str | None = None) -> list[VersionRecord]:
-        """Versions of one task or of all tasks; `base` filters by base name or fingerprint (prefix)."""
-        tasks = (
-            [check_task_name(task)]
-            if task
-            else sorted(m.name for m in self.client.search_registered_models(f"tags.`{KIND}` = 'task'"))
-        )
-        records: list[VersionRecord] = []
-        for name in tasks:
-            aliases = self.book.aliases(name)
-            versions = self.client.search_model_versions(f"name = '{name}'")
-            records += sorted((version_record(v, aliases) for v in versions), key=lambda r: r.version)
-        if base:
-            records = [
-                r
-                for r in records
-                if base in (r.base_name, base_model_name(r.base_name))
-                or (len(base) >= 8 and r.base_fingerprint.startswith(base))
-            ]
-        return records
+    def list_versions(
+        self, task: str | None = None, base: str | None = None, alias: str | None = None, task_prefix: str = ""
+    ) -> list[VersionRecord]:
+        """Versions of one task or of every task, sorted by task and version; filters: `base` (base name or a
+        fingerprint prefix of 8+ hex digits), `alias` (versions an alias points at), `task_prefix`.
+
+        Requests grow with pages, not tasks: the tasks' aliases come with one search of registered models and
+        the versions with one search of model versions, each paged to the end. The task, prefix and base filters
+        run on the server; the alias filter runs here (MLflow's searches cannot filter by alias)."""
+        if alias is not None and alias not in ALIASES:
+            raise RegistryError(f"alias {alias!r} is not one of {', '.join(ALIASES)}; filter by one of those")
+        where = [f"name = '{check_task_name(task)}'"] if task else []
+        if task_prefix and not task:
+            where.append(f"name LIKE '{check_task_prefix(task_prefix)}%'")
+        if base and FINGERPRINT_PREFIX.fullmatch(base):
+            where.append(f"tags.`{TAG}base.fingerprint` LIKE '{base}%'")
+        elif base and not base.startswith(BASE_PREFIX):  # a base's model name ("base.<slug>") is matched below
+            where.append(f"tags.`{TAG}base.name` = '{check_filter_value(base, 'base')}'")
+        states = {task: self.book.state(task)} if task else self.book.states(task_prefix)
+        records = [
+            version_record(v, states[v.name].aliases)
+            for v in self.pages.versions(" and ".join(where))
+            if v.name in states  # a task's versions (bases are registered models of their own)
+        ]
+        if base and base.startswith(BASE_PREFIX):
+            records = [r for r in records if base_model_name(r.base_name) == base]
+        if alias:
+            records = [r for r in records if alias in r.aliases]
+        return sorted(records, key=lambda r: (r.task, r.version))
 
     def lineage(self, task: str) -> Lineage:
         """base model(s) -> versions -> promotions for one task."""

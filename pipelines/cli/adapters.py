@@ -78,13 +78,15 @@ def lineage_text(lineage: Lineage) -> str:
 def adapters(args, print_=print) -> None:
     registry = AdapterRegistry()
     if args.action == "list":
-        records = registry.list_versions(task=args.task, base=args.base)
+        records = registry.list_versions(args.task, args.base, args.alias, args.task_prefix)
         if args.json:
             print_(json.dumps([r.model_dump() for r in records], indent=2))
             return
         print_(versions_table(records))
-        for d in (d for task in sorted({r.task for r in records}) for d in registry.drift(task)):
-            print_(f"drift: {d} (moved outside loraops); settle it with promote/rollback --drift accept|revert")
+        listed = {r.task for r in records}
+        for d in registry.drift(args.task, args.task_prefix):
+            if d.task in listed:
+                print_(f"drift: {d} (moved outside loraops); settle it with promote/rollback --drift accept|revert")
     elif args.action == "show":
         print_(json.dumps(registry.resolve(*split_ref(args.ref)).model_dump(), indent=2))
     elif args.action == "lineage":

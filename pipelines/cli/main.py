@@ -15,6 +15,7 @@ from ..errors import Interrupted, SpecError
 # Choices shown in --help, kept here so the parser needs no registry import (tests check them against the registry).
 ENGINES = ("any", "vllm", "lorax", "tgi")
 SETTLE = ("accept", "revert")
+ALIASES = ("production", "previous-production", "candidate")
 # (module, class, exit code), first match wins: only modules already imported are looked at, so the CLI imports
 # no library to classify an error (an error class whose module never loaded cannot have been raised).
 EXIT_CODES = (
@@ -119,6 +120,8 @@ def _registry_commands(commands) -> None:
     adapters.add_argument("other", nargs="?", help="compare: the second TASK@alias / TASK:version")
     adapters.add_argument("--out", help="map: folder for map.json and map.png")
     adapters.add_argument("--task", help="list: only this task")
+    adapters.add_argument("--task-prefix", default="", help="list: only tasks whose name starts with this")
+    adapters.add_argument("--alias", choices=ALIASES, help="list: only versions this alias points at")
     adapters.add_argument(
         "--base", help="list, serve-config, map: only adapters on this base (name or fingerprint prefix)"
     )

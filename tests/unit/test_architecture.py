@@ -104,6 +104,7 @@ def test_the_cli_knows_the_registry_choices_it_offers():
 
     from registry.aliases import SETTLE
     from registry.engines import ENGINES
+    from registry.names import ALIASES
 
     cli = importlib.import_module("pipelines.cli.main")
-    assert cli.ENGINES == ENGINES and cli.SETTLE == SETTLE
+    assert cli.ENGINES == ENGINES and cli.SETTLE == SETTLE and cli.ALIASES == ALIASES
