@@ -81,8 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("adapter_dir", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
     merge.add_argument("out_dir", help="new folder for the merged model")
     _registry_commands(commands)
-    run = commands.add_parser("run", help="run the train_adapter flow for one or more task files")
-    run.add_argument("tasks", nargs="+", metavar="TASK.yaml")
+    run = commands.add_parser(
+        "run",
+        help="run the train_adapter flow for task files or folders of them: with PREFECT_API_URL set, one flow run "
+        "per task on the work pool $LORAOPS_WORK_POOL, followed until all end; else here, one after another",
+    )
+    run.add_argument("tasks", nargs="+", metavar="TASK.yaml|FOLDER")
+    run.add_argument("--local", action="store_true", help="run here, one after another, even with PREFECT_API_URL set")
     schedule = commands.add_parser(
         "schedule",
         help="run a task on a cron: a Prefect deployment (on the work pool "
@@ -181,7 +186,7 @@ def run(args: argparse.Namespace) -> None:
         from . import run as run_commands
 
         if args.command == "run":
-            run_commands.run(args.tasks)
+            run_commands.run(args.tasks, local=args.local)
         elif args.command == "schedule" and args.list:
             run_commands.schedules()
         elif args.command == "schedule" and args.remove:

@@ -1,29 +1,49 @@
 """`loraops run | schedule | predict`: the flow on the embedded default or a team's servers, and predictions."""
 
+import contextlib
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from registry import RegistrySettings
-from registry.errors import ServerUnavailable
+from registry import AdapterRegistry, RegistrySettings
 from registry.names import check_task_name
+from registry.run_watch import RunWatch
 
 from .. import steps
-from ..errors import RunError, SpecError
+from ..errors import InputError, RunError, SpecError
+from ..fanout import DEFAULT_POOL, ask_pool, cancel, check_pool_tasks, deployment_name, submit
+from ..follow import Follower, Progress, follow, max_overlap
 from ..prefect_server import local_prefect_server, prefect_environment
 from ..preflight import preflight
 from ..results import FlowResult, Prediction, PreparedData
 from ..spec import TaskSpec, load_spec
 from ..tables import render_table
+from ..task_files import check_unique_tasks, expand_task_paths
+from .watch import ChangeLines, LiveTable
 
-DEFAULT_POOL = "loraops-cpu"
+CLOCK_SLACK_MS = 60_000  # a worker's clock may lag this one: its MLflow run counts if it started up to this early
 
 
 class CheckedTask(NamedTuple):
     path: Path
     spec: TaskSpec
     prepared: PreparedData
+
+
+@contextlib.contextmanager
+def prefect_settings(settings: RegistrySettings) -> Iterator[None]:
+    """prefect_defaults for a block that checks input with Prefect's help: bad input takes them back out."""
+    added = [name for name in prefect_environment(settings.home) if name not in os.environ]
+    prefect_defaults(settings)
+    try:
+        yield
+    except InputError:
+        for name in added:
+            os.environ.pop(name, None)
+        raise
 
 
 def prefect_defaults(settings: RegistrySettings) -> None:
@@ -44,13 +64,18 @@ def prepare(path: Path, spec: TaskSpec, settings: RegistrySettings) -> CheckedTa
     return CheckedTask(path, spec, steps.prepare_data(spec, settings.home / "work" / spec.task))
 
 
-def run(paths: list[str], print_=print) -> list[FlowResult]:
-    """Each task's flow, one after another; a failed task does not stop the others, and the run fails naming it."""
+def run(paths: list[str], print_=print, local: bool = False) -> list[FlowResult] | list[Progress]:
+    """The tasks of `paths` (task files, or folders of them). With a Prefect server (PREFECT_API_URL) and not
+    `local`: one flow run each on the work pool (run_on_pool). Else each task's flow in this process, one after
+    another; a failed task does not stop the others, and the run fails naming it."""
     settings = RegistrySettings.from_env()
+    specs = [load_spec(path) for path in expand_task_paths(paths)]  # a task file that does not parse starts nothing
+    check_unique_tasks(specs)
+    if os.environ.get("PREFECT_API_URL") and not local:
+        return run_on_pool(specs, settings, print_)
     results, failed = [], []
-    specs = [load_spec(path) for path in paths]  # a task file that does not parse starts nothing
     with local_prefect_server(settings.home) as prefect_ready:
-        tasks = [prepare(Path(path).resolve(), spec, settings) for path, spec in zip(paths, specs)]  # while it starts
+        tasks = [prepare(Path(str(spec.source)), spec, settings) for spec in specs]  # while it starts
         prefect_defaults(settings)  # only now: bad input leaves this process's environment as it was
         prefect_ready()
         from ..flows import train_adapter
@@ -66,6 +91,53 @@ def run(paths: list[str], print_=print) -> list[FlowResult]:
     if failed:
         raise RunError(f"{len(failed)} of {len(tasks)} tasks failed: {', '.join(failed)}; see the lines above")
     return results
+
+
+def run_on_pool(specs: list[TaskSpec], settings: RegistrySettings, print_=print) -> list[Progress]:
+    """Every task checked first (the pool ready, every file where its workers can read it, the data and base as
+    for a local run), then one flow run per task on $LORAOPS_WORK_POOL, followed until all end: a live table on a
+    terminal, a line per change elsewhere. Ctrl-C cancels the runs not finished. Raises RunError naming the tasks
+    that did not complete."""
+    pool = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL)
+    with prefect_settings(settings):
+        found = check_pool_tasks(pool, specs)
+        for spec in specs:
+            prepare(Path(str(spec.source)), spec, settings)
+    since_ms = int(time.time() * 1000) - CLOCK_SLACK_MS
+    submitted = submit(pool, specs)
+    limit = f"at most {found.concurrency_limit} at once" if found.concurrency_limit else "no concurrency limit"
+    print_(f"submitted {len(submitted)} flow run(s) to work pool {pool} ({limit}); following them")
+    watch = RunWatch(AdapterRegistry(settings).runs, [s.task for s in specs], since_ms)
+    follower = Follower(submitted, {s.task: s.gate.metric for s in specs}, watch)
+    started = time.monotonic()
+    try:
+        with LiveTable() if sys.stdout.isatty() else ChangeLines(print_) as show:
+            rows = follow(follower, show)
+    except KeyboardInterrupt:
+        cancel([row.flow_run_id for row in follower.rows.values() if not row.final])
+        raise
+    return pool_report(rows, pool, time.monotonic() - started, print_)
+
+
+def pool_report(rows: list[Progress], pool: str, seconds: float, print_=print) -> list[Progress]:
+    for row in rows:
+        where = f"flow run {row.flow_run}" + (f", MLflow run {row.mlflow_run}" if row.mlflow_run else "")
+        outcome = row.metric if row.completed else row.reason()
+        print_(f"{row.task}: {row.state}: {outcome} ({where})")
+    spans = [(r.started, r.ended) for r in rows if r.started and r.ended]
+    failed = [r for r in rows if not r.completed]
+    print_(
+        f"{len(rows) - len(failed)} of {len(rows)} task(s) completed on work pool {pool} in {seconds:.0f}s, "
+        f"at most {max_overlap(spans)} at once"
+    )
+    if len(rows) == 1 and failed:
+        raise RunError(f"{failed[0].task}: {failed[0].state}: {failed[0].reason()}")
+    if failed:
+        names = ", ".join(f"{r.task} ({r.state})" for r in failed)
+        raise RunError(
+            f"{len(failed)} of {len(rows)} tasks did not complete on pool {pool}: {names}; see the lines above"
+        )
+    return rows
 
 
 def report(result: FlowResult, spec: TaskSpec, print_=print) -> FlowResult:
@@ -140,22 +212,7 @@ def check_cron(cron: str) -> None:
 
 def check_pool(pool: str) -> None:
     """The work pool exists on the Prefect server (which answers)."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        with get_client(sync_client=True) as client:
-            client.read_work_pool(pool)
-    except ObjectNotFound:
-        raise SpecError(
-            f"work pool {pool!r} does not exist on {os.environ['PREFECT_API_URL']}; create it (prefect "
-            f"work-pool create {pool} --type process) or start the stack (bash infra/stack.sh up)"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - httpx/ssl errors: the server does not answer
-        raise ServerUnavailable(
-            f"the Prefect server at {os.environ['PREFECT_API_URL']} does not answer "
-            f"({type(e).__name__}); start it or fix PREFECT_API_URL"
-        ) from None
+    ask_pool(pool, lambda client: client.read_work_pool(pool))
 
 
 def schedules(print_=print) -> list[dict]:
@@ -168,6 +225,8 @@ def schedules(print_=print) -> list[dict]:
     rows = []
     with get_client(sync_client=True) as client:
         for d in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=["train_adapter"]))):
+            if d.name.startswith(deployment_name("")):  # `loraops run`'s deployment of a pool: no schedule
+                continue
             runs = [
                 r
                 for r in client.read_flow_runs(
