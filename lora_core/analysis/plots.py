@@ -99,15 +99,27 @@ def plot_similarity(grid: torch.Tensor, path: str | Path, title: str = "subspace
 
 
 def plot_task_map(phi: list[list[float]], names: list[str], path: str | Path, title: str) -> Path:
-    """Heatmap of one similarity per pair of adapters (tasks x tasks, values in [0, 1])."""
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.0 * len(names) + 2))
-    image = ax.imshow(torch.tensor(phi).numpy(), vmin=0, vmax=1, cmap="viridis")
-    fig.colorbar(image, ax=ax, label="φ")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for i, row in enumerate(phi):
-        for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
+    """Heatmap of one similarity per pair of adapters (tasks x tasks, values in [0, 1]; NaN grey: nothing shared).
+
+    It stays readable at a few hundred tasks: the figure grows with the tasks up to 16 inches, labels shrink to
+    fit their rows (down to 4 pt) and are cut to 24 characters, and the values are written in the cells only up
+    to 20 tasks. Give the tasks in clustered order and similar tasks show as blocks on the diagonal.
+    """
+    n = len(names)
+    side = min(16.0, max(5.0, 0.35 * n + 3))
+    font = max(4.0, min(9.0, 260 / max(n, 1)))
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(torch.tensor(phi, dtype=torch.float64).numpy(), vmin=0, vmax=1, cmap=cmap)
+    fig.colorbar(image, ax=ax, label="φ", shrink=0.8)
+    labels = [name if len(name) <= 24 else name[:23] + "…" for name in names]
+    ax.set_xticks(range(n), labels, rotation=90 if n > 20 else 45, ha="center" if n > 20 else "right", fontsize=font)
+    ax.set_yticks(range(n), labels, fontsize=font)
+    if n <= 20:
+        for i, row in enumerate(phi):
+            for j, value in enumerate(row):
+                if value == value:  # not NaN
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
     ax.set_title(title)
     return _save(fig, path)
 

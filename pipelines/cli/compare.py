@@ -6,6 +6,7 @@ Per module the tables give φ(1, 1) (the top direction) and φ(k, k) at k = min(
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,10 @@ from registry import AdapterRegistry, RegistryError, VersionRecord
 from registry.names import split_ref
 
 from ..tables import render_table
+from ..task_map import NEIGHBOURS, TaskMap, build_task_map
+
+MATRIX_LIMIT = 16  # tasks printed as a matrix: 16 columns of 6 characters beside a label still fit 130 columns
+LABEL_WIDTH = 28  # task names cut to this many characters in tables (slugs run to 63)
 
 
 def same_base(first: VersionRecord, second: VersionRecord) -> None:
@@ -26,17 +31,10 @@ def same_base(first: VersionRecord, second: VersionRecord) -> None:
         )
 
 
-def module_phi(
-    registry: AdapterRegistry, first: VersionRecord, second: VersionRecord, loaded: dict | None = None
-) -> dict[str, dict]:
-    """{module: {phi_1_1, phi_k_k, k}} over the modules both adapters adapt. `loaded`: adapters already read, by
-    (task, version), so a map fetches and reads each once."""
+def module_phi(registry: AdapterRegistry, first: VersionRecord, second: VersionRecord) -> dict[str, dict]:
+    """{module: {phi_1_1, phi_k_k, k}} over the modules both adapters adapt."""
     same_base(first, second)
-    loaded = {} if loaded is None else loaded
-    for r in (first, second):
-        if (r.task, r.version) not in loaded:
-            loaded[r.task, r.version] = read_adapter(registry.fetch(r.task, r.version))
-    grids = subspace_similarity(loaded[first.task, first.version], loaded[second.task, second.version])
+    grids = subspace_similarity(*(read_adapter(registry.fetch(r.task, r.version)) for r in (first, second)))
     return {
         module: {
             "phi_1_1": float(grid[0, 0]),
@@ -76,47 +74,49 @@ def compare(args, print_=print) -> dict[str, Any]:
     return result
 
 
-def production_on(registry: AdapterRegistry, base: str) -> list[VersionRecord]:
-    """The production version of every task on the base `base` (a name or a fingerprint prefix)."""
-    found = [r for r in registry.list_versions(base=base) if "production" in r.aliases]
-    fingerprints = {r.base_fingerprint for r in found}
-    if len(fingerprints) > 1:
-        raise RegistryError(
-            f"production adapters on {base!r} sit on {len(fingerprints)} different weights "
-            f"({', '.join(sorted(f[:12] for f in fingerprints))}); pass a fingerprint prefix"
-        )
-    return sorted(found, key=lambda r: r.task)
+def short(name: str, width: int = LABEL_WIDTH) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def task_map(args, print_=print) -> dict[str, Any]:
+def phi_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def map_lines(task_map: TaskMap) -> list[str]:
+    """Up to MATRIX_LIMIT tasks the whole matrix (columns numbered like the rows); past it each task's nearest."""
+    tasks = task_map.tasks
+    if len(tasks) <= MATRIX_LIMIT:
+        header = ("task", *(str(i) for i in range(1, len(tasks) + 1)))
+        rows = [
+            (f"{i} {short(t.task)}", *(phi_text(v) for v in row))
+            for i, (t, row) in enumerate(zip(tasks, task_map.mean_phi_k_k), 1)
+        ]
+        return [render_table([header, *rows])]
+    rows = [
+        (short(t.task), str(t.version), "  ".join(f"{short(n.task)} {n.phi:.2f}" for n in t.nearest) or "-")
+        for t in tasks
+    ]
+    return [
+        f"{len(tasks)} tasks, in clustered order: each task's {NEIGHBOURS} nearest by mean phi(k,k) "
+        f"(the whole matrix is in map.json and map.png)",
+        render_table([("task", "v", "nearest (phi)"), *rows]),
+    ]
+
+
+def task_map(args, print_=print) -> TaskMap:
     """mean φ(k, k) between the production adapters of every task on one base: which tasks adapt the same directions."""
     if not args.base or not args.out:
         raise RegistryError("adapters map needs --base NAME (or fingerprint prefix) and --out DIR")
-    registry = AdapterRegistry()
-    records = production_on(registry, args.base)
-    if len(records) < 2:
-        raise RegistryError(
-            f"{len(records)} task(s) in production on base {args.base!r}; a map needs at least two "
-            f"(see loraops adapters list --base {args.base})"
-        )
-    names = [r.task for r in records]
-    phi = [[1.0] * len(records) for _ in records]  # φ of an adapter with itself; the pairs are filled below
-    loaded: dict = {}
-    for i, first in enumerate(records):
-        for j in range(i + 1, len(records)):
-            phi[i][j] = phi[j][i] = mean(module_phi(registry, first, records[j], loaded), "phi_k_k")
+    result = build_task_map(AdapterRegistry(), args.base)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "base": records[0].base_name,
-        "base_fingerprint": records[0].base_fingerprint,
-        "tasks": {r.task: r.version for r in records},
-        "mean_phi_k_k": phi,
-    }
-    (out / "map.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "map.json").write_text(result.model_dump_json(indent=2) + "\n")
     from lora_core.analysis.plots import plot_task_map
 
-    plot_task_map(phi, names, out / "map.png", f"mean φ(k, k) of production adapters on {records[0].base_name}")
-    print_(render_table([("task", *names)] + [(n, *(f"{v:.3f}" for v in row)) for n, row in zip(names, phi)]))
+    phi = [[math.nan if v is None else v for v in row] for row in result.mean_phi_k_k]
+    names = [t.task for t in result.tasks]
+    plot_task_map(phi, names, out / "map.png", f"mean φ(k, k) of production adapters on {result.base}")
+    for line in map_lines(result):
+        print_(line)
     print_(f"wrote {out / 'map.json'}, {out / 'map.png'}")
     return result

@@ -83,10 +83,18 @@ def test_the_map_pairs_production_adapters_on_one_base(registry, tmp_path):
         version = register(registry, tmp_path, task, rows).version
         registry.promote(task, version, progress=False)
     result = compare.task_map(args(base="tiny/bert-0", out=str(tmp_path / "map")), print_=lambda *_: None)
-    assert result["tasks"] == {"alpha": 1, "beta": 1, "gamma": 1}
-    phi = result["mean_phi_k_k"]
-    assert phi[0][1] == pytest.approx(1.0) and phi[0][2] == pytest.approx(0.0, abs=1e-12) and phi[1][1] == 1.0
-    assert json.loads((tmp_path / "map" / "map.json").read_text())["mean_phi_k_k"] == phi
+    order = [(t.task, t.version) for t in result.tasks]
+    assert sorted(order) == [("alpha", 1), ("beta", 1), ("gamma", 1)]
+    assert abs(order.index(("alpha", 1)) - order.index(("beta", 1))) == 1  # the same span sits side by side
+    phi = {
+        (a.task, b.task): result.mean_phi_k_k[i][j]
+        for i, a in enumerate(result.tasks)
+        for j, b in enumerate(result.tasks)
+    }
+    assert phi["alpha", "beta"] == pytest.approx(1.0) and phi["alpha", "gamma"] == pytest.approx(0.0, abs=1e-12)
+    alpha = next(t for t in result.tasks if t.task == "alpha")
+    assert phi["beta", "beta"] == 1.0 and alpha.nearest[0].task == "beta" and alpha.nearest[0].phi == pytest.approx(1.0)
+    assert json.loads((tmp_path / "map" / "map.json").read_text())["mean_phi_k_k"] == result.mean_phi_k_k
     assert (tmp_path / "map" / "map.png").stat().st_size > 1000
 
 
