@@ -1,16 +1,21 @@
 """The fleet views at hundreds of tasks, on a stand-in registry (no MLflow): `adapters map` fetches each production
 adapter once, orders tasks so planted groups sit together and past MATRIX_LIMIT prints each task's nearest instead
-of a matrix."""
+of a matrix; `adapters serve-config` sizes vLLM for 300 production adapters and warns when one replica cannot keep
+them all."""
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from lora_core import LoraConfig
 from lora_core.peft_format import PREFIX, write_adapter
+from pipelines import serve_plan
 from pipelines.cli import compare
+from pipelines.cli.serve_config import render
 from pipelines.production import production_versions
+from pipelines.serve_plan import ServedAdapter, plan, size
 from pipelines.task_map import MappedTask, Neighbour, TaskMap, build_task_map
 from registry import LoraSummary, VersionRecord
 
@@ -52,6 +57,9 @@ class StandIn:
     def fetch(self, task, ref=None, mode="adapter"):
         self.fetched.append((task, ref))
         return self.folders[task]
+
+    def check_servable(self, record, engine, folder):
+        pass
 
 
 def adapter_folder(path: Path, seed: int, directions: torch.Tensor | None = None, r: int = 4) -> Path:
@@ -141,3 +149,77 @@ def test_the_map_json_and_picture_are_written_in_clustered_order(tmp_path, monke
     written = json.loads((tmp_path / "map" / "map.json").read_text())
     assert [t["task"] for t in written["tasks"]] == [t.task for t in result.tasks] and len(written["mean_phi_k_k"]) == 3
     assert (tmp_path / "map" / "map.png").stat().st_size > 1000 and printed[-1].startswith("wrote ")
+
+
+def served(count: int, size_bytes: int, rank: int = 16) -> list[ServedAdapter]:
+    return [
+        ServedAdapter(
+            name=f"t{i}", version=1, uri=f"s3://a/t{i}", path=f"./loras/t{i}", fetch=None, rank=rank, bytes=size_bytes
+        )
+        for i in range(count)
+    ]
+
+
+def test_vllm_sizing_for_300_adapters_of_a_7b_model():
+    adapter = 168 * 2**20  # Llama-3-8B, every linear layer, r=16, saved in float32
+    sizing = size(served(300, adapter, rank=12))
+    assert sizing.max_loras == serve_plan.MAX_LORAS == 16  # GPU slots per batch, not one per adapter
+    assert sizing.max_lora_rank == 16  # the smallest value vLLM accepts that holds rank 12
+    assert sizing.per_replica == 16 * 2**30 // adapter == 97 and sizing.max_cpu_loras == 97
+    assert sizing.replicas == 4 and not sizing.inline
+    few = size(served(3, adapter))
+    assert (few.max_loras, few.max_cpu_loras, few.replicas, few.inline) == (3, 3, 1, True)
+
+
+def test_serve_config_for_300_production_adapters_uses_the_filesystem_resolver(tmp_path):
+    folder = adapter_folder(tmp_path / "one", seed=0)
+    records = [record(f"task-{i:03d}") for i in range(300)] + [record("old", aliases=("previous-production",))]
+    registry = StandIn(records, {r.task: folder for r in records})
+    (group,) = plan(registry, "vllm", None, "org/llama", "/srv/loras")  # type: ignore[arg-type]
+    assert len(group.adapters) == 300 and len(registry.fetched) == 300 and len(registry.listed) == 1
+    lines = render("vllm", group, "/srv/loras")
+    assert sum(line.startswith("aws s3 sync s3://adapters/prod/task-") for line in lines) == 300
+    command = next(line for line in lines if "vllm serve" in line)
+    assert command == (
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_PLUGINS=lora_filesystem_resolver "
+        "VLLM_LORA_RESOLVER_CACHE_DIR=/srv/loras vllm serve org/llama --enable-lora --max-loras 16 "
+        "--max-lora-rank 8 --max-cpu-loras 300"
+    )
+    assert not any("--lora-modules" in line or line.startswith("# warning") for line in lines)
+    assert {a.path for a in group.adapters} == {f"/srv/loras/task-{i:03d}" for i in range(300)}
+
+
+def test_local_copies_are_linked_where_the_resolver_looks(tmp_path):
+    folder = adapter_folder(tmp_path / "one", seed=0)
+    records = [record(f"t{i:02d}", promoted=f"/promoted/t{i:02d}/v1/adapter") for i in range(20)]
+    (group,) = plan(StandIn(records, {r.task: folder for r in records}), "vllm", None, None, "loras")  # type: ignore[arg-type]
+    lines = render("vllm", group, "loras")
+    assert "mkdir -p loras && ln -sfn /promoted/t00/v1/adapter loras/t00" in lines
+
+
+def test_more_adapters_than_one_replica_holds_get_one_warning_line(tmp_path, monkeypatch):
+    folder = adapter_folder(tmp_path / "one", seed=0)
+    adapter = (folder / "adapter_model.safetensors").stat().st_size
+    monkeypatch.setattr(serve_plan, "CPU_CACHE_BYTES", 100 * adapter)  # a replica holds 100 of these
+    records = [record(f"task-{i:03d}") for i in range(300)]
+    (group,) = plan(StandIn(records, {r.task: folder for r in records}), "lorax", None, None, "loras")  # type: ignore[arg-type]
+    assert group.sizing is not None and (group.sizing.per_replica, group.sizing.replicas) == (100, 3)
+    lines = render("lorax", group, "loras")
+    warnings = [line for line in lines if line.startswith("# warning")]
+    assert len(warnings) == 1 and "300 adapters" in warnings[0] and "(100 in " in warnings[0]
+    assert "run 3 replicas" in warnings[0]
+    assert lines[1] == "lorax-launcher --model-id org/llama --default-adapter-source s3"  # LoRAX reads S3 itself
+    assert not any(line.startswith("aws s3 sync") for line in lines)
+
+
+@pytest.mark.parametrize("engine", ["vllm", "tgi"])
+def test_a_few_adapters_are_listed_on_the_command_line(tmp_path, engine):
+    folder = adapter_folder(tmp_path / "one", seed=0)
+    records = [record(t, promoted=f"/promoted/{t}/v1/adapter") for t in ("chat", "sql")]
+    (group,) = plan(StandIn(records, {r.task: folder for r in records}), engine, None, None, "loras")  # type: ignore[arg-type]
+    lines = render(engine, group, "loras")
+    if engine == "vllm":
+        command = next(line for line in lines if line.startswith("vllm serve"))
+        assert command.startswith("vllm serve org/llama --enable-lora --max-loras 2 --max-lora-rank 8 --lora-modules ")
+    else:
+        assert "--lora-adapters chat=/promoted/chat/v1/adapter,sql=/promoted/sql/v1/adapter" in lines[-2]
