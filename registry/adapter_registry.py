@@ -13,12 +13,14 @@ from mlflow import MlflowClient
 from .aliases import AliasBook, Drift
 from .digests import DigestCache
 from .errors import UnknownTaskError
+from .fleet import promote_all, select
 from .locks import exclusive
 from .paging import Pages
 from .promotion import Promotions
-from .records import BaseRecord, HistoryEvent, Lineage, Promotion, VersionRecord
+from .records import BaseRecord, HistoryEvent, Lineage, Promotion, PromotionOutcome, VersionRecord
 from .runs import RunTracking
 from .settings import RegistrySettings
+from .stores import TRANSFER_JOBS
 from .versions import VersionCatalog
 
 
@@ -129,6 +131,24 @@ class AdapterRegistry:
         serve_with: an engine (engines.py) whose loading rules an adapter must meet; checked before any upload.
         drift: how to settle aliases moved outside loraops (aliases.py): None refuses, "accept" or "revert"."""
         return self.promotions.promote(task, version, mode, target, reason, progress, serve_with, drift)
+
+    def promote_passing(
+        self,
+        base: str | None = None,
+        task_prefix: str = "",
+        mode: str = "adapter",
+        target: str | None = None,
+        jobs: int = TRANSFER_JOBS,
+        reason: str = "gate passed",
+        serve_with: str = "any",
+        drift: str | None = None,
+    ) -> list[PromotionOutcome]:
+        """Promote the candidate of every task whose gate passed (fleet.py), tasks in parallel with at most `jobs`
+        objects or parts in flight in all; `base` and `task_prefix` narrow the tasks. One outcome per candidate, by
+        task: promoted, skipped (already production, gate blocked, no verdict) or failed (its aliases unmoved)."""
+        chosen, skipped = select(self.list_versions(base=base), task_prefix)
+        done = promote_all(self.promotions, chosen, mode, target, jobs, reason, serve_with, drift)
+        return sorted(skipped + done, key=lambda outcome: outcome.task)
 
     def check_servable(self, record: VersionRecord, engine: str, folder: Path) -> None:
         """Refuse (NotServableError) an adapter that `engine` would not load next to its base."""

@@ -122,11 +122,16 @@ class DigestCache:
 
     def cached(self, path: Path, key: Identity | None = None) -> FileDigest | None:
         """The file's digests if the cache holds them for its current identity; never reads the file."""
+        return self.recorded(path, key, trusted_only=True)
+
+    def recorded(self, path: Path, key: Identity | None = None, trusted_only: bool = False) -> FileDigest | None:
+        """The digests last recorded for the file's current identity, also one hashed too soon after its mtime to be
+        trusted alone (trusted_only=False): a reader that hashes the bytes again can check them against it."""
         key = key or identity(path)
         row = self._execute(
             "select hashed_ns, record from digests where dev=? and ino=? and size=? and mtime_ns=?", key
         )
-        record = json.loads(row[1]) if row and row[0] > key[3] + RACY_NS else None
+        record = json.loads(row[1]) if row and (row[0] > key[3] + RACY_NS or not trusted_only) else None
         return record and FileDigest(record["sha256"], record["bytes"], tuple(record["parts"]), record["tensors"])
 
     def get(self, path: Path, tensors: bool = False, whole_file: bool = True) -> FileDigest:

@@ -27,3 +27,7 @@ class ServerUnavailable(RegistryError):
 
 class StoreUnavailable(StoreError, ServerUnavailable):
     """The S3-compatible store did not answer or is overloaded."""
+
+
+class PromotionFailed(RegistryError):
+    """Some tasks of a fleet promotion failed (named in the message); the others were promoted."""

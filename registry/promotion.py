@@ -22,7 +22,7 @@ from .manifest import MANIFEST_FILE, Manifest
 from .names import check_task_name
 from .records import MODES, HistoryEvent, Promotion, VersionRecord
 from .settings import RegistrySettings
-from .stores import open_store
+from .stores import TransferSlots, open_store
 from .tags import promoted_tag
 from .transfer import PromotedCopy, materialize, upload_verified
 from .versions import VersionCatalog
@@ -97,8 +97,9 @@ class Promotions:
         progress: bool = True,
         serve_with: str = "any",
         drift: str | None = None,
+        slots: TransferSlots | None = None,
     ) -> Promotion:
-        """See AdapterRegistry.promote."""
+        """See AdapterRegistry.promote; `slots`: a transfer bound shared with other promotions (fleet.py)."""
         check_task_name(task)
         if mode not in MODES:
             raise RegistryError(f"mode {mode!r} is not one of {', '.join(MODES)}")
@@ -109,7 +110,7 @@ class Promotions:
                 f"or promote --mode adapter"
             )
         settled = self.book.settle(task, drift, "promote")  # before any work: drift refuses, or is settled as told
-        store = open_store(target or self.settings.promotion_target)
+        store = open_store(target or self.settings.promotion_target, slots)
         store.check()
         source = RegisteredArtifacts(record, mode, self.settings, self.digests)
         # Artifacts the store can copy server-side (an MLflow server writing straight to the bucket) pass through

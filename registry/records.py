@@ -98,3 +98,14 @@ class Lineage(BaseModel):
     bases: list[BaseRecord | BaseName]
     versions: list[VersionRecord]
     history: list[HistoryEvent]
+
+
+class PromotionOutcome(BaseModel):
+    """What a fleet promotion did with one task's candidate: promoted (detail: where), skipped or failed (why)."""
+
+    model_config = ConfigDict(frozen=True)
+    task: str
+    version: int
+    result: str  # promoted | skipped | failed
+    detail: str
+    promotion: Promotion | None = None

@@ -6,15 +6,15 @@ store checks on receipt and reports back on HEAD.
 """
 
 import hashlib
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import NamedTuple, TypedDict
 
 from .digests import CHUNK, DigestCache, FileDigest, part_size
 from .errors import IntegrityError
 from .manifest import FileEntry
-from .s3 import S3Client, call, is_s3_uri, parse_s3_uri, s3_client
-from .stores import Progress, b64, log, mismatch
+from .s3 import S3Client, call, is_s3_uri, parse_s3_uri, shared_client
+from .stores import FILES_AT_ONCE, Known, Progress, TransferSlots, b64, log, mismatch
 
 
 class CompletedPart(TypedDict):
@@ -25,23 +25,34 @@ class CompletedPart(TypedDict):
     ChecksumSHA256: str
 
 
+class Part(NamedTuple):
+    number: int
+    data: bytes
+    recorded: str | None  # the part's sha256 as the digest cache recorded it
+    trusted: bool  # recorded well after the file last changed: sent as the checksum without hashing the part
+
+
 class ObjectHead(NamedTuple):
     bytes: int
     checksum: str | None  # the SHA-256 the store reports ('-N' dropped), None if it keeps none
 
 
 class S3Store:
-    """s3://bucket/prefix: one PUT up to part_size(file), else a multipart upload with `workers` parts in flight."""
+    """s3://bucket/prefix: one PUT up to part_size(file), else a multipart upload whose parts go out in parallel,
+    each holding one of `slots` (its own, or a bound shared with other stores) while it is read and sent."""
 
     fallback_said = False  # "no additional checksums here" is logged once per process
 
-    def __init__(self, bucket: str, prefix: str = "", client: S3Client | None = None, workers: int = 8):
+    def __init__(
+        self, bucket: str, prefix: str = "", client: S3Client | None = None, slots: TransferSlots | None = None
+    ):
         from boto3.s3.transfer import TransferConfig
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.client = client or s3_client()
+        self.slots = slots or TransferSlots()
+        # requests that hold no slot (HEAD, completion) come from up to FILES_AT_ONCE threads per slot's task
+        self.client = client or shared_client(self.slots.jobs * (FILES_AT_ONCE + 1))
         self.transfer = TransferConfig(multipart_chunksize=16 * 1024 * 1024)  # downloads
-        self.workers = workers
 
     def __repr__(self) -> str:
         return f"S3Store({self.uri()})"
@@ -98,24 +109,18 @@ class S3Store:
         return FileEntry(sha256=digest.hexdigest(), bytes=size)
 
     def upload(
-        self,
-        source: Path,
-        key: str,
-        entry: FileEntry,
-        progress: Progress | None = None,
-        digests: DigestCache | None = None,
+        self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None, known: Known | None = None
     ) -> FileDigest:
         """Send `source` read once, with SHA-256 checksums the store verifies; then confirm with one HEAD.
 
-        When the digest cache holds the file's digests for its current identity (hashed when it was
-        registered), they are the checksums sent and nothing is hashed again: the store's check of each
-        part then ties the bytes it received to the bytes hashed then.
+        `known`: the file's digests from the digest cache. Trusted ones (hashed well after the file last changed,
+        at registration) are the checksums sent and nothing is hashed: the store's check of each part ties the
+        bytes it received to the bytes hashed then. Others are confirmed part by part as the parts are hashed for
+        sending, which spares the second pass over the whole file; with none, that pass is made alongside.
         """
         step = part_size(entry.bytes)
-        known = digests.cached(source) if digests else None
-        known = (
-            known if known and known.sha256 == entry.sha256 and len(known.parts) == -(-entry.bytes // step) else None
-        )
+        if known and (known.digest.sha256 != entry.sha256 or len(known.digest.parts) != -(-entry.bytes // step)):
+            known = None
         with open(source, "rb") as f:
             if entry.bytes <= step:
                 digest = self._put_single(f, source, key, entry, progress)
@@ -132,19 +137,20 @@ class S3Store:
             )
 
     def _put_single(self, f, source: Path, key: str, entry: FileEntry, progress: Progress | None) -> FileDigest:
-        data = f.read()
-        sha = hashlib.sha256(data).hexdigest()
-        if sha != entry.sha256 or len(data) != entry.bytes:
-            raise mismatch(source, sha, entry)
-        self._call(
-            self.client.put_object,
-            Bucket=self.bucket,
-            Key=self._key(key),
-            Body=data,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=b64(sha),
-            Metadata={"sha256": sha},
-        )
+        with self.slots.free:
+            data = f.read()
+            sha = hashlib.sha256(data).hexdigest()
+            if sha != entry.sha256 or len(data) != entry.bytes:
+                raise mismatch(source, sha, entry)
+            self._call(
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=b64(sha),
+                Metadata={"sha256": sha},
+            )
         if progress:
             progress(len(data))
         return FileDigest(sha, len(data), (sha,))
@@ -157,7 +163,7 @@ class S3Store:
         entry: FileEntry,
         step: int,
         progress: Progress | None,
-        known: FileDigest | None = None,
+        known: Known | None = None,
     ) -> FileDigest:
         created = self._call(
             self.client.create_multipart_upload,
@@ -169,16 +175,25 @@ class S3Store:
         upload_id, whole = created["UploadId"], hashlib.sha256()
         futures: list[Future[tuple[CompletedPart, str]]] = []
         try:
-            with ThreadPoolExecutor(self.workers) as pool:
-                for number in range(1, -(-entry.bytes // step) + 1):
+            for number in range(1, -(-entry.bytes // step) + 1):
+                if any(x.done() and x.exception() for x in futures):
+                    break  # a part failed: read no more, its error is raised below
+                self.slots.free.acquire()  # before the read: parts in memory stay within the bound; _put_part frees it
+                try:
                     data = f.read(step)
                     if known is None:
-                        whole.update(data)  # the reading thread hashes the file; workers hash and send parts
-                    while sum(not x.done() for x in futures) >= self.workers:  # at most `workers` parts in memory
-                        wait(futures, return_when=FIRST_COMPLETED)
-                    sha = known.parts[number - 1] if known else None
-                    futures.append(pool.submit(self._put_part, key, upload_id, number, data, progress, sha))
-                parts = [x.result() for x in futures]
+                        whole.update(data)  # nothing recorded: this thread hashes the file, senders the parts
+                    part = Part(
+                        number,
+                        data,
+                        known.digest.parts[number - 1] if known else None,
+                        known is not None and known.trusted,
+                    )
+                    futures.append(self.slots.pool.submit(self._put_part, source, key, upload_id, part, progress))
+                except BaseException:
+                    self.slots.free.release()
+                    raise
+            parts = [x.result() for x in futures]
             if known is None and whole.hexdigest() != entry.sha256:
                 raise mismatch(source, whole.hexdigest(), entry)
             self._call(
@@ -189,26 +204,35 @@ class S3Store:
                 MultipartUpload={"Parts": [p for p, _ in parts]},
             )
         except BaseException:
+            wait(futures)  # parts in flight end before the upload is aborted, or they would outlive it
             self.abort(key, upload_id)
             raise
         return FileDigest(entry.sha256, entry.bytes, tuple(h for _, h in parts))
 
     def _put_part(
-        self, key: str, upload_id: str, number: int, data: bytes, progress: Progress | None, sha: str | None = None
+        self, source: Path, key: str, upload_id: str, part: Part, progress: Progress | None
     ) -> tuple[CompletedPart, str]:
-        sha = sha or hashlib.sha256(data).hexdigest()
-        response = self._call(
-            self.client.upload_part,
-            Bucket=self.bucket,
-            Key=self._key(key),
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=data,
-            ChecksumSHA256=b64(sha),
-        )
+        try:
+            sha = part.recorded if part.trusted and part.recorded else hashlib.sha256(part.data).hexdigest()
+            if part.recorded is not None and sha != part.recorded:
+                raise IntegrityError(
+                    f"{source}: part {part.number} reads differently from when the file was hashed; the local copy "
+                    f"changed, nothing was published from it"
+                )
+            response = self._call(
+                self.client.upload_part,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                PartNumber=part.number,
+                Body=part.data,
+                ChecksumSHA256=b64(sha),
+            )
+        finally:
+            self.slots.free.release()
         if progress:
-            progress(len(data))
-        return CompletedPart(ETag=response["ETag"], PartNumber=number, ChecksumSHA256=b64(sha)), sha
+            progress(len(part.data))
+        return CompletedPart(ETag=response["ETag"], PartNumber=part.number, ChecksumSHA256=b64(sha)), sha
 
     def abort(self, key: str, upload_id: str) -> None:
         try:
@@ -235,15 +259,16 @@ class S3Store:
         bucket, source_key = parse_s3_uri(source_uri)
         if entry.bytes > 5 * 10**9:
             return False
-        response = self._call(
-            self.client.copy_object,
-            Bucket=self.bucket,
-            Key=self._key(key),
-            CopySource={"Bucket": bucket, "Key": source_key},
-            ChecksumAlgorithm="SHA256",
-            MetadataDirective="REPLACE",
-            Metadata={"sha256": entry.sha256},
-        )
+        with self.slots.free:
+            response = self._call(
+                self.client.copy_object,
+                Bucket=self.bucket,
+                Key=self._key(key),
+                CopySource={"Bucket": bucket, "Key": source_key},
+                ChecksumAlgorithm="SHA256",
+                MetadataDirective="REPLACE",
+                Metadata={"sha256": entry.sha256},
+            )
         copied = response.get("CopyObjectResult", {}).get("ChecksumSHA256")
         if copied is None:
             return False

@@ -15,9 +15,12 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import NamedTuple, Protocol
 
 from .digests import CHUNK, DigestCache, FileDigest
 from .errors import IntegrityError, RegistryError, StoreError
@@ -26,6 +29,31 @@ from .s3 import is_s3_uri, parse_s3_uri
 
 Progress = Callable[[int], None]
 log = logging.getLogger("loraops.store")
+TRANSFER_JOBS = 8  # objects or parts in flight by default: enough to fill a link to S3, few enough for a laptop
+FILES_AT_ONCE = 8  # files of one folder uploading side by side (transfer.py); their parts share the slots
+
+
+class TransferSlots:
+    """At most `jobs` transfers (an object's PUT or copy, one part of a multipart upload) in flight across every
+    store that shares it, and `jobs` threads that send parts: one bound for a whole fleet promotion.
+
+    A slot is taken before a part is read, so at most `jobs` parts are in memory however many uploads share it.
+    """
+
+    def __init__(self, jobs: int = TRANSFER_JOBS):
+        if jobs < 1:
+            raise RegistryError(f"jobs = {jobs}: at least one transfer must be allowed; pass a positive number")
+        self.jobs = jobs
+        self.free = threading.BoundedSemaphore(jobs)
+        self.pool = ThreadPoolExecutor(jobs, thread_name_prefix="loraops-transfer")
+
+    def __enter__(self) -> "TransferSlots":
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def mismatch(source: Path, actual: str, expected: FileEntry) -> IntegrityError:
@@ -39,6 +67,13 @@ def b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
+class Known(NamedTuple):
+    """A file's digests as the digest cache recorded them, read in the thread that owns the cache."""
+
+    digest: FileDigest
+    trusted: bool  # hashed well after the file last changed (DigestCache.cached); else to be confirmed while read
+
+
 class Store(Protocol):
     """What promotion and fetch need of a promotion target."""
 
@@ -46,12 +81,7 @@ class Store(Protocol):
     def check(self) -> None: ...
     def present(self, key: str, entry: FileEntry, digests: DigestCache, source: Path | None = None) -> bool: ...
     def upload(
-        self,
-        source: Path,
-        key: str,
-        entry: FileEntry,
-        progress: Progress | None = None,
-        digests: DigestCache | None = None,
+        self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None, known: Known | None = None
     ) -> FileDigest | None: ...
     def can_copy_from(self, uri: str) -> bool: ...
     def copy_from(self, source_uri: str, key: str, entry: FileEntry) -> bool: ...
@@ -86,12 +116,7 @@ class LocalStore:
         return path.is_file() and path.stat().st_size == entry.bytes and digests.sha256(path) == entry.sha256
 
     def upload(
-        self,
-        source: Path,
-        key: str,
-        entry: FileEntry,
-        progress: Progress | None = None,
-        digests: DigestCache | None = None,
+        self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None, known: Known | None = None
     ) -> None:
         """Copy to a temporary name beside the destination, hashing as it goes; fsync; rename into place."""
         dest = self.root / key
@@ -144,13 +169,14 @@ class LocalStore:
         return path.read_bytes() if path.is_file() else None
 
 
-def open_store(target: str | Path) -> Store:
-    """'s3://bucket/prefix' -> S3Store; a path or file:// URI -> LocalStore."""
+def open_store(target: str | Path, slots: TransferSlots | None = None) -> Store:
+    """'s3://bucket/prefix' -> S3Store; a path or file:// URI -> LocalStore. `slots`: a transfer bound shared with
+    other stores (an S3 store makes its own otherwise; a folder needs none: a copy there is one local write)."""
     target = str(target)
     if is_s3_uri(target):
         from .s3_store import S3Store
 
-        return S3Store(*parse_s3_uri(target, "promotion target"))
+        return S3Store(*parse_s3_uri(target, "promotion target"), slots=slots)
     if "://" in target and not target.startswith("file://"):
         raise RegistryError(
             f"promotion target {target!r}: unsupported scheme; use s3://bucket/prefix or a local folder"

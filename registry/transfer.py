@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -9,10 +10,10 @@ from tqdm import tqdm
 
 from lora_core.scratch import scratch_dir
 
-from .digests import DigestCache
+from .digests import DigestCache, FileDigest
 from .errors import IntegrityError
 from .manifest import MANIFEST_FILE, Manifest, verify_folder
-from .stores import Store
+from .stores import FILES_AT_ONCE, Known, Store
 
 
 class Source(Protocol):
@@ -64,19 +65,34 @@ def upload_verified(
     total = sum(manifest.files[name].bytes for name in send)
     if send:
         folder = source.folder()
-        # A bar on a terminal only (disable=None), and only when asked.
-        with tqdm(
-            total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress else True
-        ) as bar:
-            for name in send:
-                sent = store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update, digests)
-                if sent is not None:  # the part digests of this pass answer the next "already there?"
-                    digests.put(folder / name, sent)
+        known = {name: recorded(digests, folder / name) for name in send}  # here: the cache's SQLite is this thread's
+
+        def send_one(name: str) -> FileDigest | None:
+            return store.upload(folder / name, f"{prefix}/{name}", manifest.files[name], bar.update, known[name])
+
+        # Files go up side by side (a store bounds the bytes in flight), so one file's last part, completion and
+        # HEAD overlap the next file's parts. A bar on a terminal only (disable=None), and only when asked.
+        with (
+            tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"upload {prefix}", disable=None if progress else True
+            ) as bar,
+            ThreadPoolExecutor(min(len(send), FILES_AT_ONCE), thread_name_prefix="loraops-file") as files,
+        ):
+            sent = list(files.map(send_one, send))
+        for name, digest in zip(send, sent):
+            if digest is not None:  # the part digests of this pass answer the next "already there?"
+                digests.put(folder / name, digest)
     data = manifest.to_json()
     store.put_bytes(f"{prefix}/{MANIFEST_FILE}", data)
     if store.get_bytes(f"{prefix}/{MANIFEST_FILE}") != data:
         raise IntegrityError(f"{store.uri(f'{prefix}/{MANIFEST_FILE}')}: read back differently; promotion stopped")
     return todo, [name for name in manifest.files if name not in todo], total
+
+
+def recorded(digests: DigestCache, path: Path) -> Known | None:
+    """What the digest cache knows of `path`: trusted digests, else ones to confirm while the file is read."""
+    found = digests.recorded(path)
+    return Known(found, digests.cached(path) is not None) if found and found.sha256 else None
 
 
 class PromotedCopy:

@@ -20,6 +20,7 @@ ALIASES = ("production", "previous-production", "candidate")
 # no library to classify an error (an error class whose module never loaded cannot have been raised).
 EXIT_CODES = (
     ("pipelines.errors", "RunError", 1),
+    ("registry.errors", "PromotionFailed", 1),
     ("registry.errors", "ServerUnavailable", 1),
     ("registry.errors", "StoreError", 1),
     ("registry.errors", "IntegrityError", 1),
@@ -138,9 +139,27 @@ def _registry_commands(commands) -> None:
     )
     adapters.add_argument("--mode", choices=["adapter", "merged"], default="adapter", help="fetch: which artifacts")
     adapters.add_argument("--json", action="store_true", help="machine-readable output")
-    promote = commands.add_parser("promote", help="upload a version, verify it, then make it production")
-    promote.add_argument("task")
-    promote.add_argument("--version", required=True, help="version number (or an alias such as candidate)")
+    promote = commands.add_parser(
+        "promote",
+        help="upload a version, verify it, then make it production; with --all-passing, every task's candidate "
+        "whose gate passed, in parallel",
+    )
+    promote.add_argument("task", nargs="?", help="the task to promote (not with --all-passing)")
+    promote.add_argument("--version", help="version number (or an alias such as candidate); needed with TASK")
+    promote.add_argument(
+        "--all-passing",
+        action="store_true",
+        help="promote the candidate of every task whose gate passed (candidates already production are skipped); "
+        "prints task, version and result, exits 1 naming the failures",
+    )
+    promote.add_argument("--base", help="--all-passing: only tasks on this base (name or fingerprint prefix)")
+    promote.add_argument("--task-prefix", default="", help="--all-passing: only tasks whose name starts with this")
+    promote.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=8,
+        help="--all-passing: objects or parts in flight at once, across all tasks (default 8)",
+    )
     promote.add_argument("--mode", choices=["adapter", "merged"], default="adapter")
     promote.add_argument("--target", help="s3://bucket/prefix or a folder (default $LORAOPS_PROMOTION_TARGET)")
     promote.add_argument("--reason", help="recorded in the history")
@@ -205,7 +224,13 @@ def run(args: argparse.Namespace) -> None:
             from registry.errors import RegistryError
 
             raise RegistryError(f"adapters {args.action} needs a task; e.g. loraops adapters {args.action} my-task")
-        if args.command == "adapters" and args.action == "serve-config":
+        if args.command == "promote":
+            check_promote_args(args)
+        if args.command == "promote" and args.all_passing:
+            from .promote_all import promote_all_passing
+
+            promote_all_passing(args)
+        elif args.command == "adapters" and args.action == "serve-config":
             from .serve_config import serve_config
 
             serve_config(args)
@@ -228,6 +253,21 @@ def run(args: argparse.Namespace) -> None:
         rank_commands.compress_command(args.adapter_dir, args.rank, args.pve, args.out)
     elif args.command == "extract":
         rank_commands.extract_command(args.base, args.finetuned, args.rank, args.pve, args.out)
+
+
+def check_promote_args(args: argparse.Namespace) -> None:
+    """promote takes TASK --version N, or --all-passing (narrowed by --base and --task-prefix), never both."""
+    from registry.errors import RegistryError
+
+    if args.all_passing and (args.task or args.version):
+        raise RegistryError(
+            "--all-passing promotes every task whose candidate passed its gate; drop TASK and --version "
+            "(narrow it with --base or --task-prefix)"
+        )
+    if not args.all_passing and not (args.task and args.version):
+        raise RegistryError("promote needs TASK --version N (a number or an alias such as candidate), or --all-passing")
+    if not args.all_passing and (args.base or args.task_prefix):
+        raise RegistryError("--base and --task-prefix narrow --all-passing; to promote one task give TASK --version N")
 
 
 def exit_code(error: BaseException) -> int | None:

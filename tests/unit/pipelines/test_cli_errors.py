@@ -21,6 +21,7 @@ FAILURES = {
     registry.errors.ServerUnavailable,
     registry.errors.StoreError,
     registry.errors.IntegrityError,
+    registry.errors.PromotionFailed,  # some tasks of promote --all-passing failed: a failure, not bad input
 }
 
 
