@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from bench import cases
+from bench.concurrent import concurrent_runs
 from bench.latency import latency
 
 ran = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -57,7 +58,15 @@ def machine() -> str:
     )
 
 
-INDEPENDENT = ("cli start", "train step", "merge in memory", "load and switch", "flow overhead", "inference latency")
+INDEPENDENT = (
+    "cli start",
+    "train step",
+    "merge in memory",
+    "load and switch",
+    "flow overhead",
+    "concurrent runs",
+    "inference latency",
+)
 
 
 def full_run(rows: list[dict]) -> str:
@@ -142,6 +151,7 @@ def main() -> None:
         attempt("registry", cases.registry_cases, args.quick, scratch, base, base, adapter)
         attempt("llm flow", cases.llm_flow, args.quick, work, base)
     attempt("flow overhead", cases.flow_overhead, args.quick, work)
+    attempt("concurrent runs", concurrent_runs, args.quick, work)
     attempt("inference latency", latency, args.quick)
     shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out)
