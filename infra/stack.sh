@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The team stack on one machine, no Docker: PostgreSQL (MLflow's and Prefect's databases), an S3-compatible store
 # (MinIO when its `minio` binary is on PATH, else moto's standalone server: the same S3 API for loraops), an MLflow
-# server proxying artifacts to the store, a Prefect server, a process work pool and one worker.
+# server proxying artifacts to the store, a Prefect server, a process work pool and its workers.
 #
 #   bash infra/stack.sh up       start what is not running (idempotent); prints the variables that point loraops at it
 #   bash infra/stack.sh status   what runs, where, with which pid
@@ -10,6 +10,9 @@
 # Everything listens on 127.0.0.1; data, logs, pids and the variables file live under $LORAOPS_STACK
 # (default ./.loraops-stack). `source $LORAOPS_STACK/stack.env` in a shell to use the stack. Ports come from
 # LORAOPS_STACK_PORTS="postgres s3 mlflow prefect" (default "15432 9000 5000 4200", as infra/compose.yaml publishes).
+# The pool: LORAOPS_WORKERS process workers (default 1), each running up to LORAOPS_CONCURRENT_RUNS flow runs at once,
+# and at most LORAOPS_POOL_LIMIT in the whole pool (default workers x runs): `loraops run` submits every task at once
+# and this limit alone decides how many run side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STACK=$(realpath -m "${LORAOPS_STACK:-.loraops-stack}")
@@ -21,10 +24,23 @@ POOL=${LORAOPS_WORK_POOL:-loraops-cpu}
 RUNS=${LORAOPS_CONCURRENT_RUNS:-1}
 KEY=loraops
 SECRET=loraops-local-only   # the local store's own credentials; a team's real store has its own
+WORKERS=${LORAOPS_WORKERS:-1}
+POOL_LIMIT=${LORAOPS_POOL_LIMIT:-}
+# worker: the pool's first worker; LORAOPS_WORKERS=N adds worker-2 ... worker-N
 SERVICES=(postgres s3 mlflow prefect worker)
 
 die() { echo "stack: error: $*" >&2; exit 1; }
 pidfile() { echo "$STACK/pids/$1.pid"; }
+services() {  # the servers and the configured workers (worker, worker-2, ...); --all: and any an earlier `up` left
+  local i f
+  {
+    printf '%s\n' "${SERVICES[@]}"
+    for ((i = 2; i <= WORKERS; i++)); do echo "worker-$i"; done
+    if [ "${1:-}" = --all ]; then
+      for f in "$STACK"/pids/worker-*.pid; do [ ! -e "$f" ] || basename "$f" .pid; done
+    fi
+  } | awk '!seen[$0]++'
+}
 running() {  # the service's recorded process is alive (a stale pid file is not)
   local f; f=$(pidfile "$1")
   [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
@@ -123,20 +139,29 @@ start_prefect() {
   wait_for prefect 180 http_ok "http://127.0.0.1:$PREFECT_PORT/api/health"
 }
 
-start_worker() {
-  running worker && return
+start_pool() {  # the process pool, its concurrency limit set to LORAOPS_POOL_LIMIT (each `up`: a new value applies)
   # shellcheck disable=SC2046
   env $(prefect_env) "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
-    || env $(prefect_env) "$BIN/prefect" work-pool create "$POOL" --type process >>"$STACK/logs/worker.log" 2>&1 \
-    || die "could not create work pool $POOL; see $STACK/logs/worker.log"
-  mkdir -p "$STACK/worker-home"
-  # The worker runs each flow as a child process with this environment: loraops pointed at the stack.
+    || env $(prefect_env) "$BIN/prefect" work-pool create "$POOL" --type process >>"$STACK/logs/pool.log" 2>&1 \
+    || die "could not create work pool $POOL; see $STACK/logs/pool.log"
   # shellcheck disable=SC2046
-  launch worker env $(prefect_env) $(s3_env) PATH="$BIN:$PATH" PREFECT_WORKER_QUERY_SECONDS=2 \
+  env $(prefect_env) "$BIN/prefect" work-pool set-concurrency-limit "$POOL" "$POOL_LIMIT" >>"$STACK/logs/pool.log" 2>&1 \
+    || die "could not set the concurrency limit of work pool $POOL; see $STACK/logs/pool.log"
+}
+
+start_worker() {  # start_worker NAME: one process worker of the pool
+  local name=$1
+  running "$name" && return
+  mkdir -p "$STACK/worker-home"
+  # The worker runs each flow as a child process with this environment: loraops pointed at the stack. Workers of
+  # one stack share one LORAOPS_HOME (one machine): a run retried on another worker finds its cached steps. They
+  # share its CPUs too: a run sizes its threads by the runs of the whole stack at once (SHARING), not its worker's.
+  # shellcheck disable=SC2046
+  launch "$name" env $(prefect_env) $(s3_env) PATH="$BIN:$PATH" PREFECT_WORKER_QUERY_SECONDS=2 \
     MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" LORAOPS_PROMOTION_TARGET=s3://loraops-promoted/prod \
-    LORAOPS_HOME="$STACK/worker-home" LORAOPS_CONCURRENT_RUNS="$RUNS" \
-    "$BIN/prefect" worker start --pool "$POOL" --type process --limit "$RUNS"
-  wait_for worker 60 grep -q "started" "$STACK/logs/worker.log"
+    LORAOPS_HOME="$STACK/worker-home" LORAOPS_CONCURRENT_RUNS="$SHARING" \
+    "$BIN/prefect" worker start --pool "$POOL" --type process --limit "$RUNS" --name "$POOL-$name"
+  wait_for "$name" 60 grep -q "started" "$STACK/logs/$name.log"
 }
 
 write_env() {
@@ -156,12 +181,22 @@ EOF
 up() {
   [ -x "$BIN/mlflow" ] && [ -x "$BIN/prefect" ] || die "no loraops environment at $BIN; run bash infra/setup.sh first"
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "LORAOPS_CONCURRENT_RUNS=$RUNS is not a positive whole number; set the runs the worker may run at once, or unset it for 1"
+  [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || die "LORAOPS_WORKERS=$WORKERS is not a positive whole number; set the number of workers, or unset it for 1"
+  POOL_LIMIT=${POOL_LIMIT:-$((WORKERS * RUNS))}
+  [[ $POOL_LIMIT =~ ^[1-9][0-9]*$ ]] || die "LORAOPS_POOL_LIMIT=$POOL_LIMIT is not a positive whole number; set the flow runs the pool may run at once, or unset it for workers x runs"
+  SHARING=$((POOL_LIMIT < WORKERS * RUNS ? POOL_LIMIT : WORKERS * RUNS))  # runs on this machine at once, at most
   mkdir -p "$STACK/pids" "$STACK/logs"
   local before
   before=$(ls "$STACK/pids")
   # A failed `up` stops what this `up` started, nothing that was running before it.
-  trap 'for s in "${SERVICES[@]}"; do grep -qx "$s.pid" <<<"$before" || stop_one "$s"; done' EXIT
-  for service in "${SERVICES[@]}"; do "start_$service"; done
+  trap 'for s in $(services --all); do grep -qx "$s.pid" <<<"$before" || stop_one "$s"; done' EXIT
+  for service in $(services); do
+    case $service in
+      worker) start_pool; start_worker worker ;;
+      worker-*) start_worker "$service" ;;
+      *) "start_$service" ;;
+    esac
+  done
   trap - EXIT
   write_env
   status
@@ -186,15 +221,17 @@ stop_one() {
 
 down() {
   [ -d "$STACK/pids" ] && [ -n "$(ls -A "$STACK/pids" 2>/dev/null)" ] || { echo "stack: nothing is running under $STACK"; return 0; }
-  for ((i=${#SERVICES[@]}-1; i>=0; i--)); do stop_one "${SERVICES[$i]}"; done
+  local all
+  mapfile -t all < <(services --all)
+  for ((i=${#all[@]}-1; i>=0; i--)); do stop_one "${all[$i]}"; done
   echo "stack: stopped (data kept in $STACK)"
 }
 
 status() {
-  local -A ports=([postgres]=$PG_PORT [s3]=$S3_PORT [mlflow]=$MLFLOW_PORT [prefect]=$PREFECT_PORT [worker]="pool $POOL")
-  for service in "${SERVICES[@]}"; do
+  local -A ports=([postgres]=$PG_PORT [s3]=$S3_PORT [mlflow]=$MLFLOW_PORT [prefect]=$PREFECT_PORT)
+  for service in $(services --all); do
     if running "$service"; then
-      printf '%-9s running  pid %-7s %s\n' "$service" "$(cat "$(pidfile "$service")")" "${ports[$service]}"
+      printf '%-9s running  pid %-7s %s\n' "$service" "$(cat "$(pidfile "$service")")" "${ports[$service]:-pool $POOL}"
     elif [ -f "$(pidfile "$service")" ]; then
       printf '%-9s stale pid file (process gone): run up again\n' "$service"
     else

@@ -38,6 +38,7 @@ def prefect_settings(settings: RegistrySettings) -> Iterator[None]:
     """prefect_defaults for a block that checks input with Prefect's help: bad input takes them back out."""
     added = [name for name in prefect_environment(settings.home) if name not in os.environ]
     prefect_defaults(settings)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes only the last folder
     try:
         yield
     except InputError:

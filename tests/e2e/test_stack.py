@@ -8,12 +8,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import boto3
+import httpx
 import pytest
 from servers import free_port, postgres_bin
 from tasks import data_slice, tiny_base, write_task
+
+from pipelines.follow import max_overlap
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SH = REPO / "infra" / "stack.sh"
@@ -189,3 +193,82 @@ def test_stack_and_schedule_bad_input_is_one_line_and_leaves_nothing_running(tmp
             timeout=120,
         )
         assert done.returncode == code and done.stderr.count("\n") == 1 and says in done.stderr, done.stderr
+
+
+def loraops(*args: str, env: dict, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "loraops"), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_six_tasks_fan_out_over_two_workers_and_the_pool_limit_bounds_them(tmp_path):
+    """`loraops run FOLDER` with the stack's server: bad input is one line and submits nothing; six tiny tasks
+    become six flow runs on a pool of two workers (room for four) limited to two at once; all complete and
+    register, and never more than two ran at a moment (their start and end times on Prefect's API)."""
+    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
+    folder.chmod(0o755)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
+        "LORAOPS_STACK": str(folder),
+        "LORAOPS_STACK_PORTS": " ".join(str(free_port()) for _ in range(4)),
+        "LORAOPS_VENV": str(BIN.parent),
+        "LORAOPS_WORKERS": "2",
+        "LORAOPS_CONCURRENT_RUNS": "2",  # each worker takes two: the pool's limit is what binds
+        "LORAOPS_POOL_LIMIT": "2",
+    }
+    try:
+        up = stack("up", env)
+        assert up.returncode == 0, up.stderr[-3000:]
+        status = stack("status", env).stdout
+        assert "worker    running" in status and "worker-2  running" in status, status
+        user = {
+            **{k: v for k, v in env.items() if not k.startswith("LORAOPS_")},
+            **sourced(folder / "stack.env"),
+            "LORAOPS_HOME": str(tmp_path / "home"),
+        }
+        base, data = tiny_base(tmp_path / "bert"), data_slice(tmp_path)
+        tasks = tmp_path / "tasks"
+        tasks.mkdir()
+        gate = {"metric": "accuracy", "min_gain_over_base": -1.0}
+        for i in range(6):
+            write_task(tasks, f"fan-{i}", base, data, training__max_steps=6, training__checkpoint_every=100, gate=gate)
+        (tmp_path / "again").mkdir()
+        twin = write_task(tmp_path / "again", "fan-0", base, data)
+        subprocess.run(
+            [str(BIN / "prefect"), "work-pool", "create", "idle", "--type", "process"],
+            env={**user, "PREFECT_HOME": str(tmp_path / "prefect")},
+            capture_output=True,
+        )
+        for extra, args, says in (
+            ({}, [str(tasks), str(twin)], "both name task 'fan-0'"),
+            ({"LORAOPS_WORK_POOL": "nowhere"}, [str(tasks)], "work pool 'nowhere' does not exist"),
+            ({"LORAOPS_WORK_POOL": "idle"}, [str(tasks)], "work pool 'idle' has no worker online"),
+            ({"LORAOPS_SHARED_ROOTS": str(tasks)}, [str(tasks)], f"data.path {data} is on this machine only"),
+        ):
+            refused = loraops("run", *args, env={**user, **extra})
+            assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and says in refused.stderr, (
+                refused.stderr[-2000:]
+            )
+
+        def flow_runs() -> list[dict]:
+            found = httpx.post(f"{user['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=30)
+            return found.raise_for_status().json()
+
+        assert flow_runs() == []  # bad input submitted nothing
+        done = loraops("run", str(tasks), env=user, timeout=1200)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        assert "6 of 6 task(s) completed on work pool loraops-cpu" in done.stdout, done.stdout[-3000:]
+        assert all(f"fan-{i}: Completed" in done.stdout for i in range(6)), done.stdout[-3000:]
+        runs = flow_runs()
+        assert len(runs) == 6 and {r["state_type"] for r in runs} == {"COMPLETED"}, runs
+        spans = [(datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs]
+        assert max_overlap(spans) == 2, sorted(spans)  # two at once, never three (room for four on the workers)
+
+        from mlflow import MlflowClient
+
+        client = MlflowClient(user["MLFLOW_TRACKING_URI"])
+        assert {v.name for v in client.search_model_versions("name LIKE 'fan-%'")} == {f"fan-{i}" for i in range(6)}
+    finally:
+        down = stack("down", env)
+    assert down.returncode == 0, down.stderr
+    time.sleep(1)
+    assert pids_under(folder) == []
+    shutil.rmtree(folder, ignore_errors=True)
