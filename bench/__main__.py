@@ -18,6 +18,7 @@ import torch
 
 from bench import cases
 from bench.concurrent import concurrent_runs
+from bench.fleet import registry_fleet
 from bench.latency import latency
 
 ran = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -66,6 +67,7 @@ INDEPENDENT = (
     "flow overhead",
     "concurrent runs",
     "inference latency",
+    "registry fleet",
 )
 
 
@@ -153,6 +155,7 @@ def main() -> None:
     attempt("flow overhead", cases.flow_overhead, args.quick, work)
     attempt("concurrent runs", concurrent_runs, args.quick, work)
     attempt("inference latency", latency, args.quick)
+    attempt("registry fleet", registry_fleet, args.quick, scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

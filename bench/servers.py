@@ -1,11 +1,14 @@
-"""moto's S3 server and an mlflow server on loopback for the registry cases, stopped on exit."""
+"""moto's S3 server, a throwaway PostgreSQL cluster and an mlflow server on loopback, stopped on exit."""
 
 import contextlib
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -48,8 +51,42 @@ def moto_server(home: Path):
         yield f"http://127.0.0.1:{port}"
 
 
+def postgres_bin() -> Path | None:
+    found = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1:]), None)
+    return Path(os.path.realpath(found)).parent if found else None
+
+
 @contextlib.contextmanager
-def mlflow_server(home: Path):
+def postgres(root: Path | None = None):
+    """A throwaway PostgreSQL cluster on a free port, under `root` (default a new folder in the temp dir, which
+    PostgreSQL's own user can reach): yields the URI of its `mlflow` database."""
+    bindir = postgres_bin()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed; apt-get install postgresql (its binaries are enough)")
+    # initdb refuses to run as root: run the server as the `postgres` user in a folder it can reach.
+    root = root or Path(tempfile.mkdtemp(prefix="loraops-pg-"))
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
+    run(str(bindir / "initdb"), "-D", str(root / "data"), "-U", "loraops", "-A", "trust", "--no-sync")
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(str(bindir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "start", "-o", options)
+    try:
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "loraops", "mlflow")
+        yield f"postgresql+psycopg2://loraops@127.0.0.1:{port}/mlflow"
+    finally:
+        stop = [*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"]
+        subprocess.run(stop, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server(home: Path, backend: str | None = None):
+    """`mlflow server` on `backend` (default SQLite under `home`), artifacts in a folder under `home`."""
     port = free_port()
     folder = home / "mlflow-server"
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,7 +95,7 @@ def mlflow_server(home: Path):
             str(BIN / "mlflow"),
             "server",
             "--backend-store-uri",
-            f"sqlite:///{folder / 'mlflow.db'}",
+            backend or f"sqlite:///{folder / 'mlflow.db'}",
             "--artifacts-destination",
             str(folder / "artifacts"),
             "--host",

@@ -5,20 +5,19 @@
   the machine has it (.ci/run installs it from Debian), else on SQLite.
 """
 
-import glob
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from bench.servers import postgres, postgres_bin
 
 BIN = Path(sys.executable).parent
 
@@ -148,44 +147,14 @@ def s3_env(s3_server, monkeypatch):
     return s3_server
 
 
-def postgres_bin() -> Path | None:
-    found = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1:]), None)
-    return Path(os.path.realpath(found)).parent if found else None
-
-
 @pytest.fixture(scope="session")
 def postgres_uri():
     """A throwaway PostgreSQL cluster on a free port, or None where PostgreSQL is not installed."""
-    bindir = postgres_bin()
-    if bindir is None:
+    if postgres_bin() is None:
         yield None
         return
-    # initdb refuses to run as root: run the server as the `postgres` user in a folder it can reach.
-    root = Path(tempfile.mkdtemp(prefix="loraops-pg-"))
-    root.chmod(0o755)
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(root, "postgres")
-    port = free_port()
-    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
-    run(str(bindir / "initdb"), "-D", str(root / "data"), "-U", "loraops", "-A", "trust", "--no-sync")
-    run(
-        str(bindir / "pg_ctl"),
-        "-D",
-        str(root / "data"),
-        "-l",
-        str(root / "log"),
-        "-w",
-        "start",
-        "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-    )
-    run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "loraops", "mlflow")
-    yield f"postgresql+psycopg2://loraops@127.0.0.1:{port}/mlflow"
-    subprocess.run(
-        [*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True
-    )
-    shutil.rmtree(root, ignore_errors=True)
+    with postgres() as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")

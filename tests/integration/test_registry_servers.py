@@ -327,3 +327,29 @@ def test_an_alias_moved_outside_loraops_is_shown_and_blocks_promote_and_rollback
     ]
     assert registry.aliases(task) == {"production": 1, "previous-production": 2, "candidate": 2}
     assert registry.drift(task) == []
+
+
+def test_listing_pages_through_the_servers_tokens(team, mlflow_server):
+    """MLflow's REST API pages with its own tokens: a registry with pages of one result still sees every task."""
+    registry, task, folders, v1, s3 = team
+    client = MlflowClient(mlflow_server["url"])
+    source = client.get_model_version(task, "1")
+    for suffix in ("a", "b"):  # two more tasks, copies of the first version (the raw client, to keep it quick)
+        client.create_registered_model(f"{task}-{suffix}", tags={"loraops.kind": "task"})
+        client.create_model_version(f"{task}-{suffix}", source.source, run_id=source.run_id, tags=source.tags)
+        client.set_registered_model_alias(f"{task}-{suffix}", "production", "1")
+    one_by_one = AdapterRegistry(registry.settings, page_size=1)
+    listed = one_by_one.list_versions(task_prefix=task)
+    assert [(r.task, r.version) for r in listed] == [(task, 1), (f"{task}-a", 1), (f"{task}-b", 1)]
+    assert [r.task for r in one_by_one.list_versions(task_prefix=task, alias="production")] == [
+        f"{task}-a",
+        f"{task}-b",
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server["url"]}
+    shown = subprocess.run(
+        [LORAOPS, "adapters", "list", "--task-prefix", task, "--alias", "candidate", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0 and [r["task"] for r in json.loads(shown.stdout)] == [task]
