@@ -20,6 +20,7 @@ from bench import cases
 from bench.concurrent import concurrent_runs
 from bench.fleet import registry_fleet
 from bench.latency import latency
+from bench.promotion import promotion
 
 ran = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -68,6 +69,7 @@ INDEPENDENT = (
     "concurrent runs",
     "inference latency",
     "registry fleet",
+    "promotion",
 )
 
 
@@ -155,6 +157,8 @@ def main() -> None:
     attempt("flow overhead", cases.flow_overhead, args.quick, work)
     attempt("concurrent runs", concurrent_runs, args.quick, work)
     attempt("inference latency", latency, args.quick)
+    if not args.quick or (args.only and "promotion" in args.only):  # moto, an mlflow server and 1 GB through them
+        attempt("promotion", promotion, args.quick, work)
     attempt("registry fleet", registry_fleet, args.quick, scratch)
     shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out)
