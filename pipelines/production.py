@@ -11,5 +11,4 @@ def production_versions(
 ) -> list[VersionRecord]:
     """The version each task has in production, by task name; `base` (name or fingerprint prefix) and `task` narrow
     the query as list_versions does."""
-    found = [r for r in registry.list_versions(task=task, base=base) if PRODUCTION in r.aliases]
-    return sorted(found, key=lambda r: r.task)
+    return registry.list_versions(task=task, base=base, alias=PRODUCTION)  # sorted by task (one version each)

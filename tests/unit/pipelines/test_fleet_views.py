@@ -50,9 +50,10 @@ class StandIn:
         self.listed: list[dict] = []
         self.fetched: list[tuple[str, int]] = []
 
-    def list_versions(self, task=None, base=None):
-        self.listed.append({"task": task, "base": base})
-        return [r for r in self.records if task in (None, r.task)]
+    def list_versions(self, task=None, base=None, alias=None):
+        self.listed.append({"task": task, "base": base, "alias": alias})
+        found = [r for r in self.records if task in (None, r.task) and alias in (None, *r.aliases)]
+        return sorted(found, key=lambda r: (r.task, r.version))  # as the registry sorts
 
     def fetch(self, task, ref=None, mode="adapter"):
         self.fetched.append((task, ref))
@@ -76,12 +77,12 @@ def adapter_folder(path: Path, seed: int, directions: torch.Tensor | None = None
     return write_adapter(path, tensors, config, base_model_name_or_path="org/llama")
 
 
-def test_production_versions_asks_the_registry_once_and_keeps_only_production():
+def test_production_versions_asks_the_registry_once_for_production_only():
     records = [record("b"), record("a"), record("a", aliases=("candidate",), version=2), record("c", aliases=())]
     registry = StandIn(records, {})
     found = production_versions(registry, base="org/llama")  # type: ignore[arg-type]
     assert [(r.task, r.version) for r in found] == [("a", 1), ("b", 1)]
-    assert registry.listed == [{"task": None, "base": "org/llama"}]
+    assert registry.listed == [{"task": None, "base": "org/llama", "alias": "production"}]
 
 
 def test_the_map_fetches_each_adapter_once_and_puts_planted_groups_together(tmp_path):
