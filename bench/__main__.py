@@ -18,6 +18,7 @@ import torch
 
 from bench import cases
 from bench.concurrent import concurrent_runs
+from bench.fanout import fan_out
 from bench.fleet import registry_fleet
 from bench.latency import latency
 from bench.promotion import promotion
@@ -67,6 +68,7 @@ INDEPENDENT = (
     "load and switch",
     "flow overhead",
     "concurrent runs",
+    "fan-out",
     "inference latency",
     "registry fleet",
     "promotion",
@@ -156,6 +158,8 @@ def main() -> None:
         attempt("llm flow", cases.llm_flow, args.quick, work, base)
     attempt("flow overhead", cases.flow_overhead, args.quick, work)
     attempt("concurrent runs", concurrent_runs, args.quick, work)
+    if not args.quick:  # it starts the team stack (PostgreSQL and four servers): minutes, not seconds
+        attempt("fan-out", fan_out, args.quick, work)
     attempt("inference latency", latency, args.quick)
     if not args.quick or (args.only and "promotion" in args.only):  # moto, an mlflow server and 1 GB through them
         attempt("promotion", promotion, args.quick, work)
