@@ -91,7 +91,7 @@ def test_the_best_validation_pass_is_the_adapter_saved(bert_base, tmp_path):
         data__validation_fraction=0.1,
         training__max_steps=16,
         training__eval_every=2,
-        training__lr=0.3,  # a rate high enough that later passes get worse
+        training__lr=1.0,  # a rate high enough that later passes get worse
         training__best_metric="loss",
     )
     spec = load_spec(path)
