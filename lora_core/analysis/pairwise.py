@@ -6,17 +6,19 @@ pair-by-pair definition (report.similarity_grid) is
     φ_m(i, j) = ‖V_i[:, :q]ᵀ V_j[:, :q]‖_F² / q,  q = min(r_i, r_j)
 
 and the map is its mean over the modules both adapters adapt. Here every adapter's V is computed once (one SVD of
-A per adapter and module, never one per pair), the bases of one module are stacked zero-padded to [n, k, r_max],
+A per adapter and module, never one per pair), the bases of one module are stacked zero-padded to [n, r_max, k],
 and a block of rows of the Gram matrix of all bases, [b·r_max, n·r_max], is one matmul; squaring it and summing
 each pair's top-left q × q block gives φ_m for b × n pairs at once.
 
-Memory is bounded: modules are taken in chunks whose stacked bases fit `budget_bytes` (n · k · r_max · 8 bytes per
-module, float64; a module larger than the budget makes a chunk of its own), and a Gram block never exceeds
-`block_bytes` (squared and masked in place). Peak ≈ max(budget_bytes, one module's bases) + block_bytes + the
-[N, N] results (64 MiB + 32 MiB by default): it does not grow with the number of modules, and with the number of
-adapters N only through one module's bases, N · k · r_max · 8 bytes (N = 200, k = 4096, r = 16: 100 MiB). Each
-adapter's safetensors header is read once; per chunk each file is opened once and only its lora_A tensors of that
-chunk are read (positional reads), so every byte of every A is read exactly once and no B is read at all.
+Memory is bounded: modules are taken in chunks whose stacked bases fit `budget_bytes` (n · r_max · k · 8 bytes per
+module, float64; a module larger than the budget makes a chunk of its own), one chunk alive at a time, and a Gram
+block never exceeds `block_bytes` (squared and masked in place). Peak ≈ max(budget_bytes, one module's bases) +
+block_bytes + the [N, N] results (64 MiB + 32 MiB by default) plus the allocator's slack: it does not grow with the
+number of modules, and with the number of adapters N only through one module's bases, N · r_max · k · 8 bytes
+(N = 200, k = 4096, r = 16: 100 MiB).
+
+Each adapter's safetensors header is read once; per chunk each file is opened once and only its lora_A tensors of
+that chunk are read (positional reads), so every byte of every A is read exactly once and no B is read at all.
 """
 
 from collections.abc import Sequence
@@ -60,16 +62,23 @@ def pairwise_similarity(
     total = torch.zeros(n, n, dtype=torch.float64)
     shared = torch.zeros(n, n, dtype=torch.int64)
     for chunk in _chunks(modules, budget_bytes):
-        for module, idx, bases, ranks in _read_bases(files, chunk):
-            phi = _module_phi(bases, ranks, block_bytes)
-            if len(idx) == n:  # every adapter adapts this module: in order, no scatter
-                total += phi
-                shared += 1
-            else:
-                total[idx[:, None], idx[None, :]] += phi
-                shared[idx[:, None], idx[None, :]] += 1
+        _add_chunk(files, chunk, total, shared, block_bytes)
     phi = torch.where(shared > 0, total / shared.clamp(min=1), torch.nan)
     return PairwiseSimilarity(phi.fill_diagonal_(1.0), shared)
+
+
+def _add_chunk(
+    files: list[Path], chunk: dict[str, list[_Factor]], total: torch.Tensor, shared: torch.Tensor, block_bytes: int
+) -> None:
+    """Add φ of every module of the chunk to `total` and count it in `shared` (one chunk's bases alive at a time)."""
+    for idx, bases, ranks in _read_bases(files, chunk):
+        phi = _module_phi(bases, ranks, block_bytes)
+        if len(idx) == len(total):  # every adapter adapts this module: in order, no scatter
+            total += phi
+            shared += 1
+        else:
+            total[idx[:, None], idx[None, :]] += phi
+            shared[idx[:, None], idx[None, :]] += 1
 
 
 def _index(folders: Sequence[str | Path]) -> tuple[list[Path], dict[str, list[_Factor]]]:
@@ -119,14 +128,14 @@ def _chunks(modules: dict[str, list[_Factor]], budget_bytes: int) -> list[dict[s
 
 def _read_bases(
     files: list[Path], chunk: dict[str, list[_Factor]]
-) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per module of the chunk: (module, adapter indices [n], bases [n, k, r_max] zero-padded, ranks [n]).
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per module of the chunk: (adapter indices [n], bases [n, r_max, k]: rows Vᵀ, zero-padded, ranks [n]).
 
     Files are visited in order, each opened once for the whole chunk."""
     stacks = {}
     for module, factors in chunk.items():
         rank = max(min(f.entry.shape) for f in factors)
-        bases = torch.zeros(len(factors), factors[0].entry.shape[1], rank, dtype=torch.float64)
+        bases = torch.zeros(len(factors), rank, factors[0].entry.shape[1], dtype=torch.float64)
         stacks[module] = (
             torch.tensor([f.adapter for f in factors]),
             bases,
@@ -139,17 +148,17 @@ def _read_bases(
     for adapter, wanted in sorted(by_file.items()):
         with open(files[adapter], "rb") as file:
             for module, slot, entry in sorted(wanted, key=lambda w: w[2].start):
-                v = torch.linalg.svd(read_tensor(file, entry).double(), full_matrices=False)[2].T  # [k, q]
+                vt = torch.linalg.svd(read_tensor(file, entry).double(), full_matrices=False)[2]  # [q, k]
                 _, bases, ranks = stacks[module]
-                bases[slot, :, : v.shape[1]] = v
-                ranks[slot] = v.shape[1]
-    return [(module, idx, bases, ranks) for module, (idx, bases, ranks) in stacks.items()]
+                bases[slot, : len(vt)] = vt
+                ranks[slot] = len(vt)
+    return list(stacks.values())
 
 
 def _module_phi(bases: torch.Tensor, ranks: torch.Tensor, block_bytes: int) -> torch.Tensor:
-    """φ(k, k) of every pair of one module's adapters: bases [n, k, r] (zero-padded past ranks [n]) -> [n, n]."""
-    n, _, r = bases.shape
-    flat = bases.transpose(1, 2).reshape(n * r, -1)  # row i·r + a: direction a of adapter i
+    """φ(k, k) of every pair of one module's adapters: bases [n, r, k] (zero past ranks [n]) -> [n, n]."""
+    n, r, _ = bases.shape
+    flat = bases.reshape(n * r, -1)  # row i·r + a: direction a of adapter i (a view, no copy)
     step = max(1, block_bytes // (r * n * r * 8))
     position = torch.arange(r)
     out = torch.empty(n, n, dtype=torch.float64)
