@@ -70,6 +70,7 @@ INDEPENDENT = (
     "concurrent runs",
     "fan-out",
     "inference latency",
+    "task map",
     "registry fleet",
     "promotion",
 )
@@ -161,6 +162,7 @@ def main() -> None:
     if not args.quick:  # it starts the team stack (PostgreSQL and four servers): minutes, not seconds
         attempt("fan-out", fan_out, args.quick, work)
     attempt("inference latency", latency, args.quick)
+    attempt("task map", cases.task_map, args.quick, work)
     if not args.quick or (args.only and "promotion" in args.only):  # moto, an mlflow server and 1 GB through them
         attempt("promotion", promotion, args.quick, work)
     attempt("registry fleet", registry_fleet, args.quick, scratch)
