@@ -15,7 +15,7 @@ def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "bench-results.json").read_text())
     cases = [r["case"] for r in results["rows"]]
-    assert results["failures"] == [] and len(cases) == 33  # full mode adds the flow overhead on an initialized home
+    assert results["failures"] == [] and len(cases) == 35  # full mode adds the flow overhead on an initialized home
     for needle in (
         "`loraops --help` wall time",
         "train step",
@@ -32,9 +32,10 @@ def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
         "flow overhead",
         "classifier forward, batch 1x64: merged",
         "greedy decode, batch 32: unmerged",
+        "concurrent runs: 2 training processes at once",
+        "task map, 200 tasks",
         "adapters list, 8 tasks",
         "resolve task@candidate at 8 tasks",
-        "concurrent runs: 2 training processes at once",
     ):
         assert any(needle in c for c in cases), needle
     assert all(r["ours"] > 0 for r in results["rows"])
