@@ -146,7 +146,7 @@ class AdapterRegistry:
         """Promote the candidate of every task whose gate passed (fleet.py), tasks in parallel with at most `jobs`
         objects or parts in flight in all; `base` and `task_prefix` narrow the tasks. One outcome per candidate, by
         task: promoted, skipped (already production, gate blocked, no verdict) or failed (its aliases unmoved)."""
-        chosen, skipped = select(self.list_versions(base=base), task_prefix)
+        chosen, skipped = select(self.list_versions(base=base, alias="candidate", task_prefix=task_prefix))
         done = promote_all(self.promotions, chosen, mode, target, jobs, reason, serve_with, drift)
         return sorted(skipped + done, key=lambda outcome: outcome.task)
 

@@ -21,12 +21,10 @@ from .records import Promotion, PromotionOutcome, VersionRecord
 from .stores import TRANSFER_JOBS, TransferSlots, open_store
 
 
-def select(records: list[VersionRecord], task_prefix: str = "") -> tuple[list[VersionRecord], list[PromotionOutcome]]:
-    """(candidates to promote, candidates skipped with the reason) among `records`, of tasks starting `task_prefix`."""
+def select(candidates: list[VersionRecord]) -> tuple[list[VersionRecord], list[PromotionOutcome]]:
+    """(candidates to promote, candidates skipped with the reason)."""
     chosen, skipped = [], []
-    for record in records:
-        if "candidate" not in record.aliases or not record.task.startswith(task_prefix):
-            continue
+    for record in candidates:
         if "production" in record.aliases:
             skipped.append(outcome(record, "skipped", "already production"))
         elif record.gate != "passed":
