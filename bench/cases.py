@@ -2,7 +2,6 @@
 {case, ours, anchor, unit, ratio, target, note}; `ratio` = ours / anchor (lower is better for seconds and bytes)."""
 
 import copy
-import os
 import shutil
 import sys
 import time
@@ -237,18 +236,11 @@ def registry_cases(quick: bool, home: Path, merged_source: Path, base: Path, ada
     import boto3
     from mlflow import MlflowClient
 
-    from bench.servers import mlflow_server, moto_server
+    from bench.servers import mlflow_server, moto_server, use_s3
     from registry import AdapterRegistry, RegistrySettings
 
     with moto_server(home) as endpoint, mlflow_server(home) as url:
-        os.environ.update(
-            {
-                "AWS_ENDPOINT_URL": endpoint,
-                "AWS_ACCESS_KEY_ID": "bench",
-                "AWS_SECRET_ACCESS_KEY": "bench",
-                "AWS_DEFAULT_REGION": "us-east-1",
-            }
-        )
+        use_s3(endpoint)
         s3 = boto3.client("s3")
         s3.create_bucket(Bucket="promoted")
         settings = RegistrySettings.from_env(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.harness import interleaved
 from bench.models import adapter_for, llama_on_disk
-from bench.servers import mlflow_server, moto_server
+from bench.servers import mlflow_server, moto_server, use_s3
 
 
 def promotion(quick: bool, home: Path) -> list[dict]:
@@ -35,14 +35,7 @@ def promotion(quick: bool, home: Path) -> list[dict]:
     size = sum(p.stat().st_size for p in merged.iterdir() if p.is_file())
     time.sleep(2.1)  # registration then hashes them as a flow does: well after they were written
     with moto_server(home) as endpoint, mlflow_server(home) as url:
-        os.environ.update(
-            {
-                "AWS_ENDPOINT_URL": endpoint,
-                "AWS_ACCESS_KEY_ID": "bench",
-                "AWS_SECRET_ACCESS_KEY": "bench",
-                "AWS_DEFAULT_REGION": "us-east-1",
-            }
-        )
+        use_s3(endpoint)
         import boto3
 
         from registry import AdapterRegistry, RegistrySettings

@@ -40,6 +40,18 @@ def serving(command: list[str], url: str, log: Path):
         process.wait(30)
 
 
+def use_s3(endpoint: str) -> None:
+    """Point boto3 (and so loraops) at the bench's S3 server, as a user's AWS variables would."""
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+
+
 @contextlib.contextmanager
 def moto_server(home: Path):
     port = free_port()
