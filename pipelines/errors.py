@@ -69,18 +69,6 @@ class TrainingError(RunError):
     """Training cannot go on: no trainable parameters, a checkpoint of another model, a diverged loss."""
 
 
-class TrainingDiverged(TrainingError):
-    """The loss became NaN or infinite: the learning rate is too high for this adapter and data."""
-
-
-class SearchFailed(RunError):
-    """A search (training.search) ended with no trial that completed: every one was pruned, diverged or failed."""
-
-
-class StudyError(InputError):
-    """The search's Optuna study cannot be used for this task: another task's, other data or another space."""
-
-
 class TorchrunError(TrainingError):
     """A torchrun worker failed (training.nproc > 1 or nnodes > 1)."""
 
@@ -102,13 +90,3 @@ class Interrupted(KeyboardInterrupt):
 
     def __reduce__(self):
         return type(self), (self.signal_name,)
-
-
-class ServeError(InputError):
-    """`loraops serve` cannot start as asked (no adapter to serve, an unknown base, a port in use, an engine that
-    is not installed); the message names the cause and the fix. No engine was started."""
-
-
-class EngineFailed(RunError):
-    """The serving engine died or did not answer: at its start (its last error line is in the message), or when
-    told to load or unload an adapter."""
