@@ -11,9 +11,10 @@ Run on a Debian machine after `apt-get update`:
 """
 
 import json
-import random
 import re
 import sys
+
+from balanced_sample import take_per_label
 
 SECTIONS = ("games", "sound", "graphics", "science")
 PER_SECTION = 400
@@ -32,22 +33,12 @@ def parse_index(text: str) -> list[dict]:
 
 def main(sections: tuple[str, ...] = SECTIONS, per_section: int = PER_SECTION) -> None:
     rows = parse_index(sys.stdin.read())
-    rng = random.Random(0)
-    seen: set[str] = set()
-    for section in sections:
-        pool = sorted((r for r in rows if r["section"] == section and not SKIP.search(r["text"])),
-                      key=lambda r: r["package"])
-        rng.shuffle(pool)
-        kept = 0
-        for r in pool:
-            key = r["text"].lower()
-            if key in seen:
-                continue
-            seen.add(key)
-            print(json.dumps({"text": r["text"], "label": section, "package": r["package"]}))
-            kept += 1
-            if kept == per_section:
-                break
+    pools = (
+        sorted((r for r in rows if r["section"] == section and not SKIP.search(r["text"])), key=lambda r: r["package"])
+        for section in sections
+    )
+    for r in take_per_label(pools, per_section):
+        print(json.dumps({"text": r["text"], "label": r["section"], "package": r["package"]}))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ quoted example, which often contains the word itself). The words of the synset a
 """
 
 import json
-import random
 import sys
+
+from balanced_sample import take_per_label
 
 LEXFILES = {5: "animal", 6: "artifact", 8: "body", 13: "food", 15: "location", 18: "person", 20: "plant",
             27: "substance"}
@@ -34,20 +35,9 @@ def parse_synsets(lines) -> list[dict]:
 def main(path: str) -> None:
     with open(path, encoding="utf-8") as f:
         rows = parse_synsets(f)
-    rng = random.Random(0)
-    seen: set[str] = set()
-    for lexfile, label in LEXFILES.items():
-        pool = [r for r in rows if r["lexfile"] == lexfile and len(r["text"].split()) >= 3]
-        rng.shuffle(pool)
-        kept = 0
-        for r in pool:
-            if r["text"].lower() in seen:
-                continue
-            seen.add(r["text"].lower())
-            print(json.dumps({"text": r["text"], "label": label, "synset": f"{r['offset']}-n"}))
-            kept += 1
-            if kept == PER_CLASS:
-                break
+    pools = ([r for r in rows if r["lexfile"] == lexfile and len(r["text"].split()) >= 3] for lexfile in LEXFILES)
+    for r in take_per_label(pools, PER_CLASS):
+        print(json.dumps({"text": r["text"], "label": LEXFILES[r["lexfile"]], "synset": f"{r['offset']}-n"}))
 
 
 if __name__ == "__main__":
