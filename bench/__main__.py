@@ -22,6 +22,7 @@ from bench.fanout import fan_out
 from bench.fleet import registry_fleet
 from bench.latency import latency
 from bench.promotion import promotion
+from bench.training_cost import training_cost
 
 ran = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -64,6 +65,7 @@ def machine() -> str:
 INDEPENDENT = (
     "cli start",
     "train step",
+    "training cost",
     "merge in memory",
     "load and switch",
     "flow overhead",
@@ -148,6 +150,7 @@ def main() -> None:
 
     attempt("cli start", cases.cli_start, args.quick)
     attempt("train step", cases.train_step, args.quick)
+    attempt("training cost", training_cost, args.quick, work)
     attempt("merge in memory", cases.merge_in_memory, args.quick)
     scratch = Path(tempfile.mkdtemp(dir=work))
     attempt("load and switch", cases.load_and_switch, args.quick, scratch)

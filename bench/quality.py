@@ -63,6 +63,7 @@ def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: 
 
     from bench.harness import peak_rss
     from pipelines import steps
+    from pipelines.data import tokenize
     from pipelines.evaluation import classification_metrics, predict_logits
     from pipelines.models import load_model, resolve_base
     from pipelines.spec import load_spec
@@ -72,7 +73,6 @@ def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: 
     spec = load_spec(task_file(work, task, seed, quick, settings if method == "loraops" else ()))
     prepared = steps.prepare_data(spec, work / "data")
     base = resolve_base(spec.base)[0]
-    test = steps.read_split(prepared, "test")
     if method == "loraops":
         result = steps.fit_adapter(spec, prepared, base, work / f"{method}-{task}-{seed}")
         metrics = steps.evaluate_adapter(spec, prepared, base, result.adapter, None).adapter
@@ -102,18 +102,20 @@ def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: 
     # no selection, so nothing held out: they train on loraops's train and validation splits together
     train_set = steps.read_split(prepared, "train") + steps.read_split(prepared, "validation")
     n_steps = steps.total_steps(spec, len(train_set))
+    train_tokens = tokenize(train_set, tokenizer, spec.training.max_length, prepared.labels)
     if quick:
         n_steps = 4
     started = time.perf_counter()
     train(
         model,
-        lambda epoch: steps.make_batches(spec, prepared, train_set, tokenizer, seed + epoch),
+        lambda epoch: steps.make_batches(spec, train_tokens, seed + epoch),
         steps=n_steps,
         lr=PEFT_LR if method == "peft" else FULL_LR,
         device="cpu",
     )
     seconds = time.perf_counter() - started
-    logits, gold = predict_logits(model, steps.make_batches(spec, prepared, test, tokenizer, batch_size=64), "cpu")
+    test_tokens = steps.split_tokens(spec, prepared, "test", tokenizer)
+    logits, gold = predict_logits(model, steps.make_batches(spec, test_tokens, batch_size=64), "cpu")
     return {
         **classification_metrics(logits, gold),
         "seconds": seconds,

@@ -25,3 +25,7 @@ if [ "${LORAOPS_UNPINNED:-0}" = 1 ]; then
 else
   pip install -c infra/constraints.txt -e ".${extras}"
 fi
+# LORAOPS_SERVE=vllm       also builds the serving engine's own venv (infra/setup-serve.sh).
+if [ "${LORAOPS_SERVE:-}" = vllm ]; then
+  PYTHON="$PY" bash infra/setup-serve.sh
+fi

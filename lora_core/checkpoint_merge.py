@@ -9,6 +9,7 @@ WRITE_AHEAD weights waiting for the writer thread, whatever the model's size.
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,13 @@ import torch
 
 from .errors import AdapterMismatchError, MergeError, WeightFileError
 from .layer import add_delta_, check_delta
+from .model_files import open_regular, read_json_object
 from .peft_format import PICKLE_FILES, PREFIX, lora_config_from_peft, read_adapter_tensors, read_peft_config
 from .safetensors_io import DTYPE_NAMES, DTYPES, SafetensorsWriter, TensorEntry, read_header, read_tensor
 from .scratch import scratch_dir
 
 INDEX_FILE = "model.safetensors.index.json"
+FIX = "re-save the model with save_pretrained or re-download it"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".ot", ".gguf")
 
 
@@ -45,11 +48,11 @@ class _Update:
 
 
 def base_shards(base_dir: Path) -> list[Path]:
-    """The base's safetensors files, in the order its index names them (or sorted)."""
+    """The base's safetensors files, in the order its index names them (or sorted); an index must name shards that
+    are files of the folder."""
     index = base_dir / INDEX_FILE
-    if index.is_file():
-        names = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
-        return [base_dir / n for n in names]
+    if os.path.lexists(index):
+        return [base_dir / name for name in indexed_shards(index)]
     files = sorted(base_dir.glob("*.safetensors"))
     if not files:
         pickles = (
@@ -64,6 +67,22 @@ def base_shards(base_dir: Path) -> list[Path]:
             f"{base_dir}: no *.safetensors weights{hint}; point at a model folder saved by save_pretrained"
         )
     return files
+
+
+def indexed_shards(index: Path) -> list[str]:
+    """The shard file names model.safetensors.index.json maps tensors to, in order; each one present beside it."""
+    weight_map = read_json_object(index, FIX).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise WeightFileError(f"{index}: weight_map is not a map of tensor names to shard files; {FIX}")
+    names = list(dict.fromkeys(weight_map.values()))
+    for name in names:
+        if name in ("", ".", "..") or Path(name).name != name:
+            raise WeightFileError(f"{index}: shard {name[:80]!r} is not a file name in the model folder; {FIX}")
+        if not os.path.lexists(index.parent / name):
+            raise WeightFileError(
+                f"{index} names shard {name!r}, which is not in {index.parent}; download the missing shard or {FIX}"
+            )
+    return names
 
 
 def _updates(adapter_dir: Path) -> tuple[dict[str, _Update], dict[str, torch.Tensor], bool]:
@@ -127,8 +146,9 @@ def merge_checkpoint(
     task's labels in `config_updates` when the head is new.
     """
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
-    if not (base_dir / "config.json").is_file():
+    if not os.path.lexists(base_dir / "config.json"):
         raise WeightFileError(f"{base_dir}: no config.json; point at a model folder saved by save_pretrained")
+    config = read_json_object(base_dir / "config.json", FIX)
     updates, saved, fan_in_fan_out = _updates(adapter_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise MergeError(f"{out_dir} exists and is not empty; pick a new output folder or remove it")
@@ -154,9 +174,9 @@ def merge_checkpoint(
                 shard, tmp / shard.name, entries, metadata, prefix, updates, saved, extra, fan_in_fan_out, report
             )
             weight_map |= {prefix + n: shard.name for n in entries} | {n: shard.name for n in extra}
-        _copy_side_files(base_dir, tmp, config_updates)
-        if (base_dir / INDEX_FILE).is_file():
-            index = json.loads((base_dir / INDEX_FILE).read_text())
+        _copy_side_files(base_dir, tmp, config | config_updates if config_updates else None)
+        if os.path.lexists(base_dir / INDEX_FILE):
+            index = read_json_object(base_dir / INDEX_FILE, FIX)
             index["weight_map"] = dict(sorted(weight_map.items()))
             index.setdefault("metadata", {})["total_size"] = report.bytes
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
@@ -186,7 +206,7 @@ def _write_shard(
         for e in ordered
     ]
     layout += [(n, DTYPE_NAMES[saved[n].dtype], tuple(saved[n].shape)) for n in extra]
-    with open(source, "rb") as f, SafetensorsWriter(dest, layout, metadata or {"format": "pt"}) as out:
+    with open_regular(source) as f, SafetensorsWriter(dest, layout, metadata or {"format": "pt"}) as out:
         for entry in ordered:
             name = prefix + entry.name
             module = name.removesuffix(".weight")
@@ -204,11 +224,11 @@ def _write_shard(
     report.bytes += sum(math.prod(shape) * DTYPES[dtype].itemsize for _, dtype, shape in layout)
 
 
-def _copy_side_files(base_dir: Path, out_dir: Path, config_updates: dict[str, Any] | None) -> None:
-    """config.json (updated), tokenizer and generation files: every top-level file that is not weights."""
+def _copy_side_files(base_dir: Path, out_dir: Path, config: dict[str, Any] | None) -> None:
+    """Tokenizer and generation files, config.json (as `config` when given): every top-level file that is not
+    weights."""
     for path in base_dir.iterdir():
         if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and path.name not in (INDEX_FILE, *PICKLE_FILES):
             shutil.copyfile(path, out_dir / path.name)
-    if config_updates:
-        config = json.loads((base_dir / "config.json").read_text()) | config_updates
+    if config:
         (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -28,7 +28,7 @@ class LoraConfig(BaseModel):
     with it (regex, PEFT's rule).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no NaN or inf alpha, dropout
 
     r: int = Field(default=8, description="rank of the update")
     alpha: float = Field(default=16.0, description="scale numerator: s = alpha / r")

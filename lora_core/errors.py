@@ -21,5 +21,9 @@ class UnsafeFormatError(LoraError):
     """A pickle-based weight file was offered; only safetensors are loaded."""
 
 
-class WeightFileError(LoraError):
+class ModelFileError(LoraError):
+    """A file of a model or adapter folder is not a regular file, or its JSON is malformed or of the wrong shape."""
+
+
+class WeightFileError(ModelFileError):
     """A weight file is not valid safetensors, or is truncated or damaged."""

@@ -7,12 +7,12 @@ Folder: adapter_config.json + adapter_model.safetensors with keys
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import ValidationError
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -29,6 +29,8 @@ from .inject import (
     wrappers,
 )
 from .layer import is_conv1d, layer_weight
+from .model_files import read_json_object
+from .safetensors_io import read_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -137,17 +139,14 @@ def save_adapter(
 
 
 def read_peft_config(path: str | Path) -> dict[str, Any]:
-    """adapter_config.json of an adapter folder, as written."""
+    """adapter_config.json of an adapter folder, as written (a JSON object, read by model_files' rules)."""
     folder = Path(path)
     file = folder / CONFIG_FILE
-    if not file.is_file():
+    if not os.path.lexists(file):
         raise LoraError(
             f"{folder} has no {CONFIG_FILE}: not a PEFT adapter folder; point at the folder save_adapter() wrote"
         )
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise AdapterMismatchError(f"{file} is not valid JSON ({e}); re-save the adapter") from None
+    return read_json_object(file, "re-save the adapter")
 
 
 def lora_config_from_peft(raw: dict[str, Any], source: str | Path = CONFIG_FILE) -> LoraConfig:
@@ -202,7 +201,7 @@ def read_adapter_config(path: str | Path) -> LoraConfig:
 def read_adapter_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     folder = Path(path)
     weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
+    if not os.path.lexists(weights):
         pickled = [name for name in PICKLE_FILES if (folder / name).exists()]
         if pickled:
             raise UnsafeFormatError(
@@ -210,8 +209,7 @@ def read_adapter_tensors(path: str | Path) -> dict[str, torch.Tensor]:
                 f"safetensors only: re-save it as {WEIGHTS_FILE} (PEFT: save_pretrained(safe_serialization=True))"
             )
         raise LoraError(f"{folder} has no {WEIGHTS_FILE}; point at the folder save_adapter() wrote")
-    with safe_open(str(weights), framework="pt") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}
+    return read_tensors(weights)
 
 
 def expected_shapes(model: nn.Module, config: LoraConfig) -> dict[str, tuple[int, ...]]:

@@ -19,7 +19,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .errors import WeightFileError
+from .errors import ModelFileError, WeightFileError
+from .model_files import open_regular, parse_json_object
 
 DTYPES = {
     "F64": torch.float64,
@@ -39,6 +40,7 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 COPY_CHUNK = 64 * 1024 * 1024
 WRITE_AHEAD = 2  # tensors queued for the writer thread
+FIX = "re-save or re-download the file"
 
 
 @dataclass(frozen=True)
@@ -57,54 +59,81 @@ class TensorEntry:
 
 
 def read_header(path: str | Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
-    """({name: TensorEntry}, metadata) of a safetensors file, checked against the file's length.
+    """({name: TensorEntry}, metadata) of a safetensors file, every field checked against the format and the file.
 
-    A truncated or padded file is refused here, before anything reads past its end.
+    Refused with one line naming the file and what is wrong: not a regular file, a header length that does not fit
+    the file, a header that is not a JSON object or nests too deeply, metadata that is not text to text, an entry
+    whose dtype is unknown, whose shape is not a list of non-negative integers or whose data_offsets fall outside
+    the data, disagree with dtype and shape, or overlap another tensor's; a truncated or padded file.
     """
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
-            raise WeightFileError(f"{path}: {size} bytes, too short for a safetensors file; re-save or re-download it")
+            raise WeightFileError(f"{path}: {size} bytes, too short for a safetensors file; {FIX}")
         (length,) = struct.unpack("<Q", head)
         if length > min(MAX_HEADER, size - 8):
             raise WeightFileError(
                 f"{path}: header length {length} does not fit the file ({size} bytes); "
-                "the file is truncated or not safetensors: re-save or re-download it"
+                f"the file is truncated or not safetensors: {FIX}"
             )
-        try:
-            header = json.loads(f.read(length))
-        except (UnicodeDecodeError, ValueError):
-            raise WeightFileError(f"{path}: unreadable safetensors header; re-save or re-download the file") from None
+        raw = f.read(length)
+    try:
+        header = parse_json_object(raw, f"{path} (safetensors header)", FIX)
+    except ModelFileError as e:
+        raise WeightFileError(str(e)) from None
     metadata = header.pop("__metadata__", None) or {}
-    base, entries, data_end = 8 + length, {}, 0
-    for name, raw in header.items():
-        try:
-            begin, end = raw["data_offsets"]
-            entry = TensorEntry(name, raw["dtype"], tuple(raw["shape"]), base + begin, base + end)
-        except (KeyError, TypeError, ValueError):
-            raise WeightFileError(f"{path}: tensor {name!r} has a malformed header entry; re-save the file") from None
-        if entry.dtype not in DTYPES or entry.nbytes != math.prod(entry.shape) * DTYPES[entry.dtype].itemsize:
-            raise WeightFileError(
-                f"{path}: tensor {name!r} ({entry.dtype}, {list(entry.shape)}) does not match its "
-                f"{entry.nbytes} bytes; re-save the file"
-            )
-        entries[name] = entry
-        data_end = max(data_end, entry.end)
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise WeightFileError(f"{path}: __metadata__ is not a map of text to text; {FIX}")
+    base = 8 + length
+    entries = {name: _entry(path, name, raw_entry, base, size) for name, raw_entry in header.items()}
     end = base
     for entry in sorted(entries.values(), key=lambda e: e.start):  # overlapping spans would make readers loop
         if entry.start < end:
-            raise WeightFileError(
-                f"{path}: tensor {entry.name!r} overlaps the data before it; the header is damaged: re-save the file"
-            )
+            raise WeightFileError(f"{path}: tensor {entry.name!r} overlaps the data before it; {FIX}")
         end = entry.end
-    if data_end != size and not (not entries and size == base):
+    if end != size and not (not entries and size == base):
         raise WeightFileError(
-            f"{path}: the header describes {data_end} bytes but the file has {size}; the file is "
-            "truncated or damaged: re-download or re-save it"
+            f"{path}: the header describes {end} bytes but the file has {size}; the file is truncated or damaged: {FIX}"
         )
     return entries, metadata
+
+
+def _entry(path: Path, name: str, raw: Any, base: int, size: int) -> TensorEntry:
+    """One header entry {dtype, shape, data_offsets} as a TensorEntry, each field checked."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(raw, dict):
+        raise WeightFileError(f"{where}: the entry is {type(raw).__name__}, not an object; {FIX}")
+    dtype, shape, offsets = raw.get("dtype"), raw.get("shape"), raw.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        what = f"dtype {dtype!r} is not one of {', '.join(DTYPES)}" if isinstance(dtype, str) else "dtype is not text"
+        raise WeightFileError(f"{where}: {what}; {FIX}")
+    if not isinstance(shape, list) or not all(_count(n) for n in shape):
+        raise WeightFileError(f"{where}: shape {str(shape)[:40]} is not a list of non-negative integers; {FIX}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_count, offsets)):
+        raise WeightFileError(f"{where}: data_offsets {str(offsets)[:40]} is not [begin, end]; {FIX}")
+    begin, end = offsets
+    if not begin <= end <= size - base:
+        raise WeightFileError(
+            f"{where}: data_offsets [{begin}, {end}] fall outside the file's {size - base} bytes of data "
+            f"(truncated or damaged); {FIX}"
+        )
+    if end - begin != math.prod(shape) * DTYPES[dtype].itemsize:
+        raise WeightFileError(f"{where}: {dtype} {shape} does not match its {end - begin} bytes; {FIX}")
+    return TensorEntry(name, dtype, tuple(shape), base + begin, base + end)
+
+
+def _count(value: Any) -> bool:
+    """A non-negative int that is not a bool (JSON true would pass isinstance(int))."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, by name, after its header passed read_header's checks."""
+    entries, _ = read_header(path)
+    with open_regular(path) as f:
+        return {name: read_tensor(f, entry) for name, entry in entries.items()}
 
 
 def read_tensor(f: BinaryIO, entry: TensorEntry) -> torch.Tensor:

@@ -1,18 +1,17 @@
 """Task data: read JSONL / CSV / Parquet (local or s3://), validate, split deterministically,
 fingerprint, and batch for classification or causal LM (loss on the completion only)."""
 
-import csv
 import hashlib
-import io
+import itertools
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
 
 import torch
 
-from registry.errors import RegistryError
-from registry.s3 import is_s3_uri, read_object
-
+from .data_files import read_rows
 from .errors import DataError
 
 MAX_BAD_ROWS = 3
@@ -26,48 +25,12 @@ class Example:
     label: str
 
 
-def read_rows(path: str) -> list[dict]:
-    """Rows of a .jsonl / .csv / .parquet file, local or s3:// (standard AWS settings)."""
-    data = _read_bytes(path)
-    suffix = Path(path.split("?")[0]).suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 (byte {e.start}); re-encode the file as UTF-8") from None
-    if suffix == ".csv":
-        return list(csv.DictReader(io.StringIO(text)))
-    if suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: unknown format {suffix!r}; use .jsonl, .csv or .parquet")
-    rows = []
-    for number, row in enumerate(text.splitlines(), 1):
-        if row.strip():
-            try:
-                rows.append(json.loads(row))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not a JSON object ({e.msg}); one JSON object per line") from None
-    return rows
-
-
-def _read_bytes(path: str) -> bytes:
-    if is_s3_uri(path):
-        try:
-            return read_object(path)
-        except RegistryError as e:
-            raise DataError(f"cannot read data.path: {e}") from None
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file; check data.path in the task file") from None
-
-
-def load_examples(path: str, text_field: str = "text", label_field: str = "label") -> list[Example]:
-    """Validated examples; exact duplicates of the text are dropped (first kept)."""
-    rows = read_rows(path)
+def load_examples(
+    path: str, text_field: str = "text", label_field: str = "label", what: str = "data file"
+) -> list[Example]:
+    """Validated examples; exact duplicates of the text are dropped (first kept). `what`: the setting that named
+    `path` (data.path, data.test_path), for errors."""
+    rows = read_rows(path, what)
     if not rows:
         raise DataError(f"{path}: no examples; the file is empty")
     bad = [
@@ -80,7 +43,7 @@ def load_examples(path: str, text_field: str = "text", label_field: str = "label
             f" and {len(bad) - MAX_BAD_ROWS} more" if len(bad) > MAX_BAD_ROWS else ""
         )
         raise DataError(
-            f"{path}: rows {shown} lack a non-empty {text_field!r} or {label_field!r}; "
+            f"{path}: rows {shown} lack a non-empty {text_field!r} or {label_field!r} (a string or number); "
             f"fix those rows or set data.text_field / data.label_field"
         )
     examples, seen = [], set()
@@ -93,7 +56,10 @@ def load_examples(path: str, text_field: str = "text", label_field: str = "label
 
 
 def _filled(value) -> bool:
-    return value is not None and str(value).strip() != ""
+    """A text or label: a string, number or boolean, not blank, not NaN (a missing cell in a pandas-written file)."""
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return isinstance(value, (str, int, float)) and str(value).strip() != ""
 
 
 def split(examples: list[Example], test_fraction: float = 0.2, salt: str = "") -> tuple[list[Example], list[Example]]:
@@ -165,15 +131,110 @@ def batches(
     max_length: int,
     shuffle_seed: int | None = None,
 ):
-    """Classification batches {input_ids, attention_mask, ..., labels [batch]}."""
+    """Classification batches {input_ids, attention_mask, ..., labels [batch]} of raw examples."""
+    return token_batches(tokenize(examples, tokenizer, max_length, labels), batch_size, shuffle_seed)
+
+
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """A split's examples as token ids, unpadded: example i is `input_ids[offsets[i]:offsets[i + 1]]` (the same
+    slice of `token_type_ids`, and of `labels` for a causal LM: -100 on the prompt); a classifier's `labels` are
+    class indices [n]. Batches pad to their own longest example with `pad_id` on `padding_side`."""
+
+    input_ids: torch.Tensor  # [tokens] int64
+    offsets: torch.Tensor  # [n + 1] int64
+    labels: torch.Tensor  # [n] class indices, or [tokens] for a causal LM
+    token_type_ids: torch.Tensor | None
+    causal: bool
+    max_length: int
+    pad_id: int
+    pad_type_id: int = 0
+    padding_side: str = "right"
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @cached_property
+    def bounds(self) -> list[int]:
+        return self.offsets.tolist()
+
+    @cached_property
+    def lengths(self) -> list[int]:
+        return [end - start for start, end in itertools.pairwise(self.bounds)]
+
+    def pair(self, i: int) -> tuple[list[int], list[int]]:
+        """(input ids, labels) of causal LM example i."""
+        start, end = self.bounds[i], self.bounds[i + 1]
+        return self.input_ids[start:end].tolist(), self.labels[start:end].tolist()
+
+    def batch(self, members: list[int]) -> dict[str, torch.Tensor]:
+        """The examples `members` padded to the longest of them: {input_ids, attention_mask, [token_type_ids],
+        labels}; a causal LM's labels are -100 on the padding."""
+        width = max(self.lengths[i] for i in members)
+        shape = (len(members), width)
+        out = {"input_ids": torch.full(shape, self.pad_id), "attention_mask": torch.zeros(shape, dtype=torch.long)}
+        if self.token_type_ids is not None:
+            out["token_type_ids"] = torch.full(shape, self.pad_type_id)
+        if self.causal:
+            out["labels"] = torch.full(shape, -100)
+        for row, i in enumerate(members):
+            start, end = self.bounds[i], self.bounds[i + 1]
+            cols = slice(width - (end - start), width) if self.padding_side == "left" else slice(0, end - start)
+            out["input_ids"][row, cols] = self.input_ids[start:end]
+            out["attention_mask"][row, cols] = 1
+            if self.token_type_ids is not None:
+                out["token_type_ids"][row, cols] = self.token_type_ids[start:end]
+            if self.causal:
+                out["labels"][row, cols] = self.labels[start:end]
+        if not self.causal:
+            out["labels"] = self.labels[members]
+        return out
+
+
+def flat(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows concatenated [tokens], offsets [n + 1]) as int64."""
+    offsets = torch.tensor([0, *itertools.accumulate(len(r) for r in rows)], dtype=torch.long)
+    return torch.tensor([t for r in rows for t in r], dtype=torch.long), offsets
+
+
+def tokenize(
+    examples: list[Example], tokenizer, max_length: int, labels: list[str] | None = None, chat: bool = False
+) -> TokenizedSplit:
+    """Token ids of `examples`, truncated to max_length: texts of a classifier when `labels` (class names in index
+    order) are given, else causal LM prompt + completion pairs (`encode_pair`, right-padded in batches)."""
+    if not labels:
+        pairs = [encode_pair(tokenizer, e.text, e.label, max_length, chat) for e in examples]
+        input_ids, offsets = flat([ids for ids, _ in pairs])
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return TokenizedSplit(input_ids, offsets, flat([lab for _, lab in pairs])[0], None, True, max_length, pad)
+    encoded = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
+    input_ids, offsets = flat(encoded["input_ids"])
     index = {name: i for i, name in enumerate(labels)}
-    for members in batch_order([len(e.text) for e in examples], batch_size, shuffle_seed):
-        chunk = [examples[i] for i in members]
-        batch = tokenizer(
-            [e.text for e in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        batch["labels"] = torch.tensor([index[e.label] for e in chunk])
-        yield batch
+    return TokenizedSplit(
+        input_ids,
+        offsets,
+        torch.tensor([index[e.label] for e in examples], dtype=torch.long),
+        flat(encoded["token_type_ids"])[0] if "token_type_ids" in encoded else None,
+        False,
+        max_length,
+        tokenizer.pad_token_id,
+        tokenizer.pad_token_type_id,
+        tokenizer.padding_side,
+    )
+
+
+def token_batches(
+    tokens: TokenizedSplit, batch_size: int, shuffle_seed: int | None = None, packing: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of `batch_size` examples grouped by token length (`batch_order`), each padded to its own longest
+    example; `packing` (causal LM) fills rows up to max_length instead (`packed_batches`)."""
+    order = batch_order(tokens.lengths, batch_size, shuffle_seed)
+    if packing:
+        pairs = [tokens.pair(i) for members in order for i in members]
+        yield from packed_batches(pairs, batch_size, tokens.max_length, tokens.pad_id)
+        return
+    for members in order:
+        yield tokens.batch(members)
 
 
 def uses_chat_template(tokenizer, wanted: bool = True) -> bool:
@@ -228,28 +289,7 @@ def lm_batches(
     packing: each row holds several examples, up to max_length tokens, in the order of `batch_order`; position ids
     restart at 0 for each example and there is no 2-D attention mask, which makes transformers build a
     block-diagonal causal mask: no token attends across examples. Rows are `batch_size` to a batch."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = batch_order([len(e.text) + len(e.label) for e in examples], batch_size, shuffle_seed)
-    if packing:
-        yield from packed_batches(
-            [
-                encode_pair(tokenizer, examples[i].text, examples[i].label, max_length, chat)
-                for members in order
-                for i in members
-            ],
-            batch_size,
-            max_length,
-            pad,
-        )
-        return
-    for members in order:
-        rows = [encode_pair(tokenizer, examples[i].text, examples[i].label, max_length, chat) for i in members]
-        width = max(len(ids) for ids, _ in rows)
-        yield {
-            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
-            "labels": torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows]),
-        }
+    return token_batches(tokenize(examples, tokenizer, max_length, chat=chat), batch_size, shuffle_seed, packing)
 
 
 def packed_batches(pairs: list[tuple[list[int], list[int]]], batch_size: int, max_length: int, pad: int):

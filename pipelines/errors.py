@@ -69,6 +69,18 @@ class TrainingError(RunError):
     """Training cannot go on: no trainable parameters, a checkpoint of another model, a diverged loss."""
 
 
+class TrainingDiverged(TrainingError):
+    """The loss became NaN or infinite: the learning rate is too high for this adapter and data."""
+
+
+class SearchFailed(RunError):
+    """A search (training.search) ended with no trial that completed: every one was pruned, diverged or failed."""
+
+
+class StudyError(InputError):
+    """The search's Optuna study cannot be used for this task: another task's, other data or another space."""
+
+
 class TorchrunError(TrainingError):
     """A torchrun worker failed (training.nproc > 1 or nnodes > 1)."""
 
@@ -82,11 +94,30 @@ class PrefectServerError(RunError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: the run ends KILLED. A KeyboardInterrupt, so Prefect marks the flow run Crashed."""
+    """SIGINT or SIGTERM: the run ends KILLED. A KeyboardInterrupt, so Prefect marks the flow run Crashed.
+    `task` and `run_id` once the task's MLflow run had started (the line names them; a rerun resumes)."""
 
-    def __init__(self, signal_name: str):
+    def __init__(self, signal_name: str, task: str | None = None, run_id: str | None = None):
         super().__init__(f"interrupted ({signal_name})")
-        self.signal_name = signal_name
+        self.signal_name, self.task, self.run_id = signal_name, task, run_id
 
     def __reduce__(self):
-        return type(self), (self.signal_name,)
+        return type(self), (self.signal_name, self.task, self.run_id)
+
+    def line(self) -> str:
+        if self.run_id is None:
+            return f"interrupted ({self.signal_name})"
+        return (
+            f"interrupted ({self.signal_name}): {self.task}'s MLflow run {self.run_id} ended KILLED; the same command "
+            f"again resumes training from its last checkpoint"
+        )
+
+
+class ServeError(InputError):
+    """`loraops serve` cannot start as asked (no adapter to serve, an unknown base, a port in use, an engine that
+    is not installed); the message names the cause and the fix. No engine was started."""
+
+
+class EngineFailed(RunError):
+    """The serving engine died or did not answer: at its start (its last error line is in the message), or when
+    told to load or unload an adapter."""

@@ -77,11 +77,18 @@ def better(metric: str, a: float, b: float) -> float:
 
 
 def decide(gate: GateSpec, adapter: Metrics, base: Metrics, production: Metrics | None) -> tuple[bool, list[str]]:
-    """(passed, reasons) of the promotion gate."""
+    """(passed, reasons) of the promotion gate. Every test is written so that NaN fails it: a comparison with NaN
+    is false, and a gate that asked `gain < required` would pass a NaN metric."""
     metric, reasons = gate.metric, []
     gain = better(metric, adapter[metric], base[metric])
-    if gain < gate.min_gain_over_base:
+    if math.isnan(gain):
+        reasons.append(f"{metric} is not a number (adapter {adapter[metric]}, base {base[metric]}); nothing to compare")
+    elif not gain >= gate.min_gain_over_base:
         reasons.append(f"{metric} gain over the base is {gain:+.4f}, below the required {gate.min_gain_over_base:+.4f}")
-    if production is not None and gate.must_beat_production and better(metric, adapter[metric], production[metric]) < 0:
-        reasons.append(f"{metric} {adapter[metric]:.4f} is worse than production's {production[metric]:.4f}")
+    if production is not None and gate.must_beat_production:
+        versus = better(metric, adapter[metric], production[metric])
+        if math.isnan(versus):
+            reasons.append(f"{metric} {adapter[metric]} cannot be compared with production's {production[metric]}")
+        elif not versus >= 0:
+            reasons.append(f"{metric} {adapter[metric]:.4f} is worse than production's {production[metric]:.4f}")
     return not reasons, reasons

@@ -134,6 +134,27 @@ class Submitted(NamedTuple):
     flow_run_id: str
 
 
+def pool_slots(pool: str) -> str:
+    """The global concurrency limit that bounds the flow runs of `pool` working at once; each takes one slot
+    (flows.pool_slot). Prefect checks a pool's own limit when a worker polls, so two workers polling at once can
+    both start a run past it (PrefectHQ/prefect#10771: seen here, three runs under a limit of two); a slot of a
+    global limit is taken atomically on the server."""
+    return f"loraops-pool-{pool}"
+
+
+def sync_pool_slots(client: Any, pool: Any) -> None:
+    """The pool's slots sized to its concurrency limit (a prefect WorkPool), or removed when it has none."""
+    from prefect.exceptions import ObjectNotFound
+
+    if pool.concurrency_limit is None:
+        try:
+            client.delete_global_concurrency_limit_by_name(pool_slots(pool.name))
+        except ObjectNotFound:
+            pass
+    else:
+        client.upsert_global_concurrency_limit_by_name(pool_slots(pool.name), pool.concurrency_limit)
+
+
 def ask_pool(name: str, question: Callable[[Any], T]) -> T:
     """`question(client)` to the Prefect server about work pool `name`: a missing pool or a server that does not
     answer is one line with the fix."""
@@ -198,6 +219,7 @@ def submit(pool: str, specs: Sequence[TaskSpec]) -> list[Submitted]:
     submitted: list[Submitted] = []
     try:
         with get_client(sync_client=True) as client:
+            sync_pool_slots(client, client.read_work_pool(pool))
             for spec in specs:
                 run = client.create_flow_run_from_deployment(
                     deployment_id, parameters={"spec_path": str(spec.source)}, tags=["loraops", spec.task]

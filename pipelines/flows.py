@@ -6,24 +6,27 @@ from cache) with JSON results (no pickle). One registry serves the whole flow; i
 FAILED with the reason, or KILLED (lifecycle.py).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow
 
 from registry import AdapterRegistry, BaseRecord, RegistrySettings
-from registry.code_version import code_version
 from registry.faults import network_defaults
 
-from . import steps, tracking
+from . import steps, tasks, tracking
 from .analysis import spectrum_tags
-from .errors import GateBlocked, SpecError
+from .errors import GateBlocked, InputError
+from .fanout import pool_slots
 from .lifecycle import RunLifecycle
 from .models import base_source, resolve_base
 from .preflight import preflight
-from .results import FlowResult, PreparedData, ProductionVersion
-from .spec import TaskSpec, load_spec
+from .results import FlowResult, PreparedData, ProductionVersion, SearchSummary, TrainedAdapter
+from .search import run_search, search_tags, trial_task
+from .spec import SearchSpec, TaskSpec, load_spec
+from .study import check_study, plan_study
 from .tasks import (
     analyze_task,
     data_artifact,
@@ -63,7 +66,7 @@ def run_name() -> str:
     path = Path(flow_run.parameters["spec_path"])
     try:
         name = load_spec(path).task  # parsed once per process: the flow's own load_spec returns the same object
-    except SpecError:
+    except InputError:  # the flow names it in its own line
         name = path.stem
     return f"{name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
@@ -76,10 +79,33 @@ def name_run(name: str) -> None:
         client.update_flow_run(flow_run.id, name=name)
 
 
+@contextmanager
+def pool_slot() -> Iterator[None]:
+    """On a work pool: one slot of its global concurrency limit (fanout.pool_slots) for the whole run, taken
+    atomically, so no more runs work at once than the pool's limit. Elsewhere, or with no such limit: nothing."""
+    from prefect.concurrency.sync import concurrency
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    pool = context.flow_run.work_pool_name if context and context.flow_run else None
+    if pool is None:
+        yield
+        return
+    with concurrency(pool_slots(pool), occupy=1, strict=False):
+        yield
+
+
 @flow(name="train_adapter", flow_run_name=run_name, log_prints=True)
-def train_adapter(spec_path: str, prepared: PreparedData | None = None) -> FlowResult:
+def train_adapter(spec_path: str, prepared: PreparedData | None = None, search: SearchSpec | None = None) -> FlowResult:
     """One task, end to end. `prepared`: the data as `loraops run` already checked and prepared it (a worker's run
-    prepares it here). Raises GateBlocked when the gate blocks (the version stays a candidate)."""
+    prepares it here). `search` (default training.search): tune first (search.py), then ship the best trial.
+    Raises GateBlocked when the gate blocks (the version stays a candidate)."""
+    with pool_slot():
+        return run_task(spec_path, prepared, search)
+
+
+def run_task(spec_path: str, prepared: PreparedData | None, search: SearchSpec | None) -> FlowResult:
+    """train_adapter's body, inside its pool slot."""
     network_defaults()
     spec = load_spec(spec_path)
     threads = use_threads(spec.training.threads)  # before any step: the run's share of the CPUs, not all of them
@@ -103,9 +129,20 @@ def train_adapter(spec_path: str, prepared: PreparedData | None = None) -> FlowR
     base = registry.register_base(
         base_path, name=base_name, source=base_source(spec.base, base_path), revision=spec.base.revision
     )
+    search = search or spec.training.search
+    plan = plan_study(spec, search, prepared, settings) if search else None
+    if plan:
+        check_study(plan)  # another task's study, other data or another space: bad input, before the run starts
     run_id = tracking.start_run(registry, spec, prepared, base, threads)
     with RunLifecycle(registry.runs, spec.task, run_id) as run:
-        return run_steps(spec, prepared, registry, base, base_path, work, run, key)
+        if search is None or plan is None:
+            return run_steps(spec, prepared, registry, base, base_path, work, run, key)
+        run.at("search")
+        found = run_search(
+            spec, search, plan, prepared, str(base_path), base.fingerprint, str(work), registry, run_id, trial_task
+        )
+        registry.runs.log_params(run_id, {f"search.best.{k}": f"{v:g}" for k, v in found.summary.best_params.items()})
+        return run_steps(found.spec, prepared, registry, base, base_path, work, run, key, found.trained, found.summary)
 
 
 def run_steps(
@@ -117,22 +154,17 @@ def run_steps(
     work: Path,
     run: RunLifecycle,
     key: Callable[..., str],
+    trained: TrainedAdapter | None = None,
+    search: SearchSummary | None = None,
 ) -> FlowResult:
-    """The steps after the MLflow run started; `run.at` names the one running, for the failure's line."""
+    """The steps after the MLflow run started; `run.at` names the one running, for the failure's line. `trained`:
+    the adapter a search's best trial trained already (`search` says which), else this trains it."""
     run_id = run.run_id
-    train_key = steps.cache_key(
-        "train",
-        prepared.digest,
-        base.fingerprint,
-        spec.base.load_in_4bit,
-        spec.type,
-        spec.lora.model_dump(mode="json"),
-        spec.training.model_dump(mode="json", exclude={"threads"}),  # threads change the speed, not the adapter
-        code_version(),
-    )
+    train_key = tasks.train_key(spec, prepared, base.fingerprint)
     folder = work / train_key[:16]
     run.at("train")
-    trained = train_task(spec, prepared, str(base_path), str(folder), registry, run_id, key=key(train_key))
+    if trained is None:
+        trained = train_task(spec, prepared, str(base_path), str(folder), registry, run_id, key=key(train_key))
     if not Path(trained.adapter).is_dir():  # cached result whose files were deleted: train again
         trained = train_task.with_options(refresh_cache=True)(
             spec, prepared, str(base_path), str(folder), registry, run_id, key=key(train_key)
@@ -186,6 +218,7 @@ def run_steps(
         run_id,
         spectrum_tags(analysis, ranking),
         ranking.reason if ranking else None,
+        search_tags(search) if search else None,
     )
     name_run(f"{spec.task}-v{version}")
     if not evaluation.passed:
@@ -203,4 +236,5 @@ def run_steps(
         ranking=ranking,
         analysis=analysis,
         promotion=promotion,
+        search=search,
     )

@@ -73,5 +73,5 @@ def _errno_kind(path: Path, error: OSError) -> str:
 
 
 def _error(path: Path, what: str, found: str, fix: str) -> InputFileError:
-    fix = fix or ("check the path" if found == "missing" else f"give {what} as a regular file")
+    fix = "check the path" if found == "missing" else fix or f"give {what} as a regular file"
     return InputFileError(f"{what} {path}: {'no such file' if found == 'missing' else found}; {fix}")

@@ -60,6 +60,13 @@ def interrupted_by(error: BaseException) -> str | None:
     return None
 
 
+def runner_control() -> bool:
+    """A Prefect runner or worker sent this SIGTERM to cancel the flow run (it says so first, on its control
+    channel); then Prefect's own TerminationSignal must reach its engine unchanged."""
+    listener = sys.modules.get("prefect._internal.control_listener")
+    return listener is not None and getattr(listener, "get_intent", lambda: None)() is not None
+
+
 def one_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
@@ -83,6 +90,8 @@ class RunLifecycle:
             self.end("FINISHED", None)
         elif signal_name := interrupted_by(error):
             self.end("KILLED", f"{self.step}: interrupted ({signal_name})")
+            if not runner_control():  # a runner's cancel stays Prefect's TerminationSignal: it ends the run Cancelled
+                raise Interrupted(signal_name, self.task, self.run_id) from error
         elif isinstance(error, GateBlocked):
             self.end("FAILED", f"gate: {'; '.join(error.reasons)}")
         else:

@@ -2,11 +2,11 @@
 
 In order, cheapest first: the device, the base folder (config, complete safetensors files: each header agrees with
 its file's length), the LoRA targets against the architecture (the model built on the meta device: no memory, no
-weights read), the serving engine's rules, the promotion target (scheme, bucket, credentials: one HEAD) and the
-MLflow tracking server (one GET). The data is checked by prepare_data, right after.
+weights read), training.max_length against the tokenizer (max_length.py), the serving engine's rules, the
+promotion target (scheme, bucket, credentials: one HEAD) and the MLflow tracking server (one GET). The data is
+checked by prepare_data, right after.
 """
 
-import json
 import os
 import re
 from pathlib import Path
@@ -15,17 +15,33 @@ from typing import Any
 import torch
 
 from lora_core import LoraConfig, TargetError
+from lora_core.checkpoint_merge import INDEX_FILE, base_shards
 from lora_core.inject import resolve_saved_modules, resolve_targets
+from lora_core.model_files import read_json_object
 from lora_core.peft_format import peft_config_dict
 from lora_core.safetensors_io import read_header
 from registry import RegistrySettings
 from registry.engines import AdapterTraits, check_engine_rules
 from registry.errors import ServerUnavailable
+from registry.free_space import check_space
 from registry.stores import open_store
 
+from .max_length import check_max_length
 from .models import BaseModelError, quantization, resolve_base
+from .run_space import run_needs
 from .spec import SpecError, TaskSpec
 from .steps import task_lora
+
+# A fast tokenizer's one file, or a slow tokenizer's vocabulary (WordPiece, BPE, SentencePiece), as transformers saves them.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+)
 
 
 def preflight(spec: TaskSpec, settings: RegistrySettings) -> None:
@@ -33,7 +49,9 @@ def preflight(spec: TaskSpec, settings: RegistrySettings) -> None:
     base_path, base_name = resolve_base(spec.base)
     config = check_base_folder(base_path)
     lora = check_targets(spec, base_path)
+    check_max_length(spec, base_path, config)
     check_serving(spec, lora, config.get("model_type"), base_name)
+    check_space(run_needs(spec, settings, base_path))  # the merged model and its copies, before any is written
     if spec.promotion.auto:
         open_store(spec.promotion.target or settings.promotion_target).check()
     check_tracking(settings.tracking_uri)
@@ -63,11 +81,15 @@ def check_device(spec: TaskSpec) -> None:
 
 
 def check_base_folder(path: Path) -> dict[str, Any]:
-    """The base's config.json, after checking that every weight file is complete safetensors."""
-    if not (path / "config.json").is_file():
+    """The base's config.json (a JSON object naming a model_type transformers knows), after checking that the
+    folder has tokenizer files and that every weight file, and every shard its index names, is complete safetensors.
+    Files are read by lora_core's rules (regular files only, bounded JSON): a damaged one is one line naming it."""
+    if not os.path.lexists(path / "config.json"):
         raise BaseModelError(f"base {path}: no config.json; a base is a folder saved with save_pretrained")
+    config = read_json_object(path / "config.json", "re-save the base with save_pretrained")
+    check_model_type(path, config)
     weights = sorted(path.glob("*.safetensors"))
-    if not weights:
+    if not weights and not os.path.lexists(path / INDEX_FILE):
         pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
         hint = (
             (
@@ -78,15 +100,37 @@ def check_base_folder(path: Path) -> dict[str, Any]:
             else "save it with save_pretrained"
         )
         raise BaseModelError(f"base {path}: no *.safetensors weights ({hint})")
-    for weight in weights:
-        try:
-            read_header(weight)
-        except OSError as e:
-            raise BaseModelError(f"base {weight}: unreadable ({e.strerror}); check its permissions") from None
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (ValueError, UnicodeDecodeError):
-        raise BaseModelError(f"base {path / 'config.json'}: not valid JSON; re-save the base") from None
+    for weight in sorted(set(weights) | set(base_shards(path))):
+        read_header(weight)
+    check_tokenizer_files(path)
+    return config
+
+
+def check_model_type(path: Path, config: dict[str, Any]) -> None:
+    """config.json names a model_type this transformers knows (else AutoConfig fails with a traceback)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise BaseModelError(f"base {path / 'config.json'}: names no model_type; re-save the base with save_pretrained")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise BaseModelError(
+            f"base {path / 'config.json'}: model_type {model_type[:60]!r} is not an architecture transformers "
+            f"{transformers.__version__} knows; pick a base of a known architecture (e.g. bert, llama) or upgrade "
+            f"transformers"
+        )
+
+
+def check_tokenizer_files(path: Path) -> None:
+    """A tokenizer is saved beside the weights: without one, transformers builds a vocabulary of the special tokens
+    alone and training learns nothing from the text."""
+    if not any(os.path.lexists(path / name) for name in TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
+        raise BaseModelError(
+            f"base {path}: no tokenizer files (expected tokenizer.json, or a vocabulary: "
+            f"{', '.join(TOKENIZER_FILES[1:])}); save the tokenizer beside the model "
+            f"(tokenizer.save_pretrained(folder))"
+        )
 
 
 def check_targets(spec: TaskSpec, base_path: Path) -> LoraConfig:

@@ -61,7 +61,7 @@ def choose_rank(
     measured = kept.model_copy(update={"metric_delta": delta, "bytes_saved": saved})
     if not compressed.passed:
         return measured.model_copy(update={"reason": f"r={k} fails the gate: {'; '.join(compressed.reasons)}"})
-    if delta < -p.rank_tolerance:
+    if not delta >= -p.rank_tolerance:  # NaN too: a score that cannot be compared does not ship
         return measured.model_copy(
             update={
                 "reason": f"r={k} scores {delta:+.4f} {metric} against r={r}, beyond "

@@ -25,6 +25,7 @@ class PreparedData(Result):
     test: int
     validation: int
     labels: list[str]  # class names in index order; empty for a causal LM
+    warnings: list[str] = []  # what was accepted with a word: merged label spellings, test rows also in train
 
 
 class ValidationPass(Result):
@@ -38,14 +39,15 @@ class TrainedAdapter(Result):
     adapter: str
     steps: int
     planned_steps: int
-    best_step: int  # the step whose weights were saved (the last step without a validation split)
+    best_step: int  # the step whose weights were saved (the last step without a validation split or when averaged)
     stopped_early: bool
-    best_validation: ValidationPass | None
+    best_validation: ValidationPass | None  # the validation metrics of the saved weights
     final_loss: float  # mean of the last ten optimizer steps
     seconds: float
     trainable: int
     total: int
     world_size: int
+    averaged_steps: list[int] = []  # training.selection average: the passes whose mean weights were saved
 
 
 class ProductionVersion(Result):
@@ -113,6 +115,32 @@ class Prediction(Result):
     completion: str | None = None
 
 
+class TrialOutcome(Result):
+    """One search trial: `state` complete (with its validation `value` and the adapter trained), pruned or diverged."""
+
+    number: int
+    state: str  # complete | pruned | diverged
+    value: float | None
+    trained: TrainedAdapter | None
+    run_id: str  # its child MLflow run
+    reason: str
+
+
+class SearchSummary(Result):
+    """A search's study and its best trial: recorded on the registered version (loraops.search.* tags)."""
+
+    study: str
+    storage: str  # the study's storage URL, password hidden
+    metric: str  # the validation metric trials were scored on (the gate's, or training.best_metric)
+    trials: int  # finished trials in the study: complete + pruned + failed, earlier searches included
+    complete: int
+    pruned: int
+    ran: int  # trials this search ran (the others were in the study already)
+    best_trial: int
+    best_value: float
+    best_params: dict[str, float]
+
+
 class FlowResult(Result):
     """One task end to end: what was trained, measured, registered and promoted."""
 
@@ -124,3 +152,4 @@ class FlowResult(Result):
     ranking: Ranking | None
     analysis: Analysis
     promotion: Promotion | None
+    search: SearchSummary | None = None  # when a search (training.search, loraops tune) chose the trained adapter

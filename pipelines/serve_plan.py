@@ -16,13 +16,13 @@ host reads it, the command that puts it there), the merged models (served as mod
   many replicas hold them all.
 """
 
-import json
 import math
 import shlex
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from lora_core.model_files import read_json_object
 from registry import AdapterRegistry, RegistryError, VersionRecord
 from registry.engines import max_lora_rank, max_rank
 from registry.s3 import is_s3_uri
@@ -125,7 +125,7 @@ def placed(record: VersionRecord, folder: Path, lora_dir: str) -> ServedAdapter:
     if is_s3_uri(uri):
         path = f"{lora_dir}/{record.task}"
         fetch = f"aws s3 sync {shlex.quote(uri)} {shlex.quote(path)}"
-    config = json.loads((folder / "adapter_config.json").read_text())
+    config = read_json_object(folder / "adapter_config.json", "fetch the adapter again")
     size_bytes = (folder / WEIGHTS_FILE).stat().st_size
     return ServedAdapter(
         name=record.task,

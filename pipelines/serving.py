@@ -112,4 +112,10 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 20, chat: bool
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
     )
+    # As a continuation of the prompt, as vLLM decodes it: WordPiece's '##' pieces join the prompt's last word and
+    # a first word keeps the space before it (decoded alone, '##ing' and 'word' would lose both)
+    prompt_text = tokenizer.decode(ids[0], skip_special_tokens=True)
+    whole = tokenizer.decode(out[0], skip_special_tokens=True)
+    if whole.startswith(prompt_text):
+        return whole[len(prompt_text) :]
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

@@ -4,17 +4,21 @@ import functools
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lora_core import LoraConfig
 from registry.names import check_task_name
 
 from .errors import SpecError
+from .input_files import read_regular, regular_file
+from .strict_yaml import load_yaml
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown fields refused, and no NaN or infinity in any float: a NaN threshold makes every comparison false (a
+    gate that always passes), an infinite lr or epochs fails late."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BaseSpec(Strict):
@@ -45,6 +49,13 @@ class DataSpec(Strict):
         description="carved from the training data (never the test "
         "split) to choose the best checkpoint and stop early; 0 = none",
     )
+    max_test_overlap: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="with test_path: the largest share of its rows that may also be training rows (same text); "
+        "above it the task is refused, since the test score would be inflated",
+    )
     text_field: str = Field("text", description="classification: the column holding the text")
     label_field: str = Field("label", description="classification: the column holding the label")
     prompt_field: str = Field("prompt", description="causal LM: the column holding the prompt")
@@ -67,16 +78,83 @@ class LoraSpec(LoraConfig):
 
 
 DEFAULT_EPOCHS = 6.0  # with validation-driven selection and early stopping: bench/quality.py, README
+# Ceilings far above any real run, so a typo (an extra few zeros) is one line, not hours or an overflow deep below
+MAX_STEPS, MAX_EPOCHS, MAX_BATCH, MAX_LENGTH = 10**9, 10**4, 2**16, 2**20
 BEST_METRICS = {"classification": ("loss", "accuracy", "macro_f1"), "causal-lm": ("loss", "perplexity")}
 
 
-class TrainingSpec(Strict):
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps to train; give this or epochs, not both")
-    epochs: float | None = Field(
-        None, gt=0, description="passes over the training split; default 6 when neither epochs nor max_steps is given"
+SEARCHABLE = {  # parameter -> (smallest allowed low, integer only, log scale): what training.search.space may name
+    "lr": (0.0, False, True),
+    "r": (0.0, True, True),
+    "alpha": (0.0, False, True),
+    "epochs": (0.0, False, False),
+}
+
+
+class SearchSpec(Strict):
+    """Tuning: Optuna (TPE, median pruning on the validation passes) over `space`; each trial a child MLflow run."""
+
+    trials: int | None = Field(12, description="trials in the study, those of an earlier stopped search included")
+    timeout: float | None = Field(
+        None, description="seconds of training over the study's trials, earlier ones included; null = no limit"
     )
-    batch_size: int = Field(16, gt=0, description="examples (causal LM with packing: rows) per batch and process")
-    grad_accumulation: int = Field(1, gt=0, description="batches whose gradients add up to one optimizer step")
+    space: dict[str, tuple[float, float]] = Field(
+        {"lr": (2e-4, 2e-2), "r": (4.0, 32.0), "epochs": (2.0, 10.0)},
+        description="parameter -> [low, high]: lr, r, alpha (log scale), epochs; r alone keeps alpha/r as set",
+    )
+    study: str | None = Field(None, description="the Optuna study's name; default <task>-<base>-<data digest>")
+    storage: str | None = Field(
+        None,
+        description="an SQLAlchemy URL for the study; default $LORAOPS_STUDY_STORAGE, else $LORAOPS_HOME/studies.db",
+    )
+
+    @field_validator("trials", "timeout")
+    @classmethod
+    def _budget(cls, value, info):
+        if value is not None and value <= 0:
+            raise ValueError(f"{info.field_name} {value:g} is no budget, no trial would run; give a positive number")
+        return value
+
+    @field_validator("space")
+    @classmethod
+    def _ranges(cls, space: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        if not space:
+            raise ValueError(f"an empty space searches nothing; name one or more of {', '.join(SEARCHABLE)}")
+        for name, (low, high) in space.items():
+            if name not in SEARCHABLE:
+                raise ValueError(f"{name!r} is not a parameter the search can set; use {', '.join(SEARCHABLE)}")
+            floor, integer, _ = SEARCHABLE[name]
+            if low >= high:
+                what = "empty" if low == high else "inverted"
+                raise ValueError(f"{name}: the range [{low:g}, {high:g}] is {what}; give [low, high] with low < high")
+            if low <= floor or (integer and not (low.is_integer() and high.is_integer())):
+                kind = "integers" if integer else "numbers"
+                raise ValueError(f"{name}: the range [{low:g}, {high:g}] must hold {kind} above {floor:g}")
+        return space
+
+    @model_validator(mode="after")
+    def _some_budget(self) -> "SearchSpec":
+        if self.trials is None and self.timeout is None:
+            raise ValueError("training.search needs a budget; give trials, timeout, or both")
+        return self
+
+
+class TrainingSpec(Strict):
+    max_steps: int | None = Field(
+        None, gt=0, le=MAX_STEPS, description="optimizer steps to train; give this or epochs, not both"
+    )
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_EPOCHS,
+        description="passes over the training split; default 6 when neither epochs nor max_steps is given",
+    )
+    batch_size: int = Field(
+        16, gt=0, le=MAX_BATCH, description="examples (causal LM with packing: rows) per batch and process"
+    )
+    grad_accumulation: int = Field(
+        1, gt=0, le=MAX_BATCH, description="batches whose gradients add up to one optimizer step"
+    )
     lr: float = Field(2e-3, gt=0, description="AdamW; LoRA wants about 10x the rate of full fine-tuning")
     warmup_fraction: float = Field(
         0.1,
@@ -89,15 +167,21 @@ class TrainingSpec(Strict):
     max_length: int = Field(
         64,
         gt=0,
+        le=MAX_LENGTH,
         description="tokens per example; longer texts are truncated (causal LM: the "
         "prompt loses its start, never the completion)",
     )
-    seed: int = Field(0, description="seeds torch (fresh weights such as the head) and the batch order of each epoch")
+    seed: int = Field(
+        0,
+        ge=0,
+        lt=2**31,  # numpy (Optuna's sampler) takes seeds below 2**32; room for the epoch and trial added to it
+        description="seeds torch (fresh weights such as the head) and the batch order of each epoch",
+    )
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto = CUDA when a GPU is visible, else CPU; cuda without a GPU is refused before any work"
     )
     bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
-    checkpoint_every: int = Field(50, gt=0, description="optimizer steps between resumable checkpoints")
+    checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS, description="optimizer steps between resumable checkpoints")
     threads: int | None = Field(
         None,
         gt=0,
@@ -106,16 +190,20 @@ class TrainingSpec(Strict):
         "is given (the smaller of its cgroup quota and CPU affinity) divided by LORAOPS_CONCURRENT_RUNS (the runs "
         "sharing them, a work-pool worker's --limit) and by training.nproc, at least 1",
     )
-    nproc: int = Field(1, gt=0, description="processes per node under torchrun (DDP), one per GPU; 1 = no DDP")
+    nproc: int = Field(1, gt=0, le=1024, description="processes per node under torchrun (DDP), one per GPU; 1 = no DDP")
     nnodes: int = Field(
-        1, gt=0, description="nodes under torchrun; the others run `loraops train-node` on a shared LORAOPS_HOME"
+        1,
+        gt=0,
+        le=1024,
+        description="nodes under torchrun; the others run `loraops train-node` on a shared LORAOPS_HOME",
     )
     eval_every: int | None = Field(
-        None, gt=0, description="optimizer steps between validation passes; default: 10 passes per run"
+        None, gt=0, le=MAX_STEPS, description="optimizer steps between validation passes; default: 10 passes per run"
     )
     patience: int | None = Field(
         None,
         gt=0,
+        le=MAX_STEPS,
         description="stop after this many validation passes without a better "
         "best_metric; null (default) = run every step, still keeping the best pass",
     )
@@ -125,6 +213,13 @@ class TrainingSpec(Strict):
         "decides early stopping: loss, accuracy, macro_f1 (classification), perplexity "
         "(causal LM); default gate.metric",
     )
+    selection: Literal["best", "smoothed", "average"] = Field(
+        "best",
+        description="the weights registered, from the validation passes: best = the pass best on best_metric; "
+        "smoothed = the pass best on best_metric averaged over it and the two passes before it; average = the mean "
+        "of the weights (LoRA A and B each) at the passes in the second half of training, a plain adapter of the "
+        "same rank; without a validation split, the last step",
+    )
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward: less memory, about a third more time"
     )
@@ -133,6 +228,9 @@ class TrainingSpec(Strict):
     )
     chat_template: bool = Field(
         True, description="causal LM: wrap prompts in the tokenizer's chat template when it has one"
+    )
+    search: SearchSpec | None = Field(
+        None, description="tune lr, rank, epochs with Optuna, then ship the best trial (loraops tune; docs/tuning.md)"
     )
 
     @model_validator(mode="after")
@@ -242,6 +340,11 @@ class TaskSpec(Strict):
                 f"training.best_metric {t.best_metric!r} does not apply to {self.type}; use one of "
                 f"{', '.join(BEST_METRICS[self.type])}"
             )
+        if t.selection == "average" and t.patience is not None:
+            raise ValueError(
+                "training.patience stops at the best pass, but selection: average keeps the mean of the late "
+                "passes; remove patience or use selection: best or smoothed"
+            )
         if self.data.validation_fraction == 0 and (t.patience is not None or t.eval_every is not None):
             raise ValueError(
                 "training.patience and eval_every need a validation split; set data.validation_fraction "
@@ -253,11 +356,19 @@ class TaskSpec(Strict):
                 f"promotion.rank {rank} is not below lora.r {self.lora.r}; ship a smaller rank, auto, or "
                 f"null (as trained)"
             )
+        low_r = t.search.space["r"][0] if t.search is not None and "r" in t.search.space else None
+        if isinstance(rank, int) and low_r is not None and rank >= low_r:
+            raise ValueError(
+                f"promotion.rank {rank} is not below {low_r:g}, the lowest r training.search.space may pick; "
+                f"raise the r range, ship a smaller rank, or auto"
+            )
         if rank is None and {"rank_pve", "rank_tolerance"} & self.promotion.model_fields_set:
             raise ValueError(
                 "promotion.rank_pve and rank_tolerance apply with promotion.rank; set rank: auto or a "
                 "number, or remove them"
             )
+        if t.search is not None and self.data.validation_fraction == 0:
+            raise ValueError("training.search scores trials on a validation split; set data.validation_fraction > 0")
         if t.packing and self.type != "causal-lm":
             raise ValueError("training.packing applies to causal-lm tasks only; remove it")
         return self
@@ -266,39 +377,48 @@ class TaskSpec(Strict):
         """A data path as given, made relative to the task file's folder when it is local and relative."""
         if path is None or "://" in path or Path(path).is_absolute() or self.source is None:
             return path
-        return str((self.source.parent / path).resolve())
+        return str(resolved(self.source.parent / path))
+
+
+def resolved(path: Path) -> Path:
+    """`path` with its links followed, or as it is when they loop: the file check that reads it says so."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # Python before 3.13 raises RuntimeError on a symlink loop
+        return path.absolute()
 
 
 def load_spec(path: str | Path) -> TaskSpec:
     """The task file at `path`, validated; parsed once per process while the file is unchanged."""
-    path = Path(path)
-    try:
-        stat = path.resolve().stat()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such task file") from None
-    if not path.is_file():
-        raise SpecError(f"{path}: not a regular file; give the task's YAML file")
-    return _parse_spec(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    path = regular_file(path, "task file", "give the task's YAML file").resolve()  # links followed: no loop
+    stat = path.stat()
+    return _parse_spec(path, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=256)
 def _parse_spec(path: Path, mtime_ns: int, size: int) -> TaskSpec:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such task file") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+        text = read_regular(path, "task file", "give the task's YAML file").decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 (byte {e.start}); save the task file as UTF-8") from None
+    raw = load_yaml(text, path)
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a task file is a YAML mapping with at least task, type and data")
     try:
         return TaskSpec.model_validate({**raw, "source": path.resolve()})
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "missing":
-            message = "required field is missing; add it"
-        elif first["type"] == "extra_forbidden":
-            message = "unknown field; remove it or check the spelling"
-        raise SpecError(f"{path}: {where}: {message}") from None
+        raise spec_error(str(path), e) from None
+
+
+def spec_error(where: str, error: ValidationError) -> SpecError:
+    """One line for the first problem pydantic found: `where`, the field's path, the cause and the fix."""
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "required field is missing; add it"
+    elif first["type"] == "extra_forbidden":
+        message = "unknown field; remove it or check the spelling"
+    elif first["type"] == "finite_number":
+        message = f"{first['input']} is not a finite number; give a number (NaN and infinity are refused)"
+    return SpecError(f"{where}: {field}: {message}")

@@ -26,14 +26,20 @@ from lora_core import (
     unmerge,
 )
 from lora_core.checkpoint_merge import merge_checkpoint
+from registry.free_space import SpaceNeed, check_space, disk_writes
 
 from . import data as datasets
 from .adapter_files import write_side_files
 from .errors import DataError, MergeCheckError
 from .evaluation import classification_metrics, decide, lm_outputs, predict_logits, relative_gap
+from .held_out import check_not_training_file, overlap_warning
+from .label_spellings import merge_spellings
+from .max_length import truncation_warning
 from .models import base_name, head_modules, load_model
 from .results import Evaluation, Metrics, PreparedData, ProductionVersion, TrainedAdapter, ValidationPass
+from .run_space import base_bytes
 from .spec import TaskSpec
+from .token_cache import tokenized_split
 from .train import Validation, train, world
 
 TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
@@ -57,12 +63,19 @@ def prepare_data(spec: TaskSpec, work: Path) -> PreparedData:
     )
     source = spec.resolve(d.path)
     assert source is not None  # data.path is required
-    examples = datasets.load_examples(source, text, label)
+    examples = datasets.load_examples(source, text, label, "data.path")
     test_path = spec.resolve(d.test_path)
+    warnings = []
     if test_path:
-        train_set, test_set = examples, datasets.load_examples(test_path, text, label)
+        train_set, test_set = examples, datasets.load_examples(test_path, text, label, "data.test_path")
+        check_not_training_file(source, test_path)
+        warnings.append(overlap_warning(train_set, test_set, d.max_test_overlap, source))
     else:
         train_set, test_set = datasets.split(examples, d.test_fraction)
+    if spec.type == "classification":
+        spellings = merge_spellings(train_set + test_set, source)
+        train_set, test_set = spellings.apply(train_set), spellings.apply(test_set)
+        warnings.append(spellings.warning)
     if not train_set or not test_set:
         raise DataError(
             f"{source}: the split left {len(train_set)} train / {len(test_set)} test examples; "
@@ -96,6 +109,7 @@ def prepare_data(spec: TaskSpec, work: Path) -> PreparedData:
         test=len(test_set),
         validation=len(validation_set),
         labels=datasets.label_names(train_set) if spec.type == "classification" else [],
+        warnings=[w for w in warnings if w],
     )
 
 
@@ -103,29 +117,25 @@ def read_split(prepared: PreparedData, name: str) -> list[datasets.Example]:
     return datasets.load_examples(str(Path(prepared.folder) / f"{name}.jsonl"))
 
 
+def split_tokens(
+    spec: TaskSpec, prepared: PreparedData, name: str, tokenizer: PreTrainedTokenizerBase
+) -> datasets.TokenizedSplit:
+    """Split `name`'s token ids: tokenized on first use, then read from the cache beside the split (token_cache)."""
+    t = spec.training
+    chat = spec.type == "causal-lm" and datasets.uses_chat_template(tokenizer, t.chat_template)
+    return tokenized_split(prepared, name, tokenizer, t.max_length, chat)
+
+
 def make_batches(
     spec: TaskSpec,
-    prepared: PreparedData,
-    examples: list[datasets.Example],
-    tokenizer: PreTrainedTokenizerBase,
+    tokens: datasets.TokenizedSplit,
     shuffle_seed: int | None = None,
     batch_size: int | None = None,
     packing: bool = False,
 ) -> Iterable[dict]:
-    """Batches of a split; `packing` (training only: evaluation scores one example per row) as training.packing."""
-    t = spec.training
-    size = batch_size or t.batch_size
-    if spec.type == "classification":
-        return datasets.batches(examples, prepared.labels, tokenizer, size, t.max_length, shuffle_seed)
-    return datasets.lm_batches(
-        examples,
-        tokenizer,
-        size,
-        t.max_length,
-        shuffle_seed,
-        chat=datasets.uses_chat_template(tokenizer, t.chat_template),
-        packing=packing,
-    )
+    """Batches of a split, each padded to its own longest example; `packing` (training only: evaluation scores one
+    example per row) as training.packing."""
+    return datasets.token_batches(tokens, batch_size or spec.training.batch_size, shuffle_seed, packing)
 
 
 def total_steps(spec: TaskSpec, n_train: int) -> int:
@@ -153,9 +163,19 @@ def measure(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
 ) -> tuple[torch.Tensor, Metrics]:
-    """(logits, metrics) of `model` on `examples`: loss (mean cross-entropy) with accuracy and macro-F1 for a
+    """`measure_tokens` of examples that are no split of `prepared` (tokenized here, not cached)."""
+    chat = spec.type == "causal-lm" and datasets.uses_chat_template(tokenizer, spec.training.chat_template)
+    return measure_tokens(
+        spec, datasets.tokenize(examples, tokenizer, spec.training.max_length, prepared.labels, chat), model
+    )
+
+
+def measure_tokens(
+    spec: TaskSpec, tokens: datasets.TokenizedSplit, model: torch.nn.Module
+) -> tuple[torch.Tensor, Metrics]:
+    """(logits, metrics) of `model` on a tokenized split: loss (mean cross-entropy) with accuracy and macro-F1 for a
     classifier, or perplexity for a causal LM (completion tokens only)."""
-    batches = make_batches(spec, prepared, examples, tokenizer, batch_size=64)
+    batches = make_batches(spec, tokens, batch_size=64)
     if spec.type == "classification":
         logits, gold = predict_logits(model, batches, spec.training.device)
         loss = torch.nn.functional.cross_entropy(logits, gold).item()
@@ -172,7 +192,7 @@ def fit_adapter(
     on_validation: OnValidation | None = None,
 ) -> TrainedAdapter:
     """Inject LoRA into the base, train (resuming from a checkpoint in `work` if one is there), save the adapter:
-    the weights of the best validation pass when there is a validation split, else the last step's."""
+    the weights training.selection keeps when there is a validation split, else the last step's."""
     t = spec.training
     torch.manual_seed(t.seed)
     model, tokenizer = load_model(base_path, spec.type, prepared.labels, spec.base.load_in_4bit)
@@ -184,20 +204,24 @@ def fit_adapter(
     trainable, total = count_parameters(model)
     train_set = read_split(prepared, "train")
     steps = total_steps(spec, len(train_set))
+    if world()[0] == 0 and (cut := truncation_warning(spec, tokenizer, train_set)):
+        print(f"{spec.task}: warning: {cut}")
+    train_tokens = split_tokens(spec, prepared, "train", tokenizer)
     validation = None
     if prepared.validation:
-        held_out = read_split(prepared, "validation")
+        held_out = split_tokens(spec, prepared, "validation", tokenizer)
         validation = Validation(
-            lambda: measure(spec, prepared, held_out, model, tokenizer)[1],
+            lambda: measure_tokens(spec, held_out, model)[1],
             every=t.eval_every or max(1, steps // 10),
             metric=t.best_metric or spec.gate.metric,
             patience=t.patience,
             on_result=on_validation,
+            selection=t.selection,
         )
     started = time.perf_counter()
     done = train(
         model,
-        lambda epoch: make_batches(spec, prepared, train_set, tokenizer, t.seed + epoch, packing=t.packing),
+        lambda epoch: make_batches(spec, train_tokens, t.seed + epoch, packing=t.packing),
         steps=steps,
         lr=t.lr,
         weight_decay=t.weight_decay,
@@ -213,12 +237,15 @@ def fit_adapter(
     )
     last = done.losses[-10:]
     best = next((e for e in done.evaluations if e["step"] == done.best_step), None)
+    if done.averaged is not None:  # selection average: the mean of late passes, measured once at the end
+        best = {"step": len(done.losses), **done.averaged}
     result = TrainedAdapter(
         adapter=str(work / "adapter"),
         steps=len(done.losses),
         planned_steps=steps,
         best_step=done.best_step or len(done.losses),
         stopped_early=done.stopped_early,
+        averaged_steps=done.averaged_steps,
         best_validation=ValidationPass(step=best["step"], metrics={k: v for k, v in best.items() if k != "step"})
         if best
         else None,
@@ -248,12 +275,12 @@ def evaluate_adapter(
     """Base (no adapter), adapter unmerged and merged, and production (if any) on the held-out split; the gate."""
     torch.manual_seed(spec.training.seed)  # the same fresh head as in training, for the base row
     model, tokenizer = load_model(base_path, spec.type, prepared.labels)
-    test_set = read_split(prepared, "test")
-    base = measure(spec, prepared, test_set, model, tokenizer)[1]
+    test_set = split_tokens(spec, prepared, "test", tokenizer)
+    base = measure_tokens(spec, test_set, model)[1]
     load_adapter(model, adapter)
-    unmerged_logits, unmerged = measure(spec, prepared, test_set, model, tokenizer)
+    unmerged_logits, unmerged = measure_tokens(spec, test_set, model)
     merge(model)
-    merged_logits, merged = measure(spec, prepared, test_set, model, tokenizer)
+    merged_logits, merged = measure_tokens(spec, test_set, model)
     gap = relative_gap(merged_logits, unmerged_logits)
     dtype = next(model.parameters()).dtype
     tolerance = spec.gate.merge_tolerance or MERGE_TOLERANCE.get(dtype, MERGE_TOLERANCE[torch.float32])
@@ -267,7 +294,7 @@ def evaluate_adapter(
     if production and production.adapter:
         load_adapter(model, production.adapter, adapter_name="production")
         set_active_adapter(model, "production")
-        production_metrics = measure(spec, prepared, test_set, model, tokenizer)[1]
+        production_metrics = measure_tokens(spec, test_set, model)[1]
     elif production:
         production_metrics = production.metrics
     passed, reasons = decide(spec.gate, unmerged, base, production_metrics)
@@ -288,7 +315,9 @@ def merge_model(spec: TaskSpec, prepared: PreparedData, base_path: Path, adapter
     A classifier's head (a saved module of the adapter) and its labels go into the merged model's config.
     """
     shutil.rmtree(out, ignore_errors=True)  # our own work folder: a leftover from a killed run is redone
-    merge_checkpoint(base_path, adapter, out, config_updates=head_config(base_path, spec.type, prepared.labels))
+    check_space([SpaceNeed(out.parent, base_bytes(base_path), "the merged model")])
+    with disk_writes(out.parent, "the merged model"):  # merge_checkpoint removes its temporary folder on failure
+        merge_checkpoint(base_path, adapter, out, config_updates=head_config(base_path, spec.type, prepared.labels))
     return str(out)
 
 

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import SpecError
-from .spec import TaskSpec
+from .spec import TaskSpec, resolved
 
 TASK_SUFFIXES = (".yaml", ".yml")
 
@@ -15,7 +15,7 @@ def expand_task_paths(arguments: Sequence[str | Path]) -> list[Path]:
     task file is bad input; a missing file is left to load_spec, which names it."""
     found: list[Path] = []
     for argument in arguments:
-        path = Path(argument).expanduser().resolve()
+        path = resolved(Path(argument).expanduser())
         if path.is_dir():
             files = sorted(
                 p for p in path.iterdir() if p.suffix in TASK_SUFFIXES and p.is_file() and not p.name.startswith(".")

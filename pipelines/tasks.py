@@ -14,7 +14,7 @@ from prefect.states import State
 
 from registry import AdapterRegistry, BaseRecord
 from registry.code_version import code_version
-from registry.faults import is_transient
+from registry.faults import retry_step
 from registry.records import Promotion
 
 from . import steps, tracking
@@ -71,7 +71,23 @@ def source_key(spec: TaskSpec, registry: AdapterRegistry) -> str:
     )
 
 
+def train_key(spec: TaskSpec, prepared: PreparedData, base_fingerprint: str) -> str:
+    """What the trained adapter depends on: its work folder is work/<task>/<key[:16]> (a search's trials too)."""
+    return steps.cache_key(
+        "train",
+        prepared.digest,
+        base_fingerprint,
+        spec.base.load_in_4bit,
+        spec.type,
+        spec.lora.model_dump(mode="json"),
+        spec.training.model_dump(mode="json", exclude={"threads", "search"}),  # neither changes the adapter
+        code_version(),
+    )
+
+
 def data_artifact(spec: TaskSpec, prepared: PreparedData) -> None:
+    for warning in prepared.warnings:
+        print(f"{spec.task}: warning: {warning}")
     if 0 < prepared.validation < SMALL_VALIDATION:
         print(
             f"{spec.task}: the validation split has only {prepared.validation} examples, so the pass chosen on it "
@@ -205,11 +221,12 @@ def analyze_task(spec: TaskSpec, adapter: str, base_path: str, out: str, key: st
 
 
 def transient(task: object, task_run: object, state: State) -> bool:
-    """Retry a step only for a server fault (registry/faults.py); bad input fails the same way every time."""
+    """Retry a step only for a server fault that did not time out (registry/faults.py): bad input fails the same
+    way every time, and a timeout already took its client's whole bound."""
     try:
         state.result()
     except Exception as e:  # noqa: BLE001 - the step's own failure, classified
-        return is_transient(e)
+        return retry_step(e)
     return False
 
 
@@ -230,6 +247,7 @@ def register_task(
     run_id: str,
     spectrum: dict[str, float],
     rank_note: str | None,
+    extra_tags: dict[str, str] | None = None,
 ) -> int:
     metrics = {
         f"{row}_{name}": v
@@ -251,6 +269,7 @@ def register_task(
         loader_module=LOADER_MODULE,
         gate="passed" if evaluation.passed else "blocked",
         description=verdict + (f"; rank: {rank_note}" if rank_note else ""),
+        extra_tags=extra_tags,
     )
     create_markdown_artifact(
         table(

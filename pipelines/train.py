@@ -1,7 +1,8 @@
 """The training loop for a model whose trainable parameters are its adapter (and saved modules).
 
-With a validation split it evaluates every N steps, keeps the weights of the best pass (the ones that are
-saved and registered) and stops early when `patience` passes bring nothing better.
+With a validation split it evaluates every N steps and ends holding the weights `training.selection` keeps (the
+ones saved and registered; pipelines/selection.py): the best pass, the best of a smoothed curve, or the average of
+the late passes; with `patience` it stops early when that many passes bring nothing better.
 
 Resumable: every `checkpoint_every` optimizer steps it writes the trainable weights, AdamW's
 moments, the schedule position, the data position and the RNG states (safetensors + JSON, never
@@ -26,7 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .device import autocast, resolve_device
-from .errors import TrainingError
+from .errors import TrainingDiverged, TrainingError
+from .selection import Kept, Validation
 
 STATE_FILE = "state.json"
 
@@ -50,31 +52,13 @@ def world() -> tuple[int, int]:
 
 
 @dataclass
-class Validation:
-    """Validation during training: `run()` -> metrics, every `every` optimizer steps; the pass best on `metric` is
-    kept (lower is better for loss and perplexity); `patience` passes without a better one stop training."""
-
-    run: Callable[[], dict[str, float]]
-    every: int
-    metric: str = "loss"
-    patience: int | None = None
-    on_result: Callable[[int, dict[str, float]], None] | None = None
-
-    def better(self, a: dict[str, float], b: dict[str, float] | None) -> bool:
-        """Is pass `a` better than pass `b`? On `metric`; a tie (accuracy on a small split) goes to the lower loss."""
-
-        def rank(m: dict[str, float]) -> tuple[float, float]:
-            return (m[self.metric] if self.metric in ("loss", "perplexity") else -m[self.metric], m.get("loss", 0.0))
-
-        return b is None or rank(a) < rank(b)
-
-
-@dataclass
 class Trained:
     losses: list[float]
     evaluations: list[dict] = field(default_factory=list)  # {step, <metric>: value, ...} per validation pass
-    best_step: int | None = None  # the step whose weights the model holds at the end (None: the last)
+    best_step: int | None = None  # the step whose weights the model holds at the end (None: the last or an average)
     stopped_early: bool = False
+    averaged_steps: list[int] = field(default_factory=list)  # selection average: the passes whose mean it holds
+    averaged: dict[str, float] | None = None  # selection average: the validation metrics of that mean
 
 
 def param_groups(named: dict[str, nn.Parameter], lr: float, lr_ratio: float) -> list[dict]:
@@ -104,7 +88,7 @@ def train(
 
     make_batches(epoch) yields batches with a `labels` entry; epochs roll over until `steps`.
     With checkpoint_dir, training resumes from the checkpoint found there. With `validation`, the model ends
-    holding the weights of its best validation pass, and training stops early when patience runs out.
+    holding the weights its `selection` keeps, and training stops early when patience runs out.
     """
     dev = resolve_device(device)
     model.to(dev).train()
@@ -118,9 +102,9 @@ def train(
         optimizer, warmup_linear_decay(max(1, math.ceil(warmup_fraction * steps)), steps)
     )
     position: dict[str, Any] = {"epoch": 0, "batch": 0, "losses": [], "evaluations": [], "best_step": None}
-    best: dict[str, torch.Tensor] | None = None
+    kept = Kept()
     if checkpoint_dir and (checkpoint_dir / STATE_FILE).exists():
-        position, best = load_checkpoint(checkpoint_dir, named, optimizer, schedule)
+        position, kept = load_checkpoint(checkpoint_dir, named, optimizer, schedule)
     done = Trained(position["losses"], position.get("evaluations", []), position.get("best_step"))
     losses = done.losses
     epoch, accumulated, micro = position["epoch"], 0.0, 0
@@ -134,7 +118,7 @@ def train(
                 loss = runner(**{k: v.to(dev) for k, v in batch.items()}).loss / grad_accumulation
             value = loss.item()
             if not math.isfinite(value):
-                raise TrainingError(
+                raise TrainingDiverged(
                     f"training diverged at step {len(losses) + 1} (loss {value}); lower training.lr or check the data"
                 )
             loss.backward()
@@ -152,7 +136,7 @@ def train(
             if on_step and rank == 0:
                 on_step(len(losses), losses[-1], float(schedule.get_last_lr()[0]))
             if validation and (len(losses) % validation.every == 0 or len(losses) == steps):
-                best = validate(model, validation, named, done, best)
+                validate(model, validation, named, done, kept, steps)
             if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:
                 save_checkpoint(
                     checkpoint_dir,
@@ -166,29 +150,31 @@ def train(
                         "evaluations": done.evaluations,
                         "best_step": done.best_step,
                     },
-                    best,
+                    kept,
                 )
             if len(losses) == steps or done.stopped_early:
                 break
         epoch += 1
         position["batch"] = 0
     bar.close()
-    if best is not None:
+    held = kept.weights()
+    if held is not None:
         with torch.no_grad():
             for name, param in named.items():
-                param.copy_(best[name])
+                param.copy_(held[name])
     model.eval()
+    done.averaged_steps = kept.averaged_steps
+    if validation and kept.averaged_steps:
+        done.averaged = validation.run()  # what is kept is no pass made: measure it once
     return done
 
 
 def validate(
-    model: nn.Module,
-    validation: Validation,
-    named: dict[str, nn.Parameter],
-    done: Trained,
-    best: dict[str, torch.Tensor] | None,
-) -> dict[str, torch.Tensor] | None:
-    """One validation pass (every rank runs it on the whole split, so all agree on stopping); keeps the best weights."""
+    model: nn.Module, validation: Validation, named: dict[str, nn.Parameter], done: Trained, kept: Kept, steps: int
+) -> None:
+    """One validation pass (every rank runs it on the whole split, so all agree on stopping); updates `kept` as
+    `validation.selection` says: the pass best on the metric or on its smoothed curve, or the passes after half of
+    the `steps` added to the average."""
     model.eval()
     metrics = validation.run()
     model.train()
@@ -196,13 +182,18 @@ def validate(
     done.evaluations.append({"step": step, **metrics})
     if validation.on_result and world()[0] == 0:
         validation.on_result(step, metrics)
-    previous = next((e for e in done.evaluations if e["step"] == done.best_step), None)
-    if validation.better(metrics, previous):
+    if validation.selection == "average":
+        if step > steps / 2:
+            kept.add(named, step)
+        return
+    now = validation.standing(done.evaluations, len(done.evaluations) - 1)
+    at = next((i for i, e in enumerate(done.evaluations) if e["step"] == done.best_step), None)
+    if now is not None and validation.better(now, None if at is None else validation.standing(done.evaluations, at)):
         done.best_step = step
-        return {n: p.detach().to("cpu", copy=True) for n, p in named.items()}
-    stale = sum(1 for e in done.evaluations if e["step"] > done.best_step)
-    done.stopped_early = validation.patience is not None and stale >= validation.patience
-    return best
+        kept.keep(named)
+    elif done.best_step is not None:
+        stale = sum(1 for e in done.evaluations if e["step"] > done.best_step)
+        done.stopped_early = validation.patience is not None and stale >= validation.patience
 
 
 def save_checkpoint(
@@ -211,15 +202,18 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     schedule,
     position: dict[str, Any],
-    best: dict[str, torch.Tensor] | None = None,
+    kept: Kept | None = None,
 ) -> None:
     """Write to a sibling folder, then swap it in: a kill mid-write leaves the previous checkpoint intact."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({n: p.detach().cpu().contiguous() for n, p in named.items()}, tmp / "weights.safetensors")
-    if best is not None:
-        save_file({n: t.contiguous() for n, t in best.items()}, tmp / "best.safetensors")
+    if kept and kept.best is not None:
+        save_file({n: t.contiguous() for n, t in kept.best.items()}, tmp / "best.safetensors")
+    if kept and kept.total is not None:  # the running sum of the averaged passes; their steps go in the state
+        save_file({n: t.contiguous() for n, t in kept.total.items()}, tmp / "average.safetensors")
+        position = {**position, "averaged_steps": kept.averaged_steps}
     moments = {}
     for name, param in named.items():
         for key, value in optimizer.state.get(param, {}).items():
@@ -239,8 +233,8 @@ def save_checkpoint(
 
 def load_checkpoint(
     folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer, schedule
-) -> tuple[dict, dict[str, torch.Tensor] | None]:
-    """(position, best weights or None) of a checkpoint; the parameters, AdamW moments, schedule and RNG restored."""
+) -> tuple[dict, Kept]:
+    """(position, weights kept so far) of a checkpoint; the parameters, AdamW moments, schedule and RNG restored."""
     state = json.loads((folder / STATE_FILE).read_text())
     weights = load_file(folder / "weights.safetensors")
     if set(weights) != set(named):
@@ -261,5 +255,9 @@ def load_checkpoint(
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
-    best = load_file(folder / "best.safetensors") if (folder / "best.safetensors").exists() else None
-    return state, best
+    kept = Kept(averaged_steps=state.get("averaged_steps", []))
+    if (folder / "best.safetensors").exists():
+        kept.best = load_file(folder / "best.safetensors")
+    if (folder / "average.safetensors").exists():
+        kept.total = load_file(folder / "average.safetensors")
+    return state, kept

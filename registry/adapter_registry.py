@@ -73,6 +73,7 @@ class AdapterRegistry:
         *,
         loader_module: str,
         gate: str | None = None,
+        extra_tags: dict[str, str] | None = None,
     ) -> VersionRecord:
         """A new version of `task`, an MLflow Model (mlflow_model.py) whose weights and manifests are logged to the
         run (a run of its own when `run_id` is None); lineage in tags; alias `candidate`.
@@ -82,7 +83,9 @@ class AdapterRegistry:
         spectrum: numbers from the low-rank analysis (rank_at_95, elbow, ...), one version tag each, so the UI
         sorts and filters by them.
         gate: the evaluation gate's verdict, "passed" or "blocked" (tag loraops.gate; `loraops promote
-        --all-passing` promotes only candidates whose gate passed)."""
+        --all-passing` promotes only candidates whose gate passed).
+        extra_tags: more version tags, each named `loraops.<something>` and none of the lineage tags above (a search
+        records its study and best trial this way)."""
         return self.catalog.register(
             task,
             adapter_dir,
@@ -96,6 +99,7 @@ class AdapterRegistry:
             input_example=input_example,
             spectrum=spectrum,
             gate=gate,
+            extra_tags=extra_tags,
         )
 
     def resolve(self, task: str, ref: str | int | None = None) -> VersionRecord:

@@ -1,6 +1,7 @@
 """The rules serving engines apply when they load a LoRA adapter, checked before anything is uploaded.
 
-Sources (read, not imported; none of these engines runs here):
+Sources (read, not imported). vLLM's rules are also tested on vLLM 0.32 itself (tests/integration/
+test_vllm_serving.py: each rule refused or accepted by the engine as here); LoRAX's and TGI's are as read.
 - vLLM 0.26 `vllm/lora/peft_helper.py` (PEFTHelper.validate_legal: no modules_to_save, no DoRA, bias "none", rank
   <= --max-lora-rank), `vllm/config/lora.py` (MaxLoRARanks), the model classes that implement SupportsLoRA
   (which architectures; their linear projections, loaded by checkpoint name).
@@ -39,6 +40,7 @@ SHARED = {
 MODULES = {
     "vllm": SHARED
     | {
+        "llama": LLAMA_LIKE | {"lm_head"},  # vLLM 0.32 loads and applies a LoRA on lm_head (tested on the engine)
         "qwen3": LLAMA_LIKE,
         "granite": LLAMA_LIKE,
         "olmo2": LLAMA_LIKE,

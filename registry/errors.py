@@ -5,6 +5,11 @@ class RegistryError(ValueError):
     """Bad input or a request the registry cannot satisfy (unknown task, version or alias; bad name)."""
 
 
+class EnvironmentSettingError(RegistryError):
+    """An environment variable the registry reads (LORAOPS_HOME, MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL) has a bad
+    value; the message names the variable and the fix."""
+
+
 class UnknownTaskError(RegistryError):
     """No task of that name is registered (yet)."""
 
@@ -27,6 +32,19 @@ class ServerUnavailable(RegistryError):
 
 class StoreUnavailable(StoreError, ServerUnavailable):
     """The S3-compatible store did not answer or is overloaded."""
+
+
+class StoreStalled(StoreError):
+    """The S3-compatible store stopped answering: its calls timed out within LORAOPS_STORE_TIMEOUT. Not retried
+    (the bound already covers the retries); a store that gave up once fails the calls after it at once."""
+
+
+class NoSpace(RegistryError):
+    """Not enough free disk space for what is about to be written (checked before the write starts)."""
+
+
+class DiskFull(StoreError):
+    """The disk filled up during a write (ENOSPC): what was being written is removed, nothing half-written stays."""
 
 
 class PromotionFailed(RegistryError):

@@ -5,16 +5,57 @@ else (bad input, a missing bucket, rejected credentials, a checksum mismatch) fa
 never retried.
 """
 
+import math
 import os
+from typing import NamedTuple
 
-from .errors import ServerUnavailable
+from .errors import RegistryError, ServerUnavailable
 
-# MLflow's client retries 7 times with backoff factor 2 by default: minutes before a dead server is reported.
+# MLflow's client retries 7 times with backoff factor 2 by default: minutes before a dead server is reported. Ours:
+# 3 tries of at most 30 s each (a stalled read), with 1 s and 2 s (+ up to 1 s jitter each) between: <= 96 s.
 MLFLOW_NETWORK = {
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
 }
+STORE_TIMEOUT = "LORAOPS_STORE_TIMEOUT"
+DEFAULT_STORE_TIMEOUT = 120.0
+STORE_ATTEMPTS = 2  # botocore's "standard" mode: the first try and one retry, after at most 1 s
+
+
+class StoreBound(NamedTuple):
+    """How long loraops waits on an S3 store that stopped answering. One call ends within `per_call` seconds
+    (attempts x (connect + read) + the backoff between them); calls already in flight when the first one gives
+    up end within `per_call` more, and none starts after (S3Store), so a stalled store is given up on within
+    `total` = 2 x per_call."""
+
+    total: float
+    connect: float
+    read: float
+    attempts: int
+
+    @property
+    def per_call(self) -> float:
+        return self.total / 2
+
+
+def store_bound() -> StoreBound:
+    """The bound from $LORAOPS_STORE_TIMEOUT (seconds, default 120: 2 tries of 5 s to connect + 24.5 s to read)."""
+    text = os.environ.get(STORE_TIMEOUT, "").strip()
+    try:
+        total = float(text) if text else DEFAULT_STORE_TIMEOUT
+    except ValueError:
+        total = math.nan
+    if not (math.isfinite(total) and 4 <= total <= 86_400):
+        raise RegistryError(
+            f"{STORE_TIMEOUT}={text!r} is not a number of seconds from 4 to 86400; set it to e.g. "
+            f"{DEFAULT_STORE_TIMEOUT:.0f} (the longest wait on a stalled S3 store) or unset it"
+        )
+    per_try = (total / 2 - (STORE_ATTEMPTS - 1)) / STORE_ATTEMPTS  # the backoff before the retry: at most 1 s
+    connect = min(5.0, per_try / 3)
+    return StoreBound(total, connect, per_try - connect, STORE_ATTEMPTS)
+
+
 TRANSIENT_MLFLOW_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"}
 TRANSIENT_TEXT = (
     "Max retries exceeded",
@@ -41,6 +82,12 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, MlflowException):
         return error.error_code in TRANSIENT_MLFLOW_CODES or any(text in str(error) for text in TRANSIENT_TEXT)
     return isinstance(error, (ConnectionError, TimeoutError))
+
+
+def retry_step(error: BaseException) -> bool:
+    """Whether a flow step that failed with `error` is worth running again: a transient fault, unless it is a
+    timeout, whose client already waited out its whole bound (MLflow: timeout x tries; S3: StoreBound)."""
+    return is_transient(error) and "timed out" not in str(error)
 
 
 def server_message(error: BaseException, tracking_uri: str) -> str | None:

@@ -8,7 +8,10 @@ cache: an unchanged base costs a stat per file.
 
 import hashlib
 import json
+import os
 from pathlib import Path
+
+from lora_core.model_files import read_json_object
 
 from .digests import DigestCache
 from .errors import RegistryError
@@ -36,8 +39,8 @@ def fingerprint_weights(folder: str | Path, cache: DigestCache | None = None) ->
     cache = cache or DigestCache()
     digest = hashlib.sha256()
     config = folder / CONFIG_FILE
-    if config.exists():
-        values = {k: v for k, v in json.loads(config.read_text()).items() if k not in VOLATILE_CONFIG_KEYS}
+    if os.path.lexists(config):
+        values = {k: v for k, v in read_json_object(config).items() if k not in VOLATILE_CONFIG_KEYS}
         digest.update(json.dumps(values, sort_keys=True).encode())
     tensors = {}
     for path in files:

@@ -5,15 +5,19 @@ Values are cut to MLflow's limits here (a long parameter or failure reason must 
 """
 
 import json
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
+from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.exceptions import MlflowException
 
+from .errors import DiskFull
+from .free_space import SpaceNeed, check_space, disk_writes, size_of
 from .s3 import is_s3_uri
 from .settings import RegistrySettings
 
@@ -80,7 +84,21 @@ class RunTracking:
         self.client.log_batch(run_id, metrics=[Metric(p.name, p.value, p.timestamp_ms, p.step) for p in points])
 
     def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str) -> None:
-        self.client.log_artifacts(run_id, str(folder), artifact_path)
+        """Embedded MLflow copies the files under $LORAOPS_HOME/mlartifacts: the free space is checked first, and
+        a copy the disk could not hold is removed (one DiskFull line)."""
+        if not self.settings.embedded:
+            self.client.log_artifacts(run_id, str(folder), artifact_path)
+            return
+        artifacts = self.settings.home / "mlartifacts"
+        check_space([SpaceNeed(artifacts, size_of(Path(folder)), f"the run's {artifact_path} artifacts")])
+        try:
+            with disk_writes(artifacts, f"the run's {artifact_path} artifacts"):
+                self.client.log_artifacts(run_id, str(folder), artifact_path)
+        except DiskFull:
+            root = urlparse(self.client.get_run(run_id).info.artifact_uri)
+            if root.scheme == "file":
+                shutil.rmtree(Path(unquote(root.path)) / artifact_path, ignore_errors=True)
+            raise
 
     def end(self, run_id: str, status: RunStatus = "FINISHED", reason: str | None = None) -> None:
         """End the run; a reason (why it failed) is kept as the run's tag `loraops.failure`."""

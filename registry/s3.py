@@ -7,9 +7,10 @@ credentials are never echoed into messages.
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
-from .errors import RegistryError, StoreError, StoreUnavailable
+from .errors import RegistryError, StoreError, StoreStalled, StoreUnavailable
+from .faults import STORE_TIMEOUT, store_bound
 
 SCHEME = "s3://"
 S3Client = Any  # botocore builds the client class at run time; boto3 ships no type stubs
@@ -31,6 +32,26 @@ class S3Location(NamedTuple):
     key: str  # may be empty (the bucket itself) or a prefix
 
 
+class CompletedPart(TypedDict):
+    """One part of a multipart upload, as complete_multipart_upload takes it."""
+
+    ETag: str
+    PartNumber: int
+    ChecksumSHA256: str
+
+
+class Part(NamedTuple):
+    number: int
+    data: bytes
+    recorded: str | None  # the part's sha256 as the digest cache recorded it
+    trusted: bool  # recorded well after the file last changed: sent as the checksum without hashing the part
+
+
+class ObjectHead(NamedTuple):
+    bytes: int
+    checksum: str | None  # the SHA-256 the store reports ('-N' dropped), None if it keeps none
+
+
 def is_s3_uri(uri: str) -> bool:
     return uri.startswith(SCHEME)
 
@@ -46,19 +67,20 @@ def parse_s3_uri(uri: str, what: str = "S3 URI") -> S3Location:
 
 
 def s3_client(connections: int = 10) -> S3Client:
-    """A boto3 S3 client whose every call ends: bounded connect/read timeouts and retries; `connections`: how many
+    """A boto3 S3 client whose every call ends within store_bound().per_call; `connections`: how many
     open connections it keeps for threads that share it (beyond that, each extra one is closed after its request)."""
     import boto3
     from botocore.config import Config
 
+    bound = store_bound()  # botocore's defaults (60 s read x 5 tries per call) took 20 minutes on a stalled store
     # Our own sha256 verification covers integrity, so stores that reject boto3's default
     # CRC headers (several S3-compatible servers) work unless the user asks otherwise.
     config = Config(
         request_checksum_calculation=os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
         response_checksum_validation=os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
-        retries={"max_attempts": 5, "mode": "standard"},
-        connect_timeout=10,
-        read_timeout=60,
+        retries={"max_attempts": bound.attempts, "mode": "standard"},
+        connect_timeout=bound.connect,
+        read_timeout=bound.read,
         max_pool_connections=connections,
     )
     return boto3.session.Session().client("s3", config=config)
@@ -67,7 +89,8 @@ def s3_client(connections: int = 10) -> S3Client:
 def shared_client(connections: int) -> S3Client:
     """One client per process, AWS settings and pool size: boto3 clients are thread-safe, and building one costs
     about 0.3 s of CPU (botocore loads its service model), paid once instead of per promotion of a fleet."""
-    key = (connections, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))))
+    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_") or k == STORE_TIMEOUT)
+    key = (connections, tuple(settings))
     with CLIENTS_LOCK:
         if key not in CLIENTS:
             CLIENTS[key] = s3_client(connections)
@@ -96,7 +119,13 @@ def call(where: str, method: Callable[..., Any], *args: Any, missing_ok: bool = 
     """Run a boto3 call on `where` (an s3:// URI); turn its failures into one-line StoreErrors that name the fix.
     With `missing_ok`, a missing key answers None."""
     from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
 
     try:
         return method(*args, **kwargs)
@@ -111,10 +140,21 @@ def call(where: str, method: Callable[..., Any], *args: Any, missing_ok: bool = 
         raise StoreError(
             f"no AWS credentials for {where}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
         ) from None
+    except (ReadTimeoutError, ConnectTimeoutError) as e:
+        raise stalled(where, type(e).__name__) from None
     except BotoCoreError as e:
         raise StoreUnavailable(
             f"cannot reach {where} ({type(e).__name__}); check AWS_ENDPOINT_URL, that the store is up, and the network"
         ) from None
+
+
+def stalled(where: str, what: str) -> StoreStalled:
+    bound = store_bound()
+    return StoreStalled(
+        f"{where} did not answer: {bound.attempts} tries of {bound.connect:.2g} s to connect and {bound.read:.3g} s "
+        f"to read timed out ({what}); check that the store is up and AWS_ENDPOINT_URL, or set {STORE_TIMEOUT} "
+        f"(now {bound.total:.0f} s) for a slower one"
+    )
 
 
 def _client_error(where: str, code: str, error: Exception) -> StoreError:

@@ -14,33 +14,12 @@ awscrt where it runs) from the bytes it got, so a changed part shows on HEAD.
 import hashlib
 from concurrent.futures import Future, wait
 from pathlib import Path
-from typing import NamedTuple, TypedDict
 
 from .digests import CHUNK, DigestCache, FileDigest, part_size
-from .errors import IntegrityError
+from .errors import IntegrityError, StoreStalled
 from .manifest import FileEntry
-from .s3 import S3Client, call, is_s3_uri, parse_s3_uri, shared_client
+from .s3 import CompletedPart, ObjectHead, Part, S3Client, call, is_s3_uri, parse_s3_uri, shared_client
 from .stores import FILES_AT_ONCE, Known, Progress, TransferSlots, b64, log, mismatch
-
-
-class CompletedPart(TypedDict):
-    """One part of a multipart upload, as complete_multipart_upload takes it."""
-
-    ETag: str
-    PartNumber: int
-    ChecksumSHA256: str
-
-
-class Part(NamedTuple):
-    number: int
-    data: bytes
-    recorded: str | None  # the part's sha256 as the digest cache recorded it
-    trusted: bool  # recorded well after the file last changed: sent as the checksum without hashing the part
-
-
-class ObjectHead(NamedTuple):
-    bytes: int
-    checksum: str | None  # the SHA-256 the store reports ('-N' dropped), None if it keeps none
 
 
 class S3Store:
@@ -59,6 +38,7 @@ class S3Store:
         # requests that hold no slot (HEAD, completion) come from up to FILES_AT_ONCE threads per slot's task
         self.client = client or shared_client(self.slots.jobs * (FILES_AT_ONCE + 1))
         self.transfer = TransferConfig(multipart_chunksize=16 * 1024 * 1024)  # downloads
+        self.gave_up: StoreStalled | None = None  # a call that timed out: the calls after it fail at once
 
     def __repr__(self) -> str:
         return f"S3Store({self.uri()})"
@@ -241,6 +221,8 @@ class S3Store:
         return CompletedPart(ETag=response["ETag"], PartNumber=part.number, ChecksumSHA256=b64(sha)), sha
 
     def abort(self, key: str, upload_id: str) -> None:
+        if self.gave_up:
+            return  # a stalled store would stall this too; the next promotion aborts it (abort_stale)
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
         except Exception:  # the upload failed already; the next promotion aborts what is left (abort_stale)
@@ -297,4 +279,12 @@ class S3Store:
         return None if response is None else response["Body"].read()
 
     def _call(self, method, *args, missing_ok: bool = False, **kwargs):
-        return call(self.uri(), method, *args, missing_ok=missing_ok, **kwargs)
+        """`call`, bounded as a whole: after one call timed out (StoreStalled), every later one fails at once, so a
+        stalled store costs one call's bound plus the calls already in flight (faults.StoreBound)."""
+        if self.gave_up:
+            raise self.gave_up
+        try:
+            return call(self.uri(), method, *args, missing_ok=missing_ok, **kwargs)
+        except StoreStalled as e:
+            self.gave_up = e
+            raise

@@ -24,6 +24,7 @@ from typing import NamedTuple, Protocol
 
 from .digests import CHUNK, DigestCache, FileDigest
 from .errors import IntegrityError, RegistryError, StoreError
+from .free_space import SpaceNeed, check_space, disk_writes
 from .manifest import FileEntry
 from .s3 import is_s3_uri, parse_s3_uri
 
@@ -118,8 +119,14 @@ class LocalStore:
     def upload(
         self, source: Path, key: str, entry: FileEntry, progress: Progress | None = None, known: Known | None = None
     ) -> None:
-        """Copy to a temporary name beside the destination, hashing as it goes; fsync; rename into place."""
+        """Copy to a temporary name beside the destination, hashing as it goes; fsync; rename into place. The free
+        space is checked first; a disk that fills up anyway is DiskFull, the temporary file removed."""
         dest = self.root / key
+        check_space([SpaceNeed(dest.parent, entry.bytes, key)])
+        with disk_writes(self.root, key):
+            self._copy(source, dest, entry, progress)
+
+    def _copy(self, source: Path, dest: Path, entry: FileEntry, progress: Progress | None) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=".upload-", delete=False) as tmp:
@@ -156,13 +163,18 @@ class LocalStore:
 
     def put_bytes(self, key: str, data: bytes) -> None:
         dest = self.root / key
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".upload-{dest.name}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        with disk_writes(self.root, key):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.replace(tmp, dest)
 
     def get_bytes(self, key: str) -> bytes | None:
         path = self.root / key

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 from mlflow.entities.model_registry import ModelVersion
 
+from .errors import RegistryError
 from .records import MODES, BaseRecord, LoraSummary, VersionRecord
 
 TAG = "loraops."
@@ -104,3 +105,11 @@ def version_record(version: ModelVersion, aliases: dict[str, int]) -> VersionRec
         spectrum={k.removeprefix(SPECTRUM): float(v) for k, v in tags.items() if k.startswith(SPECTRUM)},
         gate=tags.get(GATE),
     )
+
+
+def checked_extra_tags(tags: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """Extra version tags: `loraops.` names that leave the lineage tags as they are."""
+    for name in extra:
+        if not name.startswith(TAG) or name in tags:
+            raise RegistryError(f"version tag {name!r} is not a free loraops.* name; rename it")
+    return extra

@@ -5,14 +5,15 @@ fingerprint. A new adapter version is an MLflow Model (mlflow_model.py) whose we
 run, its lineage in tags (tags.py), alias `candidate`.
 """
 
-import json
-import math
+import os
 import re
 import tempfile
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from lora_core.model_files import read_json_object
 
 from .aliases import AliasBook
 from .code_version import code_version
@@ -31,14 +32,23 @@ from .names import (
     parse_ref,
 )
 from .paging import Pages
-from .records import BaseName, BaseRecord, Lineage, LoraSummary, VersionRecord
+from .records import BaseName, BaseRecord, Lineage, VersionRecord
 from .runs import RunTracking
 from .settings import RegistrySettings
-from .tags import GATE_VERDICTS, KIND, MANIFEST, TAG, base_record, base_tags, version_record, version_tags
+from .tags import (
+    GATE_VERDICTS,
+    KIND,
+    MANIFEST,
+    TAG,
+    base_record,
+    base_tags,
+    checked_extra_tags,
+    version_record,
+    version_tags,
+)
 from .transfer import seed
+from .version_inputs import adapter_summary, check_inputs
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-HEX64 = re.compile(r"[0-9a-f]{64}")
 FINGERPRINT_PREFIX = re.compile(r"[0-9a-f]{8,64}")
 
 
@@ -58,7 +68,7 @@ class VersionCatalog:
         """Register a base model folder once per weight fingerprint; the same weights return the same record."""
         path = Path(path)
         fingerprint = fingerprint_weights(path, self.digests)
-        config = json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).exists() else {}
+        config = read_json_object(path / CONFIG_FILE) if os.path.lexists(path / CONFIG_FILE) else {}
         name = name or config.get("_name_or_path") or path.name
         model = base_model_name(name)
         if found := self.find_base(fingerprint):
@@ -106,14 +116,15 @@ class VersionCatalog:
         input_example: list[str] | None = None,
         spectrum: dict[str, float] | None = None,
         gate: str | None = None,
+        extra_tags: dict[str, str] | None = None,
     ) -> VersionRecord:
         """See AdapterRegistry.register."""
         check_task_name(task)
         if gate not in (None, *GATE_VERDICTS):
             raise RegistryError(f"gate verdict {gate!r} is not one of {', '.join(GATE_VERDICTS)}; pass one or None")
-        lora, task_type = read_adapter_config(Path(adapter_dir))
+        lora, task_type = adapter_summary(Path(adapter_dir))
         spectrum = spectrum or {}
-        _check_inputs(merged_dir, dataset_fingerprint, metrics, spectrum)
+        check_inputs(merged_dir, dataset_fingerprint, metrics, spectrum)
         folders = {"adapter": Path(adapter_dir)} | ({"merged": Path(merged_dir)} if merged_dir else {})
         manifests = {
             mode: Manifest(
@@ -145,6 +156,7 @@ class VersionCatalog:
             spectrum,
             gate,
         )
+        tags |= checked_extra_tags(tags, extra_tags or {})
         self._ensure_model(task, {KIND: "task"})
         artifact_uri = self.client.get_run(run_id).info.artifact_uri
         version = int(
@@ -253,43 +265,3 @@ class VersionCatalog:
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-
-
-def read_adapter_config(folder: Path) -> tuple[LoraSummary, str | None]:
-    """The adapter's LoRA settings and its task_type (which MLflow Model it becomes)."""
-    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-    if missing:
-        raise RegistryError(
-            f"{folder}: missing {', '.join(missing)}; pass a folder written by save_adapter (PEFT format)"
-        )
-    try:
-        config = json.loads((folder / ADAPTER_FILES[0]).read_text())
-        if config.get("peft_type") != "LORA":
-            raise ValueError(f"peft_type is {config.get('peft_type')!r}")
-        lora = LoraSummary(r=config["r"], alpha=config["lora_alpha"], targets=config["target_modules"])
-        return lora, config.get("task_type")
-    except (ValueError, KeyError, TypeError) as e:
-        raise RegistryError(
-            f"{folder / ADAPTER_FILES[0]}: not a LoRA adapter config ({e}); re-save it with save_adapter"
-        ) from None
-
-
-def _check_inputs(
-    merged_dir: str | Path | None, dataset_fingerprint: str, metrics: dict[str, float], spectrum: dict[str, float]
-) -> None:
-    """Refuse a registration that would record bad lineage, before anything is written."""
-    if merged_dir is not None:
-        folder = Path(merged_dir)
-        if not (folder / CONFIG_FILE).is_file() or not any(folder.glob("*.safetensors")):
-            raise RegistryError(
-                f"{folder}: a merged model needs config.json and *.safetensors; save it with "
-                f"save_pretrained(..., safe_serialization=True)"
-            )
-    if not HEX64.fullmatch(dataset_fingerprint):
-        raise RegistryError(
-            f"dataset fingerprint {dataset_fingerprint!r} is not a sha256 hex digest; pass the digest of the data"
-        )
-    numbers = {**metrics, **spectrum}
-    bad = [k for k, v in numbers.items() if not isinstance(v, (int, float)) or not math.isfinite(v)]
-    if bad:
-        raise RegistryError(f"metric {bad[0]!r} = {numbers[bad[0]]!r} is not a finite number; fix the evaluation")

@@ -22,6 +22,31 @@ from bench.servers import postgres, postgres_bin
 BIN = Path(sys.executable).parent
 
 
+def prefect_servers(home: Path) -> list[int]:
+    """Pids of Prefect API servers (ours or Prefect's own temporary one) started for LORAOPS_HOME `home`: their
+    command runs Prefect's app and their environment names its PREFECT_HOME."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (
+                b"prefect.server.api.server:create_app" in (proc / "cmdline").read_bytes()
+                and f"PREFECT_HOME={home / 'prefect'}".encode() in (proc / "environ").read_bytes()
+            ):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def servers_left(home: Path, seconds: float = 10) -> list[int]:
+    """prefect_servers(home) once they are gone or `seconds` passed (a server stops after the command that
+    started it, or, killed with it, when the kernel or its watchdog ends it)."""
+    deadline = time.monotonic() + seconds
+    while (found := prefect_servers(home)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -241,7 +266,8 @@ class FaultyProxy:
     """A TCP proxy in front of `upstream` (http://host:port) that fails the way networks do.
 
     reset: forwards until `after` bytes came from the client on one connection, then resets it (RST).
-    stall: accepts connections and reads requests, but never forwards them or answers.
+    stall: forwards until `after` bytes came from the client on one connection, then neither forwards nor answers
+    again (after=0: accepts connections but never answers any).
     """
 
     def __init__(self, upstream: str, mode: str, after: int = 0):
@@ -264,6 +290,8 @@ class FaultyProxy:
                 while data := source.recv(65536):
                     sent += len(data)
                     if budget is not None and sent > budget:
+                        if mode == "stall":
+                            threading.Event().wait()  # hold both ends open, silent: the caller's timeout ends it
                         reset(source)
                         reset(sink)
                         return
@@ -284,7 +312,7 @@ class FaultyProxy:
                 except OSError:
                     return
                 self.open.append(client)
-                if mode == "stall":
+                if mode == "stall" and not after:
                     continue  # never answered: the caller's timeout must end it
                 upstream_conn = socket.create_connection((host, int(port)))
                 threading.Thread(target=pipe, args=(client, upstream_conn, after), daemon=True).start()

@@ -4,10 +4,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from ..config import LoraConfig
 from ..errors import AdapterMismatchError, LoraError
+from ..model_files import open_regular
 from ..peft_format import (
     CONFIG_FILE,
     PREFIX,
@@ -16,6 +16,7 @@ from ..peft_format import (
     read_peft_config,
     write_adapter,
 )
+from ..safetensors_io import TensorEntry, read_header, read_tensor
 
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 
@@ -95,7 +96,7 @@ class BaseWeights:
 
     def __init__(self, source: "str | Path | dict[str, torch.Tensor]") -> None:
         self._state: dict[str, torch.Tensor] = {}
-        self._files: dict[str, Path] = {}  # tensor name -> the file holding it
+        self._files: dict[str, tuple[Path, TensorEntry]] = {}  # tensor name -> the file holding it, and where
         if isinstance(source, dict):
             self._state = source
             return
@@ -104,15 +105,15 @@ class BaseWeights:
         if not files:
             raise LoraError(f"{folder} has no *.safetensors weights; pass the base model's folder")
         for file in files:
-            with safe_open(str(file), framework="pt") as f:
-                self._files.update({key: file for key in f.keys()})
+            self._files.update({key: (file, entry) for key, entry in read_header(file)[0].items()})
 
     def _get(self, key: str) -> torch.Tensor | None:
         if key in self._state:
             return self._state[key]
         if key in self._files:
-            with safe_open(str(self._files[key]), framework="pt") as f:
-                return f.get_tensor(key)
+            file, entry = self._files[key]
+            with open_regular(file) as f:
+                return read_tensor(f, entry)
         return None
 
     def weight(self, module_path: str, shape: tuple[int, int], fan_in_fan_out: bool = False) -> torch.Tensor:

@@ -21,6 +21,7 @@ Each adapter's safetensors header is read once; per chunk each file is opened on
 that chunk are read (positional reads), so every byte of every A is read exactly once and no B is read at all.
 """
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AdapterMismatchError, LoraError
+from ..model_files import open_regular
 from ..peft_format import CONFIG_FILE, PREFIX, WEIGHTS_FILE, lora_config_from_peft, read_peft_config
 from ..safetensors_io import TensorEntry, read_header, read_tensor
 
@@ -88,7 +90,7 @@ def _index(folders: Sequence[str | Path]) -> tuple[list[Path], dict[str, list[_F
     for i, folder in enumerate(map(Path, folders)):
         lora_config_from_peft(read_peft_config(folder), folder / CONFIG_FILE)  # a LoRA adapter, or a clear error
         file = folder / WEIGHTS_FILE
-        if not file.is_file():
+        if not os.path.lexists(file):
             raise LoraError(f"{folder} has no {WEIGHTS_FILE}; point at the folder save_adapter() wrote")
         entries, _ = read_header(file)
         found = [e for name, e in entries.items() if name.endswith(A_SUFFIX) and len(e.shape) == 2]
@@ -146,7 +148,7 @@ def _read_bases(
         for slot, f in enumerate(factors):
             by_file.setdefault(f.adapter, []).append((module, slot, f.entry))
     for adapter, wanted in sorted(by_file.items()):
-        with open(files[adapter], "rb") as file:
+        with open_regular(files[adapter]) as file:
             for module, slot, entry in sorted(wanted, key=lambda w: w[2].start):
                 vt = torch.linalg.svd(read_tensor(file, entry).double(), full_matrices=False)[2]  # [q, k]
                 _, bases, ranks = stacks[module]

@@ -103,8 +103,15 @@ def adapters(args, print_=print) -> None:
 
 
 def promote(args, print_=print) -> None:
-    result = AdapterRegistry().promote(
-        args.task, args.version, args.mode, args.target, args.reason or "", serve_with=args.serve_with, drift=args.drift
+    from ..live_engine import check_live_rank, reach_live_engine
+
+    registry = AdapterRegistry()
+    serve_with = args.serve_with
+    # A `loraops serve` serving this base takes the new version: vLLM's rules are checked before any upload.
+    if check_live_rank(registry, args.task, args.version) and serve_with == "any":
+        serve_with = "vllm"
+    result = registry.promote(
+        args.task, args.version, args.mode, args.target, args.reason or "", serve_with=serve_with, drift=args.drift
     )
     print_(
         f"promoted {result.task} v{result.version} ({result.mode}) to {result.uri}: "
@@ -113,11 +120,18 @@ def promote(args, print_=print) -> None:
     )
     if result.previous != result.version:
         print_(f"production: {result.previous or '-'} -> {result.version}")
+    if line := reach_live_engine(registry, result.task):
+        print_(line)
 
 
 def rollback(args, print_=print) -> None:
-    events = AdapterRegistry().rollback(args.task, args.reason or "", drift=args.drift)
+    from ..live_engine import reach_live_engine
+
+    registry = AdapterRegistry()
+    events = registry.rollback(args.task, args.reason or "", drift=args.drift)
     print_(
         f"production: {events[0].from_version} -> {events[0].to_version}; "
         f"previous-production is now {events[1].to_version or 'unset'}"
     )
+    if line := reach_live_engine(registry, args.task):
+        print_(line)

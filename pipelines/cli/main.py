@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("tasks", nargs="+", metavar="TASK.yaml|FOLDER")
     run.add_argument("--local", action="store_true", help="run here, one after another, even with PREFECT_API_URL set")
+    tune = commands.add_parser(
+        "tune",
+        help="search lr, rank and epochs with Optuna (training.search, or its defaults), each trial a child MLflow "
+        "run; then the best trial's adapter goes through the gate, registration and promotion like `run`",
+    )
+    tune.add_argument("task", metavar="TASK.yaml")
+    tune.add_argument("--trials", type=int, help="trials in the study, earlier ones included (default 12)")
+    tune.add_argument("--timeout", type=float, help="seconds of training over the study's trials, earlier included")
     schedule = commands.add_parser(
         "schedule",
         help="run a task on a cron: a Prefect deployment (on the work pool "
@@ -106,6 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--once", action="store_true", help="exit after one run")
     node.add_argument("--wait", type=float, help="exit after this many seconds with no run to join")
+    serve = commands.add_parser(
+        "serve",
+        help="serve a base and every production adapter on it, each under its task name, in vLLM's "
+        "OpenAI-compatible server; promote and rollback reach it; stops with loraops",
+    )
+    serve.add_argument("--engine", choices=["vllm"], default="vllm", help="the serving engine (default vllm)")
+    serve.add_argument("--base", help="the base to serve (name or fingerprint prefix; default the one in production)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--max-lora-rank", type=positive_int, help="vLLM's --max-lora-rank (default: sized from the adapters)"
+    )
+    serve.add_argument(
+        "--dtype",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        default="auto",
+        help="the engine's weights and activations (default auto: vLLM's choice, bfloat16 for float32 models on CPU)",
+    )
     predict = commands.add_parser("predict", help="predict with a task's adapter on the shared base")
     predict.add_argument("ref", metavar="TASK[@alias|:version]")
     predict.add_argument("texts", nargs="+", metavar="TEXT")
@@ -200,6 +226,16 @@ def run(args: argparse.Namespace) -> None:
         from ..distributed import join_runs
 
         join_runs(RegistrySettings.from_env().home, args.once, args.wait)
+        return
+    if args.command == "tune":
+        from .tune import tune
+
+        tune(args.task, args.trials, args.timeout)
+        return
+    if args.command == "serve":
+        from .serve import serve
+
+        serve(args)
         return
     if args.command in ("run", "schedule", "predict"):
         from . import run as run_commands
@@ -302,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         network_defaults()
         run(args)
     except KeyboardInterrupt as e:
-        name = e.signal_name if isinstance(e, Interrupted) else "SIGINT"
-        print(f"loraops: interrupted ({name})", file=sys.stderr)
-        return SIGNAL_EXIT[name]
+        stopped = e if isinstance(e, Interrupted) else Interrupted("SIGINT")
+        print(f"loraops: {stopped.line()}", file=sys.stderr)
+        return SIGNAL_EXIT[stopped.signal_name]
     except Exception as e:
         code, message = exit_code(e), str(e).strip()
         if code is None and (fault := server_fault(e)):

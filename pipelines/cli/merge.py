@@ -1,11 +1,13 @@
 """`loraops merge BASE_DIR ADAPTER_DIR OUT_DIR`: a PEFT-format adapter folded into its base on disk, shard by shard."""
 
-import json
+import os
 import time
 from pathlib import Path
 
 from lora_core import LoraError
 from lora_core.checkpoint_merge import MergeReport, merge_checkpoint
+from lora_core.errors import ModelFileError
+from lora_core.model_files import read_json_object
 from registry import BaseMismatchError, RegistrySettings, fingerprint_weights
 from registry.digests import DigestCache
 from registry.manifest import MANIFEST_FILE
@@ -14,9 +16,11 @@ from registry.manifest import MANIFEST_FILE
 def check_recorded_base(base_dir: Path, adapter_dir: Path) -> None:
     """An adapter fetched from the registry carries manifest.json with its base's fingerprint: check it."""
     manifest = adapter_dir / MANIFEST_FILE
-    if not manifest.is_file():
+    if not os.path.lexists(manifest):
         return
-    expected = json.loads(manifest.read_text()).get("base_fingerprint")
+    expected = read_json_object(manifest, "fetch the adapter again").get("base_fingerprint")
+    if expected is not None and not isinstance(expected, str):
+        raise ModelFileError(f"{manifest}: base_fingerprint is not text; fetch the adapter again")
     actual = fingerprint_weights(base_dir, DigestCache(RegistrySettings.from_env().digests))
     if expected and actual != expected:
         raise BaseMismatchError(

@@ -14,7 +14,7 @@ from registry.run_watch import RunWatch
 
 from .. import steps
 from ..errors import InputError, RunError, SpecError
-from ..fanout import DEFAULT_POOL, ask_pool, cancel, check_pool_tasks, deployment_name, submit
+from ..fanout import DEFAULT_POOL, ask_pool, cancel, check_pool_tasks, deployment_name, submit, sync_pool_slots
 from ..follow import Follower, Progress, follow, max_overlap
 from ..prefect_server import local_prefect_server, prefect_environment
 from ..preflight import preflight
@@ -148,6 +148,8 @@ def report(result: FlowResult, spec: TaskSpec, print_=print) -> FlowResult:
         if t.best_validation
         else ""
     )
+    if t.averaged_steps:
+        chosen = f" (kept the mean of the passes at steps {', '.join(map(str, t.averaged_steps))})"
     print_(
         f"{result.task}: v{result.version} trained {t.steps} steps in {t.seconds:.0f}s{chosen}; "
         f"{metric} base {e.base[metric]:.3f} -> adapter {e.adapter[metric]:.3f} "
@@ -165,12 +167,20 @@ def schedule(path: str, cron: str, apply_only: bool = False, print_=print) -> st
     """A deployment of train_adapter for this task on `cron`, at most one run at a time.
 
     With a Prefect server (PREFECT_API_URL) it goes to the work pool $LORAOPS_WORK_POOL (default loraops-cpu),
-    whose workers run it, and this returns. Without one, this process serves it (until Ctrl-C)."""
+    whose workers run it, and this returns. Without one, this process serves it (until Ctrl-C) on a local server
+    that stops with it, however it stops (Prefect's own temporary server outlived a kill -9, with parent 1)."""
     settings = RegistrySettings.from_env()
-    spec = check_tasks([path], settings)[0].spec
-    check_cron(cron)
-    prefect_defaults(settings)
     pool = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL) if os.environ.get("PREFECT_API_URL") else None
+    with local_prefect_server(settings.home) as prefect_ready:  # sets PREFECT_API_URL to its own once ready
+        spec = check_tasks([path], settings)[0].spec  # while the server starts
+        prefect_defaults(settings)
+        prefect_ready()
+        return deploy(spec, path, cron, pool, apply_only, print_)
+
+
+def deploy(spec: TaskSpec, path: str, cron: str, pool: str | None, apply_only: bool, print_=print) -> str:
+    """The deployment on `pool`'s server, or (pool None) served from this process unless `apply_only`."""
+    check_cron(cron)
     if pool:
         check_pool(pool)
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
@@ -212,13 +222,17 @@ def check_cron(cron: str) -> None:
 
 
 def check_pool(pool: str) -> None:
-    """The work pool exists on the Prefect server (which answers)."""
-    ask_pool(pool, lambda client: client.read_work_pool(pool))
+    """The work pool exists on the Prefect server (which answers); its slots (fanout.pool_slots) sized to its limit."""
+    ask_pool(pool, lambda client: sync_pool_slots(client, client.read_work_pool(pool)))
 
 
 def schedules(print_=print) -> list[dict]:
     """`loraops schedule --list`: the train_adapter deployments, their cron, pool and last run."""
-    prefect_defaults(RegistrySettings.from_env())
+    with prefect_api(RegistrySettings.from_env()):
+        return list_schedules(print_)
+
+
+def list_schedules(print_=print) -> list[dict]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
@@ -256,17 +270,26 @@ def schedules(print_=print) -> list[dict]:
 def unschedule(task: str, print_=print) -> None:
     """`loraops schedule --remove TASK`: delete the task's deployment (runs already made stay in the history)."""
     check_task_name(task)
-    prefect_defaults(RegistrySettings.from_env())
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+    with prefect_api(RegistrySettings.from_env()):
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
 
-    with get_client(sync_client=True) as client:
-        try:
-            deployment = client.read_deployment_by_name(f"train_adapter/{task}")
-        except ObjectNotFound:
-            raise SpecError(f"no schedule for task {task!r}; see loraops schedule --list") from None
-        client.delete_deployment(deployment.id)
+        with get_client(sync_client=True) as client:
+            try:
+                deployment = client.read_deployment_by_name(f"train_adapter/{task}")
+            except ObjectNotFound:
+                raise SpecError(f"no schedule for task {task!r}; see loraops schedule --list") from None
+            client.delete_deployment(deployment.id)
     print_(f"schedule of {task} removed")
+
+
+@contextlib.contextmanager
+def prefect_api(settings: RegistrySettings) -> Iterator[None]:
+    """PREFECT_API_URL for the block: the user's server, else a local one that stops with this process."""
+    with local_prefect_server(settings.home) as prefect_ready:
+        prefect_defaults(settings)
+        prefect_ready()
+        yield
 
 
 def predict(ref: str, texts: list[str], print_=print) -> list[Prediction]:

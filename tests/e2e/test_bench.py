@@ -15,7 +15,7 @@ def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "bench-results.json").read_text())
     cases = [r["case"] for r in results["rows"]]
-    assert results["failures"] == [] and len(cases) == 35  # full mode adds the flow overhead on an initialized home
+    assert results["failures"] == [] and len(cases) == 37  # full mode adds the flow overhead on an initialized home
     for needle in (
         "`loraops --help` wall time",
         "train step",

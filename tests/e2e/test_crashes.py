@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
 import pytest
+from servers import prefect_servers, servers_left
 from tasks import data_slice, tiny_base, write_task
 
 from registry import AdapterRegistry, RegistrySettings
@@ -22,21 +22,6 @@ CRASH = Path(__file__).parents[1] / "crash_at.py"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     return tiny_base(tmp_path_factory.mktemp("crash-base") / "bert")
-
-
-def prefect_servers(home: Path) -> list[int]:
-    """Pids of Prefect servers started for `home` (their environment names its PREFECT_HOME)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if (
-                b"prefect.server.api.server:create_app" in (proc / "cmdline").read_bytes()
-                and f"PREFECT_HOME={home / 'prefect'}".encode() in (proc / "environ").read_bytes()
-            ):
-                found.append(int(proc.name))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def leftovers(home: Path) -> list[str]:
@@ -71,10 +56,7 @@ def test_a_run_killed_at_any_point_leaves_nothing_behind_and_the_rerun_completes
     )
     killed = run([sys.executable, str(CRASH), point, str(task)], home)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    deadline = time.monotonic() + 10
-    while prefect_servers(home) and time.monotonic() < deadline:  # the kernel kills it with its parent
-        time.sleep(0.2)
-    assert prefect_servers(home) == []
+    assert servers_left(home) == []  # the kernel kills it with its parent
     if point == "promotion":
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads")  # what the crash left
 

@@ -55,6 +55,12 @@ def test_each_error_class_is_one_line_with_its_exit_code(cls, monkeypatch, capsy
     [
         (pipelines.errors.Interrupted("SIGTERM"), 143, "loraops: interrupted (SIGTERM)\n"),
         (KeyboardInterrupt(), 130, "loraops: interrupted (SIGINT)\n"),
+        (
+            pipelines.errors.Interrupted("SIGINT", "t", "run-1"),
+            130,
+            "loraops: interrupted (SIGINT): t's MLflow run run-1 ended KILLED; the same command again resumes "
+            "training from its last checkpoint\n",
+        ),
     ],
 )
 def test_an_interrupt_is_one_line_and_the_shell_convention_exit_code(error, code, line, monkeypatch, capsys):

@@ -44,7 +44,7 @@ def test_a_folder_without_task_files_is_bad_input(tmp_path):
 
 def test_a_missing_path_is_left_for_load_spec_to_name(tmp_path):
     assert expand_task_paths([tmp_path / "nope.yaml"]) == [tmp_path / "nope.yaml"]
-    with pytest.raises(SpecError, match="no such task file"):
+    with pytest.raises(InputError, match="task file .*nope.yaml: no such file"):
         load_spec(expand_task_paths([tmp_path / "nope.yaml"])[0])
 
 

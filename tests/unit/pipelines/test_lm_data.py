@@ -55,8 +55,8 @@ def test_packed_rows_keep_attention_within_each_example(gpt2):
     rows = list(lm_batches(examples, tokenizer, 8, 64, packing=True))
     assert len(rows) == 1 and set(rows[0]) == {"input_ids", "position_ids", "labels"}  # no 2-D mask: block-diagonal
     pairs = [encode_pair(tokenizer, e.text, e.label, 64, chat=False) for e in examples]
-    # the same order as unpacked batches (by length, no seed): concatenated, positions restarting at each example
-    order = sorted(range(3), key=lambda i: len(examples[i].text) + len(examples[i].label))
+    # the same order as unpacked batches (by token length, no seed): concatenated, positions restarting at each example
+    order = sorted(range(3), key=lambda i: len(pairs[i][0]))
     assert rows[0]["input_ids"][0].tolist() == [t for i in order for t in pairs[i][0]]
     assert rows[0]["labels"][0].tolist() == [t for i in order for t in pairs[i][1]]
     assert rows[0]["position_ids"][0].tolist() == [p for i in order for p in range(len(pairs[i][0]))]

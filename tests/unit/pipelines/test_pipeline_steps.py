@@ -1,6 +1,7 @@
 """Task spec, data validation, resumable training, metrics and the gate: plain functions, no Prefect."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -79,7 +80,9 @@ def test_bad_task_files_name_the_field_and_the_fix(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(SpecError) as error:
         load_spec(path)
-    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+    assert re.match(re.escape(str(path)) + r"(:\d+)?: ", str(error.value)) and message in str(
+        error.value
+    )  # YAML: :LINE
     assert "\n" not in str(error.value)
 
 

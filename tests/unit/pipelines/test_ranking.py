@@ -27,6 +27,7 @@ def trained(tmp_path_factory):
         data_slice(tmp),
         lora={"r": 8, "alpha": 16, "target_modules": ["query", "value"]},
         training__max_steps=60,
+        training__lr=1e-2,
         gate={"metric": "accuracy", "min_gain_over_base": -1.0},
         data__validation_fraction=0.1,
         promotion={"rank": "auto"},
@@ -38,16 +39,21 @@ def trained(tmp_path_factory):
 
 
 def planted_rank_two(adapter: str, out) -> str:
-    """The adapter with every A's rows 2..7 replaced by mixtures of rows 0 and 1: ΔW = s·B·A has rank exactly 2."""
+    """The adapter with each update replaced by its top two singular directions at equal strength (B[:, :2] and
+    A[:2] from the SVD of B·A, the other ranks zero): ΔW = s·B·A has rank exactly 2, and both ranks matter."""
     import shutil
 
     shutil.copytree(adapter, out)
     tensors = load_file(f"{out}/adapter_model.safetensors")
-    g = torch.Generator().manual_seed(0)
     for key in [k for k in tensors if k.endswith(A)]:
-        a = tensors[key].clone()
-        a[2:] = torch.randn(6, 2, generator=g) @ a[:2]
-        tensors[key] = a
+        a, b = tensors[key], tensors[key.replace("lora_A", "lora_B")]
+        u, s, vt = torch.linalg.svd(b.double() @ a.double(), full_matrices=False)
+        strength = s[:2].mean().sqrt()
+        tensors[key] = torch.zeros_like(a)
+        tensors[key][:2] = (strength * vt[:2]).to(a.dtype)
+        b_new = torch.zeros_like(b)
+        b_new[:, :2] = (strength * u[:, :2]).to(b.dtype)
+        tensors[key.replace("lora_A", "lora_B")] = b_new
     save_file(tensors, f"{out}/adapter_model.safetensors", metadata={"format": "pt"})
     return str(out)
 

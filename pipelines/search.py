@@ -1,0 +1,138 @@
+"""A search (training.search, `loraops tune`): Optuna trials of the task, each a Prefect task run and a child MLflow
+run of the task's run; then the best trial's adapter goes through the flow's usual steps (flows.py).
+
+The budget counts the study's finished trials (complete or pruned), earlier searches' included: trials: 12 after a
+search stopped at 5 runs 7 more; timeout counts their training time the same way. A trial interrupted by a signal
+or a crash is failed by Optuna and not counted. Trials run one after another in this process.
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import optuna
+from optuna.trial import TrialState
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from registry import AdapterRegistry
+
+from .errors import SearchFailed
+from .results import PreparedData, SearchSummary, TrainedAdapter, TrialOutcome
+from .spec import SearchSpec, TaskSpec
+from .study import StudyPlan, open_study, shown
+from .trial import run_trial, suggest, trial_spec
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TrialRunner = Callable[..., TrialOutcome]  # run_trial, or trial_task (the same as a Prefect task run)
+
+
+class Found(NamedTuple):
+    spec: TaskSpec  # the task as the best trial trained it
+    trained: TrainedAdapter | None  # its adapter; None when its work folder is gone (the flow trains it again)
+    summary: SearchSummary
+
+
+@task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-{trial.number}")
+def trial_task(
+    spec: TaskSpec,
+    trial: optuna.Trial,
+    params: dict[str, float],
+    metric: str,
+    prepared: PreparedData,
+    base_path: str,
+    base_fingerprint: str,
+    work: str,
+    registry: AdapterRegistry,
+    parent_run_id: str,
+) -> TrialOutcome:
+    return run_trial(spec, trial, params, metric, prepared, base_path, base_fingerprint, work, registry, parent_run_id)
+
+
+def budget_left(study: optuna.Study, search: SearchSpec) -> tuple[int | None, float | None]:
+    """(trials, seconds) still to run: the budget less the study's finished trials and their time."""
+    done = study.get_trials(deepcopy=False, states=FINISHED)
+    spent = sum((t.duration.total_seconds() if t.duration else 0.0) for t in done)
+    trials = None if search.trials is None else max(0, search.trials - len(done))
+    seconds = None if search.timeout is None else max(0.0, search.timeout - spent)
+    return trials, seconds
+
+
+def run_search(
+    spec: TaskSpec,
+    search: SearchSpec,
+    plan: StudyPlan,
+    prepared: PreparedData,
+    base_path: str,
+    base_fingerprint: str,
+    work: str,
+    registry: AdapterRegistry,
+    parent_run_id: str,
+    run_with: TrialRunner = run_trial,
+    print_=print,
+) -> Found:
+    """Run the trials the budget leaves, then return the study's best trial (SearchFailed when none completed)."""
+    study = open_study(plan, spec.training.seed)
+    before = len(study.get_trials(deepcopy=False, states=FINISHED))
+    trials, seconds = budget_left(study, search)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, search)
+        outcome = run_with(
+            spec, trial, params, plan.metric, prepared, base_path, base_fingerprint, work, registry, parent_run_id
+        )
+        shown_params = ", ".join(f"{k}={v:.3g}" for k, v in params.items())
+        print_(f"{spec.task}: trial {trial.number} {outcome.state}: {outcome.reason} ({shown_params})")
+        trial.set_user_attr("loraops.outcome", outcome.state)
+        trial.set_user_attr("loraops.run_id", outcome.run_id)
+        if outcome.state != "complete" or outcome.value is None or outcome.trained is None:
+            raise optuna.TrialPruned(outcome.reason)
+        trial.set_user_attr("loraops.adapter", outcome.trained.adapter)
+        return outcome.value
+
+    if trials != 0 and seconds != 0:
+        study.optimize(objective, n_trials=trials, timeout=seconds, gc_after_trial=True)
+    else:
+        print_(f"{spec.task}: study {plan.name} has spent its budget ({before} trials); shipping its best trial")
+    return best_of(study, spec, plan, before)
+
+
+def best_of(study: optuna.Study, spec: TaskSpec, plan: StudyPlan, before: int) -> Found:
+    done = study.get_trials(deepcopy=False, states=FINISHED)
+    complete = [t for t in done if t.state == TrialState.COMPLETE]
+    if not complete:
+        diverged = sum(1 for t in done if t.user_attrs.get("loraops.outcome") == "diverged")
+        raise SearchFailed(
+            f"none of the {len(done)} trials of study {plan.name} completed ({diverged} diverged, "
+            f"{len(done) - diverged} pruned); lower the lr range in training.search.space or give more trials"
+        )
+    best = study.best_trial
+    params = {name: float(value) for name, value in best.params.items()}
+    record = Path(best.user_attrs.get("loraops.adapter", "")).parent / "train.json"
+    trained = TrainedAdapter.model_validate_json(record.read_text()) if record.is_file() else None
+    summary = SearchSummary(
+        study=plan.name,
+        storage=shown(plan.storage),
+        metric=plan.metric,
+        trials=len(done),
+        complete=len(complete),
+        pruned=len(done) - len(complete),
+        ran=len(done) - before,
+        best_trial=best.number,
+        best_value=float(best.value or 0.0),
+        best_params=params,
+    )
+    return Found(trial_spec(spec, params), trained, summary)
+
+
+def search_tags(summary: SearchSummary) -> dict[str, str]:
+    """The registered version's record of the search that chose it."""
+    return {
+        "loraops.search.study": summary.study,
+        "loraops.search.storage": summary.storage,
+        "loraops.search.trials": str(summary.trials),
+        "loraops.search.best_trial": str(summary.best_trial),
+        f"loraops.search.best_val_{summary.metric}": f"{summary.best_value:.6g}",
+        "loraops.search.best_params": json.dumps(summary.best_params, sort_keys=True),
+    }

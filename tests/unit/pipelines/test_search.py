@@ -1,0 +1,181 @@
+"""training.search / loraops tune: bad search settings refused in one line before any trial; a tiny search on the
+one-layer MiniLM whose trials are child runs of the task's run and whose study on SQLite resumes; a diverging trial
+is pruned, not fatal."""
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from tasks import data_slice, tiny_base, write_task
+
+from pipelines import steps
+from pipelines.cli.main import main
+from pipelines.errors import SearchFailed, SpecError, StudyError
+from pipelines.search import run_search
+from pipelines.spec import SearchSpec, load_spec
+from pipelines.study import check_study, open_study, plan_study
+from pipelines.trial import trial_spec
+from registry import AdapterRegistry, RegistrySettings
+
+SEARCH_TRAINING = {"max_steps": 12, "batch_size": 16, "max_length": 32, "device": "cpu", "checkpoint_every": 100}
+
+
+@pytest.fixture(scope="module")
+def bert_base(tmp_path_factory):
+    return tiny_base(tmp_path_factory.mktemp("bert"))
+
+
+def search_task(folder, base, name="sections", **search):
+    training = {**SEARCH_TRAINING, "search": search or {"trials": 3, "space": {"lr": [5e-3, 5e-2], "r": [2, 8]}}}
+    return write_task(
+        folder, name, base, data_slice(folder, rows=160), data__validation_fraction=0.2, training=training
+    )
+
+
+@pytest.mark.parametrize(
+    "search, validation, message",
+    [
+        ({"space": {"lr": [1e-3, 1e-3]}}, 0.2, "training.search.space: lr: the range [0.001, 0.001] is empty"),
+        ({"space": {"lr": [1e-2, 1e-4]}}, 0.2, "training.search.space: lr: the range [0.01, 0.0001] is inverted"),
+        ({"space": {"dropout": [0, 0.3]}}, 0.2, "'dropout' is not a parameter the search can set; use lr, r"),
+        ({"space": {"r": [2.5, 8]}}, 0.2, "r: the range [2.5, 8] must hold integers above 0"),
+        ({"space": {"lr": [0, 1e-2]}}, 0.2, "lr: the range [0, 0.01] must hold numbers above 0"),
+        ({"trials": 0}, 0.2, "training.search.trials: trials 0 is no budget, no trial would run"),
+        ({"timeout": 0}, 0.2, "training.search.timeout: timeout 0 is no budget"),
+        ({"trials": None}, 0.2, "training.search: training.search needs a budget; give trials, timeout"),
+        ({"space": {}}, 0.2, "an empty space searches nothing"),
+        ({"trials": 3}, 0, "training.search scores trials on a validation split; set data.validation_fraction > 0"),
+    ],
+)
+def test_bad_search_settings_are_one_line_naming_the_field_and_the_fix(tmp_path, search, validation, message):
+    path = write_task(
+        tmp_path, "t", tmp_path, tmp_path / "d.jsonl", data__validation_fraction=validation, training__search=search
+    )
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trials", "0"], "with --trials/--timeout: training.search.trials: trials 0 is no budget"),
+        (["--timeout", "0"], "training.search.timeout: timeout 0 is no budget"),
+    ],
+)
+def test_tune_refuses_a_zero_budget_in_one_line_before_anything_starts(tmp_path, monkeypatch, capsys, args, message):
+    home = tmp_path / "home"
+    monkeypatch.setenv("LORAOPS_HOME", str(home))
+    path = write_task(tmp_path, "t", tmp_path, tmp_path / "d.jsonl", data__validation_fraction=0.2)
+    assert main(["tune", str(path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not home.exists()  # no server, no database, no study
+
+
+def test_tune_refuses_a_task_without_a_validation_split(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
+    path = write_task(tmp_path, "t", tmp_path, tmp_path / "d.jsonl")  # validation_fraction 0
+    assert main(["tune", str(path), "--trials", "2"]) == 2
+    assert "set data.validation_fraction > 0" in capsys.readouterr().err
+
+
+def test_trials_keep_alpha_over_r_unless_alpha_is_searched(tmp_path):
+    spec = load_spec(write_task(tmp_path, "t", tmp_path, tmp_path / "d.jsonl"))  # r 4, alpha 8, max_steps 30
+    one = trial_spec(spec, {"r": 16, "lr": 1e-3, "epochs": 3})
+    assert (one.lora.r, one.lora.alpha, one.training.lr) == (16, 32.0, 1e-3)
+    assert (one.training.epochs, one.training.max_steps, one.training.search) == (3, None, None)
+    assert trial_spec(spec, {"r": 16, "alpha": 4}).lora.alpha == 4
+
+
+def test_a_study_name_of_another_task_or_space_is_refused_before_any_trial(tmp_path, embedded_home):
+    settings = RegistrySettings.from_env()
+    prepared = steps.PreparedData(
+        digest="a" * 64, folder=str(tmp_path), source="x", train=1, test=1, validation=1, labels=[]
+    )
+    shared = SearchSpec(study="shared", space={"lr": (1e-4, 1e-2)})
+    first = load_spec(write_task(tmp_path, "first", tmp_path, tmp_path / "d.jsonl", data__validation_fraction=0.2))
+    other = load_spec(write_task(tmp_path, "other", tmp_path, tmp_path / "d.jsonl", data__validation_fraction=0.2))
+    check_study(plan_study(first, shared, prepared, settings))  # no database yet: nothing to collide with
+    assert not (embedded_home / "studies.db").exists()
+    open_study(plan_study(first, shared, prepared, settings), seed=0)
+    with pytest.raises(StudyError, match="study 'shared' in sqlite:///.* belongs to task 'first', not 'other'"):
+        check_study(plan_study(other, shared, prepared, settings))
+    wider = shared.model_copy(update={"space": {"lr": (1e-5, 1e-2)}})
+    with pytest.raises(StudyError, match="was started for another space"):
+        check_study(plan_study(first, wider, prepared, settings))
+    check_study(plan_study(first, shared, prepared, settings))  # the same task, data and space resume it
+
+
+def search_inputs(tmp_path, base, **search):
+    """(spec, search, plan, prepared, base fingerprint, registry, parent run) of a task ready to search."""
+    settings = RegistrySettings.from_env()
+    spec = load_spec(search_task(tmp_path, base, **search))
+    assert spec.training.search is not None
+    prepared = steps.prepare_data(spec, settings.home / "work" / spec.task)
+    registry = AdapterRegistry(settings)
+    base_record = registry.register_base(base, name="tiny-bert")
+    parent = registry.runs.start(spec.task, "tune", {})
+    plan = plan_study(spec, spec.training.search, prepared, settings)
+    return spec, spec.training.search, plan, prepared, base_record.fingerprint, registry, parent
+
+
+def test_a_three_trial_search_makes_child_runs_and_a_stopped_study_resumes(tmp_path, embedded_home, bert_base):
+    spec, search, plan, prepared, fingerprint, registry, parent = search_inputs(tmp_path, bert_base)
+    work = str(embedded_home / "work" / spec.task)
+    lines: list[str] = []
+    args = (plan, prepared, str(bert_base), fingerprint, work, registry, parent)
+    two = run_search(spec, search.model_copy(update={"trials": 2}), *args, print_=lines.append)
+    assert (two.summary.ran, two.summary.trials) == (2, 2) and len(lines) == 2
+    found = run_search(spec, search, *args, print_=lines.append)  # budget 3: one more trial, not three
+    summary = found.summary
+    assert (summary.ran, summary.trials, summary.complete + summary.pruned) == (1, 3, 3)
+    assert summary.study == f"sections-tiny-bert-{prepared.digest[:8]}" or summary.study.startswith("sections-")
+    assert summary.storage == f"sqlite:///{embedded_home / 'studies.db'}" and summary.metric == "accuracy"
+    study = optuna.load_study(study_name=summary.study, storage=summary.storage)
+    assert len(study.trials) == 3 and study.best_trial.number == summary.best_trial
+    assert summary.best_value == max(t.value for t in study.trials if t.value is not None)
+    assert set(summary.best_params) == {"lr", "r"} and 2 <= summary.best_params["r"] <= 8
+    # The best trial's adapter is what the flow ships: trained with its parameters, on disk with its record.
+    assert found.trained is not None and found.spec.lora.r == summary.best_params["r"]
+    assert found.trained.best_validation is not None
+    assert found.trained.best_validation.metrics["accuracy"] == summary.best_value
+    children = MlflowClient(registry.settings.tracking_uri).search_runs(
+        [registry.experiment(f"loraops-{spec.task}")], f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert sorted(r.data.tags["loraops.trial"] for r in children) == ["0", "1", "2"]
+    assert {r.data.tags["loraops.study"] for r in children} == {summary.study}
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    assert all("val_accuracy" in r.data.metrics for r in children)
+    again = run_search(spec, search, *args, print_=lines.append)  # budget spent: no trial, the same best
+    assert again.summary.ran == 0 and again.summary.best_trial == summary.best_trial
+    assert "has spent its budget (3 trials)" in lines[-1]
+
+
+def test_a_diverging_trial_is_pruned_not_fatal_and_a_search_without_a_complete_trial_fails(
+    tmp_path, embedded_home, bert_base
+):
+    spec, search, plan, prepared, fingerprint, registry, parent = search_inputs(
+        tmp_path, bert_base, trials=2, space={"lr": [1e30, 1e31]}
+    )
+    lines: list[str] = []
+    with pytest.raises(SearchFailed, match="none of the 2 trials of study .* completed \\(2 diverged, 0 pruned\\)"):
+        run_search(
+            spec,
+            search,
+            plan,
+            prepared,
+            str(bert_base),
+            fingerprint,
+            str(embedded_home / "work" / spec.task),
+            registry,
+            parent,
+            print_=lines.append,
+        )
+    assert len(lines) == 2 and all("diverged: training diverged at step" in line for line in lines)
+    study = optuna.load_study(study_name=plan.name, storage=plan.storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    children = MlflowClient(registry.settings.tracking_uri).search_runs(
+        [registry.experiment(f"loraops-{spec.task}")], f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert [r.info.status for r in children] == ["FAILED", "FAILED"]
+    assert all(r.data.tags["loraops.failure"].startswith("training diverged") for r in children)
