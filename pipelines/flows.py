@@ -40,6 +40,7 @@ from .tasks import (
     train_task,
 )
 from .threads import use_threads
+from .trial import TrialGround
 
 
 def production_for(registry: AdapterRegistry, task_name: str, base_fingerprint: str) -> ProductionVersion | None:
@@ -138,9 +139,8 @@ def run_task(spec_path: str, prepared: PreparedData | None, search: SearchSpec |
         if search is None or plan is None:
             return run_steps(spec, prepared, registry, base, base_path, work, run, key)
         run.at("search")
-        found = run_search(
-            spec, search, plan, prepared, str(base_path), base.fingerprint, str(work), registry, run_id, trial_task
-        )
+        ground = TrialGround(prepared, str(base_path), base.fingerprint, str(work), registry, run_id)
+        found = run_search(spec, search, plan, ground, trial_task)
         registry.runs.log_params(run_id, {f"search.best.{k}": f"{v:g}" for k, v in found.summary.best_params.items()})
         return run_steps(found.spec, prepared, registry, base, base_path, work, run, key, found.trained, found.summary)
 

@@ -16,13 +16,11 @@ from optuna.trial import TrialState
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from registry import AdapterRegistry
-
 from .errors import SearchFailed
-from .results import PreparedData, SearchSummary, TrainedAdapter, TrialOutcome
+from .results import SearchSummary, TrainedAdapter, TrialOutcome
 from .spec import SearchSpec, TaskSpec
 from .study import StudyPlan, open_study, shown
-from .trial import run_trial, suggest, trial_spec
+from .trial import TrialGround, run_trial, suggest, trial_spec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TrialRunner = Callable[..., TrialOutcome]  # run_trial, or trial_task (the same as a Prefect task run)
@@ -36,18 +34,9 @@ class Found(NamedTuple):
 
 @task(name="trial", cache_policy=NO_CACHE, task_run_name="trial-{trial.number}")
 def trial_task(
-    spec: TaskSpec,
-    trial: optuna.Trial,
-    params: dict[str, float],
-    metric: str,
-    prepared: PreparedData,
-    base_path: str,
-    base_fingerprint: str,
-    work: str,
-    registry: AdapterRegistry,
-    parent_run_id: str,
+    spec: TaskSpec, trial: optuna.Trial, params: dict[str, float], metric: str, ground: TrialGround
 ) -> TrialOutcome:
-    return run_trial(spec, trial, params, metric, prepared, base_path, base_fingerprint, work, registry, parent_run_id)
+    return run_trial(spec, trial, params, metric, ground)
 
 
 def budget_left(study: optuna.Study, search: SearchSpec) -> tuple[int | None, float | None]:
@@ -63,12 +52,7 @@ def run_search(
     spec: TaskSpec,
     search: SearchSpec,
     plan: StudyPlan,
-    prepared: PreparedData,
-    base_path: str,
-    base_fingerprint: str,
-    work: str,
-    registry: AdapterRegistry,
-    parent_run_id: str,
+    ground: TrialGround,
     run_with: TrialRunner = run_trial,
     print_=print,
 ) -> Found:
@@ -79,9 +63,7 @@ def run_search(
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, search)
-        outcome = run_with(
-            spec, trial, params, plan.metric, prepared, base_path, base_fingerprint, work, registry, parent_run_id
-        )
+        outcome = run_with(spec, trial, params, plan.metric, ground)
         shown_params = ", ".join(f"{k}={v:.3g}" for k, v in params.items())
         print_(f"{spec.task}: trial {trial.number} {outcome.state}: {outcome.reason} ({shown_params})")
         trial.set_user_attr("loraops.outcome", outcome.state)

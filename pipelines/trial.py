@@ -7,7 +7,7 @@ ends the trial as pruned too: a rate too high for the data is an answer about th
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from registry import AdapterRegistry
 
@@ -51,35 +51,37 @@ def trial_spec(spec: TaskSpec, params: dict[str, float]) -> TaskSpec:
     )
 
 
+class TrialGround(NamedTuple):
+    """What every trial of one search shares: the data, the base, the work folder, the registry, the parent run."""
+
+    prepared: PreparedData
+    base_path: str
+    base_fingerprint: str
+    work: str
+    registry: AdapterRegistry
+    parent_run_id: str
+
+
 def run_trial(
-    spec: TaskSpec,
-    trial: "optuna.Trial",
-    params: dict[str, float],
-    metric: str,
-    prepared: PreparedData,
-    base_path: str,
-    base_fingerprint: str,
-    work: str,
-    registry: AdapterRegistry,
-    parent_run_id: str,
+    spec: TaskSpec, trial: "optuna.Trial", params: dict[str, float], metric: str, ground: TrialGround
 ) -> TrialOutcome:
     """Train the task with `params` (trial_spec) in a child run of `parent_run_id`: complete with the best
     validation pass's `metric`, pruned by the median of earlier trials, or diverged."""
     import optuna
 
-    runs, trained_spec = registry.runs, trial_spec(spec, params)
+    runs, trained_spec, prepared = ground.registry.runs, trial_spec(spec, params), ground.prepared
     run_id = runs.start(
         spec.task,
         f"trial {trial.number} {spec.task}",
         {
-            "mlflow.parentRunId": parent_run_id,
+            "mlflow.parentRunId": ground.parent_run_id,
             "loraops.task": spec.task,
             "loraops.trial": str(trial.number),
             "loraops.study": trial.study.study_name,
         },
     )
     runs.log_params(run_id, {name: f"{value:g}" for name, value in params.items()})
-    folder = Path(work) / train_key(trained_spec, prepared, base_fingerprint)[:16]
+    folder = Path(ground.work) / train_key(trained_spec, prepared, ground.base_fingerprint)[:16]
     log, passes = tracking.StepLog(runs, run_id), []
 
     def on_validation(step: int, metrics: Metrics) -> None:
@@ -105,7 +107,7 @@ def run_trial(
         )
 
     try:
-        trained = steps.fit_adapter(trained_spec, prepared, Path(base_path), folder, log, on_validation)
+        trained = steps.fit_adapter(trained_spec, prepared, Path(ground.base_path), folder, log, on_validation)
     except optuna.TrialPruned as e:
         return outcome("pruned", str(e))
     except TrainingDiverged as e:

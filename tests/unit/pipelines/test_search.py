@@ -13,7 +13,7 @@ from pipelines.errors import SearchFailed, SpecError, StudyError
 from pipelines.search import run_search
 from pipelines.spec import SearchSpec, load_spec
 from pipelines.study import check_study, open_study, plan_study
-from pipelines.trial import trial_spec
+from pipelines.trial import TrialGround, trial_spec
 from registry import AdapterRegistry, RegistrySettings
 
 SEARCH_TRAINING = {"max_steps": 12, "batch_size": 16, "max_length": 32, "device": "cpu", "checkpoint_every": 100}
@@ -123,7 +123,7 @@ def test_a_three_trial_search_makes_child_runs_and_a_stopped_study_resumes(tmp_p
     spec, search, plan, prepared, fingerprint, registry, parent = search_inputs(tmp_path, bert_base)
     work = str(embedded_home / "work" / spec.task)
     lines: list[str] = []
-    args = (plan, prepared, str(bert_base), fingerprint, work, registry, parent)
+    args = (plan, TrialGround(prepared, str(bert_base), fingerprint, work, registry, parent))
     two = run_search(spec, search.model_copy(update={"trials": 2}), *args, print_=lines.append)
     assert (two.summary.ran, two.summary.trials) == (2, 2) and len(lines) == 2
     found = run_search(spec, search, *args, print_=lines.append)  # budget 3: one more trial, not three
@@ -163,12 +163,9 @@ def test_a_diverging_trial_is_pruned_not_fatal_and_a_search_without_a_complete_t
             spec,
             search,
             plan,
-            prepared,
-            str(bert_base),
-            fingerprint,
-            str(embedded_home / "work" / spec.task),
-            registry,
-            parent,
+            TrialGround(
+                prepared, str(bert_base), fingerprint, str(embedded_home / "work" / spec.task), registry, parent
+            ),
             print_=lines.append,
         )
     assert len(lines) == 2 and all("diverged: training diverged at step" in line for line in lines)
