@@ -214,11 +214,12 @@ class TrainingSpec(Strict):
         "(causal LM); default gate.metric",
     )
     selection: Literal["best", "smoothed", "average"] = Field(
-        "best",
-        description="the weights registered, from the validation passes: best = the pass best on best_metric; "
-        "smoothed = the pass best on best_metric averaged over it and the two passes before it; average = the mean "
-        "of the weights (LoRA A and B each) at the passes in the second half of training, a plain adapter of the "
-        "same rank; without a validation split, the last step",
+        "average",
+        description="the weights registered, from the validation passes: average (default; best when patience is "
+        "set) = the mean of the weights (LoRA A and B each) at the passes in the second half of training, a plain "
+        "adapter of the same rank; best = the pass best on best_metric; smoothed = the pass best on best_metric "
+        "averaged over it and the two passes before it; without a validation split, the last step. Measured: "
+        "docs/quality.md",
     )
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward: less memory, about a third more time"
@@ -232,6 +233,14 @@ class TrainingSpec(Strict):
     search: SearchSpec | None = Field(
         None, description="tune lr, rank, epochs with Optuna, then ship the best trial (loraops tune; docs/tuning.md)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _patience_keeps_a_pass(cls, data: object) -> object:
+        """patience stops at a pass, so with patience and no selection given, the pass kept is the best one."""
+        if isinstance(data, dict) and data.get("patience") is not None and "selection" not in data:
+            return {**data, "selection": "best"}
+        return data
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainingSpec":

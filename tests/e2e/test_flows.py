@@ -122,7 +122,7 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
 
 def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home, tmp_path):
     """task, type, data and nothing else: the default base, targets by architecture, the head, a validation split
-    with its curve in MLflow, the best pass registered, promoted as an adapter."""
+    with its curve in MLflow, the mean of the late passes registered, promoted as an adapter."""
     import yaml
 
     from pipelines.flows import train_adapter
@@ -142,11 +142,10 @@ def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home,
     assert any(".classifier." in k for k in load_file(adapter / "adapter_model.safetensors"))
     trained = result.trained
     history = mlflow_client(registry).get_metric_history(result.run_id, "val_loss")
-    assert len(history) >= 2 and trained.best_step in {m.step for m in history}
-    accuracy = mlflow_client(registry).get_metric_history(result.run_id, "val_accuracy")
-    best = trained.best_validation.metrics
-    assert max(m.value for m in accuracy) == best["accuracy"]  # picked on the gate's metric
-    assert {m.step: m.value for m in history}[trained.best_step] == pytest.approx(best["loss"])
+    passes = {m.step for m in history}
+    assert len(passes) >= 2 and trained.averaged_steps and set(trained.averaged_steps) <= passes
+    assert min(trained.averaged_steps) > trained.steps / 2  # the mean of the passes of the second half
+    assert trained.best_validation is not None and {"loss", "accuracy"} <= set(trained.best_validation.metrics)
     assert (home / "promoted" / "minimal" / "v1" / "adapter" / "manifest.json").exists()
 
 

@@ -17,7 +17,7 @@ from pipelines.spec import TaskSpec
 ROOT = Path(__file__).resolve().parents[2]
 README_COMMANDS = (
     "bash infra/setup.sh && bash examples/quickstart.sh",
-    "LORAOPS_EXTRAS=test bash infra/setup.sh && .venv/bin/python -m pytest -q",
+    "LORAOPS_EXTRAS=test LORAOPS_SERVE=vllm bash infra/setup.sh && .venv/bin/python -m pytest -q",
 )
 
 

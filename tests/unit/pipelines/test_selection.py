@@ -186,4 +186,8 @@ def test_average_with_patience_is_refused_in_one_line(tmp_path):
     )
     with pytest.raises(SpecError, match=r"\(top level\): training.patience stops at the best pass.*remove patience"):
         load_spec(path)
-    assert load_spec(write_task(tmp_path, "q", tmp_path, tmp_path / "d.jsonl")).training.selection == "best"
+    assert load_spec(write_task(tmp_path, "q", tmp_path, tmp_path / "d.jsonl")).training.selection == "average"
+    patient = write_task(
+        tmp_path, "r", tmp_path, tmp_path / "d.jsonl", data__validation_fraction=0.2, training__patience=2
+    )
+    assert load_spec(patient).training.selection == "best"  # patience stops at a pass: that pass is kept

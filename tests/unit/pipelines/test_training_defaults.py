@@ -93,6 +93,7 @@ def test_the_best_validation_pass_is_the_adapter_saved(bert_base, tmp_path):
         training__eval_every=2,
         training__lr=1.0,  # a rate high enough that later passes get worse
         training__best_metric="loss",
+        training__selection="best",
     )
     spec = load_spec(path)
     prepared = steps.prepare_data(spec, tmp_path / "work")
