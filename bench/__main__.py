@@ -22,6 +22,7 @@ from bench.fanout import fan_out
 from bench.fleet import registry_fleet
 from bench.latency import latency
 from bench.promotion import promotion
+from bench.serving import serving_bench
 from bench.training_cost import training_cost
 
 ran = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -34,6 +35,8 @@ def fmt(value, unit: str) -> str:
         return f"{value / 2**20:,.0f} MiB" if value >= 2**20 else f"{value / 1024:,.0f} KiB"
     if unit == "B/s":
         return f"{value / 1e6:,.0f} MB/s"
+    if unit == "tok/s":
+        return f"{value:,.1f} tok/s"
     if unit == "count":
         return f"{value:,}"
     return f"{value * 1e6:,.0f} us" if value < 1e-3 else f"{value * 1e3:,.1f} ms" if value < 1 else f"{value:,.2f} s"
@@ -75,6 +78,7 @@ INDEPENDENT = (
     "task map",
     "registry fleet",
     "promotion",
+    "serving",
 )
 
 
@@ -96,7 +100,7 @@ def report(rows: list[dict], failures: list[str], quick: bool) -> str:
         ),
         "",
         "Each case runs loraops and its anchor in the same run on the same inputs, repeats interleaved, medians; "
-        "ratio = loraops / anchor (for bytes/s higher is better, for everything else lower is better).",
+        "ratio = loraops / anchor (for bytes/s and tokens/s higher is better, for everything else lower is better).",
         "",
         "| case | loraops | anchor | ratio | target | notes |",
         "|---|---|---|---|---|---|",
@@ -111,6 +115,7 @@ def report(rows: list[dict], failures: list[str], quick: bool) -> str:
     lines += [
         "",
         "Not measured here: GPU cases (no GPU on this machine; the code paths are the same with device: cuda).",
+        "vLLM serving on a GPU: not run, no GPU lent to this task (the serving rows are vLLM's CPU build).",
     ]
     lines += [f"Failed: {f}" for f in failures]
     return "\n".join(lines) + "\n"
@@ -169,6 +174,8 @@ def main() -> None:
     if not args.quick or (args.only and "promotion" in args.only):  # moto, an mlflow server and 1 GB through them
         attempt("promotion", promotion, args.quick, work)
     attempt("registry fleet", registry_fleet, args.quick, scratch)
+    if not args.quick or (args.only and "serving" in args.only):  # vLLM starts four times: minutes
+        attempt("serving", serving_bench, args.quick, work)
     shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

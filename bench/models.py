@@ -28,6 +28,16 @@ SHAPES = {  # name -> LlamaConfig arguments
         num_attention_heads=12,
         num_key_value_heads=12,
     ),
+    # vLLM's CPU attention wants head_dim >= 64 (8 heads of 64); MiniLM's WordPiece vocabulary, so that every token
+    # the engine streams decodes to text
+    "serving": dict(
+        vocab_size=30522,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+    ),
     # TinyLlama-1.1B's shape
     "1b": dict(
         vocab_size=32000,
@@ -47,14 +57,20 @@ def llama(shape: str, dtype=torch.float32, seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).to(dtype).eval()
 
 
-def llama_on_disk(shape: str, folder: Path, shard: str = "500MB") -> Path:
-    """A bf16 sharded checkpoint of `shape` in `folder` (built on first use) with a byte-level tokenizer."""
+def llama_on_disk(shape: str, folder: Path, shard: str = "500MB", tokenizer: Path | None = None) -> Path:
+    """A bf16 sharded checkpoint of `shape` in `folder` (built on first use) with a byte-level tokenizer, or the one
+    in the folder `tokenizer` (its vocabulary the size of the shape's)."""
     if (folder / "config.json").is_file():
         return folder
     model = llama(shape, torch.bfloat16)
     model.save_pretrained(folder, max_shard_size=shard)
     del model
-    write_tokenizer(folder)
+    if tokenizer is None:
+        write_tokenizer(folder)
+    else:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(tokenizer).save_pretrained(folder)
     return folder
 
 
@@ -73,8 +89,9 @@ def write_tokenizer(folder: Path) -> None:
     ).save_pretrained(folder)
 
 
-def adapter_for(base: Path, out: Path, r: int = 16, seed: int = 0) -> Path:
-    """An all-linear LoRA adapter for a Llama checkpoint, with non-zero random B (as if trained)."""
+def adapter_for(base: Path, out: Path, r: int = 16, seed: int = 0, base_name: str | None = None) -> Path:
+    """An all-linear LoRA adapter for a Llama checkpoint, with non-zero random B (as if trained); base_name: its
+    base_model_name_or_path (default the checkpoint's folder), the registered name where it is registered."""
     if (out / "adapter_model.safetensors").is_file():
         return out
     g = torch.Generator().manual_seed(seed)
@@ -87,7 +104,7 @@ def adapter_for(base: Path, out: Path, r: int = 16, seed: int = 0) -> Path:
                 tensors[f"{PREFIX}{module}.lora_A.weight"] = torch.randn(r, in_f, generator=g) / in_f**0.5
                 tensors[f"{PREFIX}{module}.lora_B.weight"] = torch.randn(out_f, r, generator=g) * 0.01
     config = LoraConfig(r=r, alpha=2 * r, target_modules=list(LINEAR), task_type="CAUSAL_LM")
-    write_adapter(out, tensors, config, base_model_name_or_path=str(base))
+    write_adapter(out, tensors, config, base_model_name_or_path=base_name or str(base))
     return out
 
 
