@@ -174,7 +174,7 @@ def main() -> None:
     if not args.quick or (args.only and "promotion" in args.only):  # moto, an mlflow server and 1 GB through them
         attempt("promotion", promotion, args.quick, work)
     attempt("registry fleet", registry_fleet, args.quick, scratch)
-    if not args.quick or (args.only and "serving" in args.only):  # vLLM starts four times: minutes
+    if not args.quick or (args.only and "serving" in args.only):  # vLLM starts 4 times (quick: 2): minutes
         attempt("serving", serving_bench, args.quick, work)
     shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out)

@@ -6,9 +6,9 @@ tokenizer, random bf16 weights (bench/models.py "serving"); each task an all-lin
 B, registered and promoted to production. For 1, 8 and 32 production adapters, `loraops serve` (pipelines/serve.py:
 the registry's production set, the engine from .venv-serve) serves them all, and a load of streamed greedy
 completions spread evenly over the adapters, `concurrency` at once, `tokens` each (ignore_eos), measures generated
-tokens per second (vLLM's own count) and the median time to the first streamed token. The anchor: the merged model
-alone (the first adapter merged by lora_core's streaming merge) in the same engine with the same flags, no LoRA.
-Then, with 8 adapters served (1 in quick mode), `loraops promote` of a new version of one task, timed from the
+tokens per second (vLLM's own count; the median of `repeats` rounds after an untimed one) and the median time to
+the first streamed token. The anchor: the merged model alone (the first adapter merged by lora_core's streaming
+merge) in the same engine with the same flags, no LoRA. Then, with 8 adapters served (1 in quick mode), `loraops promote` of a new version of one task, timed from the
 command's start to its return (it returns once the engine answered with the new version; /v1/models then names the
 new version's folder), against what a restart would cost: `loraops serve`'s own start with that many adapters.
 
@@ -38,14 +38,15 @@ class Load:
     requests: int  # at least this many, and at least two per adapter
     concurrency: int
     tokens: int  # generated per request
+    repeats: int
 
     def jobs(self, models: list[str]) -> list[tuple[str, str]]:
         count = max(self.requests, 2 * len(models))
         return [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(count)]
 
 
-FULL = Load(adapter_counts=(1, 8, 32), requests=64, concurrency=8, tokens=32)
-QUICK = Load(adapter_counts=(1,), requests=8, concurrency=4, tokens=8)
+FULL = Load(adapter_counts=(1, 8, 32), requests=64, concurrency=8, tokens=32, repeats=3)
+QUICK = Load(adapter_counts=(1,), requests=8, concurrency=4, tokens=8, repeats=1)
 
 
 def stream_one(url: str, model: str, prompt: str, tokens: int) -> tuple[float, int]:
@@ -75,19 +76,34 @@ def stream_one(url: str, model: str, prompt: str, tokens: int) -> tuple[float, i
     return first, generated
 
 
-def measure(url: str, models: list[str], load: Load) -> tuple[float, float]:
-    """(generated tokens per second, median seconds to the first token) of `load` spread evenly over `models`."""
-    for model in models[: load.concurrency]:  # warm-up: the first requests compile kernels and fill the LoRA slots
-        stream_one(url, model, PROMPTS[0], 2)
-    jobs = load.jobs(models)
-    started = time.perf_counter()
-    with ThreadPoolExecutor(load.concurrency) as pool:
-        results = list(pool.map(lambda job: stream_one(url, *job, load.tokens), jobs))
-    seconds = time.perf_counter() - started
-    return sum(generated for _, generated in results) / seconds, statistics.median(first for first, _ in results)
+@dataclass(frozen=True)
+class Measured:
+    rate: float  # generated tokens per second, the median repeat
+    first: float  # median seconds to the first token, over every request of every repeat
+    rates: list[float]  # of each repeat
+
+    @property
+    def spread(self) -> str:
+        return f"{len(self.rates)} repeats: {min(self.rates):.0f}-{max(self.rates):.0f} tok/s"
 
 
-def merged_anchor(settings, base: Path, adapter: Path, root: Path, load: Load) -> tuple[float, float]:
+def measure(url: str, models: list[str], load: Load) -> Measured:
+    """`load` spread evenly over `models`, after one untimed round that sends every model a short request,
+    `concurrency` at once (the first requests compile kernels and read each adapter into its slot)."""
+
+    def run(jobs: list[tuple[str, str]], tokens: int) -> tuple[float, list[float]]:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(load.concurrency) as pool:
+            results = list(pool.map(lambda job: stream_one(url, *job, tokens), jobs))
+        return sum(n for _, n in results) / (time.perf_counter() - started), [first for first, _ in results]
+
+    run([(models[i % len(models)], PROMPTS[0]) for i in range(max(load.concurrency, len(models)))], 2)
+    repeats = [run(load.jobs(models), load.tokens) for _ in range(load.repeats)]
+    rates = [rate for rate, _ in repeats]
+    return Measured(statistics.median(rates), statistics.median(f for _, firsts in repeats for f in firsts), rates)
+
+
+def merged_anchor(settings, base: Path, adapter: Path, root: Path, load: Load) -> Measured:
     """The merged model alone in the engine: the same command `loraops serve` builds, without LoRA."""
     from lora_core.checkpoint_merge import merge_checkpoint
     from pipelines.prefect_server import free_port
@@ -96,6 +112,7 @@ def merged_anchor(settings, base: Path, adapter: Path, root: Path, load: Load) -
     merged = root / "merged"
     shutil.rmtree(merged, ignore_errors=True)
     merge_checkpoint(base, adapter, merged)
+    (root / "merged.log").unlink(missing_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     engine = RunningEngine(
@@ -160,7 +177,7 @@ def serving_bench(quick: bool, work: Path) -> list[dict]:
     for i in range(most):
         register(f"task-{i}", adapters[i])
     register("task-0", adapters[most])  # v2 of task-0: the version promoted while the engine serves
-    merged_rate, merged_first = merged_anchor(settings, base_dir, adapters[0], root, load)
+    anchor = merged_anchor(settings, base_dir, adapters[0], root, load)
 
     rows, promoted, swap = [], 0, None
     for count in load.adapter_counts:
@@ -170,13 +187,14 @@ def serving_bench(quick: bool, work: Path) -> list[dict]:
         started = time.perf_counter()
         with serving(registry, None, "127.0.0.1", free_port(), settings=settings) as live:
             start_seconds = time.perf_counter() - started
-            rate, first = measure(live.url, [f"task-{i}" for i in range(count)], load)
+            ours = measure(live.url, [f"task-{i}" for i in range(count)], load)
             if count == min(8, most):
                 swap = (count, promote_live(home, registry, live.url, "task-0", 2), start_seconds)
         what = f"vLLM, {count} adapter(s) on one base, {load.concurrency} requests at once, {load.tokens} tokens each"
         note = f"`loraops serve` start {start_seconds:.0f} s; anchor: the merged model alone in the same engine"
-        rows.append(row(f"{what}: generated tokens/s", rate, merged_rate, "tok/s", "report", note))
-        rows.append(row("  same, median time to first token (s)", first, merged_first, "s", "report", note))
+        spread = f"; {ours.spread}, anchor {anchor.spread}" if load.repeats > 1 else ""
+        rows.append(row(f"{what}: generated tokens/s", ours.rate, anchor.rate, "tok/s", "report", note + spread))
+        rows.append(row("  same, median time to first token (s)", ours.first, anchor.first, "s", "report", note))
     if swap:
         count, seconds, restart = swap
         rows.append(

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from llama_serving import needs_vllm
+
 
 def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
     done = subprocess.run(
@@ -40,6 +42,32 @@ def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
         assert any(needle in c for c in cases), needle
     assert all(r["ours"] > 0 for r in results["rows"])
     assert "| case | loraops | anchor | ratio |" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+@needs_vllm
+def test_quick_serving_bench_serves_an_adapter_beside_the_merged_model_and_promotes_to_it(tmp_path):
+    """`--quick --only serving` (not in the plain quick run: vLLM starts twice, minutes on two cores)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "serving",
+            "--out",
+            str(tmp_path),
+            "--work",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "bench-results.json").read_text())["rows"]
+    assert [r["unit"] for r in rows] == ["tok/s", "s", "s"] and all(r["ours"] > 0 and r["anchor"] > 0 for r in rows)
+    assert "1 adapter(s) on one base" in rows[0]["case"] and "`loraops promote`" in rows[2]["case"]
 
 
 def test_quick_quality_runs_loraops_beside_peft_and_full_fine_tuning(tmp_path):
