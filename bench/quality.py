@@ -57,6 +57,22 @@ def task_file(work: Path, task: str, seed: int, quick: bool, settings: list[str]
     return path
 
 
+def peft_recipe(model):
+    """PEFT's sequence-classification LoRA recipe on `model`: r=8, alpha=16, dropout 0.1 on query/value, the head
+    saved (lr PEFT_LR). The anchor of this benchmark and of bench/training_cost.py."""
+    import peft
+
+    config = peft.LoraConfig(
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        task_type="SEQ_CLS",
+        target_modules=["query", "value"],
+        modules_to_save=["classifier"],
+    )
+    return peft.get_peft_model(model, config)
+
+
 def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: list[str] = ()) -> dict:
     """One training run in this process: {accuracy, macro_f1, seconds, peak, steps, trainable}."""
     import torch
@@ -86,19 +102,7 @@ def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: 
     torch.manual_seed(seed)
     model, tokenizer = load_model(base, "classification", prepared.labels)
     if method == "peft":
-        import peft
-
-        model = peft.get_peft_model(
-            model,
-            peft.LoraConfig(
-                r=8,
-                lora_alpha=16,
-                lora_dropout=0.1,
-                task_type="SEQ_CLS",
-                target_modules=["query", "value"],
-                modules_to_save=["classifier"],
-            ),
-        )
+        model = peft_recipe(model)
     # no selection, so nothing held out: they train on loraops's train and validation splits together
     train_set = steps.read_split(prepared, "train") + steps.read_split(prepared, "validation")
     n_steps = steps.total_steps(spec, len(train_set))

@@ -19,15 +19,14 @@ import time
 from pathlib import Path
 
 from bench.harness import in_child
+from bench.quality import PEFT_LR, peft_recipe, task_file
 
 TASK = "package-sections"
-PEFT_LR = 1e-3  # bench.quality's PEFT recipe
 SIDES = ("loraops", "trainer")
 
 
 def loraops_side(work: Path, seed: int, quick: bool) -> dict:
     """loraops's defaults through steps.fit_adapter: {seconds, to_kept, steps, kept_step, accuracy}."""
-    from bench.quality import task_file
     from pipelines import steps
     from pipelines.models import resolve_base
     from pipelines.spec import load_spec
@@ -60,11 +59,9 @@ def loraops_side(work: Path, seed: int, quick: bool) -> dict:
 
 def trainer_side(work: Path, seed: int, quick: bool) -> dict:
     """PEFT + transformers.Trainer (group_by_length, per-batch padding) on loraops's training split."""
-    import peft
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from bench.quality import task_file
     from pipelines import steps
     from pipelines.evaluation import accuracy, predict_logits
     from pipelines.models import load_model, resolve_base
@@ -75,17 +72,7 @@ def trainer_side(work: Path, seed: int, quick: bool) -> dict:
     prepared = steps.prepare_data(spec, work / "data")
     torch.manual_seed(seed)
     model, tokenizer = load_model(resolve_base(spec.base)[0], "classification", prepared.labels)
-    model = peft.get_peft_model(
-        model,
-        peft.LoraConfig(
-            r=8,
-            lora_alpha=16,
-            lora_dropout=0.1,
-            task_type="SEQ_CLS",
-            target_modules=["query", "value"],
-            modules_to_save=["classifier"],
-        ),
-    )
+    model = peft_recipe(model)
     examples = steps.read_split(prepared, "train")
     encoded = tokenizer([e.text for e in examples], truncation=True, max_length=t.max_length)
     index = {name: i for i, name in enumerate(prepared.labels)}

@@ -25,6 +25,11 @@ KINDS = {
 }
 
 
+def file_kind(mode: int) -> str:
+    """What a file of this st_mode is, in words: 'a regular file', 'a directory', 'a FIFO (named pipe)', ..."""
+    return "a regular file" if stat.S_ISREG(mode) else KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
 def open_regular(path: str | Path) -> BinaryIO:
     """`path` open for binary reading if it is a regular file (after following symlinks); else ModelFileError.
 
@@ -40,8 +45,7 @@ def open_regular(path: str | Path) -> BinaryIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = KINDS.get(stat.S_IFMT(mode), "not a regular file")
-        raise ModelFileError(f"{path} is {kind}, not a regular file; replace it with the file itself")
+        raise ModelFileError(f"{path} is {file_kind(mode)}, not a regular file; replace it with the file itself")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 

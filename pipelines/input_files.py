@@ -11,15 +11,10 @@ import os
 import stat
 from pathlib import Path
 
+from lora_core.model_files import file_kind
+
 from .errors import InputFileError
 
-KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
 ERRNO_KINDS = {
     errno.ENOENT: "missing",
     errno.ELOOP: "a symlink loop",
@@ -27,11 +22,6 @@ ERRNO_KINDS = {
     errno.EACCES: "not readable (permission denied)",
     errno.ENAMETOOLONG: "a name too long for the file system",
 }
-
-
-def kind(mode: int) -> str:
-    """What a file of this st_mode is, in words: 'a regular file', 'a directory', 'a FIFO (named pipe)', ..."""
-    return next((name for test, name in KINDS if test(mode)), "a regular file" if stat.S_ISREG(mode) else "special")
 
 
 def regular_file(path: str | Path, what: str, fix: str = "") -> Path:
@@ -43,7 +33,7 @@ def regular_file(path: str | Path, what: str, fix: str = "") -> Path:
     except OSError as e:
         raise _error(path, what, _errno_kind(path, e), fix) from None
     if not stat.S_ISREG(mode):
-        raise _error(path, what, kind(mode), fix)
+        raise _error(path, what, file_kind(mode), fix)
     if not os.access(path, os.R_OK):
         raise _error(path, what, ERRNO_KINDS[errno.EACCES], fix)
     return path
@@ -59,7 +49,7 @@ def read_regular(path: str | Path, what: str, fix: str = "") -> bytes:
     with os.fdopen(fd, "rb") as f:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):  # swapped after the check
-            raise _error(path, what, kind(mode), fix)
+            raise _error(path, what, file_kind(mode), fix)
         try:
             return f.read()
         except OSError as e:

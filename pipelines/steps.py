@@ -118,12 +118,16 @@ def read_split(prepared: PreparedData, name: str) -> list[datasets.Example]:
 
 
 def split_tokens(
-    spec: TaskSpec, prepared: PreparedData, name: str, tokenizer: PreTrainedTokenizerBase
+    spec: TaskSpec,
+    prepared: PreparedData,
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    on_tokenize: Callable[[list[datasets.Example]], None] | None = None,
 ) -> datasets.TokenizedSplit:
     """Split `name`'s token ids: tokenized on first use, then read from the cache beside the split (token_cache)."""
     t = spec.training
     chat = spec.type == "causal-lm" and datasets.uses_chat_template(tokenizer, t.chat_template)
-    return tokenized_split(prepared, name, tokenizer, t.max_length, chat)
+    return tokenized_split(prepared, name, tokenizer, t.max_length, chat, on_tokenize)
 
 
 def make_batches(
@@ -202,11 +206,13 @@ def fit_adapter(
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
-    train_set = read_split(prepared, "train")
-    steps = total_steps(spec, len(train_set))
-    if world()[0] == 0 and (cut := truncation_warning(spec, tokenizer, train_set)):
-        print(f"{spec.task}: warning: {cut}")
-    train_tokens = split_tokens(spec, prepared, "train", tokenizer)
+    steps = total_steps(spec, prepared.train)
+
+    def warn_if_cut(examples: list[datasets.Example]) -> None:  # once per data, tokenizer and max_length
+        if world()[0] == 0 and (cut := truncation_warning(spec, tokenizer, examples)):
+            print(f"{spec.task}: warning: {cut}")
+
+    train_tokens = split_tokens(spec, prepared, "train", tokenizer, warn_if_cut)
     validation = None
     if prepared.validation:
         held_out = split_tokens(spec, prepared, "validation", tokenizer)

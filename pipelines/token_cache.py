@@ -6,12 +6,13 @@ max_length or chat template: another name, tokenized afresh."""
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .data import TokenizedSplit, load_examples, tokenize
+from .data import Example, TokenizedSplit, load_examples, tokenize
 from .results import PreparedData
 
 LAYOUT = "1"  # TokenizedSplit's layout on disk and the rules that made it; bump when either changes
@@ -51,15 +52,23 @@ def cache_path(prepared: PreparedData, split: str, tokenizer, max_length: int, c
 
 
 def tokenized_split(
-    prepared: PreparedData, split: str, tokenizer, max_length: int, chat: bool = False
+    prepared: PreparedData,
+    split: str,
+    tokenizer,
+    max_length: int,
+    chat: bool = False,
+    on_tokenize: Callable[[list[Example]], None] | None = None,
 ) -> TokenizedSplit:
     """The token ids of split `split` (train, validation, test) of `prepared`: read from the cache, or tokenized
     (`data.tokenize`: a classifier's texts when the data has labels, else causal LM pairs) and written there first.
-    The file is written under a temporary name and renamed, so a reader never sees half of one."""
+    The file is written under a temporary name and renamed, so a reader never sees half of one. `on_tokenize`:
+    called with the split's examples when it is tokenized (not when the cache holds it), e.g. to check them."""
     path = cache_path(prepared, split, tokenizer, max_length, chat)
     if path.exists():
         return read_tokens(path)
     examples = load_examples(str(Path(prepared.folder) / f"{split}.jsonl"))
+    if on_tokenize is not None:
+        on_tokenize(examples)
     tokens = tokenize(examples, tokenizer, max_length, prepared.labels, chat)
     write_tokens(tokens, path)
     return tokens
