@@ -3,6 +3,7 @@
 
 import copy
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,13 +30,13 @@ def row(case, ours, anchor, unit, target, note="", floor=None):
 
 
 def train_step(quick: bool) -> list[dict]:
+    """loraops's train step (its loop's CPU dropout) against PEFT's in a plain loop, both float32."""
     steps, runs = (2, 1) if quick else (6, 3)
     results = {
         impl: [in_child("bench.worker", "train", impl, str(steps)) for _ in range(runs)]
         for impl in ("ours", "peft", "full")
     }
-    med = lambda impl, key: sorted(r[key] for r in results[impl])[len(results[impl]) // 2]  # noqa: E731
-    ours, peft, full = ({k: med(i, k) for k in results[i][0]} for i in ("ours", "peft", "full"))
+    ours, peft, full = ({k: statistics.median(r[k] for r in results[i]) for k in results[i][0]} for i in results)
     return [
         row("LoRA train step, MiniLM r=8 q,v, batch 32x64 (s)", ours["step"], peft["step"], "s", "<= 0.9x PEFT"),
         row("  same, peak RSS of the training process", ours["peak"], peft["peak"], "bytes", "<= 1.0x PEFT"),

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from .cpu_dropout import cpu_dropout
 from .device import autocast, resolve_device
 from .errors import TrainingDiverged, TrainingError
 from .selection import Kept, Validation
@@ -110,52 +111,53 @@ def train(
     epoch, accumulated, micro = position["epoch"], 0.0, 0
     # A bar on a terminal only (disable=None); logs and Prefect get on_step instead.
     bar = tqdm(total=steps, initial=len(losses), desc="train", unit="step", disable=None if rank == 0 else True)
-    while len(losses) < steps and not done.stopped_early:
-        for index, batch in enumerate(make_batches(epoch)):
-            if index < position["batch"] or index % size != rank:
-                continue  # already trained on before the checkpoint, or another rank's share
-            with autocast(dev, bf16):
-                loss = runner(**{k: v.to(dev) for k, v in batch.items()}).loss / grad_accumulation
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"training diverged at step {len(losses) + 1} (loss {value}); lower training.lr or check the data"
-                )
-            loss.backward()
-            accumulated += value
-            micro += 1
-            if micro < grad_accumulation:
-                continue
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(accumulated)
-            accumulated, micro = 0.0, 0
-            bar.update()
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            if on_step and rank == 0:
-                on_step(len(losses), losses[-1], float(schedule.get_last_lr()[0]))
-            if validation and (len(losses) % validation.every == 0 or len(losses) == steps):
-                validate(model, validation, named, done, kept, steps)
-            if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:
-                save_checkpoint(
-                    checkpoint_dir,
-                    named,
-                    optimizer,
-                    schedule,
-                    {
-                        "epoch": epoch,
-                        "batch": index + 1,
-                        "losses": losses,
-                        "evaluations": done.evaluations,
-                        "best_step": done.best_step,
-                    },
-                    kept,
-                )
-            if len(losses) == steps or done.stopped_early:
-                break
-        epoch += 1
-        position["batch"] = 0
+    with cpu_dropout(model, dev):
+        while len(losses) < steps and not done.stopped_early:
+            for index, batch in enumerate(make_batches(epoch)):
+                if index < position["batch"] or index % size != rank:
+                    continue  # already trained on before the checkpoint, or another rank's share
+                with autocast(dev, bf16):
+                    loss = runner(**{k: v.to(dev) for k, v in batch.items()}).loss / grad_accumulation
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"training diverged at step {len(losses) + 1} (loss {value}); lower training.lr or check the data"
+                    )
+                loss.backward()
+                accumulated += value
+                micro += 1
+                if micro < grad_accumulation:
+                    continue
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(accumulated)
+                accumulated, micro = 0.0, 0
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+                if on_step and rank == 0:
+                    on_step(len(losses), losses[-1], float(schedule.get_last_lr()[0]))
+                if validation and (len(losses) % validation.every == 0 or len(losses) == steps):
+                    validate(model, validation, named, done, kept, steps)
+                if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:
+                    save_checkpoint(
+                        checkpoint_dir,
+                        named,
+                        optimizer,
+                        schedule,
+                        {
+                            "epoch": epoch,
+                            "batch": index + 1,
+                            "losses": losses,
+                            "evaluations": done.evaluations,
+                            "best_step": done.best_step,
+                        },
+                        kept,
+                    )
+                if len(losses) == steps or done.stopped_early:
+                    break
+            epoch += 1
+            position["batch"] = 0
     bar.close()
     held = kept.weights()
     if held is not None:
