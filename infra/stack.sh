@@ -90,7 +90,7 @@ start_postgres() {
   as_pg "$bin/pg_ctl" -D "$data/data" -l "$data/server.log" -w -t 60 start \
     -o "-p $PG_PORT -k $data -c listen_addresses=127.0.0.1" >/dev/null || die "PostgreSQL did not start; see $data/server.log"
   head -n 1 "$data/data/postmaster.pid" >"$(pidfile postgres)"
-  for db in mlflow prefect; do
+  for db in mlflow prefect optuna; do  # optuna: search studies (MLflow's and Optuna's alembic tables would collide)
     as_pg "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U loraops -d postgres -tAc "select 1 from pg_database where datname='$db'" \
       | grep -q 1 || as_pg "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U loraops "$db"
   done
@@ -159,9 +159,13 @@ start_worker() {  # start_worker NAME: one process worker of the pool
   # shellcheck disable=SC2046
   launch "$name" env $(prefect_env) $(s3_env) PATH="$BIN:$PATH" PREFECT_WORKER_QUERY_SECONDS=2 \
     MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT" LORAOPS_PROMOTION_TARGET=s3://loraops-promoted/prod \
-    LORAOPS_HOME="$STACK/worker-home" LORAOPS_CONCURRENT_RUNS="$SHARING" \
+    LORAOPS_HOME="$STACK/worker-home" LORAOPS_CONCURRENT_RUNS="$SHARING" LORAOPS_STUDY_STORAGE="$(study_url)" \
     "$BIN/prefect" worker start --pool "$POOL" --type process --limit "$RUNS" --name "$POOL-$name"
   wait_for "$name" 60 grep -q "started" "$STACK/logs/$name.log"
+}
+
+study_url() {  # where searches keep their Optuna studies: trials on every worker and `loraops tune` share them
+  echo "postgresql+psycopg2://loraops@127.0.0.1:$PG_PORT/optuna"
 }
 
 write_env() {
@@ -172,6 +176,7 @@ export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
 export LORAOPS_WORK_POOL=$POOL
 export LORAOPS_PROMOTION_TARGET=s3://loraops-promoted/prod
 export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
+export LORAOPS_STUDY_STORAGE=$(study_url)
 export AWS_ACCESS_KEY_ID=$KEY
 export AWS_SECRET_ACCESS_KEY=$SECRET
 export AWS_DEFAULT_REGION=us-east-1

@@ -210,19 +210,24 @@ def check_pool_tasks(name: str, specs: Sequence[TaskSpec]) -> Any:
     return pool
 
 
-def submit(pool: str, specs: Sequence[TaskSpec]) -> list[Submitted]:
-    """One flow run per task on `pool`, from the pool's deployment (created or updated here). If a submission
-    fails, the runs already submitted are cancelled: a call submits all its tasks or none."""
+def submit(pool: str, specs: Sequence[TaskSpec], parameters: Mapping[str, Any] | None = None) -> list[Submitted]:
+    """One flow run per task on `pool`, from the pool's deployment (created or updated here), with `parameters`
+    beside the task file's path. If a submission fails, the runs already submitted are cancelled: a call submits
+    all its tasks or none."""
     from prefect.client.orchestration import get_client
 
-    deployment_id = UUID(apply_deployment(pool))
+    from .flows import train_adapter
+
+    deployment_id = UUID(apply_deployment(pool, train_adapter, deployment_name(pool)))
     submitted: list[Submitted] = []
     try:
         with get_client(sync_client=True) as client:
             sync_pool_slots(client, client.read_work_pool(pool))
             for spec in specs:
                 run = client.create_flow_run_from_deployment(
-                    deployment_id, parameters={"spec_path": str(spec.source)}, tags=["loraops", spec.task]
+                    deployment_id,
+                    parameters={"spec_path": str(spec.source), **(parameters or {})},
+                    tags=["loraops", spec.task],
                 )
                 submitted.append(Submitted(spec.task, str(spec.source), str(run.id)))
     except BaseException:
@@ -231,18 +236,17 @@ def submit(pool: str, specs: Sequence[TaskSpec]) -> list[Submitted]:
     return submitted
 
 
-def apply_deployment(pool: str) -> str:
+def apply_deployment(pool: str, flow: Any, name: str) -> str:
+    """`flow`'s deployment `name` on `pool` (created or updated); returns its id."""
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
-    from .flows import train_adapter
-
     # A module entrypoint: workers import pipelines.flows from their own installation, no path of this machine.
-    deployment = train_adapter.to_deployment(
-        name=deployment_name(pool),
+    deployment = flow.to_deployment(
+        name=name,
         work_pool_name=pool,
         entrypoint_type=EntrypointType.MODULE_PATH,
         tags=["loraops"],
-        description=f"`loraops run` on pool {pool}: one flow run per task file (parameter spec_path)",
+        description=f"loraops on pool {pool}: one flow run per task file (parameter spec_path)",
     )
     assert isinstance(deployment, RunnerDeployment)  # called from sync code: the deployment, not a coroutine
     return str(deployment.apply())

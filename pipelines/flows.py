@@ -6,10 +6,11 @@ from cache) with JSON results (no pickle). One registry serves the whole flow; i
 FAILED with the reason, or KILLED (lifecycle.py).
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from prefect import flow
 
@@ -23,8 +24,8 @@ from .fanout import pool_slots
 from .lifecycle import RunLifecycle
 from .models import base_source, resolve_base
 from .preflight import preflight
-from .results import FlowResult, PreparedData, ProductionVersion, SearchSummary, TrainedAdapter
-from .search import run_search, search_tags, trial_task
+from .results import FlowResult, PreparedData, ProductionVersion, SearchSummary, TrainedAdapter, TrialOutcome
+from .search import run_asked_trial, run_search, search_tags, trial_task
 from .spec import SearchSpec, TaskSpec, load_spec
 from .study import check_study, plan_study
 from .tasks import (
@@ -39,7 +40,7 @@ from .tasks import (
     source_key,
     train_task,
 )
-from .threads import use_threads
+from .threads import Threads, use_threads
 from .trial import TrialGround
 
 
@@ -96,69 +97,132 @@ def pool_slot() -> Iterator[None]:
         yield
 
 
-@flow(name="train_adapter", flow_run_name=run_name, log_prints=True)
-def train_adapter(spec_path: str, prepared: PreparedData | None = None, search: SearchSpec | None = None) -> FlowResult:
-    """One task, end to end. `prepared`: the data as `loraops run` already checked and prepared it (a worker's run
-    prepares it here). `search` (default training.search): tune first (search.py), then ship the best trial.
-    Raises GateBlocked when the gate blocks (the version stays a candidate)."""
-    with pool_slot():
-        return run_task(spec_path, prepared, search)
+class Ground(NamedTuple):
+    """What a flow run of a task sets up before its work: the task, its registry, data and base."""
+
+    spec: TaskSpec
+    settings: RegistrySettings
+    registry: AdapterRegistry
+    prepared: PreparedData
+    base_path: Path
+    base: BaseRecord
+    work: Path
+    threads: Threads
+
+    def key(self, *parts: object) -> str:
+        """A cache key of this home (cache entries name files in it)."""
+        return steps.cache_key(str(self.work), *parts)
+
+    def for_trials(self, parent_run_id: str) -> TrialGround:
+        """What a search's trials share, their runs children of `parent_run_id`."""
+        base_path, work = str(self.base_path), str(self.work)
+        return TrialGround(self.prepared, base_path, self.base.fingerprint, work, self.registry, parent_run_id)
 
 
-def run_task(spec_path: str, prepared: PreparedData | None, search: SearchSpec | None) -> FlowResult:
-    """train_adapter's body, inside its pool slot."""
+def set_up(spec_path: str, prepared: PreparedData | None) -> Ground:
+    """The task file read, this run's threads sized, the data prepared (unless `loraops run` checked and prepared
+    it already: a worker's run checks it here) and the base registered."""
     network_defaults()
     spec = load_spec(spec_path)
     threads = use_threads(spec.training.threads)  # before any step: the run's share of the CPUs, not all of them
     print(f"{spec.task}: {threads.threads} thread(s): {threads.reason}")
     settings = RegistrySettings.from_env()
-    if prepared is None:  # `loraops run` checked the task before starting Prefect; a worker's run has not
+    if prepared is None:
         preflight(spec, settings)
     registry = AdapterRegistry(settings)
-    if spec.promotion.auto:
-        registry.check_drift(spec.task)  # an alias moved outside loraops stops the run before training
     work = settings.home / "work" / spec.task
-
-    def key(*parts: object) -> str:  # cache entries belong to one $LORAOPS_HOME: their results name files in it
-        return steps.cache_key(str(work), *parts)
-
     if prepared is None:
-        prepared = prepare_data_task(spec, str(work), key=key(source_key(spec, registry)))
+        prepared = prepare_data_task(spec, str(work), key=steps.cache_key(str(work), source_key(spec, registry)))
     else:
         data_artifact(spec, prepared)
     base_path, base_name = resolve_base(spec.base)
     base = registry.register_base(
         base_path, name=base_name, source=base_source(spec.base, base_path), revision=spec.base.revision
     )
+    return Ground(spec, settings, registry, prepared, base_path, base, work, threads)
+
+
+@flow(name="train_adapter", flow_run_name=run_name, log_prints=True)
+def train_adapter(
+    spec_path: str,
+    prepared: PreparedData | None = None,
+    search: SearchSpec | None = None,
+    run_id: str | None = None,
+) -> FlowResult:
+    """One task, end to end. `prepared`: the data as `loraops run` already checked and prepared it (a worker's run
+    prepares it here). `search` (default training.search): tune first (search.py), then ship the best trial.
+    `run_id`: the task's MLflow run, started by the caller (`loraops tune` on a pool, whose trials are its
+    children), else one is started here. Raises GateBlocked when the gate blocks (the version stays a candidate)."""
+    with pool_slot():
+        return run_task(spec_path, prepared, search, run_id)
+
+
+def run_task(
+    spec_path: str, prepared: PreparedData | None, search: SearchSpec | None, run_id: str | None
+) -> FlowResult:
+    """train_adapter's body, inside its pool slot."""
+    ground = set_up(spec_path, prepared)
+    spec, registry, base = ground.spec, ground.registry, ground.base
+    if spec.promotion.auto:
+        registry.check_drift(spec.task)  # an alias moved outside loraops stops the run before training
     search = search or spec.training.search
-    plan = plan_study(spec, search, prepared, settings) if search else None
+    plan = plan_study(spec, search, ground.prepared, ground.settings) if search else None
     if plan:
         check_study(plan)  # another task's study, other data or another space: bad input, before the run starts
-    run_id = tracking.start_run(registry, spec, prepared, base, threads)
+    if run_id is None:
+        run_id = tracking.start_run(registry, spec, ground.prepared, base)
+    tracking.log_threads(registry.runs, run_id, ground.threads)
     with RunLifecycle(registry.runs, spec.task, run_id) as run:
         if search is None or plan is None:
-            return run_steps(spec, prepared, registry, base, base_path, work, run, key)
+            return run_steps(ground, spec, run)
         run.at("search")
-        ground = TrialGround(prepared, str(base_path), base.fingerprint, str(work), registry, run_id)
-        found = run_search(spec, search, plan, ground, trial_task)
+        found = run_search(spec, search, plan, ground.for_trials(run_id), trial_task)
         registry.runs.log_params(run_id, {f"search.best.{k}": f"{v:g}" for k, v in found.summary.best_params.items()})
-        return run_steps(found.spec, prepared, registry, base, base_path, work, run, key, found.trained, found.summary)
+        return run_steps(ground, found.spec, run, found.trained, found.summary)
+
+
+def trial_run_name() -> str:
+    """`<task>-trial-<N>`."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    try:
+        name = load_spec(Path(parameters["spec_path"])).task
+    except InputError:
+        name = Path(parameters["spec_path"]).stem
+    return f"{name}-trial-{parameters['trial']}"
+
+
+@flow(name="search_trial", flow_run_name=trial_run_name, log_prints=True)
+def search_trial(spec_path: str, search: SearchSpec, trial: int, parent_run_id: str) -> TrialOutcome:
+    """One trial of a search that `loraops tune` drives over the pool (pool_search.py): trial number `trial` of
+    the study that `search` names (asked for there), trained here in a child MLflow run of `parent_run_id`, its
+    outcome told to the study."""
+    with pool_slot():
+        ground = set_up(spec_path, None)
+        spec = ground.spec
+        plan = plan_study(spec, search, ground.prepared, ground.settings)
+        return run_asked_trial(spec, search, plan, trial, ground.for_trials(parent_run_id))
 
 
 def run_steps(
+    ground: Ground,
     spec: TaskSpec,
-    prepared: PreparedData,
-    registry: AdapterRegistry,
-    base: BaseRecord,
-    base_path: Path,
-    work: Path,
     run: RunLifecycle,
-    key: Callable[..., str],
     trained: TrainedAdapter | None = None,
     search: SearchSummary | None = None,
 ) -> FlowResult:
-    """The steps after the MLflow run started; `run.at` names the one running, for the failure's line. `trained`:
-    the adapter a search's best trial trained already (`search` says which), else this trains it."""
+    """The steps after the MLflow run started; `run.at` names the one running, for the failure's line. `spec`: the
+    task as it trains (a search's best trial's settings); `trained`: the adapter that trial trained already
+    (`search` says which), else this trains it."""
+    registry, prepared, base, base_path, work, key = (
+        ground.registry,
+        ground.prepared,
+        ground.base,
+        ground.base_path,
+        ground.work,
+        ground.key,
+    )
     run_id = run.run_id
     train_key = tasks.train_key(spec, prepared, base.fingerprint)
     folder = work / train_key[:16]

@@ -3,7 +3,9 @@ run of the task's run; then the best trial's adapter goes through the flow's usu
 
 The budget counts the study's finished trials (complete or pruned), earlier searches' included: trials: 12 after a
 search stopped at 5 runs 7 more; timeout counts their training time the same way. A trial interrupted by a signal
-or a crash is failed by Optuna and not counted. Trials run one after another in this process.
+or a crash is failed by Optuna and not counted. Here trials run one after another in this process; `loraops tune`
+with a Prefect server fans them out over the work pool (pool_search.py), each a `search_trial` flow run that
+trains one trial this module's way (run_asked_trial).
 """
 
 import json
@@ -19,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from .errors import SearchFailed
 from .results import SearchSummary, TrainedAdapter, TrialOutcome
 from .spec import SearchSpec, TaskSpec
-from .study import StudyPlan, open_study, shown
+from .study import StudyPlan, asked_trial, open_study, shown
 from .trial import TrialGround, run_trial, suggest, trial_spec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -64,20 +66,45 @@ def run_search(
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, search)
         outcome = run_with(spec, trial, params, plan.metric, ground)
-        shown_params = ", ".join(f"{k}={v:.3g}" for k, v in params.items())
-        print_(f"{spec.task}: trial {trial.number} {outcome.state}: {outcome.reason} ({shown_params})")
-        trial.set_user_attr("loraops.outcome", outcome.state)
-        trial.set_user_attr("loraops.run_id", outcome.run_id)
-        if outcome.state != "complete" or outcome.value is None or outcome.trained is None:
-            raise optuna.TrialPruned(outcome.reason)
-        trial.set_user_attr("loraops.adapter", outcome.trained.adapter)
-        return outcome.value
+        print_(trial_line(spec.task, trial.number, outcome.state, outcome.reason, params))
+        return record(trial, outcome)
 
     if trials != 0 and seconds != 0:
         study.optimize(objective, n_trials=trials, timeout=seconds, gc_after_trial=True)
     else:
         print_(f"{spec.task}: study {plan.name} has spent its budget ({before} trials); shipping its best trial")
     return best_of(study, spec, plan, before)
+
+
+def trial_line(task: str, number: int, state: str, reason: str, params: dict[str, float]) -> str:
+    shown_params = ", ".join(f"{k}={v:.3g}" for k, v in params.items())
+    return f"{task}: trial {number} {state}: {reason} ({shown_params})"
+
+
+def record(trial: optuna.Trial, outcome: TrialOutcome) -> float:
+    """The outcome kept on the trial (its user attributes); its value, or TrialPruned when it is not complete."""
+    trial.set_user_attr("loraops.outcome", outcome.state)
+    trial.set_user_attr("loraops.reason", outcome.reason)
+    trial.set_user_attr("loraops.run_id", outcome.run_id)
+    if outcome.state != "complete" or outcome.value is None or outcome.trained is None:
+        raise optuna.TrialPruned(outcome.reason)
+    trial.set_user_attr("loraops.adapter", outcome.trained.adapter)
+    return outcome.value
+
+
+def run_asked_trial(
+    spec: TaskSpec, search: SearchSpec, plan: StudyPlan, number: int, ground: TrialGround
+) -> TrialOutcome:
+    """Trial `number` of the plan's study, asked for by another process (pool_search.py), trained here and told:
+    complete with its value, or pruned."""
+    study = open_study(plan, spec.training.seed, heartbeat=False)
+    trial = asked_trial(study, number)
+    outcome = run_trial(spec, trial, suggest(trial, search), plan.metric, ground)  # suggest: the values asked for
+    try:
+        study.tell(trial, record(trial, outcome))
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    return outcome
 
 
 def best_of(study: optuna.Study, spec: TaskSpec, plan: StudyPlan, before: int) -> Found:

@@ -93,10 +93,14 @@ def check_study(plan: StudyPlan, storage: "optuna.storages.BaseStorage | None" =
         )
 
 
-def open_storage(url: str) -> "optuna.storages.RDBStorage":
+def open_storage(url: str, heartbeat: bool = True) -> "optuna.storages.RDBStorage":
+    """The storage at `url`; with `heartbeat`, a trial of Study.optimize silent for GRACE_S is failed by the next
+    search (trials asked and told by hand, on the pool, are failed by the process that asked: pool_search.py)."""
     import optuna
 
     try:
+        if not heartbeat:
+            return optuna.storages.RDBStorage(url)
         return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     except Exception as e:  # noqa: BLE001 - a URL or a server that does not answer: either way the setting
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -105,13 +109,13 @@ def open_storage(url: str) -> "optuna.storages.RDBStorage":
         ) from None
 
 
-def open_study(plan: StudyPlan, seed: int) -> "optuna.Study":
+def open_study(plan: StudyPlan, seed: int, heartbeat: bool = True) -> "optuna.Study":
     """The plan's study, created or resumed (load_if_exists), with a TPE sampler and a median pruner over the
     validation passes (by pass number: trials of different lengths compare at the same share of their training)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's line comes from the search
-    storage = open_storage(plan.storage)
+    storage = open_storage(plan.storage, heartbeat)
     check_study(plan, storage)
     study = optuna.create_study(
         storage=storage,
@@ -121,10 +125,19 @@ def open_study(plan: StudyPlan, seed: int) -> "optuna.Study":
         load_if_exists=True,
     )
     # Seeded past the trials already there: a resumed search must not draw its predecessor's startup points again.
+    # constant_liar: trials running elsewhere (on the pool) count as bad results, so parallel trials spread out.
     study.sampler = optuna.samplers.TPESampler(
-        n_startup_trials=TPE_STARTUP, multivariate=True, seed=seed + len(study.trials)
+        n_startup_trials=TPE_STARTUP, multivariate=True, constant_liar=True, seed=seed + len(study.trials)
     )
     for key, value in plan.attrs.items():
         if ATTR + key not in study.user_attrs:
             study.set_user_attr(ATTR + key, value)
     return study
+
+
+def asked_trial(study: "optuna.Study", number: int) -> "optuna.Trial":
+    """Trial `number` of `study`, asked for (running) in another process: its parameters are those suggested there."""
+    import optuna
+
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return optuna.Trial(study, trial_id)

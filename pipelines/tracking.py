@@ -27,11 +27,8 @@ def flatten(values: Mapping[str, object], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def start_run(
-    registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData, base: BaseRecord, threads: Threads
-) -> str:
-    """A new run with the task's tags, its settings as parameters (and the threads it used: param `threads`, tag
-    `loraops.threads` saying why), and its dataset."""
+def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData, base: BaseRecord) -> str:
+    """A new run with the task's tags, its settings as parameters, and its dataset."""
     runs = registry.runs
     run_id = runs.start(
         spec.task,
@@ -41,11 +38,9 @@ def start_run(
             "loraops.base.fingerprint": base.fingerprint,
             "loraops.dataset.fingerprint": prepared.digest,
             "loraops.code.version": code_version(),
-            "loraops.threads": threads.reason,
         },
     )
-    params = flatten(spec.model_dump(mode="json", exclude={"source"}))
-    runs.log_params(run_id, params | {"threads": str(threads.threads)})
+    runs.log_params(run_id, flatten(spec.model_dump(mode="json", exclude={"source"})))
     runs.log_dataset(
         run_id,
         f"{spec.task}-data",
@@ -54,6 +49,13 @@ def start_run(
         {"train": prepared.train, "validation": prepared.validation, "test": prepared.test, "labels": prepared.labels},
     )
     return run_id
+
+
+def log_threads(runs: RunTracking, run_id: str, threads: Threads) -> None:
+    """The threads the run trained with (param `threads`) and why (tag `loraops.threads`): logged by the process
+    that trains, which need not be the one that started the run."""
+    runs.log_params(run_id, {"threads": str(threads.threads)})
+    runs.set_tags(run_id, {"loraops.threads": threads.reason})
 
 
 def now_ms() -> int:

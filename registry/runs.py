@@ -13,7 +13,7 @@ from typing import Literal, NamedTuple
 from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from .errors import DiskFull
@@ -64,6 +64,9 @@ class RunTracking:
 
     def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, params=[Param(key, value[:MAX_PARAM]) for key, value in params.items()])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, profile: Mapping[str, object]) -> None:
         """The training data as the run's dataset input (context "training"); `digest` is cut to MLflow's 36."""

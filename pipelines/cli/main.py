@@ -92,11 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser(
         "tune",
         help="search lr, rank and epochs with Optuna (training.search, or its defaults), each trial a child MLflow "
-        "run; then the best trial's adapter goes through the gate, registration and promotion like `run`",
+        "run (with PREFECT_API_URL set: trials in parallel on the work pool $LORAOPS_WORK_POOL); then the best "
+        "trial's adapter goes through the gate, registration and promotion like `run`",
     )
     tune.add_argument("task", metavar="TASK.yaml")
     tune.add_argument("--trials", type=int, help="trials in the study, earlier ones included (default 12)")
     tune.add_argument("--timeout", type=float, help="seconds of training over the study's trials, earlier included")
+    tune.add_argument(
+        "--local", action="store_true", help="run the trials here, one after another, even with PREFECT_API_URL set"
+    )
     schedule = commands.add_parser(
         "schedule",
         help="run a task on a cron: a Prefect deployment (on the work pool "
@@ -230,7 +234,7 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "tune":
         from .tune import tune
 
-        tune(args.task, args.trials, args.timeout)
+        tune(args.task, args.trials, args.timeout, local=args.local)
         return
     if args.command == "serve":
         from .serve import serve

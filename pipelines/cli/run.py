@@ -14,7 +14,16 @@ from registry.run_watch import RunWatch
 
 from .. import steps
 from ..errors import InputError, RunError, SpecError
-from ..fanout import DEFAULT_POOL, ask_pool, cancel, check_pool_tasks, deployment_name, submit, sync_pool_slots
+from ..fanout import (
+    DEFAULT_POOL,
+    Submitted,
+    ask_pool,
+    cancel,
+    check_pool_tasks,
+    deployment_name,
+    submit,
+    sync_pool_slots,
+)
 from ..follow import Follower, Progress, follow, max_overlap
 from ..prefect_server import local_prefect_server, prefect_environment
 from ..preflight import preflight
@@ -108,6 +117,18 @@ def run_on_pool(specs: list[TaskSpec], settings: RegistrySettings, print_=print)
     submitted = submit(pool, specs)
     limit = f"at most {found.concurrency_limit} at once" if found.concurrency_limit else "no concurrency limit"
     print_(f"submitted {len(submitted)} flow run(s) to work pool {pool} ({limit}); following them")
+    return follow_on_pool(submitted, specs, settings, pool, since_ms, print_)
+
+
+def follow_on_pool(
+    submitted: list[Submitted],
+    specs: list[TaskSpec],
+    settings: RegistrySettings,
+    pool: str,
+    since_ms: int,
+    print_=print,
+) -> list[Progress]:
+    """The submitted flow runs followed until all end (pool_report); Ctrl-C cancels those not finished."""
     watch = RunWatch(AdapterRegistry(settings).runs, [s.task for s in specs], since_ms)
     follower = Follower(submitted, {s.task: s.gate.metric for s in specs}, watch)
     started = time.monotonic()

@@ -287,3 +287,78 @@ def test_six_tasks_fan_out_over_two_workers_and_the_pool_limit_bounds_them(tmp_p
     time.sleep(1)
     assert pids_under(folder) == []
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_tune_fans_trials_out_over_the_pool_and_ships_the_best(tmp_path):
+    """`loraops tune` with the stack's server: four trials of a tiny search become four flow runs on a pool of two
+    workers limited to two, two training at once (the study in the stack's PostgreSQL, each trial a child MLflow run
+    of the task's run); the best trial ships in a fifth flow run, whose version records the search."""
+    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
+    folder.chmod(0o755)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
+        "LORAOPS_STACK": str(folder),
+        "LORAOPS_STACK_PORTS": " ".join(str(free_port()) for _ in range(4)),
+        "LORAOPS_VENV": str(BIN.parent),
+        "LORAOPS_WORKERS": "2",
+        "LORAOPS_POOL_LIMIT": "2",
+    }
+    try:
+        up = stack("up", env)
+        assert up.returncode == 0, up.stderr[-3000:]
+        user = {
+            **{k: v for k, v in env.items() if not k.startswith("LORAOPS_")},
+            **sourced(folder / "stack.env"),
+            "LORAOPS_HOME": str(tmp_path / "home"),
+        }
+        assert user["LORAOPS_STUDY_STORAGE"].startswith("postgresql")
+        base, data = tiny_base(tmp_path / "bert"), data_slice(tmp_path, rows=160)
+        training = {"max_steps": 12, "batch_size": 16, "max_length": 32, "device": "cpu", "checkpoint_every": 100}
+        task = write_task(
+            tmp_path,
+            "tuned",
+            base,
+            data,
+            data__validation_fraction=0.2,
+            training={**training, "search": {"trials": 4, "space": {"lr": [5e-3, 5e-2]}}},
+            gate={"metric": "accuracy", "min_gain_over_base": -1.0},
+        )
+        # A study in SQLite under this shell's home is a file the pool's workers do not see: refused, nothing submitted
+        elsewhere = Path(tempfile.mkdtemp(prefix="loraops-study-")) / "studies.db"
+        local_study = {**user, "LORAOPS_STUDY_STORAGE": f"sqlite:///{elsewhere}", "LORAOPS_SHARED_ROOTS": str(tmp_path)}
+        refused = loraops("tune", str(task), env=local_study)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-2000:]
+        assert "is on this machine only" in refused.stderr and "LORAOPS_STUDY_STORAGE" in refused.stderr
+
+        done = loraops("tune", str(task), env=user, timeout=1200)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        assert "trials on work pool loraops-cpu, 2 at once" in done.stdout, done.stdout[-3000:]
+        assert "4 trial(s) run now, 4 in all" in done.stdout and "tuned: Completed" in done.stdout, done.stdout[-3000:]
+        found = httpx.post(f"{user['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=30).raise_for_status()
+        runs = found.json()
+        trials = [r for r in runs if "trial" in r["tags"]]
+        ships = [r for r in runs if "trial" not in r["tags"]]
+        assert len(trials) == 4 and len(ships) == 1, [(r["name"], r["tags"]) for r in runs]
+        assert {r["state_type"] for r in runs} == {"COMPLETED"}, [(r["name"], r["state_name"]) for r in runs]
+        spans = [(datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in trials]
+        assert max_overlap(spans) == 2, sorted(spans)  # in parallel, and never past the pool's limit
+        assert min(s for s, _ in spans) < max(e for _, e in spans) and ships[0]["start_time"] > max(
+            r["end_time"] for r in trials
+        )
+
+        from mlflow import MlflowClient
+
+        client = MlflowClient(user["MLFLOW_TRACKING_URI"])
+        (version,) = client.search_model_versions("name = 'tuned'")
+        assert version.tags["loraops.search.trials"] == "4"
+        children = client.search_runs(
+            [client.get_run(version.run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{version.run_id}'"
+        )
+        assert len(children) == 4 and {c.data.tags["loraops.trial"] for c in children} == {"0", "1", "2", "3"}
+        assert client.get_run(version.run_id).data.params["threads"]  # logged by the worker that shipped it
+    finally:
+        down = stack("down", env)
+    assert down.returncode == 0, down.stderr
+    time.sleep(1)
+    assert pids_under(folder) == []
+    shutil.rmtree(folder, ignore_errors=True)

@@ -2,18 +2,23 @@
 one-layer MiniLM whose trials are child runs of the task's run and whose study on SQLite resumes; a diverging trial
 is pruned, not fatal."""
 
+import time
+
 import optuna
 import pytest
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 from tasks import data_slice, tiny_base, write_task
 
 from pipelines import steps
 from pipelines.cli.main import main
 from pipelines.errors import SearchFailed, SpecError, StudyError
-from pipelines.search import run_search
+from pipelines.follow import Progress
+from pipelines.pool_search import Flying, landed, room_in_budget
+from pipelines.search import run_asked_trial, run_search
 from pipelines.spec import SearchSpec, load_spec
 from pipelines.study import check_study, open_study, plan_study
-from pipelines.trial import TrialGround, trial_spec
+from pipelines.trial import TrialGround, suggest, trial_spec
 from registry import AdapterRegistry, RegistrySettings
 
 SEARCH_TRAINING = {"max_steps": 12, "batch_size": 16, "max_length": 32, "device": "cpu", "checkpoint_every": 100}
@@ -176,3 +181,33 @@ def test_a_diverging_trial_is_pruned_not_fatal_and_a_search_without_a_complete_t
     )
     assert [r.info.status for r in children] == ["FAILED", "FAILED"]
     assert all(r.data.tags["loraops.failure"].startswith("training diverged") for r in children)
+
+
+def test_a_trial_asked_for_here_trains_elsewhere_with_its_values_and_one_without_an_outcome_stops_the_search(
+    tmp_path, embedded_home, bert_base
+):
+    """The pool's way (pool_search.py): trials asked for in one process, trained and told in another
+    (run_asked_trial, as a search_trial flow run does); a flow run that ended without telling fails its trial
+    and the search, and a failed trial does not count in the budget."""
+    spec, search, plan, prepared, fingerprint, registry, parent = search_inputs(
+        tmp_path, bert_base, trials=2, space={"lr": [5e-3, 5e-2]}
+    )
+    study = open_study(plan, seed=0, heartbeat=False)
+    asked = [study.ask() for _ in range(2)]
+    params = [suggest(trial, search) for trial in asked]
+    assert params[0] != params[1]
+    work = str(embedded_home / "work" / spec.task)
+    outcome = run_asked_trial(
+        spec, search, plan, asked[0].number, TrialGround(prepared, str(bert_base), fingerprint, work, registry, parent)
+    )
+    told = optuna.load_study(study_name=plan.name, storage=plan.storage).trials[0]
+    assert told.state == TrialState.COMPLETE and outcome.state == "complete" and told.value == outcome.value
+    assert told.params == params[0] and told.user_attrs["loraops.run_id"] == outcome.run_id
+    ended = Progress(spec.task, "run-1", flow_run="sections-trial-1", state="Crashed", state_type="CRASHED")
+    ended.message = "the worker's process exited with code -9"
+    with pytest.raises(SearchFailed, match=r"trial 1 ended Crashed on the pool without an outcome \(the worker's"):
+        landed(study, Flying(1, params[1], 0.0), ended, spec.task)
+    assert study.get_trials(deepcopy=False)[1].state == TrialState.FAIL
+    assert room_in_budget(study, search, {})  # budget 2: one finished, the failed one not counted
+    assert not room_in_budget(study, search, {"run-2": Flying(2, {}, time.monotonic())})
+    assert landed(study, Flying(0, params[0], 0.0), ended, spec.task).startswith("sections: trial 0 complete: ")

@@ -170,13 +170,15 @@ def test_the_mlflow_run_records_the_threads_and_why():
     calls: dict[str, dict] = {}
     runs = SimpleNamespace(
         start=lambda task, name, tags: calls.setdefault("tags", dict(tags)) and "run-1",
-        log_params=lambda run_id, params: calls.setdefault("params", dict(params)),
+        log_params=lambda run_id, params: calls.setdefault("params", {}).update(params),
+        set_tags=lambda run_id, tags: calls["tags"].update(tags),
         log_dataset=lambda *args: None,
     )
     spec = TaskSpec.model_validate({"task": "t", "type": "classification", "data": {"path": "d.jsonl"}})
     prepared = PreparedData(digest="d" * 64, folder="f", source="s", train=1, test=1, validation=0, labels=["a"])
     base = SimpleNamespace(fingerprint="b" * 64)
-    tracking.start_run(SimpleNamespace(runs=runs), spec, prepared, base, Threads(2, "2 CPUs (affinity) / 1 run"))
+    run_id = tracking.start_run(SimpleNamespace(runs=runs), spec, prepared, base)
+    tracking.log_threads(runs, run_id, Threads(2, "2 CPUs (affinity) / 1 run"))
     assert calls["tags"]["loraops.threads"] == "2 CPUs (affinity) / 1 run"
     assert calls["params"]["threads"] == "2" and calls["params"]["training.threads"] == "None"
 
