@@ -154,12 +154,13 @@ def summarize(runs: list[dict]) -> dict:
 
 def report(summary: dict, seeds: int, quick: bool, settings: list[str] = ()) -> str:
     from bench.__main__ import machine
+    from registry.code_version import code_version
 
     lines = [
         f"# Quality of the defaults ({'quick' if quick else 'full'} mode)",
         "",
         f"`python -m bench.quality{' --quick' if quick else ''} --seeds {seeds}"
-        f"{''.join(f' --set {s}' for s in settings)}` on: {machine()}.",
+        f"{''.join(f' --set {s}' for s in settings)}` at {code_version()}, on: {machine()}.",
         "",
         "Minimal task file (task, type, data) vs PEFT LoRA (r=8, alpha=16, query/value + head, lr 1e-3) vs full "
         f"fine-tuning (lr {FULL_LR:.0e}), same splits, batches and epochs; mean ± std over "
@@ -218,6 +219,8 @@ def main() -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="loraops-quality-"))
     work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     runs = []
     for seed in range(args.seeds):
         for task in args.tasks:
@@ -239,9 +242,10 @@ def main() -> None:
                     f"({result['steps']} steps), peak {result['peak'] / 2**20:,.0f} MiB",
                     flush=True,
                 )
+                # the runs so far, kept if the whole does not finish
+                (out / "quality-runs.partial.json").write_text(json.dumps({"quick": args.quick, "runs": runs}))
+    (out / "quality-runs.partial.json").unlink()
     summary = summarize(runs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "QUALITY.md").write_text(report(summary, args.seeds, args.quick, args.set))
     (out / "quality-results.json").write_text(
         json.dumps({"quick": args.quick, "runs": runs, "summary": summary}, indent=1)
