@@ -99,3 +99,27 @@ def test_quick_quality_runs_loraops_beside_peft_and_full_fine_tuning(tmp_path):
     trainable = {r["method"]: r["trainable"] for r in results["runs"]}
     assert trainable["peft"] < trainable["loraops"] < trainable["full"] / 10  # q,v < every projection << everything
     assert "| server-sections | loraops |" in (tmp_path / "QUALITY.md").read_text()
+
+
+def test_quick_tuning_ships_a_searched_version_beside_a_default_run(tmp_path):
+    """bench.tuning: a default `loraops run` and a two-trial `loraops tune` of a real task, each in its own home, with
+    the quality run's results as anchors (here the quick run's own)."""
+    quality = tmp_path / "quality"
+    quality.mkdir()
+    (quality / "quality-results.json").write_text(
+        json.dumps({"summary": {"server-sections": {"full": {"accuracy": [0.5, 0.0]}}}})
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.tuning", "--quick", "--trials", "2", "--tasks", "server-sections"]
+        + ["--anchors", str(quality / "quality-results.json"), "--out", str(tmp_path), "--work", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "tuning-results.json").read_text())["rows"]
+    assert (row["run"]["trials"], row["tune"]["trials"]) == (0, 2)
+    assert row["tune"]["complete"] + row["tune"]["pruned"] == 2 and set(row["tune"]["best_params"]) == {"lr"}
+    assert all(0 <= row[kind]["accuracy"] <= 1 and row[kind]["seconds"] > 0 for kind in ("run", "tune"))
+    table = (tmp_path / "TUNING.md").read_text()
+    assert "| server-sections |" in table and f"{100 * row['tune']['accuracy'] - 50:+.1f} |" in table
