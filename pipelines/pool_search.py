@@ -91,16 +91,15 @@ def search_on_pool(
                 while len(flying) < room and room_in_budget(study, search, flying):
                     trial = study.ask()
                     params = suggest(trial, search)
-                    run = client.create_flow_run_from_deployment(
-                        deployment,
-                        parameters={
-                            "spec_path": str(spec.source),
-                            "search": search.model_dump(mode="json"),
-                            "trial": trial.number,
-                            "parent_run_id": parent_run_id,
-                        },
-                        tags=["loraops", spec.task, "trial"],
-                    )
+                    parameters: dict[str, Any] = {"spec_path": str(spec.source), "trial": trial.number}
+                    parameters |= {"search": search.model_dump(mode="json"), "parent_run_id": parent_run_id}
+                    try:
+                        run = client.create_flow_run_from_deployment(
+                            deployment, parameters=parameters, tags=["loraops", spec.task, "trial"]
+                        )
+                    except BaseException:
+                        fail(study, trial.number)  # asked for, never submitted
+                        raise
                     flying[str(run.id)] = Flying(trial.number, params, time.monotonic())
             if not flying:
                 return best_of(study, spec, plan, before).summary
