@@ -56,16 +56,33 @@ def pids_under(folder: Path) -> list[int]:
     return found
 
 
-def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
-    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))  # PostgreSQL's own user must reach it (not tmp_path)
+def new_stack(**settings: str) -> tuple[Path, list[int], dict]:
+    """A stack folder PostgreSQL's own user can reach (not under tmp_path), four free ports, and stack.sh's
+    environment for them: this one without loraops's, MLflow's, Prefect's and AWS's variables, plus `settings`."""
+    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
     folder.chmod(0o755)
-    ports = " ".join(str(free_port()) for _ in range(4))
+    ports = [free_port() for _ in range(4)]
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
         "LORAOPS_STACK": str(folder),
-        "LORAOPS_STACK_PORTS": ports,
+        "LORAOPS_STACK_PORTS": " ".join(map(str, ports)),
         "LORAOPS_VENV": str(BIN.parent),
+        **settings,
     }
+    return folder, ports, env
+
+
+def user_env(env: dict, folder: Path, home: Path) -> dict:
+    """A user's shell on the stack: its stack.env sourced, none of stack.sh's settings, a home of its own."""
+    return {
+        **{k: v for k, v in env.items() if not k.startswith("LORAOPS_")},
+        **sourced(folder / "stack.env"),
+        "LORAOPS_HOME": str(home),
+    }
+
+
+def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
+    folder, _, env = new_stack()
     try:
         up = stack("up", env)
         assert up.returncode == 0, up.stderr[-3000:]
@@ -156,15 +173,7 @@ def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
 def test_stack_and_schedule_bad_input_is_one_line_and_leaves_nothing_running(tmp_path):
     import socket
 
-    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
-    folder.chmod(0o755)
-    ports = [free_port() for _ in range(4)]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
-        "LORAOPS_STACK": str(folder),
-        "LORAOPS_STACK_PORTS": " ".join(map(str, ports)),
-        "LORAOPS_VENV": str(BIN.parent),
-    }
+    folder, ports, env = new_stack()
     assert "nothing is running" in stack("down", env).stdout  # down on a stack that is not up
     with socket.create_server(("127.0.0.1", ports[1])):  # something else holds the S3 port
         up = stack("up", env)
@@ -203,27 +212,14 @@ def test_six_tasks_fan_out_over_two_workers_and_the_pool_limit_bounds_them(tmp_p
     """`loraops run FOLDER` with the stack's server: bad input is one line and submits nothing; six tiny tasks
     become six flow runs on a pool of two workers (room for four) limited to two at once; all complete and
     register, and never more than two worked at a moment (their task runs' start and end times on Prefect's API)."""
-    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
-    folder.chmod(0o755)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
-        "LORAOPS_STACK": str(folder),
-        "LORAOPS_STACK_PORTS": " ".join(str(free_port()) for _ in range(4)),
-        "LORAOPS_VENV": str(BIN.parent),
-        "LORAOPS_WORKERS": "2",
-        "LORAOPS_CONCURRENT_RUNS": "2",  # each worker takes two: the pool's limit is what binds
-        "LORAOPS_POOL_LIMIT": "2",
-    }
+    # each worker takes two: the pool's limit is what binds
+    folder, _, env = new_stack(LORAOPS_WORKERS="2", LORAOPS_CONCURRENT_RUNS="2", LORAOPS_POOL_LIMIT="2")
     try:
         up = stack("up", env)
         assert up.returncode == 0, up.stderr[-3000:]
         status = stack("status", env).stdout
         assert "worker    running" in status and "worker-2  running" in status, status
-        user = {
-            **{k: v for k, v in env.items() if not k.startswith("LORAOPS_")},
-            **sourced(folder / "stack.env"),
-            "LORAOPS_HOME": str(tmp_path / "home"),
-        }
+        user = user_env(env, folder, tmp_path / "home")
         base, data = tiny_base(tmp_path / "bert"), data_slice(tmp_path)
         tasks = tmp_path / "tasks"
         tasks.mkdir()
@@ -293,24 +289,11 @@ def test_tune_fans_trials_out_over_the_pool_and_ships_the_best(tmp_path):
     """`loraops tune` with the stack's server: four trials of a tiny search become four flow runs on a pool of two
     workers limited to two, two training at once (the study in the stack's PostgreSQL, each trial a child MLflow run
     of the task's run); the best trial ships in a fifth flow run, whose version records the search."""
-    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
-    folder.chmod(0o755)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
-        "LORAOPS_STACK": str(folder),
-        "LORAOPS_STACK_PORTS": " ".join(str(free_port()) for _ in range(4)),
-        "LORAOPS_VENV": str(BIN.parent),
-        "LORAOPS_WORKERS": "2",
-        "LORAOPS_POOL_LIMIT": "2",
-    }
+    folder, _, env = new_stack(LORAOPS_WORKERS="2", LORAOPS_POOL_LIMIT="2")
     try:
         up = stack("up", env)
         assert up.returncode == 0, up.stderr[-3000:]
-        user = {
-            **{k: v for k, v in env.items() if not k.startswith("LORAOPS_")},
-            **sourced(folder / "stack.env"),
-            "LORAOPS_HOME": str(tmp_path / "home"),
-        }
+        user = user_env(env, folder, tmp_path / "home")
         assert user["LORAOPS_STUDY_STORAGE"].startswith("postgresql")
         base, data = tiny_base(tmp_path / "bert"), data_slice(tmp_path, rows=160)
         training = {"max_steps": 12, "batch_size": 16, "max_length": 32, "device": "cpu", "checkpoint_every": 100}
