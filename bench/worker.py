@@ -112,13 +112,12 @@ def plain_steps(home: str, *tasks: str) -> dict:
 def plain_task(spec, registry) -> None:
     from pipelines import steps
     from pipelines.analysis import analyze_adapter
-    from pipelines.models import base_source, resolve_base
+    from pipelines.models import register_task_base
     from pipelines.tasks import LOADER_MODULE
 
     work = registry.settings.home / "work" / spec.task
     prepared = steps.prepare_data(spec, work)
-    base_path, base_name = resolve_base(spec.base)
-    base = registry.register_base(base_path, name=base_name, source=base_source(spec.base, base_path))
+    base_path, base = register_task_base(registry, spec.base)
     trained = steps.fit_adapter(spec, prepared, base_path, work / "run")
     evaluation = steps.evaluate_adapter(spec, prepared, base_path, trained.adapter, None)
     merged = (

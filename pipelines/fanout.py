@@ -200,14 +200,19 @@ def ready_pool(name: str) -> Any:
     return pool
 
 
-def check_pool_tasks(name: str, specs: Sequence[TaskSpec]) -> Any:
-    """ready_pool, then every file of every task where the pool's workers can read it; returns the pool."""
+class CheckedPool(NamedTuple):
+    pool: Any  # prefect's WorkPool
+    view: WorkerView  # what its workers can read
+
+
+def check_pool_tasks(name: str, specs: Sequence[TaskSpec]) -> CheckedPool:
+    """ready_pool, then every file of every task where the pool's workers can read it."""
     pool = ready_pool(name)
     url = os.environ.get("PREFECT_API_URL", "")
     view = worker_view(name, pool.type, declared_env(pool.base_job_template), os.environ, url)
     for spec in specs:
         check_reachable(spec, view)
-    return pool
+    return CheckedPool(pool, view)
 
 
 def submit(pool: str, specs: Sequence[TaskSpec], parameters: Mapping[str, Any] | None = None) -> list[Submitted]:

@@ -22,7 +22,7 @@ from .analysis import spectrum_tags
 from .errors import GateBlocked, InputError
 from .fanout import pool_slots
 from .lifecycle import RunLifecycle
-from .models import base_source, resolve_base
+from .models import register_task_base
 from .preflight import preflight
 from .results import FlowResult, PreparedData, ProductionVersion, SearchSummary, TrainedAdapter, TrialOutcome
 from .search import run_asked_trial, run_search, search_tags, trial_task
@@ -135,10 +135,7 @@ def set_up(spec_path: str, prepared: PreparedData | None) -> Ground:
         prepared = prepare_data_task(spec, str(work), key=steps.cache_key(str(work), source_key(spec, registry)))
     else:
         data_artifact(spec, prepared)
-    base_path, base_name = resolve_base(spec.base)
-    base = registry.register_base(
-        base_path, name=base_name, source=base_source(spec.base, base_path), revision=spec.base.revision
-    )
+    base_path, base = register_task_base(registry, spec.base)
     return Ground(spec, settings, registry, prepared, base_path, base, work, threads)
 
 

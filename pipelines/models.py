@@ -5,13 +5,16 @@ import gc
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .errors import BaseModelError
 from .spec import BaseSpec
+
+if TYPE_CHECKING:
+    from registry import AdapterRegistry, BaseRecord
 
 DEFAULT_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -62,6 +65,12 @@ def base_source(base: BaseSpec, path: Path) -> str:
     if base.model == "default" or Path(base.model).expanduser().is_dir():
         return str(path)
     return f"hf://{base.model}"
+
+
+def register_task_base(registry: "AdapterRegistry", base: BaseSpec) -> tuple[Path, "BaseRecord"]:
+    """(local folder, registry record) of a task's base: resolved, then registered once per weight fingerprint."""
+    path, name = resolve_base(base)
+    return path, registry.register_base(path, name=name, source=base_source(base, path), revision=base.revision)
 
 
 def free_memory() -> None:

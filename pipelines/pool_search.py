@@ -26,7 +26,7 @@ from .follow import Follower, Progress
 from .results import SearchSummary
 from .search import FINISHED, best_of, budget_left, trial_line
 from .spec import SearchSpec, TaskSpec
-from .study import StudyPlan, open_study
+from .study import StudyPlan, open_study, read_trial
 from .trial import suggest
 
 POLL_S = 2.0
@@ -120,7 +120,7 @@ def landed(study: Any, ended: Flying, row: Progress, task: str) -> str:
     """The line of a trial whose flow run ended; SearchFailed when the worker did not tell the study its outcome."""
     from optuna.trial import TrialState
 
-    trial = study.get_trials(deepcopy=False)[ended.number]
+    trial = read_trial(study, ended.number)
     if trial.state == TrialState.RUNNING:
         fail(study, ended.number)
         raise SearchFailed(
@@ -135,7 +135,7 @@ def fail(study: Any, number: int) -> None:
     """Trial `number` told failed (not counted in the budget), unless it already has its outcome."""
     from optuna.trial import TrialState
 
-    if study.get_trials(deepcopy=False)[number].state == TrialState.RUNNING:
+    if read_trial(study, number).state == TrialState.RUNNING:
         study.tell(number, state=TrialState.FAIL)
 
 

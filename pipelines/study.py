@@ -135,9 +135,18 @@ def open_study(plan: StudyPlan, seed: int, heartbeat: bool = True) -> "optuna.St
     return study
 
 
+def trial_id(study: "optuna.Study", number: int) -> int:
+    """The storage's id of trial `number` of `study` (one query, whatever the study's size)."""
+    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
 def asked_trial(study: "optuna.Study", number: int) -> "optuna.Trial":
     """Trial `number` of `study`, asked for (running) in another process: its parameters are those suggested there."""
     import optuna
 
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    return optuna.Trial(study, trial_id)
+    return optuna.Trial(study, trial_id(study, number))
+
+
+def read_trial(study: "optuna.Study", number: int) -> "optuna.trial.FrozenTrial":
+    """Trial `number` of `study` as the storage holds it now, read alone (not the study's every trial)."""
+    return study._storage.get_trial(trial_id(study, number))

@@ -110,13 +110,13 @@ def run_on_pool(specs: list[TaskSpec], settings: RegistrySettings, print_=print)
     that did not complete."""
     pool = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL)
     with prefect_settings(settings):
-        found = check_pool_tasks(pool, specs)
+        limit = check_pool_tasks(pool, specs).pool.concurrency_limit
         for spec in specs:
             prepare(Path(str(spec.source)), spec, settings)
     since_ms = int(time.time() * 1000) - CLOCK_SLACK_MS
     submitted = submit(pool, specs)
-    limit = f"at most {found.concurrency_limit} at once" if found.concurrency_limit else "no concurrency limit"
-    print_(f"submitted {len(submitted)} flow run(s) to work pool {pool} ({limit}); following them")
+    at_once = f"at most {limit} at once" if limit else "no concurrency limit"
+    print_(f"submitted {len(submitted)} flow run(s) to work pool {pool} ({at_once}); following them")
     return follow_on_pool(submitted, specs, settings, pool, since_ms, print_)
 
 

@@ -7,14 +7,13 @@ With a Prefect server (PREFECT_API_URL) and not --local, the trials fan out over
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from registry import RegistrySettings
 
 from ..errors import SpecError
-from ..fanout import DEFAULT_POOL, check_pool_tasks, declared_env, submit, worker_view
+from ..fanout import DEFAULT_POOL, WorkerView, check_pool_tasks, submit
 from ..follow import Progress
 from ..prefect_server import local_prefect_server
 from ..results import FlowResult, SearchSummary
@@ -77,22 +76,19 @@ def tune_on_pool(spec: TaskSpec, search: SearchSpec, settings: RegistrySettings,
     from registry import AdapterRegistry
 
     from .. import tracking
-    from ..models import base_source, resolve_base
+    from ..models import register_task_base
     from ..pool_search import end_parent, pool_room, search_on_pool
 
     pool_name = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL)
     with prefect_settings(settings):
-        pool = check_pool_tasks(pool_name, [spec])
+        pool, view = check_pool_tasks(pool_name, [spec])
         task = prepare(Path(str(spec.source)), spec, settings)
         plan = plan_study(spec, search, task.prepared, settings)
         check_study(plan)
-        check_storage_reachable(plan, pool)
+        check_storage_reachable(plan, view)
     pinned = search.model_copy(update={"study": plan.name, "storage": worker_storage(plan.storage)})
     registry = AdapterRegistry(settings)
-    base_path, base_name = resolve_base(spec.base)
-    base = registry.register_base(
-        base_path, name=base_name, source=base_source(spec.base, base_path), revision=spec.base.revision
-    )
+    base = register_task_base(registry, spec.base)[1]
     since_ms = int(time.time() * 1000) - CLOCK_SLACK_MS
     run_id = tracking.start_run(registry, spec, task.prepared, base)
     room = pool_room(pool)
@@ -120,16 +116,14 @@ def worker_storage(url: str) -> str | None:
     return None if make_url(url).password else url
 
 
-def check_storage_reachable(plan: StudyPlan, pool: Any) -> None:
-    """A study in SQLite is a file: the pool's workers must see it (fanout.worker_view), else one line."""
+def check_storage_reachable(plan: StudyPlan, view: WorkerView) -> None:
+    """A study in SQLite is a file: the pool's workers must see it (`view`: fanout.worker_view), else one line."""
     if not plan.storage.startswith("sqlite:///"):
         return
-    url = os.environ.get("PREFECT_API_URL", "")
-    view = worker_view(pool.name, pool.type, declared_env(pool.base_job_template), os.environ, url)
     path = plan.storage.removeprefix("sqlite:///")
     if not view.sees(path):
         raise SpecError(
-            f"the study storage {plan.storage} is on this machine only and pool {pool.name!r} cannot read it "
+            f"the study storage {plan.storage} is on this machine only and pool {view.pool!r} cannot read it "
             f"({view.describe()}); set LORAOPS_STUDY_STORAGE to a database the workers reach (the stack's "
             f"PostgreSQL), or tune here with --local"
         )
