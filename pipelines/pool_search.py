@@ -24,7 +24,7 @@ from .errors import SearchFailed
 from .fanout import Submitted, apply_deployment, ask_pool, cancel
 from .follow import Follower, Progress
 from .results import SearchSummary
-from .search import FINISHED, best_of, budget_left, trial_line
+from .search import FINISHED, best_of, budget_left, defaults_first, trial_line
 from .spec import SearchSpec, TaskSpec
 from .study import StudyPlan, open_study, read_trial
 from .trial import suggest
@@ -82,6 +82,7 @@ def search_on_pool(
     from .flows import search_trial
 
     study = open_study(plan, spec.training.seed, heartbeat=False)
+    defaults_first(study, spec, search)
     before = len(study.get_trials(deepcopy=False, states=FINISHED))
     deployment = UUID(apply_deployment(pool, search_trial, trial_deployment(pool)))
     flying: dict[str, Flying] = {}

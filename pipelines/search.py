@@ -60,6 +60,7 @@ def run_search(
 ) -> Found:
     """Run the trials the budget leaves, then return the study's best trial (SearchFailed when none completed)."""
     study = open_study(plan, spec.training.seed)
+    defaults_first(study, spec, search)
     before = len(study.get_trials(deepcopy=False, states=FINISHED))
     trials, seconds = budget_left(study, search)
 
@@ -74,6 +75,20 @@ def run_search(
     else:
         print_(f"{spec.task}: study {plan.name} has spent its budget ({before} trials); shipping its best trial")
     return best_of(study, spec, plan, before)
+
+
+def defaults_first(study: optuna.Study, spec: TaskSpec, search: SearchSpec) -> None:
+    """A new study's first trial is the task's own settings, those the space holds (the rest sampled): the search
+    starts from what a plain run ships, so its best is never a trial that lost to the defaults on validation."""
+    if study.get_trials(deepcopy=False):
+        return
+    length, value = spec.training.length
+    own = {"lr": spec.training.lr, "r": spec.lora.r, "alpha": spec.lora.alpha}
+    if length == "epochs":
+        own["epochs"] = value
+    params = {name: own[name] for name, (low, high) in search.space.items() if name in own and low <= own[name] <= high}
+    if params:
+        study.enqueue_trial(params)
 
 
 def trial_line(task: str, number: int, state: str, reason: str, params: dict[str, float]) -> str:

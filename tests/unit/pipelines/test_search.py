@@ -1,6 +1,6 @@
 """training.search / loraops tune: bad search settings refused in one line before any trial; a tiny search on the
-one-layer MiniLM whose trials are child runs of the task's run and whose study on SQLite resumes; a diverging trial
-is pruned, not fatal."""
+one-layer MiniLM whose trials are child runs of the task's run, whose first trial is the task's own settings and
+whose study on SQLite resumes; a diverging trial is pruned, not fatal."""
 
 import time
 
@@ -15,7 +15,7 @@ from pipelines.cli.main import main
 from pipelines.errors import SearchFailed, SpecError, StudyError
 from pipelines.follow import Progress
 from pipelines.pool_search import Flying, landed, room_in_budget
-from pipelines.search import run_asked_trial, run_search
+from pipelines.search import defaults_first, run_asked_trial, run_search
 from pipelines.spec import SearchSpec, load_spec
 from pipelines.study import check_study, open_study, plan_study
 from pipelines.trial import TrialGround, suggest, trial_spec
@@ -138,6 +138,7 @@ def test_a_three_trial_search_makes_child_runs_and_a_stopped_study_resumes(tmp_p
     assert summary.storage == f"sqlite:///{embedded_home / 'studies.db'}" and summary.metric == "accuracy"
     study = optuna.load_study(study_name=summary.study, storage=summary.storage)
     assert len(study.trials) == 3 and study.best_trial.number == summary.best_trial
+    assert study.trials[0].params["r"] == 4  # the task's own r first; its lr (2e-3) is outside the space: sampled
     assert summary.best_value == max(t.value for t in study.trials if t.value is not None)
     assert set(summary.best_params) == {"lr", "r"} and 2 <= summary.best_params["r"] <= 8
     # The best trial's adapter is what the flow ships: trained with its parameters, on disk with its record.
@@ -211,3 +212,18 @@ def test_a_trial_asked_for_here_trains_elsewhere_with_its_values_and_one_without
     assert room_in_budget(study, search, {})  # budget 2: one finished, the failed one not counted
     assert not room_in_budget(study, search, {"run-2": Flying(2, {}, time.monotonic())})
     assert landed(study, Flying(0, params[0], 0.0), ended, spec.task).startswith("sections: trial 0 complete: ")
+
+
+def test_the_first_trial_is_the_tasks_own_settings_where_the_space_holds_them(tmp_path, embedded_home):
+    spec = load_spec(write_task(tmp_path, "t", tmp_path, tmp_path / "d.jsonl", data__validation_fraction=0.2))
+    prepared = steps.PreparedData(
+        digest="b" * 64, folder=str(tmp_path), source="x", train=1, test=1, validation=1, labels=[]
+    )
+    inside = SearchSpec(space={"lr": (1e-3, 1e-1), "r": (8, 32), "epochs": (2, 10)})  # r 4 outside; max_steps
+    study = open_study(plan_study(spec, inside, prepared, RegistrySettings.from_env()), seed=0)
+    defaults_first(study, spec, inside)
+    defaults_first(study, spec, inside)  # once: a resumed study is not given them again
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.WAITING]
+    first = study.ask()
+    params = suggest(first, inside)
+    assert params["lr"] == 2e-2 and 8 <= params["r"] <= 32 and 2 <= params["epochs"] <= 10  # the rest sampled
