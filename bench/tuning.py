@@ -43,9 +43,10 @@ def child(kind: str, task: str, seed: int, work: Path, trials: int, quick: bool)
         result = tune(str(path), trials, None, local=True, print_=lines.append)
     seconds = time.perf_counter() - started
     assert isinstance(result, FlowResult)
-    found = result.search
+    found, kept = result.search, result.trained.best_validation
     return {
         "accuracy": result.evaluation.adapter["accuracy"],
+        "validation": kept.metrics.get("accuracy") if kept else None,  # what the search selects on
         "seconds": seconds,
         "train_seconds": result.trained.seconds,
         "trials": found.trials if found else 0,
@@ -74,18 +75,22 @@ def report(rows: list[dict], trials: int, quick: bool, quality: dict[str, dict[s
         f"`python -m bench.tuning --trials {trials}` at {code_version()}, on: {machine()}. One seed; the search's "
         "trials one after another in one process. Accuracy: the shipped version's, on the test split.",
         "",
-        "| task | default run | tuned | trials (complete / pruned) | best parameters | time: tune / run | "
-        "full FT (3 seeds) | tuned - full |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | default run | tuned | validation: run / tuned | trials (complete / pruned) | best parameters | "
+        "time: tune / run | full FT (3 seeds) | tuned - full |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         run, tuned, full = r["run"], r["tune"], quality.get(r["task"], {}).get("full")
         params = ", ".join(f"{k}={v:.3g}" for k, v in tuned["best_params"].items())
         gap = f"{100 * (tuned['accuracy'] - full):+.1f}" if full is not None else "-"
+        validation = " / ".join(
+            "-" if s.get("validation") is None else f"{100 * s['validation']:.1f}" for s in (run, tuned)
+        )
         lines.append(
             f"| {r['task']} | {100 * run['accuracy']:.1f} ({run['seconds']:.0f} s) | {100 * tuned['accuracy']:.1f} "
-            f"({tuned['seconds']:.0f} s) | {tuned['trials']} ({tuned['complete']} / {tuned['pruned']}) | {params} | "
-            f"{tuned['seconds'] / run['seconds']:.1f}x | {'-' if full is None else f'{100 * full:.1f}'} | {gap} |"
+            f"({tuned['seconds']:.0f} s) | {validation} | {tuned['trials']} ({tuned['complete']} / {tuned['pruned']}) "
+            f"| {params} | {tuned['seconds'] / run['seconds']:.1f}x | {'-' if full is None else f'{100 * full:.1f}'} "
+            f"| {gap} |"
         )
     gains = [r["tune"]["accuracy"] - r["run"]["accuracy"] for r in rows]
     if gains:
