@@ -78,6 +78,7 @@ def tune_on_pool(spec: TaskSpec, search: SearchSpec, settings: RegistrySettings,
     from .. import tracking
     from ..models import register_task_base
     from ..pool_search import end_parent, pool_room, search_on_pool
+    from ..search import noise_line
 
     pool_name = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL)
     with prefect_settings(settings):
@@ -92,6 +93,8 @@ def tune_on_pool(spec: TaskSpec, search: SearchSpec, settings: RegistrySettings,
     since_ms = int(time.time() * 1000) - CLOCK_SLACK_MS
     run_id = tracking.start_run(registry, spec, task.prepared, base)
     room = pool_room(pool)
+    if line := noise_line(spec.task, plan, task.prepared.validation):
+        print_(line)
     print_(f"{spec.task}: study {plan.name}: trials on work pool {pool_name}, {room} at once (MLflow run {run_id})")
     try:
         print_(summary_line(spec.task, search_on_pool(spec, pinned, plan, pool_name, room, run_id, print_)))

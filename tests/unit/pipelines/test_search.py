@@ -15,9 +15,9 @@ from pipelines.cli.main import main
 from pipelines.errors import SearchFailed, SpecError, StudyError
 from pipelines.follow import Progress
 from pipelines.pool_search import Flying, landed, room_in_budget
-from pipelines.search import defaults_first, run_asked_trial, run_search
+from pipelines.search import SMALL_VALIDATION, defaults_first, noise_line, run_asked_trial, run_search
 from pipelines.spec import SearchSpec, load_spec
-from pipelines.study import check_study, open_study, plan_study
+from pipelines.study import StudyPlan, check_study, open_study, plan_study
 from pipelines.trial import TrialGround, suggest, trial_spec
 from registry import AdapterRegistry, RegistrySettings
 
@@ -130,7 +130,8 @@ def test_a_three_trial_search_makes_child_runs_and_a_stopped_study_resumes(tmp_p
     lines: list[str] = []
     args = (plan, TrialGround(prepared, str(bert_base), fingerprint, work, registry, parent))
     two = run_search(spec, search.model_copy(update={"trials": 2}), *args, print_=lines.append)
-    assert (two.summary.ran, two.summary.trials) == (2, 2) and len(lines) == 2
+    assert (two.summary.ran, two.summary.trials) == (2, 2) and len(lines) == 3
+    assert f"trials are ranked on {prepared.validation} validation examples, where accuracy has" in lines[0]
     found = run_search(spec, search, *args, print_=lines.append)  # budget 3: one more trial, not three
     summary = found.summary
     assert (summary.ran, summary.trials, summary.complete + summary.pruned) == (1, 3, 3)
@@ -227,3 +228,12 @@ def test_the_first_trial_is_the_tasks_own_settings_where_the_space_holds_them(tm
     first = study.ask()
     params = suggest(first, inside)
     assert params["lr"] == 2e-2 and 8 <= params["r"] <= 32 and 2 <= params["epochs"] <= 10  # the rest sampled
+
+
+def test_a_validation_split_too_small_to_rank_trials_is_said_in_one_line():
+    plan = StudyPlan("s", "sqlite://", "accuracy", "maximize", {})
+    assert "ranked on 100 validation examples, where accuracy has a standard error of up to 5.0 points" in (
+        noise_line("t", plan, 100) or ""
+    )
+    assert noise_line("t", plan, SMALL_VALIDATION) is None
+    assert noise_line("t", plan._replace(metric="loss", direction="minimize"), 100) is None
