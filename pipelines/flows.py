@@ -241,7 +241,7 @@ def run_steps(
         production,
         key=key("evaluate", train_key, production_version, spec.gate.model_dump()),
     )
-    tracking.log_evaluation(registry.runs, run_id, evaluation)
+    tracking.log_evaluation(registry.runs, run_id, evaluation, trained)
     adapter, ranking = trained.adapter, None
     if spec.promotion.rank is not None:
         run.at("rank")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from registry import AdapterRegistry, BaseRecord, MetricPoint, RunTracking
 from registry.code_version import code_version
 
-from .results import Evaluation, Metrics, PreparedData
+from .results import Evaluation, Metrics, PreparedData, TrainedAdapter
 from .spec import TaskSpec
 from .threads import Threads
 
@@ -84,7 +84,10 @@ class StepLog:
             self.pending = []
 
 
-def log_evaluation(runs: RunTracking, run_id: str, evaluation: Evaluation) -> None:
+def log_evaluation(runs: RunTracking, run_id: str, evaluation: Evaluation, trained: TrainedAdapter) -> None:
+    """The evaluation's rows (base_, adapter_, merged_, production_<metric>), and with a validation split the
+    validation of the weights training kept (best_val_<metric>, as a search's trials log it)."""
+    kept = trained.best_validation.metrics if trained.best_validation else {}
     rows = {
         "base": evaluation.base,
         "adapter": evaluation.adapter,
@@ -92,6 +95,7 @@ def log_evaluation(runs: RunTracking, run_id: str, evaluation: Evaluation) -> No
         "production": evaluation.production or {},
     }
     metrics = {f"{row}_{name}": value for row, values in rows.items() for name, value in values.items()}
+    metrics |= {f"best_val_{name}": value for name, value in kept.items()}
     runs.log_metrics(
         run_id, metrics | {"merge_relative_gap": evaluation.merge_gap, "gate_passed": float(evaluation.passed)}
     )

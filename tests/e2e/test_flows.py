@@ -54,6 +54,28 @@ def mlflow_client(registry: AdapterRegistry):
     return MlflowClient(registry.settings.tracking_uri)
 
 
+def test_a_run_with_a_validation_split_logs_the_kept_weights_validation(prefect_server, bases, home, tmp_path):
+    """Beside the curve of passes (val_<metric> per pass), the validation of the weights training kept (the mean of
+    the late passes by default): what the run's adapter scores on that split, as a search's trials log it."""
+    from pipelines.flows import train_adapter
+
+    path = write_task(
+        tmp_path,
+        "kept",
+        bases["bert"],
+        data_slice(tmp_path),
+        training__max_steps=20,
+        data__validation_fraction=0.2,
+        gate={"min_gain_over_base": -1.0},
+    )
+    result = train_adapter(str(path))
+    assert result.trained.best_validation is not None and result.trained.averaged_steps
+    metrics = mlflow_client(AdapterRegistry()).get_run(result.run_id).data.metrics
+    kept = result.trained.best_validation.metrics
+    assert {f"best_val_{name}" for name in kept} <= set(metrics)
+    assert metrics["best_val_accuracy"] == pytest.approx(kept["accuracy"]) and "val_accuracy" in metrics
+
+
 def task_runs(flow_run_id) -> dict[str, str]:
     """{task name: state name} for one flow run, read back from the Prefect server."""
     from prefect.client.orchestration import get_client
