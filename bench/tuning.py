@@ -6,8 +6,8 @@
 Reported per task: the shipped version's test accuracy (the gate's evaluation, on the test split no trial saw)
 after the default run and after the search, the search's trials (complete, pruned) and best parameters, and the
 wall time of each command (the search's trials run one after another here: a pool runs them side by side,
-docs/tuning.md). With --anchors (bench.quality's results), full fine-tuning's and the default's 3-seed means
-stand beside them, and the gap to full fine-tuning is the search's.
+docs/tuning.md), and each side's validation accuracy (what the search selects on). With --anchors
+(bench.quality's results), full fine-tuning's 3-seed mean stands beside them, and the gap to it is the search's.
 """
 
 import argparse
@@ -57,15 +57,15 @@ def child(kind: str, task: str, seed: int, work: Path, trials: int, quick: bool)
     }
 
 
-def anchors(path: str | None) -> dict[str, dict[str, float]]:
-    """{task: {method: mean test accuracy}} from bench.quality's results, or nothing."""
+def full_fine_tuning(path: str | None) -> dict[str, float]:
+    """{task: full fine-tuning's mean test accuracy} from bench.quality's results, or nothing."""
     if not path:
         return {}
     summary = json.loads(Path(path).read_text())["summary"]
-    return {task: {method: m["accuracy"][0] for method, m in by.items()} for task, by in summary.items()}
+    return {task: by["full"]["accuracy"][0] for task, by in summary.items() if "full" in by}
 
 
-def report(rows: list[dict], trials: int, quick: bool, quality: dict[str, dict[str, float]]) -> str:
+def report(rows: list[dict], trials: int, quick: bool, quality: dict[str, float]) -> str:
     from bench.__main__ import machine
     from registry.code_version import code_version
 
@@ -80,7 +80,7 @@ def report(rows: list[dict], trials: int, quick: bool, quality: dict[str, dict[s
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        run, tuned, full = r["run"], r["tune"], quality.get(r["task"], {}).get("full")
+        run, tuned, full = r["run"], r["tune"], quality.get(r["task"])
         params = ", ".join(f"{k}={v:.3g}" for k, v in tuned["best_params"].items())
         gap = f"{100 * (tuned['accuracy'] - full):+.1f}" if full is not None else "-"
         validation = " / ".join(
@@ -138,7 +138,7 @@ def main() -> None:
             print(f"{task} {kind}: accuracy {row[kind]['accuracy']:.4f} in {row[kind]['seconds']:.0f} s", flush=True)
         rows.append(row)
         (out / "tuning-results.json").write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=1))
-    (out / "TUNING.md").write_text(report(rows, args.trials, args.quick, anchors(args.anchors)))
+    (out / "TUNING.md").write_text(report(rows, args.trials, args.quick, full_fine_tuning(args.anchors)))
     print(f"wrote {out / 'TUNING.md'}")
 
 
