@@ -4,10 +4,12 @@
 
 Each (task, seed, method) trains in a fresh process (its peak RSS is its own) on the same splits of the same data:
 - loraops: the minimal task file (task, type, data; everything else default), through `steps.fit_adapter`,
-  validation-driven (best checkpoint, early stopping);
+  validation passes every tenth of the run, keeping the mean of the late passes' weights (training.selection);
 - PEFT: `peft.get_peft_model` with r=8, alpha=16, dropout 0.1 on query/value, the head in modules_to_save (PEFT's
   sequence-classification recipe), AdamW lr 1e-3, last step kept;
 - full fine-tuning: every weight trains, AdamW lr FULL_LR, last step kept.
+PEFT and full fine-tuning train in float32, as their users do on a CPU (Trainer's default); loraops as its loop does
+by default: bf16 autocast where the CPU has native bf16, the LoRA update and its sum float32 (pipelines.device).
 All three get the same budget: loraops's default number of epochs.
 PEFT and full fine-tuning select nothing, so they hold nothing out: they train on loraops's train and validation
 splits together (more data than loraops trains on).
@@ -116,6 +118,7 @@ def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: 
         steps=n_steps,
         lr=PEFT_LR if method == "peft" else FULL_LR,
         device="cpu",
+        bf16=False,
     )
     seconds = time.perf_counter() - started
     test_tokens = steps.split_tokens(spec, prepared, "test", tokenizer)
@@ -163,7 +166,8 @@ def report(summary: dict, seeds: int, quick: bool, settings: list[str] = ()) -> 
         f"{''.join(f' --set {s}' for s in settings)}` at {code_version()}, on: {machine()}.",
         "",
         "Minimal task file (task, type, data) vs PEFT LoRA (r=8, alpha=16, query/value + head, lr 1e-3) vs full "
-        f"fine-tuning (lr {FULL_LR:.0e}), same splits, batches and epochs; mean ± std over "
+        f"fine-tuning (lr {FULL_LR:.0e}), same splits, batches and epochs; loraops with its default precision "
+        "(bf16 autocast where the CPU has native bf16, the LoRA update float32), the anchors in float32; mean ± std over "
         f"{seeds} seed(s); train time, peak RSS and steps are medians. "
         "Targets: loraops >= full fine-tuning - 1 point and >= PEFT; train time <= 1.1x PEFT; peak <= PEFT.",
         "",

@@ -15,14 +15,16 @@ torch.set_num_threads(2)
 
 
 def minilm_step(impl: str, steps: int) -> dict:
-    """Median seconds of an AdamW train step (MiniLM classifier, batch 32 x 64 tokens, float32) and the peak RSS.
-    `ours` and `full` (full fine-tuning) step as loraops's training loop does, with its CPU dropout; `peft` as a
-    plain PyTorch loop."""
+    """Median seconds of an AdamW train step (MiniLM classifier, batch 32 x 64 tokens, float32 weights) and the peak
+    RSS. `ours` and `full` (full fine-tuning) step as loraops's training loop does: its CPU dropout, and bf16
+    autocast where the CPU has native bf16 (pipelines.device); `peft` as a plain PyTorch loop in float32, as PEFT's
+    users train on a CPU, and `peft-bf16` the same under torch.autocast("cpu", bfloat16)."""
     import contextlib
 
     from transformers import AutoModelForSequenceClassification
 
     from pipelines.cpu_dropout import cpu_dropout
+    from pipelines.device import autocast
     from pipelines.models import default_base_model
 
     torch.manual_seed(0)
@@ -31,7 +33,7 @@ def minilm_step(impl: str, steps: int) -> dict:
         from lora_core import LoraConfig, inject
 
         inject(model, LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"]))
-    elif impl == "peft":
+    elif impl.startswith("peft"):
         import peft
 
         model = peft.get_peft_model(
@@ -47,10 +49,19 @@ def minilm_step(impl: str, steps: int) -> dict:
     }
     model.train()
     times = []
-    with contextlib.nullcontext() if impl == "peft" else cpu_dropout(model, torch.device("cpu")):
+    cpu = torch.device("cpu")
+
+    def precision() -> contextlib.AbstractContextManager:
+        if impl == "peft":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16) if impl == "peft-bf16" else autocast(cpu, training=True)
+
+    with contextlib.nullcontext() if impl.startswith("peft") else cpu_dropout(model, cpu):
         for _ in range(steps + 2):  # two warm-up steps
             started = time.perf_counter()
-            model(**batch).loss.backward()
+            with precision():
+                loss = model(**batch).loss
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - started)

@@ -15,8 +15,21 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def autocast(device: torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full precision on CPU, where bf16 matmuls are slow and lossy."""
-    if device.type == "cuda" and bf16:
+def cpu_bf16() -> bool:
+    """Does this CPU compute bf16 matmuls in hardware (AVX512-BF16 or AMX tiles)? There oneDNN runs them at about
+    2.5x float32's rate (a MiniLM train step here: 0.24 s against 0.60 s); elsewhere bf16 on a CPU is emulated and
+    slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def autocast(device: torch.device, bf16: bool = True, training: bool = False) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, and for training on a CPU with native bf16 (cpu_bf16), where the LoRA branch and its
+    sum stay float32 (lora_core.layer). Evaluation on a CPU stays float32: the gate's metrics and the merge check's
+    1e-3 compare like with like on every machine."""
+    if not bf16:
+        return contextlib.nullcontext()
+    if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and training and cpu_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -180,7 +180,11 @@ class TrainingSpec(Strict):
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto", description="auto = CUDA when a GPU is visible, else CPU; cuda without a GPU is refused before any work"
     )
-    bf16: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    bf16: bool = Field(
+        True,
+        description="bf16 autocast: on CUDA, and for training on a CPU with native bf16 (AVX512-BF16 or AMX; the LoRA "
+        "update and its sum stay float32); false = float32 everywhere",
+    )
     checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS, description="optimizer steps between resumable checkpoints")
     threads: int | None = Field(
         None,

@@ -116,7 +116,7 @@ def train(
             for index, batch in enumerate(make_batches(epoch)):
                 if index < position["batch"] or index % size != rank:
                     continue  # already trained on before the checkpoint, or another rank's share
-                with autocast(dev, bf16):
+                with autocast(dev, bf16, training=True):
                     loss = runner(**{k: v.to(dev) for k, v in batch.items()}).loss / grad_accumulation
                 value = loss.item()
                 if not math.isfinite(value):

@@ -169,3 +169,34 @@ def test_adapter_name_must_be_new_and_plain():
         inject(model, LoraConfig(r=2, alpha=2, target_modules=["fc1"]))
     with pytest.raises(LoraError, match="must be letters"):
         inject(model, LoraConfig(r=2, alpha=2, target_modules=["fc1"]), adapter_name="a.b")
+
+
+def test_under_cpu_bf16_autocast_the_update_and_its_sum_stay_float32():
+    torch.manual_seed(0)
+    base = nn.Linear(16, 8)
+    model = inject(nn.Sequential(base), LoraConfig(r=4, alpha=8, target_modules=["0"]))
+    layer = lora_layers(model)["0"]
+    nn.init.normal_(layer.lora_B["default"].weight)
+    a, b = layer.factors("default")
+    x = torch.randn(5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        base_out = layer.base_layer(x)
+    assert base_out.dtype == torch.bfloat16 and out.dtype == torch.float32
+    update = 2.0 * (x @ a.T @ b.T)  # s = alpha / r = 2, computed in float32
+    torch.testing.assert_close(out, base_out.float() + update, atol=1e-6, rtol=1e-6)
+    # the factors' gradients are float32 and do not depend on the base's precision
+    grad = torch.randn(5, 8)
+    out.backward(grad)
+    under_autocast = [p.grad.clone() for p in (a, b)]
+    a.grad = b.grad = None
+    model(x).backward(grad)
+    for got, want in zip(under_autocast, (a.grad, b.grad)):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_under_cpu_bf16_autocast_a_bf16_base_keeps_its_dtype():
+    model = inject(nn.Sequential(nn.Linear(16, 8).to(torch.bfloat16)), LoraConfig(r=4, target_modules=["0"]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randn(5, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16

@@ -12,9 +12,10 @@ from transformers import BertConfig, BertForSequenceClassification, GPT2Config, 
 from lora_core import LoraConfig, inject, save_adapter
 from lora_core.inject import lora_layers
 from pipelines import steps
+from pipelines.device import autocast
 from pipelines.models import head_modules, load_model
 from pipelines.spec import load_spec
-from pipelines.train import param_groups
+from pipelines.train import param_groups, train
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +178,21 @@ def test_gradient_checkpointing_trains_the_same_adapter(bert_base, tmp_path):
     assert adapters[0].keys() == adapters[1].keys()
     for key in adapters[0]:
         torch.testing.assert_close(adapters[0][key], adapters[1][key], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("native", "bf16", "expected"),
+    [(True, True, True), (True, False, False), (False, True, False)],
+    ids=["native-bf16-cpu", "bf16-off", "no-native-bf16"],
+)
+def test_training_on_a_cpu_autocasts_to_bf16_only_where_the_cpu_has_it(monkeypatch, native, bf16, expected):
+    monkeypatch.setattr("pipelines.device.cpu_bf16", lambda: native)
+    torch.manual_seed(0)
+    model = inject(tiny_bert(), LoraConfig(r=4, modules_to_save=["classifier"]))
+    seen = []
+    model.bert.encoder.register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    batch = {"input_ids": torch.randint(0, 64, (4, 8)), "labels": torch.tensor([0, 1, 2, 0])}
+    train(model, lambda epoch: [dict(batch)], steps=2, lr=1e-3, device="cpu", bf16=bf16)
+    assert seen == [expected, expected]
+    with autocast(torch.device("cpu"), bf16):  # evaluation stays float32 on a CPU
+        assert not torch.is_autocast_enabled("cpu")
