@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from . import interrupts
 from .cpu_dropout import cpu_dropout
 from .device import autocast, resolve_device
 from .errors import TrainingDiverged, TrainingError
@@ -116,6 +117,7 @@ def train(
             for index, batch in enumerate(make_batches(epoch)):
                 if index < position["batch"] or index % size != rank:
                     continue  # already trained on before the checkpoint, or another rank's share
+                interrupts.check()  # a Ctrl-C that garbage collection dropped stops the run here
                 with autocast(dev, bf16, training=True):
                     loss = runner(**{k: v.to(dev) for k, v in batch.items()}).loss / grad_accumulation
                 value = loss.item()

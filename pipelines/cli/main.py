@@ -6,10 +6,10 @@ what it uses (MLflow, torch and transformers take seconds).
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
+from .. import interrupts
 from ..errors import Interrupted, SpecError
 
 # Choices shown in --help, kept here so the parser needs no registry import (tests check them against the registry).
@@ -328,14 +328,10 @@ def server_fault(error: BaseException) -> str | None:
     return server_message(error, RegistrySettings.from_env().tracking_uri)
 
 
-def on_sigterm(signum: int, frame: object) -> None:
-    raise Interrupted("SIGTERM")  # unwinds like Ctrl-C: the run ends KILLED, servers we started stop
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our own output says what moved
-    signal.signal(signal.SIGTERM, on_sigterm)
+    handlers = interrupts.install()
     try:
         from registry.faults import network_defaults
 
@@ -353,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             raise  # not a user-facing error: a bug, shown in full
         print(f"loraops: error: {message.splitlines()[0] if message else type(e).__name__}", file=sys.stderr)
         return code
+    finally:
+        interrupts.restore(handlers)
     return 0
 
 
