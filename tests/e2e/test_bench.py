@@ -17,7 +17,7 @@ def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "bench-results.json").read_text())
     cases = [r["case"] for r in results["rows"]]
-    assert results["failures"] == [] and len(cases) == 38  # full mode adds the flow overhead on an initialized home
+    assert results["failures"] == [] and len(cases) == 40  # full mode adds the flow overhead on an initialized home
     for needle in (
         "`loraops --help` wall time",
         "train step",
@@ -39,6 +39,8 @@ def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
         "adapters list, 8 tasks",
         "resolve task@candidate at 8 tasks",
         "loraops on PEFT's targets",
+        "PEFT under bf16 autocast",
+        "Trainer with bf16=True",
     ):
         assert any(needle in c for c in cases), needle
     assert all(r["ours"] > 0 for r in results["rows"])

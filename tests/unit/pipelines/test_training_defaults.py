@@ -2,6 +2,7 @@
 the best validation pass is what is saved, early stopping stops, LoRA+ and gradient checkpointing."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -196,3 +197,15 @@ def test_training_on_a_cpu_autocasts_to_bf16_only_where_the_cpu_has_it(monkeypat
     assert seen == [expected, expected]
     with autocast(torch.device("cpu"), bf16):  # evaluation stays float32 on a CPU
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_cpu_bf16_training_caps_onednn_primitive_cache_unless_the_user_set_it(monkeypatch):
+    monkeypatch.setattr("pipelines.device.cpu_bf16", lambda: True)
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    autocast(torch.device("cpu"))  # evaluation: no bf16, nothing set
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    autocast(torch.device("cpu"), training=True)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    autocast(torch.device("cpu"), training=True)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
