@@ -205,7 +205,7 @@ def test_cpu_bf16_training_caps_onednn_primitive_cache_unless_the_user_set_it(mo
     autocast(torch.device("cpu"))  # evaluation: no bf16, nothing set
     assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
     autocast(torch.device("cpu"), training=True)
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "8"
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
     autocast(torch.device("cpu"), training=True)
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
