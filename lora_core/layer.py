@@ -231,8 +231,9 @@ class LoraLayer(nn.Module):
         lora_a, lora_b = cast(nn.Linear, self.lora_A[name]), self.lora_B[name]
         # bf16 training on a CPU (pipelines.device): the base's matmul runs in bf16, the small update in the
         # adapter's float32, and a float32 base's sum stays float32, so the update is not rounded to the bf16 grid of
-        # the base's output (package-sections and wordnet-senses, 3 seeds: as accurate as float32 training; rounding
-        # the sum to bf16 cost 1-3 points). A bf16 base adds it in bf16, as without autocast.
+        # the base's output (five tasks, 3 seeds: means within about a standard error of float32 training's; plain
+        # autocast, update and sum in bf16, cost 1-3 points: docs/quality.md). A bf16 base adds it in bf16, as
+        # without autocast.
         cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
             update = lora_b(lora_a(self.lora_dropout[name](x.to(lora_a.weight.dtype))))
