@@ -82,20 +82,15 @@ INDEPENDENT = (
 )
 
 
-def full_run(rows: list[dict]) -> str:
-    """When most rows were measured: the full run; rows re-run since (--only) say their own date."""
-    dates = [r.get("ran", ran) for r in rows] or [ran]
-    return max(set(dates), key=dates.count)
-
-
-def report(rows: list[dict], failures: list[str], quick: bool) -> str:
+def report(rows: list[dict], failures: list[str], quick: bool, full_run: str) -> str:
+    """`full_run`: when `python -m bench` last ran every case; rows re-run since (--only) say their own date."""
     lines = [
         f"# Benchmarks ({'quick' if quick else 'full'} mode)",
         "",
-        f"Run {full_run(rows)} with `python -m bench{' --quick' if quick else ''}`"
+        f"Run {full_run} with `python -m bench{' --quick' if quick else ''}`"
         + (
             f"; the rows marked re-run were measured later with --only, on: {machine()}."
-            if any(r.get("ran", ran) != full_run(rows) for r in rows)
+            if any(r.get("ran", ran) != full_run for r in rows)
             else f" on: {machine()}."
         ),
         "",
@@ -107,7 +102,7 @@ def report(rows: list[dict], failures: list[str], quick: bool) -> str:
     ]
     for r in rows:
         ratio = "-" if r["anchor"] is None else f"{r['ratio']:.2f}x"
-        when = f" (re-run {r['ran']} with --only)" if r.get("ran", ran) != full_run(rows) else ""
+        when = f" (re-run {r['ran']} with --only)" if r.get("ran", ran) != full_run else ""
         lines.append(
             f"| {r['case']} | {fmt(r['ours'], r['unit'])} | {fmt(r['anchor'], r['unit'])} | {ratio} | "
             f"{r['target']} | {r['note']}{when} |"
@@ -134,6 +129,13 @@ def main() -> None:
         help=f"re-run these cases ({', '.join(INDEPENDENT)}) and merge them into the results in --out",
     )
     args = parser.parse_args()
+    results = Path(args.out) / "bench-results.json"
+    previous = json.loads(results.read_text()) if args.only and results.exists() else {}
+    if previous and previous.get("quick") != args.quick:
+        mode = "quick" if previous.get("quick") else "full"
+        parser.error(
+            f"{results} holds a {mode} run; --only merges into a run of the same mode: pass --out another folder"
+        )
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     work = Path(args.work or tempfile.mkdtemp(prefix="loraops-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -179,18 +181,18 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.only and (out / "bench-results.json").exists():  # the other cases as the last full run measured them
-        previous = json.loads((out / "bench-results.json").read_text())
+    full_run = ran
+    if args.only and previous:  # the other cases as the last run measured them
         fresh = {r["case"] for r in rows}
-        earlier = previous.get("ran", "an earlier run")
+        full_run = previous.get("ran", "an earlier run")
         rows = [
-            {"ran": earlier, **r}
+            {"ran": full_run, **r}
             for r in previous["rows"]
             if r.get("group") not in args.only and r["case"] not in fresh
         ] + rows
-    (out / "BENCHMARKS.md").write_text(report(rows, failures, args.quick))
+    (out / "BENCHMARKS.md").write_text(report(rows, failures, args.quick, full_run))
     (out / "bench-results.json").write_text(
-        json.dumps({"quick": args.quick, "ran": full_run(rows), "rows": rows, "failures": failures}, indent=2)
+        json.dumps({"quick": args.quick, "ran": full_run, "rows": rows, "failures": failures}, indent=2)
     )
     print(f"wrote {out / 'BENCHMARKS.md'}")
     if failures:
