@@ -26,9 +26,10 @@ Selection = Literal["best", "smoothed", "average"]
 class Validation:
     """Validation during training: `run()` -> metrics, every `every` optimizer steps; `selection` says which weights
     are kept (metric: lower is better for loss and perplexity); `patience` passes without a better one stop training
-    (best and smoothed only: an average has no pass to stop at)."""
+    (best and smoothed only: an average has no pass to stop at). `run` None: no validation split, so nothing is
+    measured; an average still takes the weights at the same points (it needs no metric)."""
 
-    run: Callable[[], dict[str, float]]
+    run: Callable[[], dict[str, float]] | None
     every: int
     metric: str = "loss"
     patience: int | None = None
@@ -39,6 +40,8 @@ class Validation:
     def __post_init__(self) -> None:
         if self.selection == "average" and self.patience is not None:
             raise ValueError("selection 'average' keeps no single pass, so patience cannot stop at one")
+        if self.run is None and self.selection != "average":
+            raise ValueError(f"selection {self.selection!r} chooses a pass by its metrics, so it needs a run")
 
     def better(self, a: dict[str, float], b: dict[str, float] | None) -> bool:
         """Is pass `a` better than pass `b`? On `metric`; a tie (accuracy on a small split) goes to the lower loss."""

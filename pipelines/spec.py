@@ -202,7 +202,11 @@ class TrainingSpec(Strict):
         description="nodes under torchrun; the others run `loraops train-node` on a shared LORAOPS_HOME",
     )
     eval_every: int | None = Field(
-        None, gt=0, le=MAX_STEPS, description="optimizer steps between validation passes; default: 10 passes per run"
+        None,
+        gt=0,
+        le=MAX_STEPS,
+        description="optimizer steps between validation passes (selection average without a validation split: "
+        "between the weights averaged); default: 10 per run",
     )
     patience: int | None = Field(
         None,
@@ -222,7 +226,8 @@ class TrainingSpec(Strict):
         description="the weights registered, from the validation passes: average (default; best when patience is "
         "set) = the mean of the weights (LoRA A and B each) at the passes in the second half of training, a plain "
         "adapter of the same rank; best = the pass best on best_metric; smoothed = the pass best on best_metric "
-        "averaged over it and the two passes before it; without a validation split, the last step. Measured: "
+        "averaged over it and the two passes before it; without a validation split, average takes the weights at the "
+        "same steps (all the data trains, nothing is measured) and best and smoothed the last step. Measured: "
         "docs/quality.md",
     )
     gradient_checkpointing: bool = Field(
@@ -358,10 +363,11 @@ class TaskSpec(Strict):
                 "training.patience stops at the best pass, but selection: average keeps the mean of the late "
                 "passes; remove patience or use selection: best or smoothed"
             )
-        if self.data.validation_fraction == 0 and (t.patience is not None or t.eval_every is not None):
+        measured = t.patience is not None or (t.eval_every is not None and t.selection != "average")
+        if self.data.validation_fraction == 0 and measured:  # average takes its weights every eval_every unmeasured
             raise ValueError(
-                "training.patience and eval_every need a validation split; set data.validation_fraction "
-                "> 0 or remove them"
+                "training.patience, and eval_every with selection best or smoothed, need a validation split; set "
+                "data.validation_fraction > 0 or remove them"
             )
         rank = self.promotion.rank
         if isinstance(rank, int) and rank >= self.lora.r:

@@ -196,7 +196,7 @@ def fit_adapter(
     on_validation: OnValidation | None = None,
 ) -> TrainedAdapter:
     """Inject LoRA into the base, train (resuming from a checkpoint in `work` if one is there), save the adapter:
-    the weights training.selection keeps when there is a validation split, else the last step's."""
+    the weights training.selection keeps (without a validation split: average's mean, else the last step's)."""
     t = spec.training
     torch.manual_seed(t.seed)
     model, tokenizer = load_model(base_path, spec.type, prepared.labels, spec.base.load_in_4bit)
@@ -224,6 +224,8 @@ def fit_adapter(
             on_result=on_validation,
             selection=t.selection,
         )
+    elif t.selection == "average":  # the mean of the late weights needs no split: all the data trains
+        validation = Validation(None, every=t.eval_every or max(1, steps // 10), selection="average")
     started = time.perf_counter()
     done = train(
         model,

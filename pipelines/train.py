@@ -168,7 +168,7 @@ def train(
                 param.copy_(held[name])
     model.eval()
     done.averaged_steps = kept.averaged_steps
-    if validation and kept.averaged_steps:
+    if validation and validation.run and kept.averaged_steps:
         done.averaged = validation.run()  # what is kept is no pass made: measure it once
     return done
 
@@ -179,10 +179,14 @@ def validate(
     """One validation pass (every rank runs it on the whole split, so all agree on stopping); updates `kept` as
     `validation.selection` says: the pass best on the metric or on its smoothed curve, or the passes after half of
     the `steps` added to the average."""
+    step = len(done.losses)
+    if validation.run is None:  # no split to measure: an average's weights at the pass points, unmeasured
+        if step > steps / 2:
+            kept.add(named, step)
+        return
     model.eval()
     metrics = validation.run()
     model.train()
-    step = len(done.losses)
     done.evaluations.append({"step": step, **metrics})
     if validation.on_result and world()[0] == 0:
         validation.on_result(step, metrics)

@@ -55,7 +55,7 @@ def bert_base(tmp_path_factory):
         ),
         (
             "task: t\ntype: classification\ndata: {path: x.jsonl, validation_fraction: 0}\ntraining: {patience: 2}",
-            "training.patience and eval_every need a validation split",
+            "training.patience, and eval_every with selection best or smoothed, need a validation split",
         ),
         (
             "task: t\ntype: classification\ndata: {path: x.jsonl, validation_fraction: 1}",

@@ -69,6 +69,21 @@ def test_the_average_is_the_mean_of_the_weights_at_the_passes_of_the_second_half
     assert done.averaged["loss"] == pytest.approx(validation.run()["loss"])  # its metrics are the held weights'
 
 
+def test_without_a_split_the_average_takes_the_same_steps_unmeasured_and_a_choice_by_metric_is_refused():
+    measured, seen = observed(tiny_adapted(), "average")
+    model = tiny_adapted()
+    train(model, batches, steps=STEPS, lr=2e-2, device="cpu", validation=measured)
+    blind = tiny_adapted()
+    done = train(
+        blind, batches, steps=STEPS, lr=2e-2, device="cpu", validation=Validation(None, EVERY, selection="average")
+    )
+    assert done.averaged_steps == [8, 10, 12] and done.evaluations == [] and done.averaged is None
+    for name, value in trainable(blind).items():  # measuring changes nothing but the numbers reported
+        torch.testing.assert_close(value, trainable(model)[name], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs a run"):
+        Validation(None, EVERY, selection="best")
+
+
 def test_the_averaged_adapter_saves_at_its_rank_and_merges_to_the_unmerged_logits(tmp_path):
     model = tiny_adapted()
     validation, _ = observed(model, "average")
@@ -172,6 +187,23 @@ def test_a_task_trained_with_average_saves_the_mean_and_reports_its_validation(b
     load_adapter(model, result.adapter)
     again = steps.measure(spec, prepared, steps.read_split(prepared, "validation"), model, tokenizer)[1]
     assert again["loss"] == pytest.approx(result.best_validation.metrics["loss"], abs=1e-5)
+
+
+def test_a_task_without_a_validation_split_trains_on_all_its_data_and_still_averages(bert_base, tmp_path):
+    path = write_task(
+        tmp_path,
+        "all",
+        bert_base,
+        data_slice(tmp_path, 120),
+        data__validation_fraction=0,
+        training__max_steps=8,
+        training__eval_every=2,
+    )
+    spec = load_spec(path)
+    prepared = steps.prepare_data(spec, tmp_path / "work")
+    result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "run")
+    assert prepared.validation == 0 and result.best_validation is None
+    assert result.averaged_steps == [6, 8] and result.best_step == 8
 
 
 def test_average_with_patience_is_refused_in_one_line(tmp_path):
