@@ -166,21 +166,26 @@ def bert_base(tmp_path_factory):
     return tiny_base(tmp_path_factory.mktemp("bert"))
 
 
-def test_a_task_trained_with_average_saves_the_mean_and_reports_its_validation(bert_base, tmp_path):
+def trained_with_average(tmp_path, base, validation_fraction: float):
+    """(spec, prepared, result) of a tiny task trained 8 steps, its weights averaged every 2."""
     path = write_task(
         tmp_path,
         "avg",
-        bert_base,
+        base,
         data_slice(tmp_path, 120),
-        data__validation_fraction=0.2,
+        data__validation_fraction=validation_fraction,
         training__max_steps=8,
         training__eval_every=2,
         training__selection="average",
     )
     spec = load_spec(path)
-    assert flatten(spec.model_dump(mode="json", exclude={"source"}))["training.selection"] == "average"  # on the run
     prepared = steps.prepare_data(spec, tmp_path / "work")
-    result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "run")
+    return spec, prepared, steps.fit_adapter(spec, prepared, base, tmp_path / "run")
+
+
+def test_a_task_trained_with_average_saves_the_mean_and_reports_its_validation(bert_base, tmp_path):
+    spec, prepared, result = trained_with_average(tmp_path, bert_base, 0.2)
+    assert flatten(spec.model_dump(mode="json", exclude={"source"}))["training.selection"] == "average"  # on the run
     assert result.averaged_steps == [6, 8] and result.best_step == 8
     torch.manual_seed(spec.training.seed)
     model, tokenizer = load_model(bert_base, "classification", prepared.labels)
@@ -190,18 +195,7 @@ def test_a_task_trained_with_average_saves_the_mean_and_reports_its_validation(b
 
 
 def test_a_task_without_a_validation_split_trains_on_all_its_data_and_still_averages(bert_base, tmp_path):
-    path = write_task(
-        tmp_path,
-        "all",
-        bert_base,
-        data_slice(tmp_path, 120),
-        data__validation_fraction=0,
-        training__max_steps=8,
-        training__eval_every=2,
-    )
-    spec = load_spec(path)
-    prepared = steps.prepare_data(spec, tmp_path / "work")
-    result = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "run")
+    _, prepared, result = trained_with_average(tmp_path, bert_base, 0)
     assert prepared.validation == 0 and result.best_validation is None
     assert result.averaged_steps == [6, 8] and result.best_step == 8
 
