@@ -26,7 +26,7 @@ from .models import register_task_base
 from .preflight import preflight
 from .results import FlowResult, PreparedData, ProductionVersion, SearchSummary, TrainedAdapter, TrialOutcome
 from .search import run_asked_trial, run_search, search_tags, trial_task
-from .spec import SearchSpec, TaskSpec, load_spec
+from .spec import SearchSpec, TaskSpec, load_spec, searched
 from .study import check_study, plan_study
 from .tasks import (
     analyze_task,
@@ -119,11 +119,14 @@ class Ground(NamedTuple):
         return TrialGround(self.prepared, base_path, self.base.fingerprint, work, self.registry, parent_run_id)
 
 
-def set_up(spec_path: str, prepared: PreparedData | None) -> Ground:
-    """The task file read, this run's threads sized, the data prepared (unless `loraops run` checked and prepared
-    it already: a worker's run checks it here) and the base registered."""
+def set_up(spec_path: str, prepared: PreparedData | None, search: SearchSpec | None = None) -> Ground:
+    """The task file read (with `search`, as that search trains it: spec.searched), this run's threads sized, the
+    data prepared (unless `loraops run` checked and prepared it already: a worker's run checks it here) and the base
+    registered."""
     network_defaults()
     spec = load_spec(spec_path)
+    if search is not None:
+        spec = searched(spec, search, f"{spec_path} with its search")
     threads = use_threads(spec.training.threads)  # before any step: the run's share of the CPUs, not all of them
     print(f"{spec.task}: {threads.threads} thread(s): {threads.reason}")
     settings = RegistrySettings.from_env()
@@ -158,7 +161,7 @@ def run_task(
     spec_path: str, prepared: PreparedData | None, search: SearchSpec | None, run_id: str | None
 ) -> FlowResult:
     """train_adapter's body, inside its pool slot."""
-    ground = set_up(spec_path, prepared)
+    ground = set_up(spec_path, prepared, search)
     spec, registry, base = ground.spec, ground.registry, ground.base
     if spec.promotion.auto:
         registry.check_drift(spec.task)  # an alias moved outside loraops stops the run before training
@@ -196,7 +199,7 @@ def search_trial(spec_path: str, search: SearchSpec, trial: int, parent_run_id: 
     the study that `search` names (asked for there), trained here in a child MLflow run of `parent_run_id`, its
     outcome told to the study."""
     with pool_slot():
-        ground = set_up(spec_path, None)
+        ground = set_up(spec_path, None, search)
         spec = ground.spec
         plan = plan_study(spec, search, ground.prepared, ground.settings)
         return run_asked_trial(spec, search, plan, trial, ground.for_trials(parent_run_id))

@@ -2,7 +2,7 @@
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -33,6 +33,9 @@ class BaseSpec(Strict):
     )
 
 
+MEASURED_VALIDATION = 0.1  # data.validation_fraction when a search, patience or selection chooses by validation
+
+
 class DataSpec(Strict):
     path: str = Field(description="JSONL, CSV or Parquet; local path (relative to the task file) or s3://")
     test_path: str | None = Field(None, description="a separate held-out file; else a hash split of `path`")
@@ -43,11 +46,12 @@ class DataSpec(Strict):
         description="share held out for the test split (by a hash of the text) when there is no test_path",
     )
     validation_fraction: float = Field(
-        0.1,
+        0.0,
         ge=0,
         lt=1,
-        description="carved from the training data (never the test "
-        "split) to choose the best checkpoint and stop early; 0 = none",
+        description="carved from the training data (never the test split) to score validation passes; default "
+        f"{MEASURED_VALIDATION} when something chooses by them (training.search or loraops tune, patience, selection "
+        "best or smoothed), else 0: the default selection (average) needs none, so all the data trains",
     )
     max_test_overlap: float = Field(
         0.1,
@@ -345,6 +349,27 @@ class TaskSpec(Strict):
                 raw = {**raw, "gate": {**gate, "metric": "perplexity"}}
         return raw
 
+    @model_validator(mode="before")
+    @classmethod
+    def _validation_when_measured(cls, raw):
+        """data.validation_fraction, when not given: MEASURED_VALIDATION if training chooses or stops by validation
+        passes or searches, else the field's 0 (average needs no split, and a held-out tenth cost accuracy: docs/quality.md)."""
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("data"), dict)
+            or not isinstance(raw.get("training", {}), dict)
+        ):
+            return raw
+        training = raw.get("training") or {}
+        measured = (
+            training.get("search") is not None
+            or training.get("patience") is not None
+            or training.get("selection", "average") != "average"
+        )
+        if measured and "validation_fraction" not in raw["data"]:
+            return {**raw, "data": {**raw["data"], "validation_fraction": MEASURED_VALIDATION}}
+        return raw
+
     @model_validator(mode="after")
     def _metric_fits_type(self) -> "TaskSpec":
         allowed = {"classification": ("accuracy", "macro_f1"), "causal-lm": ("perplexity", "loss")}[self.type]
@@ -427,6 +452,18 @@ def _parse_spec(path: Path, mtime_ns: int, size: int) -> TaskSpec:
         return TaskSpec.model_validate({**raw, "source": path.resolve()})
     except ValidationError as e:
         raise spec_error(str(path), e) from None
+
+
+def searched(spec: TaskSpec, search: SearchSpec | dict[str, Any], where: str) -> TaskSpec:
+    """The task as a search trains it: `search` as its training.search, the task checked again with it (so a search
+    refuses what the file would; `where` names the file and what was added), with the validation split the trials
+    are scored on when the file leaves data.validation_fraction unset."""
+    raw = spec.model_dump(mode="json", exclude_unset=True)  # as written: validators see the same fields set
+    raw.setdefault("training", {})["search"] = search if isinstance(search, dict) else search.model_dump(mode="json")
+    try:
+        return TaskSpec.model_validate({**raw, "source": spec.source})
+    except ValidationError as e:
+        raise spec_error(where, e) from None
 
 
 def spec_error(where: str, error: ValidationError) -> SpecError:

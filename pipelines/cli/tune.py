@@ -8,8 +8,6 @@ import os
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from registry import RegistrySettings
 
 from ..errors import SpecError
@@ -17,24 +15,16 @@ from ..fanout import DEFAULT_POOL, WorkerView, check_pool_tasks, submit
 from ..follow import Progress
 from ..prefect_server import local_prefect_server
 from ..results import FlowResult, SearchSummary
-from ..spec import SearchSpec, TaskSpec, load_spec, spec_error
+from ..spec import SearchSpec, TaskSpec, load_spec, searched
 from ..study import StudyPlan, check_study, plan_study
 from .run import CLOCK_SLACK_MS, follow_on_pool, prefect_defaults, prefect_settings, prepare, report
 
 
-def with_search(spec: TaskSpec, trials: int | None, timeout: float | None) -> SearchSpec:
-    """The task's training.search (or the default space) with the command line's budget; the task file checked
-    again with it, so `tune` refuses what the file would."""
+def with_search(spec: TaskSpec, trials: int | None, timeout: float | None) -> TaskSpec:
+    """The task with its training.search (or the default space) and the command line's budget (spec.searched)."""
     search = (spec.training.search or SearchSpec()).model_dump()
     search |= {k: v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
-    raw = spec.model_dump(mode="json", exclude_unset=True)  # as written: validators see the same fields set
-    raw["training"]["search"] = search
-    try:
-        checked = TaskSpec.model_validate({**raw, "source": spec.source})
-    except ValidationError as e:
-        raise spec_error(f"{spec.source} with --trials/--timeout", e) from None
-    assert checked.training.search is not None
-    return checked.training.search
+    return searched(spec, search, f"{spec.source} with --trials/--timeout")
 
 
 def tune(
@@ -43,8 +33,9 @@ def tune(
     """Every check before the first trial: the task file with the budget, the data, the base, and the study (another
     task's name, other data or another space); then the flow with the search, here or on the pool."""
     settings = RegistrySettings.from_env()
-    spec = load_spec(path)
-    search = with_search(spec, trials, timeout)
+    spec = with_search(load_spec(path), trials, timeout)
+    search = spec.training.search
+    assert search is not None
     if os.environ.get("PREFECT_API_URL") and not local:
         return tune_on_pool(spec, search, settings, print_)
     with local_prefect_server(settings.home) as prefect_ready:

@@ -6,6 +6,7 @@ import time
 
 import optuna
 import pytest
+import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from tasks import data_slice, tiny_base, write_task
@@ -16,7 +17,7 @@ from pipelines.errors import SearchFailed, SpecError, StudyError
 from pipelines.follow import Progress
 from pipelines.pool_search import Flying, landed, room_in_budget
 from pipelines.search import SMALL_VALIDATION, defaults_first, noise_line, run_asked_trial, run_search
-from pipelines.spec import SearchSpec, load_spec
+from pipelines.spec import SearchSpec, load_spec, searched
 from pipelines.study import StudyPlan, check_study, open_study, plan_study
 from pipelines.trial import TrialGround, suggest, trial_spec
 from registry import AdapterRegistry, RegistrySettings
@@ -82,6 +83,27 @@ def test_tune_refuses_a_task_without_a_validation_split(tmp_path, monkeypatch, c
     path = write_task(tmp_path, "t", tmp_path, tmp_path / "d.jsonl")  # validation_fraction 0
     assert main(["tune", str(path), "--trials", "2"]) == 2
     assert "set data.validation_fraction > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "training, fraction",
+    [
+        ({}, 0.0),  # the default average needs no split: all the data trains
+        ({"patience": 2}, 0.1),
+        ({"selection": "smoothed"}, 0.1),
+        ({"search": {"trials": 3}}, 0.1),
+    ],
+)
+def test_a_validation_split_is_held_out_by_default_only_where_passes_are_chosen_by_it(tmp_path, training, fraction):
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        yaml.safe_dump({"task": "t", "type": "classification", "data": {"path": "d.jsonl"}, "training": training})
+    )
+    spec = load_spec(path)
+    assert spec.data.validation_fraction == fraction
+    assert searched(spec, {}, "here").data.validation_fraction == 0.1  # loraops tune on the same file
+    path.write_text(path.read_text().replace("path: d.jsonl", "path: d.jsonl\n  validation_fraction: 0.3"))
+    assert load_spec(path).data.validation_fraction == 0.3  # as written, whatever trains
 
 
 def test_trials_keep_alpha_over_r_unless_alpha_is_searched(tmp_path):
