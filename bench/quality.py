@@ -12,7 +12,7 @@ PEFT and full fine-tuning train in float32, as their users do on a CPU (Trainer'
 by default: bf16 autocast where the CPU has native bf16, the LoRA update and its sum float32 (pipelines.device).
 All three get the same budget: loraops's default number of epochs.
 PEFT and full fine-tuning select nothing, so they hold nothing out: they train on loraops's train and validation
-splits together (more data than loraops trains on).
+splits together (by default loraops holds none out either: all three train on the same data).
 All three use the same training loop, batches (length-grouped, batch 16, 64 tokens), warm-up/decay schedule and the
 same test split; accuracy is measured on that held-out split, train time is the training loop's wall time
 (validation passes included for loraops), peak memory is the process's VmHWM.
@@ -105,8 +105,10 @@ def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: 
     model, tokenizer = load_model(base, "classification", prepared.labels)
     if method == "peft":
         model = peft_recipe(model)
-    # no selection, so nothing held out: they train on loraops's train and validation splits together
-    train_set = steps.read_split(prepared, "train") + steps.read_split(prepared, "validation")
+    # no selection, so nothing held out: they train on loraops's train and validation splits (if any) together
+    train_set = steps.read_split(prepared, "train") + (
+        steps.read_split(prepared, "validation") if prepared.validation else []
+    )
     n_steps = steps.total_steps(spec, len(train_set))
     train_tokens = tokenize(train_set, tokenizer, spec.training.max_length, prepared.labels)
     if quick:
@@ -155,21 +157,31 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def report(summary: dict, seeds: int, quick: bool, settings: list[str] = ()) -> str:
+def report(
+    summary: dict, seeds: int, quick: bool, settings: list[str] = (), reused: list[str] = (), source: str | None = None
+) -> str:
     from bench.__main__ import machine
+    from pipelines.device import cpu_bf16
     from registry.code_version import code_version
 
     lines = [
         f"# Quality of the defaults ({'quick' if quick else 'full'} mode)",
         "",
         f"`python -m bench.quality{' --quick' if quick else ''} --seeds {seeds}"
-        f"{''.join(f' --set {s}' for s in settings)}` at {code_version()}, on: {machine()}.",
+        f"{''.join(f' --set {s}' for s in settings)}` at {code_version()}, on: {machine()}; "
+        + ("native bf16 on this CPU." if cpu_bf16() else "no native bf16 on this CPU, so loraops trained in float32."),
         "",
         "Minimal task file (task, type, data) vs PEFT LoRA (r=8, alpha=16, query/value + head, lr 1e-3) vs full "
         f"fine-tuning (lr {FULL_LR:.0e}), same splits, batches and epochs; loraops with its default precision "
         "(bf16 autocast where the CPU has native bf16, the LoRA update float32), the anchors in float32; mean ± std over "
         f"{seeds} seed(s); train time, peak RSS and steps are medians. "
-        "Targets: loraops >= full fine-tuning - 1 point and >= PEFT; train time <= 1.1x PEFT; peak <= PEFT.",
+        "Targets: loraops >= full fine-tuning - 1 point and >= PEFT; train time <= 1.1x PEFT; peak <= PEFT."
+        + (
+            f" The {', '.join(reused)} runs are reused from {source} (--reuse; their accuracy is deterministic, their "
+            "time and peak are that run's, on its machine)."
+            if reused
+            else ""
+        ),
         "",
         "| task | method | test accuracy | macro-F1 | train time | peak RSS | steps |",
         "|---|---|---|---|---|---|---|",
@@ -179,7 +191,7 @@ def report(summary: dict, seeds: int, quick: bool, settings: list[str] = ()) -> 
             m = by_method.get(method)
             if m:
                 lines.append(
-                    f"| {task} | {method} | {100 * m['accuracy'][0]:.1f} ± {100 * m['accuracy'][1]:.1f} | "
+                    f"| {task} | {method}{' (reused)' if method in reused else ''} | {100 * m['accuracy'][0]:.1f} ± {100 * m['accuracy'][1]:.1f} | "
                     f"{100 * m['macro_f1'][0]:.1f} ± {100 * m['macro_f1'][1]:.1f} | "
                     f"{m['seconds'][0]:.1f} s | {m['peak'][0] / 2**20:,.0f} MiB | {m['steps'][0]:.0f} |"
                 )
@@ -214,6 +226,13 @@ def main() -> None:
         metavar="SECTION.FIELD=VALUE",
         help="a task-file setting for the loraops runs, e.g. lora.r=16 (repeatable)",
     )
+    parser.add_argument(
+        "--reuse",
+        metavar="RESULTS",
+        help="a quality-results.json whose runs of the methods not given to --methods (same tasks and seeds) join "
+        "this run's, marked reused: their accuracy is deterministic, so a run of loraops and PEFT need not repeat "
+        "full fine-tuning",
+    )
     parser.add_argument("--out", default=".")
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
@@ -226,6 +245,16 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
+    reused = sorted({m for m in METHODS if m not in args.methods} if args.reuse else set())
+    if args.reuse:
+        previous = json.loads(Path(args.reuse).read_text())
+        if previous["quick"] != args.quick:
+            parser.error(f"{args.reuse} holds a {'quick' if previous['quick'] else 'full'} run; reuse one of this mode")
+        earlier = previous["runs"]
+        wanted = {(t, m, s) for t in args.tasks for m in reused for s in range(args.seeds)}
+        runs = [{**r, "reused": args.reuse} for r in earlier if (r["task"], r["method"], r["seed"]) in wanted]
+        if len(runs) != len(wanted):
+            parser.error(f"{args.reuse} holds {len(runs)} of the {len(wanted)} runs of {', '.join(reused)} to reuse")
     for seed in range(args.seeds):
         for task in args.tasks:
             for method in args.methods:
@@ -250,7 +279,7 @@ def main() -> None:
                 (out / "quality-runs.partial.json").write_text(json.dumps({"quick": args.quick, "runs": runs}))
     (out / "quality-runs.partial.json").unlink()
     summary = summarize(runs)
-    (out / "QUALITY.md").write_text(report(summary, args.seeds, args.quick, args.set))
+    (out / "QUALITY.md").write_text(report(summary, args.seeds, args.quick, args.set, reused, args.reuse))
     (out / "quality-results.json").write_text(
         json.dumps({"quick": args.quick, "runs": runs, "summary": summary}, indent=1)
     )

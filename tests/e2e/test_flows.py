@@ -143,8 +143,9 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
 
 
 def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home, tmp_path):
-    """task, type, data and nothing else: the default base, targets by architecture, the head, a validation split
-    with its curve in MLflow, the mean of the late passes registered, promoted as an adapter."""
+    """task, type, data and nothing else: the default base, targets by architecture, the head, all the data trained
+    on (no validation split: the default average needs none), the mean of the late weights registered, promoted as
+    an adapter."""
     import yaml
 
     from pipelines.flows import train_adapter
@@ -163,11 +164,9 @@ def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home,
     assert {t.rsplit(".", 1)[-1] for t in targets} == {"query", "key", "value", "dense"}
     assert any(".classifier." in k for k in load_file(adapter / "adapter_model.safetensors"))
     trained = result.trained
-    history = mlflow_client(registry).get_metric_history(result.run_id, "val_loss")
-    passes = {m.step for m in history}
-    assert len(passes) >= 2 and trained.averaged_steps and set(trained.averaged_steps) <= passes
-    assert min(trained.averaged_steps) > trained.steps / 2  # the mean of the passes of the second half
-    assert trained.best_validation is not None and {"loss", "accuracy"} <= set(trained.best_validation.metrics)
+    assert mlflow_client(registry).get_metric_history(result.run_id, "val_loss") == []  # nothing held out
+    assert len(trained.averaged_steps) >= 2 and trained.best_validation is None
+    assert min(trained.averaged_steps) > trained.steps / 2  # the mean of the weights of the second half
     assert (home / "promoted" / "minimal" / "v1" / "adapter" / "manifest.json").exists()
 
 
