@@ -177,8 +177,8 @@ def report(
         f"{seeds} seed(s); train time, peak RSS and steps are medians. "
         "Targets: loraops >= full fine-tuning - 1 point and >= PEFT; train time <= 1.1x PEFT; peak <= PEFT."
         + (
-            f" The {', '.join(reused)} runs are reused from {source} (--reuse; their accuracy is deterministic, their "
-            "time and peak are that run's, on its machine)."
+            f" The {', '.join(reused)} runs are reused from {source} (--reuse): accuracy, time and peak as that run "
+            "measured them, on its machine."
             if reused
             else ""
         ),
@@ -230,8 +230,8 @@ def main() -> None:
         "--reuse",
         metavar="RESULTS",
         help="a quality-results.json whose runs of the methods not given to --methods (same tasks and seeds) join "
-        "this run's, marked reused: their accuracy is deterministic, so a run of loraops and PEFT need not repeat "
-        "full fine-tuning",
+        "this run's, marked reused (full fine-tuning's accuracy repeats to the digit on the same machine; another "
+        "CPU's float32 kernels move it as another seed would)",
     )
     parser.add_argument("--out", default=".")
     parser.add_argument("--work", default=None)
