@@ -81,7 +81,7 @@ class LoraSpec(LoraConfig):
         return LoraConfig(**self.model_dump(exclude={"lr_ratio"}))
 
 
-DEFAULT_EPOCHS = 6.0  # with validation-driven selection and early stopping: bench/quality.py, README
+DEFAULT_EPOCHS = 6.0  # with the late weights averaged (training.selection): bench/quality.py, docs/task-files.md
 # Ceilings far above any real run, so a typo (an extra few zeros) is one line, not hours or an overflow deep below
 MAX_STEPS, MAX_EPOCHS, MAX_BATCH, MAX_LENGTH = 10**9, 10**4, 2**16, 2**20
 BEST_METRICS = {"classification": ("loss", "accuracy", "macro_f1"), "causal-lm": ("loss", "perplexity")}
