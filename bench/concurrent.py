@@ -110,7 +110,7 @@ def tail(folder: Path) -> str:
 
 def concurrent_runs(quick: bool, home: Path) -> list[dict]:
     from pipelines import steps
-    from pipelines.spec import load_spec
+    from pipelines.task_files import load_spec
 
     folder = home / "concurrent"
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def child(task: str, prepared_json: str, work: str, mode: str) -> None:
     from pipelines import steps
     from pipelines.models import resolve_base
     from pipelines.results import PreparedData
-    from pipelines.spec import load_spec
+    from pipelines.task_files import load_spec
     from pipelines.threads import use_threads
 
     spec = load_spec(task)

@@ -84,7 +84,7 @@ def child(method: str, task: str, seed: int, work: Path, quick: bool, settings: 
     from pipelines.data import tokenize
     from pipelines.evaluation import classification_metrics, predict_logits
     from pipelines.models import load_model, resolve_base
-    from pipelines.spec import load_spec
+    from pipelines.task_files import load_spec
     from pipelines.train import train
 
     torch.set_num_threads(2)

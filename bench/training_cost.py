@@ -31,7 +31,7 @@ def loraops_side(work: Path, seed: int, quick: bool, settings: list[str] = (), s
     accuracy}."""
     from pipelines import steps
     from pipelines.models import resolve_base
-    from pipelines.spec import load_spec
+    from pipelines.task_files import load_spec
 
     spec = load_spec(task_file(work, TASK, seed, quick, settings))
     prepared = steps.prepare_data(spec, work / "data")
@@ -68,7 +68,7 @@ def trainer_side(work: Path, seed: int, quick: bool, bf16: bool = False) -> dict
     from pipelines import steps
     from pipelines.evaluation import accuracy, predict_logits
     from pipelines.models import load_model, resolve_base
-    from pipelines.spec import load_spec
+    from pipelines.task_files import load_spec
 
     spec = load_spec(task_file(work, TASK, seed, quick))
     t = spec.training

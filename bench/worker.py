@@ -112,7 +112,7 @@ def plain_steps(home: str, *tasks: str) -> dict:
     import os
 
     os.environ["LORAOPS_HOME"] = home
-    from pipelines.spec import load_spec
+    from pipelines.task_files import load_spec
     from registry import AdapterRegistry
 
     for task in tasks:

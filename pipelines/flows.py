@@ -26,8 +26,9 @@ from .models import register_task_base
 from .preflight import preflight
 from .results import FlowResult, PreparedData, ProductionVersion, SearchSummary, TrainedAdapter, TrialOutcome
 from .search import run_asked_trial, run_search, search_tags, trial_task
-from .spec import SearchSpec, TaskSpec, load_spec, searched
+from .spec import SearchSpec, TaskSpec
 from .study import check_study, plan_study
+from .task_files import load_spec, searched
 from .tasks import (
     analyze_task,
     data_artifact,
@@ -120,7 +121,7 @@ class Ground(NamedTuple):
 
 
 def set_up(spec_path: str, prepared: PreparedData | None, search: SearchSpec | None = None) -> Ground:
-    """The task file read (with `search`, as that search trains it: spec.searched), this run's threads sized, the
+    """The task file read (with `search`, as that search trains it: task_files.searched), this run's threads sized, the
     data prepared (unless `loraops run` checked and prepared it already: a worker's run checks it here) and the base
     registered."""
     network_defaults()

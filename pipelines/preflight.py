@@ -26,10 +26,11 @@ from registry.errors import ServerUnavailable
 from registry.free_space import check_space
 from registry.stores import open_store
 
+from .errors import SpecError
 from .max_length import check_max_length
 from .models import BaseModelError, quantization, resolve_base
 from .run_space import run_needs
-from .spec import SpecError, TaskSpec
+from .spec import TaskSpec
 from .steps import task_lora
 
 # A fast tokenizer's one file, or a slow tokenizer's vocabulary (WordPiece, BPE, SentencePiece), as transformers saves them.

@@ -1,17 +1,12 @@
 """One task = one YAML file, validated here. Errors name the field path and the fix."""
 
-import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lora_core import LoraConfig
 from registry.names import check_task_name
-
-from .errors import SpecError
-from .input_files import read_regular, regular_file
-from .strict_yaml import load_yaml
 
 
 class Strict(BaseModel):
@@ -430,51 +425,3 @@ def resolved(path: Path) -> Path:
         return path.resolve()
     except (RuntimeError, OSError):  # Python before 3.13 raises RuntimeError on a symlink loop
         return path.absolute()
-
-
-def load_spec(path: str | Path) -> TaskSpec:
-    """The task file at `path`, validated; parsed once per process while the file is unchanged."""
-    path = regular_file(path, "task file", "give the task's YAML file").resolve()  # links followed: no loop
-    stat = path.stat()
-    return _parse_spec(path, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_spec(path: Path, mtime_ns: int, size: int) -> TaskSpec:
-    try:
-        text = read_regular(path, "task file", "give the task's YAML file").decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{path}: not UTF-8 (byte {e.start}); save the task file as UTF-8") from None
-    raw = load_yaml(text, path)
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: a task file is a YAML mapping with at least task, type and data")
-    try:
-        return TaskSpec.model_validate({**raw, "source": path.resolve()})
-    except ValidationError as e:
-        raise spec_error(str(path), e) from None
-
-
-def searched(spec: TaskSpec, search: SearchSpec | dict[str, Any], where: str) -> TaskSpec:
-    """The task as a search trains it: `search` as its training.search, the task checked again with it (so a search
-    refuses what the file would; `where` names the file and what was added), with the validation split the trials
-    are scored on when the file leaves data.validation_fraction unset."""
-    raw = spec.model_dump(mode="json", exclude_unset=True)  # as written: validators see the same fields set
-    raw.setdefault("training", {})["search"] = search if isinstance(search, dict) else search.model_dump(mode="json")
-    try:
-        return TaskSpec.model_validate({**raw, "source": spec.source})
-    except ValidationError as e:
-        raise spec_error(where, e) from None
-
-
-def spec_error(where: str, error: ValidationError) -> SpecError:
-    """One line for the first problem pydantic found: `where`, the field's path, the cause and the fix."""
-    first = error.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
-        message = "required field is missing; add it"
-    elif first["type"] == "extra_forbidden":
-        message = "unknown field; remove it or check the spelling"
-    elif first["type"] == "finite_number":
-        message = f"{first['input']} is not a finite number; give a number (NaN and infinity are refused)"
-    return SpecError(f"{where}: {field}: {message}")

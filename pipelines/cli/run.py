@@ -28,9 +28,9 @@ from ..follow import Follower, Progress, follow, max_overlap
 from ..prefect_server import local_prefect_server, prefect_environment
 from ..preflight import preflight
 from ..results import FlowResult, Prediction, PreparedData
-from ..spec import TaskSpec, load_spec
+from ..spec import TaskSpec
 from ..tables import render_table
-from ..task_files import check_unique_tasks, expand_task_paths
+from ..task_files import check_unique_tasks, expand_task_paths, load_spec
 from .watch import ChangeLines, LiveTable
 
 CLOCK_SLACK_MS = 60_000  # a worker's clock may lag this one: its MLflow run counts if it started up to this early

@@ -15,13 +15,14 @@ from ..fanout import DEFAULT_POOL, WorkerView, check_pool_tasks, submit
 from ..follow import Progress
 from ..prefect_server import local_prefect_server
 from ..results import FlowResult, SearchSummary
-from ..spec import SearchSpec, TaskSpec, load_spec, searched
+from ..spec import SearchSpec, TaskSpec
 from ..study import StudyPlan, check_study, plan_study
+from ..task_files import load_spec, searched
 from .run import CLOCK_SLACK_MS, follow_on_pool, prefect_defaults, prefect_settings, prepare, report
 
 
 def with_search(spec: TaskSpec, trials: int | None, timeout: float | None) -> TaskSpec:
-    """The task with its training.search (or the default space) and the command line's budget (spec.searched)."""
+    """The task with its training.search (or the default space) and the command line's budget (task_files.searched)."""
     search = (spec.training.search or SearchSpec()).model_dump()
     search |= {k: v for k, v in (("trials", trials), ("timeout", timeout)) if v is not None}
     return searched(spec, search, f"{spec.source} with --trials/--timeout")

@@ -310,7 +310,7 @@ def test_bad_yaml_or_data_exit_2_in_one_line_and_register_nothing(bases, home, t
 def test_training_under_torchrun_with_two_processes(bases, home, tmp_path):
     from pipelines import steps
     from pipelines.distributed import train_with_torchrun
-    from pipelines.spec import load_spec
+    from pipelines.task_files import load_spec
 
     spec = load_spec(
         write_task(tmp_path, "ddp", bases["bert"], data_slice(tmp_path, 120), training__max_steps=6, training__nproc=2)
@@ -331,7 +331,7 @@ def test_training_across_two_nodes_joined_by_train_node(bases, home, tmp_path, m
 
     from pipelines import steps
     from pipelines.distributed import pending_dir, train_with_torchrun
-    from pipelines.spec import load_spec
+    from pipelines.task_files import load_spec
 
     monkeypatch.setenv("LORAOPS_RDZV_ENDPOINT", f"127.0.0.1:{free_port()}")
     spec = load_spec(

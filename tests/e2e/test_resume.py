@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from tasks import data_slice, tiny_base, write_task
 
 from pipelines import steps
-from pipelines.spec import load_spec
+from pipelines.task_files import load_spec
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ import json, os, signal, sys
 from pathlib import Path
 from pipelines import steps
 from pipelines.results import PreparedData
-from pipelines.spec import load_spec
+from pipelines.task_files import load_spec
 spec_path, prepared, base, work = sys.argv[1:5]
 def on_step(step, loss, lr):
     if step == 8:

@@ -11,8 +11,7 @@ from pipelines.cli.watch import ChangeLines
 from pipelines.errors import DataError, InputError, SpecError
 from pipelines.fanout import WorkerView, check_reachable, declared_env, deployment_name, worker_view
 from pipelines.follow import Progress, max_overlap, metric_text, step_of
-from pipelines.spec import load_spec
-from pipelines.task_files import check_unique_tasks, expand_task_paths
+from pipelines.task_files import check_unique_tasks, expand_task_paths, load_spec
 
 LOCAL_API = "http://127.0.0.1:4200/api"
 

@@ -25,7 +25,8 @@ from pipelines.held_out import check_not_training_file, overlap_warning
 from pipelines.label_spellings import merge_spellings
 from pipelines.max_length import check_max_length, load_tokenizer, special_tokens, truncation_warning
 from pipelines.models import default_base_model
-from pipelines.spec import GateSpec, TaskSpec, load_spec
+from pipelines.spec import GateSpec, TaskSpec
+from pipelines.task_files import load_spec
 
 GOOD = {
     "task": "sections",

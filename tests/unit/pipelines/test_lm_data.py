@@ -97,7 +97,7 @@ def test_an_adapter_trained_on_chat_prompts_is_prompted_the_same_way(tmp_path):
 
     from pipelines import steps
     from pipelines.serving import complete, trained_with_chat_template
-    from pipelines.spec import load_spec
+    from pipelines.task_files import load_spec
 
     base = tiny_base(tmp_path / "gpt2", "gpt2")
     tokenizer = AutoTokenizer.from_pretrained(base)

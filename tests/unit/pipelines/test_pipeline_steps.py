@@ -9,9 +9,10 @@ from tasks import DATA, data_slice, tiny_base, write_task
 
 from pipelines import data as datasets
 from pipelines import steps
-from pipelines.errors import MergeCheckError
+from pipelines.errors import MergeCheckError, SpecError
 from pipelines.evaluation import classification_metrics, decide
-from pipelines.spec import GateSpec, SpecError, load_spec
+from pipelines.spec import GateSpec
+from pipelines.task_files import load_spec
 
 
 @pytest.fixture(scope="module")

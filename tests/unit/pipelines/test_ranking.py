@@ -8,9 +8,10 @@ from tasks import data_slice, tiny_base, write_task
 from lora_core.analysis import read_adapter
 from pipelines import steps
 from pipelines.adapter_files import LABELS_FILE
+from pipelines.errors import SpecError
 from pipelines.ranking import choose_rank, uniform_rank
 from pipelines.results import Evaluation
-from pipelines.spec import SpecError, load_spec
+from pipelines.task_files import load_spec
 
 A = "lora_A.weight"
 

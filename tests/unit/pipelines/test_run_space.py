@@ -8,7 +8,7 @@ import pytest
 from tasks import data_slice, tiny_base, write_task
 
 from pipelines.run_space import ADAPTER_SHARE, WORK_COPIES, base_bytes, run_needs
-from pipelines.spec import load_spec
+from pipelines.task_files import load_spec
 from registry import free_space
 from registry.settings import RegistrySettings
 

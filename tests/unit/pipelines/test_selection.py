@@ -11,7 +11,7 @@ from pipelines import steps
 from pipelines.errors import SpecError
 from pipelines.models import load_model
 from pipelines.selection import Validation
-from pipelines.spec import load_spec
+from pipelines.task_files import load_spec
 from pipelines.tracking import flatten
 from pipelines.train import train
 

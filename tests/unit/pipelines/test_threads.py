@@ -12,7 +12,7 @@ import yaml
 
 from pipelines import threads as threads_module
 from pipelines.errors import InputError, SettingError, SpecError
-from pipelines.spec import load_spec
+from pipelines.task_files import load_spec
 from pipelines.threads import Threads, affinity_cpus, cgroup_cpus, size_threads, thread_env
 
 

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from pipelines import data as datasets
 from pipelines import steps
-from pipelines.spec import load_spec
+from pipelines.task_files import load_spec
 from pipelines.token_cache import cache_path, tokenized_split, tokenizer_identity, write_tokens
 
 

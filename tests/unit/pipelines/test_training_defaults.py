@@ -15,7 +15,7 @@ from lora_core.inject import lora_layers
 from pipelines import steps
 from pipelines.device import autocast
 from pipelines.models import head_modules, load_model
-from pipelines.spec import load_spec
+from pipelines.task_files import load_spec
 from pipelines.train import param_groups, train
 
 
