@@ -26,7 +26,7 @@ from .follow import Follower, Progress
 from .results import SearchSummary
 from .search import FINISHED, best_of, budget_left, defaults_first, trial_line
 from .spec import SearchSpec, TaskSpec
-from .study import StudyPlan, open_study, read_trial
+from .study import OpenedStudy, StudyPlan, open_study
 from .trial import suggest
 
 POLL_S = 2.0
@@ -81,7 +81,8 @@ def search_on_pool(
 
     from .flows import search_trial
 
-    study = open_study(plan, spec.training.seed, heartbeat=False)
+    opened = open_study(plan, spec.training.seed, heartbeat=False)
+    study = opened.study
     defaults_first(study, spec, search)
     before = len(study.get_trials(deepcopy=False, states=FINISHED))
     deployment = UUID(apply_deployment(pool, search_trial, trial_deployment(pool)))
@@ -99,7 +100,7 @@ def search_on_pool(
                             deployment, parameters=parameters, tags=["loraops", spec.task, "trial"]
                         )
                     except BaseException:
-                        fail(study, trial.number)  # asked for, never submitted
+                        fail(opened, trial.number)  # asked for, never submitted
                         raise
                     flying[str(run.id)] = Flying(trial.number, params, time.monotonic())
             if not flying:
@@ -109,21 +110,21 @@ def search_on_pool(
             for row in Follower(watched, {}, None).look():
                 if row.final:
                     ended = flying.pop(row.flow_run_id)
-                    print_(landed(study, ended, row, spec.task))
+                    print_(landed(opened, ended, row, spec.task))
     except BaseException:
         cancel(list(flying))
         for ended in flying.values():
-            fail(study, ended.number)
+            fail(opened, ended.number)
         raise
 
 
-def landed(study: Any, ended: Flying, row: Progress, task: str) -> str:
+def landed(opened: OpenedStudy, ended: Flying, row: Progress, task: str) -> str:
     """The line of a trial whose flow run ended; SearchFailed when the worker did not tell the study its outcome."""
     from optuna.trial import TrialState
 
-    trial = read_trial(study, ended.number)
+    trial = opened.read_trial(ended.number)
     if trial.state == TrialState.RUNNING:
-        fail(study, ended.number)
+        fail(opened, ended.number)
         raise SearchFailed(
             f"{task}: trial {ended.number} ended {row.state} on the pool without an outcome ({row.reason()}; flow run "
             f"{row.flow_run}); the search stops: fix the cause and run loraops tune again to resume the study"
@@ -132,12 +133,12 @@ def landed(study: Any, ended: Flying, row: Progress, task: str) -> str:
     return trial_line(task, ended.number, state, trial.user_attrs.get("loraops.reason", ""), ended.params)
 
 
-def fail(study: Any, number: int) -> None:
+def fail(opened: OpenedStudy, number: int) -> None:
     """Trial `number` told failed (not counted in the budget), unless it already has its outcome."""
     from optuna.trial import TrialState
 
-    if read_trial(study, number).state == TrialState.RUNNING:
-        study.tell(number, state=TrialState.FAIL)
+    if opened.read_trial(number).state == TrialState.RUNNING:
+        opened.study.tell(number, state=TrialState.FAIL)
 
 
 def end_parent(runs: RunTracking, run_id: str, error: BaseException, step: str = "search") -> None:

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from .errors import SearchFailed
 from .results import SearchSummary, TrainedAdapter, TrialOutcome
 from .spec import SearchSpec, TaskSpec
-from .study import StudyPlan, asked_trial, open_study, shown
+from .study import StudyPlan, open_study, shown
 from .trial import TrialGround, run_trial, suggest, trial_spec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -65,7 +65,7 @@ def run_search(
     """Run the trials the budget leaves, then return the study's best trial (SearchFailed when none completed)."""
     if line := noise_line(spec.task, plan, ground.prepared.validation):
         print_(line)
-    study = open_study(plan, spec.training.seed)
+    study = open_study(plan, spec.training.seed).study
     defaults_first(study, spec, search)
     before = len(study.get_trials(deepcopy=False, states=FINISHED))
     trials, seconds = budget_left(study, search)
@@ -130,13 +130,13 @@ def run_asked_trial(
 ) -> TrialOutcome:
     """Trial `number` of the plan's study, asked for by another process (pool_search.py), trained here and told:
     complete with its value, or pruned."""
-    study = open_study(plan, spec.training.seed, heartbeat=False)
-    trial = asked_trial(study, number)
+    opened = open_study(plan, spec.training.seed, heartbeat=False)
+    trial = opened.asked_trial(number)
     outcome = run_trial(spec, trial, suggest(trial, search), plan.metric, ground)  # suggest: the values asked for
     try:
-        study.tell(trial, record(trial, outcome))
+        opened.study.tell(trial, record(trial, outcome))
     except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
+        opened.study.tell(trial, state=TrialState.PRUNED)
     return outcome
 
 

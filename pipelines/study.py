@@ -109,7 +109,29 @@ def open_storage(url: str, heartbeat: bool = True) -> "optuna.storages.RDBStorag
         ) from None
 
 
-def open_study(plan: StudyPlan, seed: int, heartbeat: bool = True) -> "optuna.Study":
+class OpenedStudy(NamedTuple):
+    """A study with the storage it was opened on and its id there: a trial is read or asked for by number in one
+    query, whatever the study's size (Optuna's Study keeps both private)."""
+
+    study: "optuna.Study"
+    storage: "optuna.storages.RDBStorage"
+    study_id: int
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def asked_trial(self, number: int) -> "optuna.Trial":
+        """Trial `number`, asked for (running) in another process: its parameters are those suggested there."""
+        import optuna
+
+        return optuna.Trial(self.study, self.trial_id(number))
+
+    def read_trial(self, number: int) -> "optuna.trial.FrozenTrial":
+        """Trial `number` as the storage holds it now, read alone (not the study's every trial)."""
+        return self.storage.get_trial(self.trial_id(number))
+
+
+def open_study(plan: StudyPlan, seed: int, heartbeat: bool = True) -> OpenedStudy:
     """The plan's study, created or resumed (load_if_exists), with a TPE sampler and a median pruner over the
     validation passes (by pass number: trials of different lengths compare at the same share of their training)."""
     import optuna
@@ -132,21 +154,4 @@ def open_study(plan: StudyPlan, seed: int, heartbeat: bool = True) -> "optuna.St
     for key, value in plan.attrs.items():
         if ATTR + key not in study.user_attrs:
             study.set_user_attr(ATTR + key, value)
-    return study
-
-
-def trial_id(study: "optuna.Study", number: int) -> int:
-    """The storage's id of trial `number` of `study` (one query, whatever the study's size)."""
-    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-
-
-def asked_trial(study: "optuna.Study", number: int) -> "optuna.Trial":
-    """Trial `number` of `study`, asked for (running) in another process: its parameters are those suggested there."""
-    import optuna
-
-    return optuna.Trial(study, trial_id(study, number))
-
-
-def read_trial(study: "optuna.Study", number: int) -> "optuna.trial.FrozenTrial":
-    """Trial `number` of `study` as the storage holds it now, read alone (not the study's every trial)."""
-    return study._storage.get_trial(trial_id(study, number))
+    return OpenedStudy(study, storage, storage.get_study_id_from_name(plan.name))

@@ -17,8 +17,9 @@ from pipelines.errors import SearchFailed, SpecError, StudyError
 from pipelines.follow import Progress
 from pipelines.pool_search import Flying, landed, room_in_budget
 from pipelines.search import SMALL_VALIDATION, defaults_first, noise_line, run_asked_trial, run_search
-from pipelines.spec import SearchSpec, load_spec, searched
+from pipelines.spec import SearchSpec
 from pipelines.study import StudyPlan, check_study, open_study, plan_study
+from pipelines.task_files import load_spec, searched
 from pipelines.trial import TrialGround, suggest, trial_spec
 from registry import AdapterRegistry, RegistrySettings
 
@@ -217,7 +218,8 @@ def test_a_trial_asked_for_here_trains_elsewhere_with_its_values_and_one_without
     spec, search, plan, prepared, fingerprint, registry, parent = search_inputs(
         tmp_path, bert_base, trials=2, space={"lr": [5e-3, 5e-2]}
     )
-    study = open_study(plan, seed=0, heartbeat=False)
+    opened = open_study(plan, seed=0, heartbeat=False)
+    study = opened.study
     asked = [study.ask() for _ in range(2)]
     params = [suggest(trial, search) for trial in asked]
     assert params[0] != params[1]
@@ -231,11 +233,11 @@ def test_a_trial_asked_for_here_trains_elsewhere_with_its_values_and_one_without
     ended = Progress(spec.task, "run-1", flow_run="sections-trial-1", state="Crashed", state_type="CRASHED")
     ended.message = "the worker's process exited with code -9"
     with pytest.raises(SearchFailed, match=r"trial 1 ended Crashed on the pool without an outcome \(the worker's"):
-        landed(study, Flying(1, params[1], 0.0), ended, spec.task)
+        landed(opened, Flying(1, params[1], 0.0), ended, spec.task)
     assert study.get_trials(deepcopy=False)[1].state == TrialState.FAIL
     assert room_in_budget(study, search, {})  # budget 2: one finished, the failed one not counted
     assert not room_in_budget(study, search, {"run-2": Flying(2, {}, time.monotonic())})
-    assert landed(study, Flying(0, params[0], 0.0), ended, spec.task).startswith("sections: trial 0 complete: ")
+    assert landed(opened, Flying(0, params[0], 0.0), ended, spec.task).startswith("sections: trial 0 complete: ")
 
 
 def test_the_first_trial_is_the_tasks_own_settings_where_the_space_holds_them(tmp_path, embedded_home):
@@ -244,7 +246,7 @@ def test_the_first_trial_is_the_tasks_own_settings_where_the_space_holds_them(tm
         digest="b" * 64, folder=str(tmp_path), source="x", train=1, test=1, validation=1, labels=[]
     )
     inside = SearchSpec(space={"lr": (1e-3, 1e-1), "r": (8, 32), "epochs": (2, 10)})  # r 4 outside; max_steps
-    study = open_study(plan_study(spec, inside, prepared, RegistrySettings.from_env()), seed=0)
+    study = open_study(plan_study(spec, inside, prepared, RegistrySettings.from_env()), seed=0).study
     defaults_first(study, spec, inside)
     defaults_first(study, spec, inside)  # once: a resumed study is not given them again
     assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.WAITING]
