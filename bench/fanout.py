@@ -11,14 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from bench.cases import ROOT, row
 from bench.harness import run_watched
-from bench.servers import free_port
+from bench.servers import STACK_SH, new_stack, user_env
 
 TASKS = 6
 WORKERS = 2
@@ -39,37 +38,23 @@ def write_tasks(folder: Path, count: int, steps: int) -> Path:
     return tasks
 
 
-def env_file(path: Path) -> dict[str, str]:
-    lines = [line.removeprefix("export ") for line in path.read_text().splitlines() if line.startswith("export ")]
-    return dict(line.split("=", 1) for line in lines)
-
-
 def fan_out(quick: bool, home: Path) -> list[dict]:
     folder = home / "fanout"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tasks = write_tasks(folder, TASKS, 4 if quick else 40)
-    stack_dir = Path(tempfile.mkdtemp(prefix="loraops-bench-stack-"))  # PostgreSQL's user must reach it
-    stack_dir.chmod(0o755)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))}
-    stack_env = clean | {
-        "LORAOPS_STACK": str(stack_dir),
-        "LORAOPS_STACK_PORTS": " ".join(str(free_port()) for _ in range(4)),
-        "LORAOPS_VENV": str(Path(sys.executable).parent.parent),
-        "LORAOPS_WORKERS": str(WORKERS),
-        "LORAOPS_CONCURRENT_RUNS": "1",
-        "LORAOPS_POOL_LIMIT": str(WORKERS),
-    }
-    stack = ["bash", str(ROOT / "infra" / "stack.sh")]
+    stack_dir, _, stack_env = new_stack(
+        LORAOPS_WORKERS=str(WORKERS), LORAOPS_CONCURRENT_RUNS="1", LORAOPS_POOL_LIMIT=str(WORKERS)
+    )
+    stack = ["bash", str(STACK_SH)]
     loraops = str(Path(sys.executable).parent / "loraops")
     try:
         up = subprocess.run([*stack, "up"], env=stack_env, capture_output=True, text=True, timeout=600)
         if up.returncode:
             raise RuntimeError(f"the stack did not start: {up.stderr[-2000:]}")
-        user = clean | env_file(stack_dir / "stack.env")
 
         def timed(name: str, *flags: str) -> float:
-            done = run_watched([loraops, "run", *flags, str(tasks)], env=user | {"LORAOPS_HOME": str(folder / name)})
+            done = run_watched([loraops, "run", *flags, str(tasks)], env=user_env(stack_env, stack_dir, folder / name))
             if done["returncode"]:
                 raise RuntimeError(f"loraops run {' '.join(flags)} failed:\n{done['output'][-3000:]}")
             return done["seconds"]

@@ -22,6 +22,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+STACK_SH = Path(__file__).resolve().parents[1] / "infra" / "stack.sh"
+
+
+def new_stack(**settings: str) -> tuple[Path, list[int], dict[str, str]]:
+    """A folder for infra/stack.sh that PostgreSQL's own user can reach (not under a test's tmp_path), four free
+    ports, and stack.sh's environment for them: this one without loraops's, MLflow's, Prefect's and AWS's
+    variables, plus `settings`."""
+    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
+    folder.chmod(0o755)
+    ports = [free_port() for _ in range(4)]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
+        "LORAOPS_STACK": str(folder),
+        "LORAOPS_STACK_PORTS": " ".join(map(str, ports)),
+        "LORAOPS_VENV": str(BIN.parent),
+        **settings,
+    }
+    return folder, ports, env
+
+
+def sourced(env_file: Path) -> dict[str, str]:
+    """The variables a stack.env exports, as a shell that sources it would have them."""
+    lines = [line.removeprefix("export ") for line in env_file.read_text().splitlines() if line.startswith("export ")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def user_env(env: dict[str, str], folder: Path, home: Path) -> dict[str, str]:
+    """A user's shell on the stack: its stack.env sourced, none of stack.sh's settings, a home of its own."""
+    return {
+        **{k: v for k, v in env.items() if not k.startswith("LORAOPS_")},
+        **sourced(folder / "stack.env"),
+        "LORAOPS_HOME": str(home),
+    }
+
+
 @contextlib.contextmanager
 def serving(command: list[str], url: str, log: Path):
     process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)

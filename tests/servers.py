@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import postgres, postgres_bin
+from bench.servers import free_port, postgres, postgres_bin
 
 BIN = Path(sys.executable).parent
 
@@ -45,12 +45,6 @@ def servers_left(home: Path, seconds: float = 10) -> list[int]:
     while (found := prefect_servers(home)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -271,7 +265,6 @@ class FaultyProxy:
     """
 
     def __init__(self, upstream: str, mode: str, after: int = 0):
-        import socket
         import struct
         import threading
 

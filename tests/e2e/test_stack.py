@@ -14,13 +14,13 @@ from pathlib import Path
 import boto3
 import httpx
 import pytest
-from servers import free_port, postgres_bin
+from servers import postgres_bin
 from tasks import data_slice, tiny_base, write_task
 
+from bench.servers import STACK_SH, new_stack, sourced, user_env
 from pipelines.follow import max_overlap
 
 REPO = Path(__file__).resolve().parents[2]
-STACK_SH = REPO / "infra" / "stack.sh"
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.skipif(
@@ -31,15 +31,6 @@ pytestmark = pytest.mark.skipif(
 
 def stack(command: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(STACK_SH), command], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def sourced(env_file: Path) -> dict:
-    values = {}
-    for line in env_file.read_text().splitlines():
-        if line.startswith("export "):
-            key, _, value = line.removeprefix("export ").partition("=")
-            values[key] = value
-    return values
 
 
 def pids_under(folder: Path) -> list[int]:
@@ -54,31 +45,6 @@ def pids_under(folder: Path) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def new_stack(**settings: str) -> tuple[Path, list[int], dict]:
-    """A stack folder PostgreSQL's own user can reach (not under tmp_path), four free ports, and stack.sh's
-    environment for them: this one without loraops's, MLflow's, Prefect's and AWS's variables, plus `settings`."""
-    folder = Path(tempfile.mkdtemp(prefix="loraops-stack-"))
-    folder.chmod(0o755)
-    ports = [free_port() for _ in range(4)]
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_", "LORAOPS_"))},
-        "LORAOPS_STACK": str(folder),
-        "LORAOPS_STACK_PORTS": " ".join(map(str, ports)),
-        "LORAOPS_VENV": str(BIN.parent),
-        **settings,
-    }
-    return folder, ports, env
-
-
-def user_env(env: dict, folder: Path, home: Path) -> dict:
-    """A user's shell on the stack: its stack.env sourced, none of stack.sh's settings, a home of its own."""
-    return {
-        **{k: v for k, v in env.items() if not k.startswith("LORAOPS_")},
-        **sourced(folder / "stack.env"),
-        "LORAOPS_HOME": str(home),
-    }
 
 
 def test_a_scheduled_task_runs_on_the_worker_and_down_leaves_nothing(tmp_path):
