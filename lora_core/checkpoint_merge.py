@@ -20,7 +20,16 @@ import torch
 from .errors import AdapterMismatchError, MergeError, WeightFileError
 from .layer import add_delta_, check_delta
 from .model_files import open_regular, read_json_object
-from .peft_format import PICKLE_FILES, PREFIX, lora_config_from_peft, read_adapter_tensors, read_peft_config
+from .peft_format import (
+    PICKLE_FILES,
+    PREFIX,
+    a_factor,
+    factor_keys,
+    is_factor,
+    lora_config_from_peft,
+    read_adapter_tensors,
+    read_peft_config,
+)
 from .safetensors_io import DTYPE_NAMES, DTYPES, SafetensorsWriter, TensorEntry, read_header, read_tensor
 from .scratch import scratch_dir
 
@@ -45,6 +54,7 @@ class _Update:
     a: torch.Tensor  # [r, in]
     b: torch.Tensor  # [out, r]
     scaling: float
+    fan_in_fan_out: bool  # the base stores W as [in, out] (Conv1D, an embedding)
 
 
 def base_shards(base_dir: Path) -> list[Path]:
@@ -85,28 +95,29 @@ def indexed_shards(index: Path) -> list[str]:
     return names
 
 
-def _updates(adapter_dir: Path) -> tuple[dict[str, _Update], dict[str, torch.Tensor], bool]:
-    """({module path: update}, {tensor name in the task model: saved-module tensor}, fan_in_fan_out)."""
+def _updates(adapter_dir: Path) -> tuple[dict[str, _Update], dict[str, torch.Tensor]]:
+    """({module path: update}, {tensor name in the task model: saved-module tensor})."""
     raw = read_peft_config(adapter_dir)
     config = lora_config_from_peft(raw, adapter_dir / "adapter_config.json")
     tensors = read_adapter_tensors(adapter_dir)
     updates, saved = {}, {}
     for key, value in tensors.items():
-        if key.endswith(".lora_A.weight"):
-            path = key.removeprefix(PREFIX).removesuffix(".lora_A.weight")
-            b = tensors.get(f"{PREFIX}{path}.lora_B.weight")
+        if factor := a_factor(key):
+            path, embedding = factor
+            b = tensors.get(factor_keys(path, embedding)[1])
             if b is None or b.shape[1] != value.shape[0] or value.shape[0] != config.rank_for(path):
                 raise AdapterMismatchError(
                     f"{adapter_dir}: {path} has lora_A {tuple(value.shape)} and lora_B "
                     f"{None if b is None else tuple(b.shape)}, not rank {config.rank_for(path)}; "
                     "the adapter is damaged, re-save it"
                 )
-            updates[path] = _Update(value.float(), b.float(), config.scaling_for(path))
-        elif not key.endswith(".lora_B.weight"):
+            transposed = embedding or bool(raw.get("fan_in_fan_out"))
+            updates[path] = _Update(value.float(), b.float(), config.scaling_for(path), transposed)
+        elif not is_factor(key):
             saved[key.removeprefix(PREFIX)] = value
     if not updates:
         raise AdapterMismatchError(f"{adapter_dir}: no lora_A/lora_B weights; not a LoRA adapter")
-    return updates, saved, bool(raw.get("fan_in_fan_out"))
+    return updates, saved
 
 
 def _prefix(paths: list[str], names: set[str]) -> str:
@@ -124,9 +135,9 @@ def _prefix(paths: list[str], names: set[str]) -> str:
     )
 
 
-def _check_shape(path: str, entry: TensorEntry, update: _Update, fan_in_fan_out: bool) -> None:
+def _check_shape(path: str, entry: TensorEntry, update: _Update) -> None:
     expected = (update.b.shape[0], update.a.shape[1])
-    expected = expected[::-1] if fan_in_fan_out else expected
+    expected = expected[::-1] if update.fan_in_fan_out else expected
     if entry.shape != expected:
         raise AdapterMismatchError(
             f"{path}: base weight is {list(entry.shape)} but the adapter makes {list(expected)}; "
@@ -149,7 +160,7 @@ def merge_checkpoint(
     if not os.path.lexists(base_dir / "config.json"):
         raise WeightFileError(f"{base_dir}: no config.json; point at a model folder saved by save_pretrained")
     config = read_json_object(base_dir / "config.json", FIX)
-    updates, saved, fan_in_fan_out = _updates(adapter_dir)
+    updates, saved = _updates(adapter_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise MergeError(f"{out_dir} exists and is not empty; pick a new output folder or remove it")
     shards = {path: read_header(path) for path in base_shards(base_dir)}
@@ -158,7 +169,7 @@ def merge_checkpoint(
     report = MergeReport(out_dir=str(out_dir), shards=[p.name for p in shards], prefix=prefix)
     for path, update in updates.items():
         entry = located[f"{path.removeprefix(prefix)}.weight"][1]
-        _check_shape(path, entry, update, fan_in_fan_out)
+        _check_shape(path, entry, update)
         check_delta(update.a, update.b, update.scaling, DTYPES[entry.dtype], path)
     for name in saved:  # a saved module is the adapter's own copy: it replaces the base's, whatever its shape
         in_base = name.startswith(prefix) and name.removeprefix(prefix) in located
@@ -170,9 +181,7 @@ def merge_checkpoint(
         last = list(shards)[-1]
         for shard, (entries, metadata) in shards.items():
             extra = report.added if shard == last else []
-            _write_shard(
-                shard, tmp / shard.name, entries, metadata, prefix, updates, saved, extra, fan_in_fan_out, report
-            )
+            _write_shard(shard, tmp / shard.name, entries, metadata, prefix, updates, saved, extra, report)
             weight_map |= {prefix + n: shard.name for n in entries} | {n: shard.name for n in extra}
         _copy_side_files(base_dir, tmp, config | config_updates if config_updates else None)
         if os.path.lexists(base_dir / INDEX_FILE):
@@ -197,7 +206,6 @@ def _write_shard(
     updates: dict[str, _Update],
     saved: dict[str, torch.Tensor],
     extra: list[str],
-    fan_in_fan_out: bool,
     report: MergeReport,
 ) -> None:
     ordered = sorted(entries.values(), key=lambda e: e.start)  # read the base front to back
@@ -213,7 +221,7 @@ def _write_shard(
             if name.endswith(".weight") and module in updates:
                 w = read_tensor(f, entry)
                 u = updates[module]
-                out.write(name, add_delta_(w, u.a, u.b, u.scaling, fan_in_fan_out, module))
+                out.write(name, add_delta_(w, u.a, u.b, u.scaling, u.fan_in_fan_out, module))
                 report.merged.append(name)
             elif name in saved:
                 out.write(name, saved[name].to(DTYPES[entry.dtype]))

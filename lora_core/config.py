@@ -21,9 +21,11 @@ class LoraConfig(BaseModel):
     matched against the whole module path (PEFT's rule); "all-linear" wraps every Linear /
     Conv1D except the output head and modules_to_save; None (the default) takes the attention
     and MLP projections of the model's architecture (lora_core.targets), all-linear for one
-    not in that table.
+    not in that table. A named nn.Embedding (e.g. "word_embeddings") takes LoRA too (PEFT's
+    lora_embedding_A/B; not when its weight is tied to the output head); "all-linear" never picks one.
     init: "default" (A Kaiming-uniform a=√5, B=0), "gaussian" (A ~ N(0, (1/r)²), B=0, as
-    PEFT), "pissa" (A, B = top-r SVD factors of W, W ← W − s·BA; output unchanged at step 0).
+    PEFT), "pissa" (A, B = top-r SVD factors of W, W ← W − s·BA; output unchanged at step 0);
+    an embedding's A = 0, B ~ N(0, 1) whatever init says (PEFT's and the LoRA paper's), and no pissa.
     rank_pattern / alpha_pattern: per-module overrides; a key matches a module path that ends
     with it (regex, PEFT's rule).
     """
@@ -32,11 +34,14 @@ class LoraConfig(BaseModel):
 
     r: int = Field(default=8, description="rank of the update")
     alpha: float = Field(default=16.0, description="scale numerator: s = alpha / r")
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch input")
+    dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA branch input (not on an embedding's, as PEFT)"
+    )
     target_modules: list[str] | str | None = Field(
         default=None,
         description="modules to adapt: names matched by path or dotted suffix, one regex string, 'all-linear', or "
-        "null for the architecture's attention and MLP projections",
+        "null for the architecture's attention and MLP projections; a named embedding (e.g. word_embeddings) "
+        "takes LoRA too",
     )
     use_rslora: bool = Field(default=False, description="rank-stabilised scale s = alpha / sqrt(r)")
     init: Literal["default", "gaussian", "pissa"] = Field(

@@ -7,7 +7,7 @@ from torch import nn
 
 from .config import ALL_LINEAR, LoraConfig
 from .errors import LoraError, MergeError, TargetError
-from .layer import LoraLayer, ModulesToSave, is_wrappable, layer_weight
+from .layer import LoraLayer, ModulesToSave, can_wrap, is_wrappable, layer_weight
 from .targets import default_targets
 
 CONFIGS_ATTR = "lora_configs"  # {adapter name: LoraConfig}, set on the root model
@@ -74,7 +74,7 @@ def resolve_targets(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module
     modules = _plain_modules(model)
     spec = config.target_modules if config.target_modules is not None else default_targets(model)
     if spec == ALL_LINEAR:
-        chosen = {p: m for p, m in modules.items() if is_wrappable(m) or isinstance(m, LoraLayer)}
+        chosen = {p: m for p, m in modules.items() if is_wrappable(m) or isinstance(m, LoraLayer) and not m.embedding}
     elif isinstance(spec, str):
         chosen = {p: m for p, m in modules.items() if re.fullmatch(spec, p)}
     else:
@@ -87,12 +87,14 @@ def resolve_targets(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module
     if not chosen:
         raise TargetError(_no_match_message(spec, modules))
     for path, module in chosen.items():
-        if not (is_wrappable(module) or isinstance(module, LoraLayer)):
+        if not (can_wrap(module) or isinstance(module, LoraLayer)):
             raise TargetError(
-                f"target {path!r} is a {type(module).__name__}; LoRA wraps nn.Linear and Conv1D "
+                f"target {path!r} is a {type(module).__name__}; LoRA wraps nn.Linear, Conv1D and nn.Embedding "
                 "layers only: name its linear sub-modules instead"
             )
         layer = module.base_layer if isinstance(module, LoraLayer) else module
+        if isinstance(layer, nn.Embedding):
+            _check_untied(model, path, layer)
         w = layer_weight(layer)
         r, limit = config.rank_for(path), min(w.shape)
         if r > limit:
@@ -101,6 +103,19 @@ def resolve_targets(model: nn.Module, config: LoraConfig) -> dict[str, nn.Module
                 f"use r <= {limit} or leave this module out"
             )
     return chosen
+
+
+def _check_untied(model: nn.Module, path: str, embedding: nn.Embedding) -> None:
+    """An embedding whose weight is also another module's (tied input and output embeddings) cannot take a merged
+    update without changing that module too."""
+    for other, module in model.named_modules():
+        if module is embedding or isinstance(module, LoraLayer) and module.base_layer is embedding:
+            continue
+        if getattr(module, "weight", None) is embedding.weight:
+            raise TargetError(
+                f"target {path!r} shares its weight with {other!r} (tied embeddings): a merged update would change "
+                "both; leave the embedding out of target_modules"
+            )
 
 
 def _no_match_message(spec: list[str] | str, modules: dict[str, nn.Module]) -> str:

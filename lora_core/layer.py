@@ -2,7 +2,9 @@
 
 For a base layer computing h = W0·x (+ b), adapter `name` adds s·B(A(dropout(x))):
 A: [r, in], B: [out, r], s = alpha / r (or alpha / √r). W0 is [out, in] for nn.Linear and
-stored transposed, [in, out], for transformers' GPT-2 Conv1D.
+stored transposed, [in, out], for transformers' GPT-2 Conv1D. An nn.Embedding is the same map on one-hot token
+vectors (in = the vocabulary, out = the embedding width, W0 stored [in, out]): its update looks up the token's column
+of A (PEFT's lora_embedding_A / lora_embedding_B, no dropout, as PEFT).
 """
 
 import contextlib
@@ -12,6 +14,7 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .errors import LoraError, MergeError
 
@@ -22,11 +25,16 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 def is_wrappable(module: nn.Module) -> bool:
+    """A linear layer ("all-linear" wraps these; an embedding is wrapped only when named)."""
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
+def can_wrap(module: nn.Module) -> bool:
+    return is_wrappable(module) or isinstance(module, nn.Embedding)
+
+
 def layer_weight(module: nn.Module) -> torch.Tensor:
-    """W of a wrappable layer: [out, in] for nn.Linear, [in, out] for Conv1D.
+    """W of a wrappable layer: [out, in] for nn.Linear, [in, out] for Conv1D and nn.Embedding.
 
     nn.Module types its attributes as Tensor | Module; a Linear or Conv1D weight is a Parameter.
     """
@@ -88,7 +96,7 @@ def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 class LoraLayer(nn.Module):
-    """Wraps `base_layer` (nn.Linear or Conv1D) and holds any number of named adapters.
+    """Wraps `base_layer` (nn.Linear, Conv1D or nn.Embedding) and holds any number of named adapters.
 
     At most one adapter is active; `merged_adapter` names the one whose update is currently
     folded into the base weight (then the forward is the base layer alone).
@@ -97,7 +105,8 @@ class LoraLayer(nn.Module):
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.fan_in_fan_out = is_conv1d(base_layer)
+        self.embedding = isinstance(base_layer, nn.Embedding)
+        self.fan_in_fan_out = is_conv1d(base_layer) or self.embedding
         w = layer_weight(base_layer)
         self.in_features, self.out_features = (
             (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
@@ -127,6 +136,8 @@ class LoraLayer(nn.Module):
             raise LoraError(
                 f"adapter {name!r} already exists on this layer; delete_adapter() it first or pick another name"
             )
+        if init == "pissa" and self.embedding:
+            raise LoraError("init='pissa' applies to linear layers; leave the embedding out of target_modules for it")
         if self.pissa_adapter or (init == "pissa" and len(self.lora_A)):
             raise LoraError(
                 "a PiSSA adapter rewrites the base weight and cannot share a layer with another adapter; "
@@ -136,7 +147,7 @@ class LoraLayer(nn.Module):
         dtype = adapter_dtype(w)
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=dtype)
         self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=dtype)
-        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 and not self.embedding else nn.Identity()
         self.scaling[name] = scaling
         if init == "pissa":
             self._init_pissa(name, r, scaling)
@@ -149,6 +160,10 @@ class LoraLayer(nn.Module):
 
     def _init_zero_update(self, name: str, r: int, init: str) -> None:
         a, b = self.factors(name)
+        if self.embedding:  # PEFT's: A = 0, B ~ N(0, 1) (a looked-up column of a Kaiming A would be tiny)
+            nn.init.zeros_(a)
+            nn.init.normal_(b)
+            return
         if init == "gaussian":
             nn.init.normal_(a, std=1.0 / r)
         else:
@@ -236,7 +251,10 @@ class LoraLayer(nn.Module):
         # without autocast.
         cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         with torch.autocast("cpu", enabled=False) if cpu_bf16 else contextlib.nullcontext():
-            update = lora_b(lora_a(self.lora_dropout[name](x.to(lora_a.weight.dtype))))
+            if self.embedding:
+                update = lora_b(F.embedding(x, lora_a.weight.T, cast(nn.Embedding, self.base_layer).padding_idx))
+            else:
+                update = lora_b(lora_a(self.lora_dropout[name](x.to(lora_a.weight.dtype))))
         if cpu_bf16 and self.weight.dtype == torch.float32:
             result = result.float()
         # one fused pass: result += s·update (the base output is not needed in backward)

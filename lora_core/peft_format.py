@@ -1,7 +1,8 @@
 """Save and load adapters in Hugging Face PEFT's on-disk format (safetensors only).
 
 Folder: adapter_config.json + adapter_model.safetensors with keys
-`base_model.model.<module path>.lora_A.weight` ([r, in]), `.lora_B.weight` ([out, r]) and
+`base_model.model.<module path>.lora_A.weight` ([r, in]), `.lora_B.weight` ([out, r]) (on an embedding
+`.lora_embedding_A` ([r, vocabulary]) and `.lora_embedding_B` ([width, r])) and
 `base_model.model.<module path>.<param>` for modules_to_save.
 """
 
@@ -36,6 +37,32 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILES = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
 PREFIX = "base_model.model."
+LINEAR_FACTORS = (".lora_A.weight", ".lora_B.weight")
+EMBEDDING_FACTORS = (".lora_embedding_A", ".lora_embedding_B")
+
+
+def factor_keys(path: str, embedding: bool = False) -> tuple[str, str]:
+    """PEFT's names of the A and B of module `path`."""
+    a, b = EMBEDDING_FACTORS if embedding else LINEAR_FACTORS
+    return PREFIX + path + a, PREFIX + path + b
+
+
+def a_factor(key: str) -> tuple[str, bool] | None:
+    """(module path, whether the module is an embedding) when `key` is PEFT's name of an A factor, else None."""
+    for (suffix, _), embedding in ((LINEAR_FACTORS, False), (EMBEDDING_FACTORS, True)):
+        if key.endswith(suffix):
+            return key.removeprefix(PREFIX).removesuffix(suffix), embedding
+    return None
+
+
+def is_factor(key: str) -> bool:
+    return key.endswith(LINEAR_FACTORS + EMBEDDING_FACTORS)
+
+
+def factor_module(key: str) -> str:
+    """The module path in a PEFT tensor name: the prefix and a factor's suffix taken off."""
+    suffix = next((s for s in LINEAR_FACTORS + EMBEDDING_FACTORS if key.endswith(s)), "")
+    return key.removeprefix(PREFIX).removesuffix(suffix)
 
 
 def adapter_tensors(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
@@ -52,8 +79,8 @@ def adapter_tensors(model: nn.Module, adapter_name: str = "default") -> dict[str
         init = layer.pissa_init_factors(adapter_name)
         if init is not None:
             a, b = torch.cat([a, init[0].to(a.dtype)]), torch.cat([b, -init[1].to(b.dtype)], dim=1)
-        tensors[f"{PREFIX}{path}.lora_A.weight"] = a
-        tensors[f"{PREFIX}{path}.lora_B.weight"] = b
+        key_a, key_b = factor_keys(path, layer.embedding)
+        tensors[key_a], tensors[key_b] = a, b
     for path, wrapper in saved_modules(model).items():
         if adapter_name in wrapper.modules_to_save:
             for key, value in wrapper.modules_to_save[adapter_name].state_dict().items():
@@ -128,7 +155,9 @@ def save_adapter(
         raise LoraError(f"no adapter {adapter_name!r} in this model; have {sorted(adapter_configs(model))}")
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    fan_in_fan_out = any(layer.fan_in_fan_out for layer in lora_layers(model).values() if adapter_name in layer.lora_A)
+    # PEFT's flag is the linear layers' layout (Conv1D); an embedding's factors are named apart
+    layers = [layer for layer in lora_layers(model).values() if adapter_name in layer.lora_A and not layer.embedding]
+    fan_in_fan_out = any(layer.fan_in_fan_out for layer in layers)
     return write_adapter(
         path,
         adapter_tensors(model, adapter_name),
@@ -218,10 +247,11 @@ def expected_shapes(model: nn.Module, config: LoraConfig) -> dict[str, tuple[int
     for path, module in resolve_targets(model, config).items():
         layer = getattr(module, "base_layer", module)
         w = layer_weight(layer)
-        out_f, in_f = w.shape[::-1] if is_conv1d(layer) else w.shape
+        embedding = isinstance(layer, nn.Embedding)
+        out_f, in_f = w.shape[::-1] if is_conv1d(layer) or embedding else w.shape
         r = config.rank_for(path)
-        shapes[f"{PREFIX}{path}.lora_A.weight"] = (r, in_f)
-        shapes[f"{PREFIX}{path}.lora_B.weight"] = (out_f, r)
+        key_a, key_b = factor_keys(path, embedding)
+        shapes[key_a], shapes[key_b] = (r, in_f), (out_f, r)
     for path, module in resolve_saved_modules(model, config).items():
         source = getattr(module, "original_module", module)
         for key, value in source.state_dict().items():
@@ -257,7 +287,7 @@ def _strip(key: str) -> str:
 
 
 def _modules(keys: list[str]) -> str:
-    names = sorted({_strip(k).replace(".lora_A.weight", "").replace(".lora_B.weight", "") for k in keys})
+    names = sorted({factor_module(k) for k in keys})
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
@@ -278,8 +308,9 @@ def load_adapter(
         for path_, layer in lora_layers(model).items():
             if adapter_name in layer.lora_A:
                 lora_a, lora_b = layer.factors(adapter_name)
-                lora_a.copy_(tensors[f"{PREFIX}{path_}.lora_A.weight"])
-                lora_b.copy_(tensors[f"{PREFIX}{path_}.lora_B.weight"])
+                key_a, key_b = factor_keys(path_, layer.embedding)
+                lora_a.copy_(tensors[key_a])
+                lora_b.copy_(tensors[key_b])
         for path_, wrapper in saved_modules(model).items():
             if adapter_name in wrapper.modules_to_save:
                 copy = wrapper.modules_to_save[adapter_name]

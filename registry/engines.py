@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from lora_core.peft_format import a_factor
 from lora_core.safetensors_io import read_header
 
 from .errors import RegistryError
@@ -134,4 +135,4 @@ def max_lora_rank(rank: int) -> int:
 def adapted_modules(folder: Path) -> frozenset[str]:
     """Leaf names of the modules that carry LoRA weights (from the safetensors header: nothing else is read)."""
     entries, _ = read_header(Path(folder) / "adapter_model.safetensors")
-    return frozenset(name.split(".lora_A.")[0].rsplit(".", 1)[-1] for name in entries if ".lora_A." in name)
+    return frozenset(factor[0].rsplit(".", 1)[-1] for name in entries if (factor := a_factor(name)))

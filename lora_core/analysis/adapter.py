@@ -10,15 +10,15 @@ from ..errors import AdapterMismatchError, LoraError
 from ..model_files import open_regular
 from ..peft_format import (
     CONFIG_FILE,
-    PREFIX,
+    a_factor,
+    factor_keys,
+    is_factor,
     lora_config_from_peft,
     read_adapter_tensors,
     read_peft_config,
     write_adapter,
 )
 from ..safetensors_io import TensorEntry, read_header, read_tensor
-
-A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class AdaptedModule:
     lora_a: torch.Tensor  # [r, k]
     lora_b: torch.Tensor  # [d, r]
     scale: float
+    embedding: bool = False  # on an nn.Embedding: k is the vocabulary, d the width, and W0 is stored [k, d]
 
     @property
     def rank(self) -> int:
@@ -48,8 +49,8 @@ class Adapter:
     def save(self, path: str | Path) -> Path:
         tensors = dict(self.extra)
         for m in self.modules.values():
-            tensors[f"{PREFIX}{m.path}{A_SUFFIX}"] = m.lora_a
-            tensors[f"{PREFIX}{m.path}{B_SUFFIX}"] = m.lora_b
+            key_a, key_b = factor_keys(m.path, m.embedding)
+            tensors[key_a], tensors[key_b] = m.lora_a, m.lora_b
         return write_adapter(path, tensors, self.config, self.fan_in_fan_out, self.base_model_name_or_path)
 
 
@@ -61,16 +62,16 @@ def read_adapter(path: str | Path) -> Adapter:
     tensors = read_adapter_tensors(folder)
     modules, extra = {}, {}
     for key, value in tensors.items():
-        if key.endswith(A_SUFFIX):
-            module = key.removeprefix(PREFIX).removesuffix(A_SUFFIX)
-            b = tensors.get(f"{PREFIX}{module}{B_SUFFIX}")
+        if factor := a_factor(key):
+            module, embedding = factor
+            b = tensors.get(factor_keys(module, embedding)[1])
             if b is None or b.shape[1] != value.shape[0]:
                 raise AdapterMismatchError(
                     f"{folder}: {module} has lora_A {tuple(value.shape)} but lora_B "
                     f"{None if b is None else tuple(b.shape)}; the adapter file is damaged"
                 )
-            modules[module] = AdaptedModule(module, value, b, config.scaling_for(module))
-        elif not key.endswith(B_SUFFIX):
+            modules[module] = AdaptedModule(module, value, b, config.scaling_for(module), embedding)
+        elif not is_factor(key):
             extra[key] = value
     if not modules:
         raise LoraError(f"{folder}: no lora_A/lora_B weights; point at a LoRA adapter folder")

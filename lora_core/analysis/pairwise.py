@@ -30,10 +30,9 @@ import torch
 
 from ..errors import AdapterMismatchError, LoraError
 from ..model_files import open_regular
-from ..peft_format import CONFIG_FILE, PREFIX, WEIGHTS_FILE, lora_config_from_peft, read_peft_config
+from ..peft_format import CONFIG_FILE, WEIGHTS_FILE, a_factor, lora_config_from_peft, read_peft_config
 from ..safetensors_io import TensorEntry, read_header, read_tensor
 
-A_SUFFIX = ".lora_A.weight"
 BUDGET_BYTES = 64 * 2**20  # stacked bases of one chunk of modules
 BLOCK_BYTES = 32 * 2**20  # one block of rows of a module's Gram matrix
 
@@ -93,11 +92,11 @@ def _index(folders: Sequence[str | Path]) -> tuple[list[Path], dict[str, list[_F
         if not os.path.lexists(file):
             raise LoraError(f"{folder} has no {WEIGHTS_FILE}; point at the folder save_adapter() wrote")
         entries, _ = read_header(file)
-        found = [e for name, e in entries.items() if name.endswith(A_SUFFIX) and len(e.shape) == 2]
+        found = {f[0]: e for name, e in entries.items() if (f := a_factor(name)) and len(e.shape) == 2}
         if not found:
             raise LoraError(f"{folder}: no lora_A weights; point at a LoRA adapter folder")
-        for entry in found:
-            modules.setdefault(entry.name.removeprefix(PREFIX).removesuffix(A_SUFFIX), []).append(_Factor(i, entry))
+        for module, entry in found.items():
+            modules.setdefault(module, []).append(_Factor(i, entry))
         files.append(file)
     for module, factors in modules.items():
         widths = {f.entry.shape[1] for f in factors}

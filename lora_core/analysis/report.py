@@ -41,7 +41,7 @@ def adapter_report(
             **s.summary(),
         }
         if base is not None:
-            w = base.weight(m.path, tuple(row["shape"]), adapter.fan_in_fan_out)
+            w = base.weight(m.path, tuple(row["shape"]), adapter.fan_in_fan_out or m.embedding)
             row["amplification"], row["projected_base_frobenius"] = amplification_factor(s.u, s.v, s.frobenius, w)
             row["base_frobenius"] = float(torch.linalg.matrix_norm(w.double()))
         rows.append(row)

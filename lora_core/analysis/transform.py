@@ -88,7 +88,7 @@ def compress(
     for path, s in spectra.items():
         old = source.modules[path]
         a, b = _factors(s, chosen[path], config.scaling_for(path), old.lora_a.dtype)
-        modules[path] = AdaptedModule(path, a, b, config.scaling_for(path))
+        modules[path] = AdaptedModule(path, a, b, config.scaling_for(path), old.embedding)
     result = Adapter(config, modules, source.extra, source.fan_in_fan_out, source.base_model_name_or_path)
     return Reduced(result, chosen, {p: _relative_error(s, chosen[p]) for p, s in spectra.items()})
 
@@ -121,7 +121,7 @@ def extract(
     for path, module in targets.items():
         delta = ft_state[f"{path}.weight"].double() - base_state[f"{path}.weight"].double()
         conv = conv or is_conv1d(module)
-        delta = delta.T if is_conv1d(module) else delta
+        delta = delta.T if is_conv1d(module) or isinstance(module, nn.Embedding) else delta
         if torch.count_nonzero(delta):
             spectra[path], limits[path] = dense_spectrum(delta), min(delta.shape)
     if not spectra:
@@ -134,7 +134,7 @@ def extract(
     modules = {}
     for path, s in spectra.items():
         a, b = _factors(s, chosen[path], config.scaling_for(path), base_state[f"{path}.weight"].dtype)
-        modules[path] = AdaptedModule(path, a, b, config.scaling_for(path))
+        modules[path] = AdaptedModule(path, a, b, config.scaling_for(path), isinstance(targets[path], nn.Embedding))
     name = getattr(getattr(base, "config", None), "_name_or_path", None) or None
     adapter = Adapter(config, modules, {}, conv, name)
     captured = {f"{p}.weight" for p in targets}

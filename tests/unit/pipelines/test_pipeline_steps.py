@@ -209,8 +209,12 @@ def test_macro_f1_and_gate():
     assert not decide(lm, {"perplexity": 10.0}, {"perplexity": 50.0}, {"perplexity": 9.0})[0]
 
 
-def test_evaluate_reports_base_adapter_merged_and_a_tight_merge_gap(tmp_path, bert_base):
-    spec = load_spec(write_task(tmp_path, "evaluate", bert_base, data_slice(tmp_path, 240), training__max_steps=40))
+@pytest.mark.parametrize("targets", [["query", "value"], ["query", "value", "word_embeddings"]])
+def test_evaluate_reports_base_adapter_merged_and_a_tight_merge_gap(tmp_path, bert_base, targets):
+    data = data_slice(tmp_path, 240)
+    spec = load_spec(
+        write_task(tmp_path, "evaluate", bert_base, data, training__max_steps=40, lora__target_modules=targets)
+    )
     prepared = steps.prepare_data(spec, tmp_path / "work")
     trained = steps.fit_adapter(spec, prepared, bert_base, tmp_path / "run")
     result = steps.evaluate_adapter(spec, prepared, bert_base, trained.adapter, None)
