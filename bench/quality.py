@@ -158,7 +158,7 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def report(
-    summary: dict, seeds: int, quick: bool, settings: list[str] = (), reused: list[str] = (), source: str | None = None
+    summary: dict, seeds: int, quick: bool, settings: list[str] = (), reused: dict[str, list[str]] | None = None
 ) -> str:
     from bench.__main__ import machine
     from pipelines.device import cpu_bf16
@@ -176,11 +176,10 @@ def report(
         "(bf16 autocast where the CPU has native bf16, the LoRA update float32), the anchors in float32; mean ± std over "
         f"{seeds} seed(s); train time, peak RSS and steps are medians. "
         "Targets: loraops >= full fine-tuning - 1 point and >= PEFT; train time <= 1.1x PEFT; peak <= PEFT."
-        + (
-            f" The {', '.join(reused)} runs are reused from {source} (--reuse): accuracy, time and peak as that run "
+        + "".join(
+            f" The {method} runs are reused from {', '.join(sources)} (--reuse): accuracy, time and peak as that run "
             "measured them, on its machine."
-            if reused
-            else ""
+            for method, sources in (reused or {}).items()
         ),
         "",
         "| task | method | test accuracy | macro-F1 | train time | peak RSS | steps |",
@@ -191,7 +190,7 @@ def report(
             m = by_method.get(method)
             if m:
                 lines.append(
-                    f"| {task} | {method}{' (reused)' if method in reused else ''} | {100 * m['accuracy'][0]:.1f} ± {100 * m['accuracy'][1]:.1f} | "
+                    f"| {task} | {method}{' (reused)' if method in (reused or {}) else ''} | {100 * m['accuracy'][0]:.1f} ± {100 * m['accuracy'][1]:.1f} | "
                     f"{100 * m['macro_f1'][0]:.1f} ± {100 * m['macro_f1'][1]:.1f} | "
                     f"{m['seconds'][0]:.1f} s | {m['peak'][0] / 2**20:,.0f} MiB | {m['steps'][0]:.0f} |"
                 )
@@ -209,6 +208,29 @@ def report(
                 f"{m['loraops']['peak'][0] / m['peft']['peak'][0]:.2f}x |"
             )
     return "\n".join(lines) + "\n"
+
+
+def reused_runs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[dict]:
+    """The runs of the methods not run now, each from the first --reuse file that holds all of them (same tasks and
+    seeds, same mode), keeping where an earlier reuse took them from."""
+    files = {}
+    for name in args.reuse:
+        previous = json.loads(Path(name).read_text())
+        if previous["quick"] != args.quick:
+            parser.error(f"{name} holds a {'quick' if previous['quick'] else 'full'} run; reuse one of this mode")
+        files[name] = previous["runs"]
+    runs = []
+    for method in (m for m in METHODS if m not in args.methods):
+        wanted = {(t, s) for t in args.tasks for s in range(args.seeds)}
+        found = {
+            name: [{"reused": name, **r} for r in earlier if r["method"] == method and (r["task"], r["seed"]) in wanted]
+            for name, earlier in files.items()
+        }
+        whole = [name for name, held in found.items() if len(held) == len(wanted)]
+        if not whole:
+            parser.error(f"no --reuse file holds all {len(wanted)} {method} runs of these tasks and seeds; run it too")
+        runs += found[whole[0]]
+    return runs
 
 
 def main() -> None:
@@ -229,9 +251,12 @@ def main() -> None:
     parser.add_argument(
         "--reuse",
         metavar="RESULTS",
+        action="append",
+        default=[],
         help="a quality-results.json whose runs of the methods not given to --methods (same tasks and seeds) join "
-        "this run's, marked reused (full fine-tuning's accuracy repeats to the digit on the same machine; another "
-        "CPU's float32 kernels move it as another seed would)",
+        "this run's, marked reused with the file and the commit they ran at (full fine-tuning's accuracy repeats to "
+        "the digit on the same machine; another CPU's float32 kernels move it as another seed would); repeatable: "
+        "each method is taken from the first file that holds all its runs",
     )
     parser.add_argument("--out", default=".")
     parser.add_argument("--work", default=None)
@@ -239,22 +264,20 @@ def main() -> None:
     import tempfile
 
     from bench.harness import in_child
+    from registry.code_version import code_version
 
     work = Path(args.work or tempfile.mkdtemp(prefix="loraops-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    reused = sorted({m for m in METHODS if m not in args.methods} if args.reuse else set())
-    if args.reuse:
-        previous = json.loads(Path(args.reuse).read_text())
-        if previous["quick"] != args.quick:
-            parser.error(f"{args.reuse} holds a {'quick' if previous['quick'] else 'full'} run; reuse one of this mode")
-        earlier = previous["runs"]
-        wanted = {(t, m, s) for t in args.tasks for m in reused for s in range(args.seeds)}
-        runs = [{**r, "reused": args.reuse} for r in earlier if (r["task"], r["method"], r["seed"]) in wanted]
-        if len(runs) != len(wanted):
-            parser.error(f"{args.reuse} holds {len(runs)} of the {len(wanted)} runs of {', '.join(reused)} to reuse")
+    runs = reused_runs(parser, args) if args.reuse else []
+    reused: dict[str, list[str]] = {}
+    for r in runs:
+        source = f"{r['reused']} at {r.get('commit', 'a commit it did not record')}"
+        sources = reused.setdefault(r["method"], [])
+        if source not in sources:
+            sources.append(source)
+    commit = code_version()
     for seed in range(args.seeds):
         for task in args.tasks:
             for method in args.methods:
@@ -269,7 +292,7 @@ def main() -> None:
                     *(f"--set={s}" for s in args.set),
                     env={"LORAOPS_HOME": str(work / "home")},
                 )
-                runs.append({"task": task, "method": method, "seed": seed, **result})
+                runs.append({"task": task, "method": method, "seed": seed, "commit": commit, **result})
                 print(
                     f"{task} seed {seed} {method}: accuracy {result['accuracy']:.4f} in {result['seconds']:.1f} s "
                     f"({result['steps']} steps), peak {result['peak'] / 2**20:,.0f} MiB",
@@ -279,7 +302,7 @@ def main() -> None:
                 (out / "quality-runs.partial.json").write_text(json.dumps({"quick": args.quick, "runs": runs}))
     (out / "quality-runs.partial.json").unlink()
     summary = summarize(runs)
-    (out / "QUALITY.md").write_text(report(summary, args.seeds, args.quick, args.set, reused, args.reuse))
+    (out / "QUALITY.md").write_text(report(summary, args.seeds, args.quick, args.set, reused))
     (out / "quality-results.json").write_text(
         json.dumps({"quick": args.quick, "runs": runs, "summary": summary}, indent=1)
     )

@@ -103,6 +103,23 @@ def test_quick_quality_runs_loraops_beside_peft_and_full_fine_tuning(tmp_path):
     assert trainable["peft"] < trainable["loraops"] < trainable["full"] / 10  # q,v < every projection << everything
     assert "| server-sections | loraops |" in (tmp_path / "QUALITY.md").read_text()
 
+    # loraops again, the anchors reused: each reused run keeps the file and the commit it ran at
+    again = tmp_path / "again"
+    args = ["--quick", "--seeds", "2", "--tasks", "server-sections", "--methods", "loraops", "--out", str(again)]
+    reuse = ["--reuse", str(tmp_path / "quality-results.json"), "--work", str(tmp_path / "w")]
+    done = subprocess.run([sys.executable, "-m", "bench.quality", *args, *reuse], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads((again / "quality-results.json").read_text())["runs"]
+    first = {(r["method"], r["seed"]): r for r in results["runs"]}
+    assert sorted((r["method"], r["seed"]) for r in runs) == sorted(first)
+    for r in runs:
+        assert r.get("reused") == (None if r["method"] == "loraops" else str(tmp_path / "quality-results.json"))
+        assert r["method"] == "loraops" or r == {**first[(r["method"], r["seed"])], "reused": r["reused"]}
+    assert (
+        f"The full runs are reused from {tmp_path / 'quality-results.json'} at {first['full', 0]['commit']}"
+        in (again / "QUALITY.md").read_text()
+    )
+
 
 def test_quick_tuning_ships_a_searched_version_beside_a_default_run(tmp_path):
     """bench.tuning: a default `loraops run` and a two-trial `loraops tune` of a real task, each in its own home, with
