@@ -25,7 +25,7 @@ class LoraConfig(BaseModel):
     lora_embedding_A/B; not when its weight is tied to the output head); "all-linear" never picks one.
     init: "default" (A Kaiming-uniform a=√5, B=0), "gaussian" (A ~ N(0, (1/r)²), B=0, as
     PEFT), "pissa" (A, B = top-r SVD factors of W, W ← W − s·BA; output unchanged at step 0);
-    an embedding's A = 0, B ~ N(0, 1) whatever init says (PEFT's and the LoRA paper's), and no pissa.
+    an embedding's A = 0, B ~ N(0, std(W0)²) whatever init says, and no pissa.
     rank_pattern / alpha_pattern: per-module overrides; a key matches a module path that ends
     with it (regex, PEFT's rule).
     """

@@ -37,9 +37,11 @@ def test_an_embedding_update_starts_at_zero_and_trains():
     layer = lora_layers(model)[EMBEDDING]
     assert layer.embedding and layer.fan_in_fan_out and (layer.in_features, layer.out_features) == (64, 32)
     assert rel_diff(output(model, x), before) == 0  # A = 0: no change at step 0
+    b = layer.factors("default")[1]
+    assert b.std().item() == pytest.approx(layer.weight.std().item(), rel=0.2)  # B drawn like the embedding
     model.train()
     model(x).logits.sum().backward()
-    a, b = layer.factors("default")
+    a = layer.factors("default")[0]
     assert a.grad is not None and a.grad[:, x.unique()].abs().sum() > 0  # the looked-up tokens' columns learn
     assert a.grad[:, 0].abs().sum() == 0  # a token not in the batch (0 is also BERT's padding) does not
 
