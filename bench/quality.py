@@ -158,7 +158,12 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def report(
-    summary: dict, seeds: int, quick: bool, settings: list[str] = (), reused: dict[str, list[str]] | None = None
+    summary: dict,
+    seeds: int,
+    quick: bool,
+    settings: list[str] = (),
+    reused: dict[str, list[str]] | None = None,
+    methods: list[str] = METHODS,
 ) -> str:
     from bench.__main__ import machine
     from pipelines.device import cpu_bf16
@@ -168,6 +173,7 @@ def report(
         f"# Quality of the defaults ({'quick' if quick else 'full'} mode)",
         "",
         f"`python -m bench.quality{' --quick' if quick else ''} --seeds {seeds}"
+        f"{'' if list(methods) == list(METHODS) else ' ' + ' '.join(['--methods', *methods])}"
         f"{''.join(f' --set {s}' for s in settings)}` at {code_version()}, on: {machine()}; "
         + ("native bf16 on this CPU." if cpu_bf16() else "no native bf16 on this CPU, so loraops trained in float32."),
         "",
@@ -240,7 +246,13 @@ def main() -> None:
         "--quick", action="store_true", help="4 steps per run: the harness works, the numbers mean nothing"
     )
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        choices=METHODS,
+        default=list(METHODS),
+        help="the methods to run (none: QUALITY.md from the --reuse files' runs alone)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -261,6 +273,8 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
+    if not args.methods and not args.reuse:
+        parser.error("--methods names none to run: give the runs to report with --reuse")
     import tempfile
 
     from bench.harness import in_child
@@ -300,9 +314,9 @@ def main() -> None:
                 )
                 # the runs so far, kept if the whole does not finish
                 (out / "quality-runs.partial.json").write_text(json.dumps({"quick": args.quick, "runs": runs}))
-    (out / "quality-runs.partial.json").unlink()
+    (out / "quality-runs.partial.json").unlink(missing_ok=True)
     summary = summarize(runs)
-    (out / "QUALITY.md").write_text(report(summary, args.seeds, args.quick, args.set, reused))
+    (out / "QUALITY.md").write_text(report(summary, args.seeds, args.quick, args.set, reused, args.methods))
     (out / "quality-results.json").write_text(
         json.dumps({"quick": args.quick, "runs": runs, "summary": summary}, indent=1)
     )

@@ -1,6 +1,7 @@
 """The benchmark harness keeps working: quick mode runs every case beside its anchor (no timing asserted)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -121,6 +122,16 @@ def test_quick_quality_runs_loraops_beside_peft_and_full_fine_tuning(tmp_path):
         f"The full runs are reused from {tmp_path / 'quality-results.json'} at {first['full', 0]['commit']}"
         in (again / "QUALITY.md").read_text()
     )
+
+    # nothing run: the report from the runs of earlier files alone, each where it first ran
+    only = tmp_path / "only"
+    reuse = ["--reuse", str(again / "quality-results.json"), "--out", str(only)]
+    done = subprocess.run([sys.executable, "-m", "bench.quality", *args[:5], "--methods", *reuse], capture_output=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (only / "QUALITY.md").read_text()
+    assert "--methods` at" in report and f"The loraops runs are reused from {again / 'quality-results.json'}" in report
+    assert f"The peft runs are reused from {tmp_path / 'quality-results.json'}" in report
+    assert "| server-sections | loraops (reused) |" in report and re.search(r"\| server-sections \| [+-]\d", report)
 
 
 def test_quick_tuning_ships_a_searched_version_beside_a_default_run(tmp_path):
