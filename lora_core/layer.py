@@ -33,6 +33,11 @@ def can_wrap(module: nn.Module) -> bool:
     return is_wrappable(module) or isinstance(module, nn.Embedding)
 
 
+def stored_in_out(module: nn.Module) -> bool:
+    """The layer stores W as [in, out] (Conv1D, an nn.Embedding): ΔW = (s·B·A)ᵀ there."""
+    return is_conv1d(module) or isinstance(module, nn.Embedding)
+
+
 def layer_weight(module: nn.Module) -> torch.Tensor:
     """W of a wrappable layer: [out, in] for nn.Linear, [in, out] for Conv1D and nn.Embedding.
 
@@ -106,7 +111,7 @@ class LoraLayer(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.embedding = isinstance(base_layer, nn.Embedding)
-        self.fan_in_fan_out = is_conv1d(base_layer) or self.embedding
+        self.fan_in_fan_out = stored_in_out(base_layer)
         w = layer_weight(base_layer)
         self.in_features, self.out_features = (
             (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])

@@ -29,7 +29,7 @@ from .inject import (
     set_trainable,
     wrappers,
 )
-from .layer import is_conv1d, layer_weight
+from .layer import layer_weight, stored_in_out
 from .model_files import read_json_object
 from .safetensors_io import read_tensors
 
@@ -247,10 +247,9 @@ def expected_shapes(model: nn.Module, config: LoraConfig) -> dict[str, tuple[int
     for path, module in resolve_targets(model, config).items():
         layer = getattr(module, "base_layer", module)
         w = layer_weight(layer)
-        embedding = isinstance(layer, nn.Embedding)
-        out_f, in_f = w.shape[::-1] if is_conv1d(layer) or embedding else w.shape
+        out_f, in_f = w.shape[::-1] if stored_in_out(layer) else w.shape
         r = config.rank_for(path)
-        key_a, key_b = factor_keys(path, embedding)
+        key_a, key_b = factor_keys(path, isinstance(layer, nn.Embedding))
         shapes[key_a], shapes[key_b] = (r, in_f), (out_f, r)
     for path, module in resolve_saved_modules(model, config).items():
         source = getattr(module, "original_module", module)

@@ -14,7 +14,7 @@ from torch import nn
 from ..config import LoraConfig
 from ..errors import AdapterMismatchError, LoraError
 from ..inject import resolve_targets
-from ..layer import is_conv1d
+from ..layer import is_conv1d, stored_in_out
 from .adapter import AdaptedModule, Adapter, as_adapter
 from .spectrum import Spectrum, check_pve, dense_spectrum, spectrum, truncate
 
@@ -121,7 +121,7 @@ def extract(
     for path, module in targets.items():
         delta = ft_state[f"{path}.weight"].double() - base_state[f"{path}.weight"].double()
         conv = conv or is_conv1d(module)
-        delta = delta.T if is_conv1d(module) or isinstance(module, nn.Embedding) else delta
+        delta = delta.T if stored_in_out(module) else delta
         if torch.count_nonzero(delta):
             spectra[path], limits[path] = dense_spectrum(delta), min(delta.shape)
     if not spectra:
