@@ -2,28 +2,51 @@
 
 import json
 import math
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from lora_core.analysis import adapter_report, read_adapter
+from lora_core.analysis import AdapterReport, adapter_report, read_adapter
 from lora_core.analysis.plots import plot_ranks, plot_scree, plot_similarity
 
 from .results import Analysis, RankAdvice, Ranking
 
 
-def write_report(report: dict[str, Any], folder: Path, similarity: torch.Tensor | None = None) -> list[Path]:
+@dataclass(frozen=True)
+class Comparison:
+    """The subspace similarity φ of an adapter with another (`loraops analyze --compare`): a grid per shared module."""
+
+    compared_with: str
+    grids: dict[str, torch.Tensor]
+
+    @cached_property
+    def mean(self) -> torch.Tensor:
+        """φ averaged over the shared modules (those with the most common grid shape)."""
+        shapes = [tuple(g.shape) for g in self.grids.values()]
+        common = max(set(shapes), key=shapes.count)
+        return torch.stack([g for g in self.grids.values() if tuple(g.shape) == common]).mean(0)
+
+
+def write_report(report: AdapterReport, folder: Path, comparison: Comparison | None = None) -> list[Path]:
     """report.json and the plots (scree, ranks; the φ grid when compared) into `folder`; returns what was written."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    document = report.as_json()
+    if comparison is not None:
+        document["similarity"] = {
+            "compared_with": comparison.compared_with,
+            "mean_phi": comparison.mean.tolist(),
+            "per_module_phi_1_1": {p: float(g[0, 0]) for p, g in comparison.grids.items()},
+        }
+    (folder / "report.json").write_text(json.dumps(document, indent=2) + "\n")
     written = [
         folder / "report.json",
         plot_scree(report, folder / "scree.png"),
         plot_ranks(report, folder / "ranks.png"),
     ]
-    if similarity is not None:
-        written.append(plot_similarity(similarity, folder / "similarity.png", "mean φ(i, j) over shared modules"))
+    if comparison is not None:
+        written.append(plot_similarity(comparison.mean, folder / "similarity.png", "mean φ(i, j) over shared modules"))
     return written
 
 
@@ -31,14 +54,13 @@ def analyze_adapter(adapter: str, base_path: str | None, out: Path) -> Analysis:
     """Spectrum, PVE, elbow and (with the base) amplification of every module; the report and plots in `out`."""
     report = adapter_report(read_adapter(adapter), base=base_path)
     write_report(report, out)
-    s = report["summary"]
-    advice = s["recommended_rank"]
-    amplification = s.get("mean_amplification")
+    advice = report.recommended
+    amplification = report.mean_amplification
     return Analysis(
-        r=s["r"],
-        modules=s["modules"],
-        mean_effective_rank=s["mean_effective_rank"],
-        recommended_rank=RankAdvice(p90=advice["90"], p95=advice["95"], p99=advice["99"], elbow=advice["elbow"]),
+        r=report.r,
+        modules=len(report.modules),
+        mean_effective_rank=report.mean_effective_rank,
+        recommended_rank=RankAdvice(p90=advice.p90, p95=advice.p95, p99=advice.p99, elbow=advice.elbow),
         mean_amplification=amplification if amplification is not None and math.isfinite(amplification) else None,
         folder=str(out),
     )

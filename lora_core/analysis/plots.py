@@ -1,7 +1,6 @@
 """PNG plots of an adapter report: scree with cumulative PVE, rank per module, φ heatmap."""
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -10,17 +9,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from .report import AdapterReport  # noqa: E402
 from .spectrum import THRESHOLDS  # noqa: E402
 
 
-def plot_scree(report: dict[str, Any], path: str | Path) -> Path:
+def plot_scree(report: AdapterReport, path: str | Path) -> Path:
     """Bars: mean share of ‖ΔW‖² per direction; lines: cumulative PVE per module (thin) and mean
     (thick); dashed: 90/95/99 %; dotted: the recommended elbow."""
-    rows = report["modules"]
-    n = max(len(row["sigma"]) for row in rows)
-    padded = torch.tensor(
-        [row["cumulative_pve"] + [row["cumulative_pve"][-1]] * (n - len(row["sigma"])) for row in rows]
-    )
+    rows = report.modules
+    n = max(len(row.sigma) for row in rows)
+    padded = torch.tensor([row.cumulative_pve + [row.cumulative_pve[-1]] * (n - len(row.sigma)) for row in rows])
     mean_cum = padded.mean(0)
     mean_pve = torch.diff(mean_cum, prepend=torch.zeros(1))
     x = range(1, n + 1)
@@ -29,9 +27,8 @@ def plot_scree(report: dict[str, Any], path: str | Path) -> Path:
     for cum in padded:
         ax.plot(x, cum, color="grey", alpha=0.25, linewidth=0.8)
     ax.plot(x, mean_cum, color="#08519c", linewidth=2.2, marker="o", label="cumulative PVE (mean)")
-    recommended = report["summary"]["recommended_rank"]
-    for t in THRESHOLDS:
-        k = recommended[str(round(t * 100))]
+    recommended = report.recommended
+    for t, k in zip(THRESHOLDS, (recommended.p90, recommended.p95, recommended.p99)):
         ax.axhline(t, color="#d94801", linestyle="--", linewidth=0.8)
         ax.text(
             n + 0.4,
@@ -42,39 +39,40 @@ def plot_scree(report: dict[str, Any], path: str | Path) -> Path:
             color="#d94801",
             bbox={"facecolor": "white", "edgecolor": "none", "pad": 1},
         )
-    ax.axvline(recommended["elbow"], color="black", linestyle=":", label=f"elbow: r={recommended['elbow']}")
+    ax.axvline(recommended.elbow, color="black", linestyle=":", label=f"elbow: r={recommended.elbow}")
     ax.set(
         xlabel="direction i (singular value rank)",
         ylabel="proportion of variance explained",
         ylim=(0, 1.02),
         xlim=(0.4, n + 2.2),
         xticks=list(x),
-        title=f"{len(rows)} modules, r={report['summary']['r']}: rank needed for 90/95/99% = "
-        f"{recommended['90']}/{recommended['95']}/{recommended['99']}",
+        title=f"{len(rows)} modules, r={report.r}: rank needed for 90/95/99% = "
+        f"{recommended.p90}/{recommended.p95}/{recommended.p99}",
     )
     ax.legend(loc="center right", fontsize=8)
     return _save(fig, path)
 
 
-def plot_ranks(report: dict[str, Any], path: str | Path) -> Path:
+def plot_ranks(report: AdapterReport, path: str | Path) -> Path:
     """Per module: rank needed for 90/95/99 % of ‖ΔW‖² and the elbow, against the trained r."""
-    rows = report["modules"]
-    names = [_short(row["module"]) for row in rows]
+    rows = report.modules
+    names = [_short(row.module) for row in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(rows) + 2), 4.5))
     width = 0.27
-    for offset, t, color in zip((-width, 0, width), THRESHOLDS, ("#c6dbef", "#6baed6", "#08519c")):
-        key = f"rank_at_{round(t * 100)}"
+    for offset, t, key, color in zip(
+        (-width, 0, width), THRESHOLDS, ("p90", "p95", "p99"), ("#c6dbef", "#6baed6", "#08519c")
+    ):
         ax.bar(
             [i + offset for i in range(len(rows))],
-            [row[key] for row in rows],
+            [getattr(row.ranks, key) for row in rows],
             width,
             color=color,
             label=f"{round(t * 100)}%",
         )
     ax.scatter(
-        range(len(rows)), [row["elbow"] for row in rows], color="#d94801", marker="_", s=200, zorder=3, label="elbow"
+        range(len(rows)), [row.ranks.elbow for row in rows], color="#d94801", marker="_", s=200, zorder=3, label="elbow"
     )
-    ax.plot(range(len(rows)), [row["r"] for row in rows], color="black", linestyle="--", label="trained r")
+    ax.plot(range(len(rows)), [row.r for row in rows], color="black", linestyle="--", label="trained r")
     ax.set_xticks(range(len(rows)), names, rotation=70, ha="right", fontsize=7)
     ax.set(ylabel="rank", title="rank each module needs")
     ax.legend(fontsize=8)

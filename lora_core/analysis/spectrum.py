@@ -6,7 +6,6 @@ B: [d, r], A: [r, k]. With B = Q_B R_B and Aᵀ = Q_A R_A (thin QR, Q: orthonorm
 """
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -70,16 +69,6 @@ class Spectrum:
             return 0.0
         p = self.sigma[self.sigma > 0] / total
         return float(torch.exp(-(p * p.log()).sum()))
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "frobenius": self.frobenius,
-            "sigma": [float(s) for s in self.sigma],
-            "cumulative_pve": [float(c) for c in self.cumulative_pve],
-            **{f"rank_at_{round(t * 100)}": self.rank_at(t) for t in THRESHOLDS},
-            "elbow": self.elbow,
-            "effective_rank": self.effective_rank,
-        }
 
 
 def check_pve(p: float) -> None:

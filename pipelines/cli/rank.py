@@ -1,83 +1,78 @@
 """`loraops analyze | compress | extract`: what rank an adapter needs, and adapters of lower rank."""
 
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from lora_core import LoraError
-from lora_core.analysis import adapter_report, compress, extract, read_adapter, subspace_similarity
+from lora_core.analysis import (
+    AdapterReport,
+    RankCounts,
+    adapter_report,
+    compress,
+    extract,
+    read_adapter,
+    subspace_similarity,
+)
 
-from ..analysis import write_report
+from ..analysis import Comparison, write_report
 from ..tables import render_table
 
 COLUMNS = ("module", "shape", "r", "|dW|_F", "90%", "95%", "99%", "elbow", "eff.rank", "amplif.")
 
 
-def format_table(report: dict[str, Any]) -> str:
+def format_table(report: AdapterReport) -> str:
     rows = [COLUMNS]
-    for m in report["modules"]:
-        amp = f"{m['amplification']:.1f}" if "amplification" in m else "-"
+    for m in report.modules:
         rows.append(
             (
-                m["module"],
-                "x".join(map(str, m["shape"])),
-                str(m["r"]),
-                f"{m['frobenius']:.4f}",
-                str(m["rank_at_90"]),
-                str(m["rank_at_95"]),
-                str(m["rank_at_99"]),
-                str(m["elbow"]),
-                f"{m['effective_rank']:.2f}",
-                amp,
+                m.module,
+                "x".join(map(str, m.shape)),
+                str(m.r),
+                f"{m.frobenius:.4f}",
+                *_ranks(m.ranks),
+                f"{m.effective_rank:.2f}",
+                _amplification(m.amplification),
             )
         )
-    s = report["summary"]
-    rec = s["recommended_rank"]
     rows.append(
         (
             "all modules (uniform rank)",
             "",
-            str(s["r"]),
-            f"{s['frobenius']:.4f}",
-            str(rec["90"]),
-            str(rec["95"]),
-            str(rec["99"]),
-            str(rec["elbow"]),
-            f"{s['mean_effective_rank']:.2f}",
-            f"{s['mean_amplification']:.1f}" if "mean_amplification" in s else "-",
+            str(report.r),
+            f"{report.frobenius:.4f}",
+            *_ranks(report.recommended),
+            f"{report.mean_effective_rank:.2f}",
+            _amplification(report.mean_amplification),
         )
     )
     return render_table(rows, footer=True)
 
 
-def mean_similarity(grids: dict[str, torch.Tensor]) -> torch.Tensor:
-    """φ averaged over the shared modules (those with the most common grid shape)."""
-    shapes = [tuple(g.shape) for g in grids.values()]
-    common = max(set(shapes), key=shapes.count)
-    return torch.stack([g for g in grids.values() if tuple(g.shape) == common]).mean(0)
+def _ranks(ranks: RankCounts) -> tuple[str, str, str, str]:
+    return str(ranks.p90), str(ranks.p95), str(ranks.p99), str(ranks.elbow)
 
 
-def analyze(adapter_dir: str, base: str | None, compare: str | None, out: str | None, print_=print) -> dict[str, Any]:
+def _amplification(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def analyze(
+    adapter_dir: str, base: str | None, compare: str | None, out: str | None, print_=print
+) -> tuple[AdapterReport, Comparison | None]:
     adapter = read_adapter(adapter_dir)
     report = adapter_report(adapter, base=base)
     print_(format_table(report))
+    comparison = None
     if compare:
-        grids = subspace_similarity(adapter, compare)
-        grid = mean_similarity(grids)
-        report["similarity"] = {
-            "compared_with": str(compare),
-            "mean_phi": grid.tolist(),
-            "per_module_phi_1_1": {p: float(g[0, 0]) for p, g in grids.items()},
-        }
+        comparison = Comparison(str(compare), subspace_similarity(adapter, compare))
+        grid = comparison.mean
         print_(
             f"subspace similarity with {compare}: mean phi(1,1) = {float(grid[0, 0]):.3f}, "
-            f"phi({grid.shape[0]},{grid.shape[1]}) = {float(grid[-1, -1]):.3f} over {len(grids)} modules"
+            f"phi({grid.shape[0]},{grid.shape[1]}) = {float(grid[-1, -1]):.3f} over {len(comparison.grids)} modules"
         )
     if out:
-        written = write_report(report, Path(out), grid if compare else None)
+        written = write_report(report, Path(out), comparison)
         print_("wrote " + ", ".join(str(p) for p in written))
-    return report
+    return report, comparison
 
 
 def _print_reduction(result, out: str, print_) -> None:

@@ -105,13 +105,20 @@ def test_adapter_report_gives_ranks_and_amplification_against_the_base_folder(tm
     base = build("bert")
     base.bert.save_pretrained(tmp_path / "base")  # a base checkpoint without the task wrapper's prefix
     report = adapter_report(tmp_path / "adapter", base=tmp_path / "base")
-    assert report["summary"]["modules"] == 4 and report["summary"]["r"] == 6
-    row = report["modules"][0]
-    layer = model.get_submodule(row["module"])
+    assert len(report.modules) == 4 and report.r == 6
+    row = report.modules[0]
+    layer = model.get_submodule(row.module)
     s = spectrum(layer.lora_B["default"].weight, layer.lora_A["default"].weight, layer.scaling["default"])
     amp, _ = amplification_factor(s.u, s.v, s.frobenius, layer.base_layer.weight)
-    assert row["amplification"] == pytest.approx(amp) and row["rank_at_99"] <= 6
-    assert report["summary"]["recommended_rank"]["95"] == max(r["rank_at_95"] for r in report["modules"])
+    assert row.amplification == pytest.approx(amp) and row.ranks.p99 <= 6
+    assert report.recommended.p95 == max(r.ranks.p95 for r in report.modules)
+    assert report.mean.p95 == pytest.approx(sum(r.ranks.p95 for r in report.modules) / 4)
+    written = report.as_json()  # report.json's layout
+    assert written["summary"]["recommended_rank"]["95"] == report.recommended.p95
+    assert (
+        written["modules"][0]["rank_at_99"] == row.ranks.p99
+        and written["modules"][0]["amplification"] == row.amplification
+    )
 
 
 def test_compression_error_equals_the_discarded_energy(tmp_path):

@@ -84,8 +84,8 @@ def test_the_analysis_reads_an_embedding_update_against_its_base(tmp_path):
     save_adapter(model, tmp_path / "adapter")
     build("bert").save_pretrained(tmp_path / "base")
     report = adapter_report(tmp_path / "adapter", base=tmp_path / "base")
-    row = next(r for r in report["modules"] if r["module"] == EMBEDDING)
-    assert row["shape"] == [32, 64] and row["rank_at_99"] <= 4 and row["amplification"] > 0
+    row = next(r for r in report.modules if r.module == EMBEDDING)
+    assert row.shape == (32, 64) and row.ranks.p99 <= 4 and row.amplification and row.amplification > 0
     small = compress(tmp_path / "adapter", rank=2).adapter
     assert small.modules[EMBEDDING].embedding and small.modules[EMBEDDING].rank == 2
     small.save(tmp_path / "small")

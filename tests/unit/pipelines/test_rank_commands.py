@@ -87,3 +87,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     assert main(["analyze", str(tmp_path / "missing")]) == 2
     assert "no adapter_config.json" in capsys.readouterr().err
+
+
+def test_the_flows_analyze_step_sums_up_the_report_it_writes(tmp_path):
+    from pipelines.analysis import analyze_adapter, spectrum_tags
+
+    adapter(tmp_path / "a")
+    build("llama").save_pretrained(tmp_path / "base")
+    analysis = analyze_adapter(str(tmp_path / "a"), str(tmp_path / "base"), tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "report.json").read_text())["summary"]
+    assert analysis.r == written["r"] == 6 and analysis.modules == written["modules"] == 4
+    assert analysis.recommended_rank.p95 == written["recommended_rank"]["95"] <= 6
+    assert analysis.mean_amplification == written["mean_amplification"] > 0
+    assert spectrum_tags(analysis)["rank_at_99"] == written["recommended_rank"]["99"]
+    assert analyze_adapter(str(tmp_path / "a"), None, tmp_path / "alone").mean_amplification is None
