@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .results import Metrics, ValidationPass
+
 Selection = Literal["best", "smoothed", "average"]
 
 
@@ -29,11 +31,11 @@ class Validation:
     (best and smoothed only: an average has no pass to stop at). `run` None: no validation split, so nothing is
     measured; an average still takes the weights at the same points (it needs no metric)."""
 
-    run: Callable[[], dict[str, float]] | None
+    run: Callable[[], Metrics] | None
     every: int
     metric: str = "loss"
     patience: int | None = None
-    on_result: Callable[[int, dict[str, float]], None] | None = None
+    on_result: Callable[[int, Metrics], None] | None = None
     selection: Selection = "best"
     window: int = 3  # smoothed: passes per mean
 
@@ -43,23 +45,23 @@ class Validation:
         if self.run is None and self.selection != "average":
             raise ValueError(f"selection {self.selection!r} chooses a pass by its metrics, so it needs a run")
 
-    def better(self, a: dict[str, float], b: dict[str, float] | None) -> bool:
+    def better(self, a: Metrics, b: Metrics | None) -> bool:
         """Is pass `a` better than pass `b`? On `metric`; a tie (accuracy on a small split) goes to the lower loss."""
 
-        def rank(m: dict[str, float]) -> tuple[float, float]:
+        def rank(m: Metrics) -> tuple[float, float]:
             return (m[self.metric] if self.metric in ("loss", "perplexity") else -m[self.metric], m.get("loss", 0.0))
 
         return b is None or rank(a) < rank(b)
 
-    def standing(self, evaluations: list[dict], index: int) -> dict[str, float] | None:
+    def standing(self, evaluations: list[ValidationPass], index: int) -> Metrics | None:
         """The metrics pass `index` is judged on: its own (best), or their mean over it and the `window - 1` passes
         before it (smoothed; None while fewer passes have been made)."""
         if self.selection != "smoothed":
-            return evaluations[index]
+            return evaluations[index].metrics
         if index + 1 < self.window:
             return None
         passes = evaluations[index + 1 - self.window : index + 1]
-        return {k: sum(p[k] for p in passes) / len(passes) for k in passes[-1] if k != "step"}
+        return {k: sum(p.metrics[k] for p in passes) / len(passes) for k in passes[-1].metrics}
 
 
 @dataclass
@@ -75,8 +77,11 @@ class Kept:
         self.best = {n: p.detach().to("cpu", copy=True) for n, p in named.items()}
 
     def add(self, named: dict[str, nn.Parameter], step: int) -> None:
-        weights = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in named.items()}
-        self.total = weights if self.total is None else {n: self.total[n] + weights[n] for n in weights}
+        if self.total is None:
+            self.total = {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in named.items()}
+        else:
+            for n, p in named.items():
+                self.total[n].add_(p.detach().to("cpu", torch.float32))
         self.averaged_steps.append(step)
 
     def weights(self) -> dict[str, torch.Tensor] | None:

@@ -244,9 +244,9 @@ def fit_adapter(
         validation=validation,
     )
     last = done.losses[-10:]
-    best = next((e for e in done.evaluations if e["step"] == done.best_step), None)
+    best = next((e for e in done.evaluations if e.step == done.best_step), None)
     if done.averaged is not None:  # selection average: the mean of late passes, measured once at the end
-        best = {"step": len(done.losses), **done.averaged}
+        best = ValidationPass(step=len(done.losses), metrics=done.averaged)
     result = TrainedAdapter(
         adapter=str(work / "adapter"),
         steps=len(done.losses),
@@ -254,9 +254,7 @@ def fit_adapter(
         best_step=done.best_step or len(done.losses),
         stopped_early=done.stopped_early,
         averaged_steps=done.averaged_steps,
-        best_validation=ValidationPass(step=best["step"], metrics={k: v for k, v in best.items() if k != "step"})
-        if best
-        else None,
+        best_validation=best,
         final_loss=sum(last) / len(last),
         seconds=round(time.perf_counter() - started, 1),
         trainable=trainable,

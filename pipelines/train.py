@@ -10,7 +10,6 @@ pickle), so a killed run continues to the same adapter. Under torchrun (DDP) eac
 every world-th batch and rank 0 alone writes.
 """
 
-import json
 import math
 import os
 import shutil
@@ -18,10 +17,10 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel, field_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
@@ -30,6 +29,7 @@ from . import interrupts
 from .cpu_dropout import cpu_dropout
 from .device import autocast, resolve_device
 from .errors import TrainingDiverged, TrainingError
+from .results import Metrics, ValidationPass
 from .selection import Kept, Validation
 
 STATE_FILE = "state.json"
@@ -56,11 +56,35 @@ def world() -> tuple[int, int]:
 @dataclass
 class Trained:
     losses: list[float]
-    evaluations: list[dict] = field(default_factory=list)  # {step, <metric>: value, ...} per validation pass
+    evaluations: list[ValidationPass] = field(default_factory=list)  # one per validation pass
     best_step: int | None = None  # the step whose weights the model holds at the end (None: the last or an average)
     stopped_early: bool = False
     averaged_steps: list[int] = field(default_factory=list)  # selection average: the passes whose mean it holds
-    averaged: dict[str, float] | None = None  # selection average: the validation metrics of that mean
+    averaged: Metrics | None = None  # selection average: the validation metrics of that mean
+
+
+class Position(BaseModel):
+    """Where a checkpointed run stands (state.json): the epoch and the batches of it already trained on, the losses
+    and validation passes so far, the kept pass, the averaged passes' steps and the schedule's step."""
+
+    epoch: int = 0
+    batch: int = 0
+    losses: list[float] = []
+    evaluations: list[ValidationPass] = []
+    best_step: int | None = None
+    averaged_steps: list[int] = []
+    schedule_step: int = 0
+
+    @field_validator("evaluations", mode="before")
+    @classmethod
+    def _flat(cls, passes: list) -> list:
+        """Checkpoints before 2026-12 stored a pass as {step, <metric>: value, ...}."""
+        return [
+            {"step": p["step"], "metrics": {k: v for k, v in p.items() if k != "step"}}
+            if isinstance(p, dict) and "metrics" not in p
+            else p
+            for p in passes
+        ]
 
 
 def param_groups(named: dict[str, nn.Parameter], lr: float, lr_ratio: float) -> list[dict]:
@@ -103,19 +127,18 @@ def train(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear_decay(max(1, math.ceil(warmup_fraction * steps)), steps)
     )
-    position: dict[str, Any] = {"epoch": 0, "batch": 0, "losses": [], "evaluations": [], "best_step": None}
-    kept = Kept()
+    position, kept = Position(), Kept()
     if checkpoint_dir and (checkpoint_dir / STATE_FILE).exists():
         position, kept = load_checkpoint(checkpoint_dir, named, optimizer, schedule)
-    done = Trained(position["losses"], position.get("evaluations", []), position.get("best_step"))
+    done = Trained(position.losses, position.evaluations, position.best_step)
     losses = done.losses
-    epoch, accumulated, micro = position["epoch"], 0.0, 0
+    epoch, skip, accumulated, micro = position.epoch, position.batch, 0.0, 0
     # A bar on a terminal only (disable=None); logs and Prefect get on_step instead.
     bar = tqdm(total=steps, initial=len(losses), desc="train", unit="step", disable=None if rank == 0 else True)
     with cpu_dropout(model, dev):
         while len(losses) < steps and not done.stopped_early:
             for index, batch in enumerate(make_batches(epoch)):
-                if index < position["batch"] or index % size != rank:
+                if index < skip or index % size != rank:
                     continue  # already trained on before the checkpoint, or another rank's share
                 interrupts.check()  # a Ctrl-C that garbage collection dropped stops the run here
                 with autocast(dev, bf16, training=True):
@@ -142,24 +165,20 @@ def train(
                 if validation and (len(losses) % validation.every == 0 or len(losses) == steps):
                     validate(model, validation, named, done, kept, steps)
                 if checkpoint_dir and len(losses) % checkpoint_every == 0 and len(losses) < steps and rank == 0:
-                    save_checkpoint(
-                        checkpoint_dir,
-                        named,
-                        optimizer,
-                        schedule,
-                        {
-                            "epoch": epoch,
-                            "batch": index + 1,
-                            "losses": losses,
-                            "evaluations": done.evaluations,
-                            "best_step": done.best_step,
-                        },
-                        kept,
+                    at = Position(
+                        epoch=epoch,
+                        batch=index + 1,
+                        losses=losses,
+                        evaluations=done.evaluations,
+                        best_step=done.best_step,
+                        averaged_steps=kept.averaged_steps,
+                        schedule_step=schedule.last_epoch,
                     )
+                    save_checkpoint(checkpoint_dir, named, optimizer, at, kept)
                 if len(losses) == steps or done.stopped_early:
                     break
             epoch += 1
-            position["batch"] = 0
+            skip = 0
     bar.close()
     held = kept.weights()
     if held is not None:
@@ -187,7 +206,7 @@ def validate(
     model.eval()
     metrics = validation.run()
     model.train()
-    done.evaluations.append({"step": step, **metrics})
+    done.evaluations.append(ValidationPass(step=step, metrics=metrics))
     if validation.on_result and world()[0] == 0:
         validation.on_result(step, metrics)
     if validation.selection == "average":
@@ -195,33 +214,27 @@ def validate(
             kept.add(named, step)
         return
     now = validation.standing(done.evaluations, len(done.evaluations) - 1)
-    at = next((i for i, e in enumerate(done.evaluations) if e["step"] == done.best_step), None)
+    at = next((i for i, e in enumerate(done.evaluations) if e.step == done.best_step), None)
     if now is not None and validation.better(now, None if at is None else validation.standing(done.evaluations, at)):
         done.best_step = step
         kept.keep(named)
     elif done.best_step is not None:
-        stale = sum(1 for e in done.evaluations if e["step"] > done.best_step)
+        stale = sum(1 for e in done.evaluations if e.step > done.best_step)
         done.stopped_early = validation.patience is not None and stale >= validation.patience
 
 
 def save_checkpoint(
-    folder: Path,
-    named: dict[str, nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    schedule,
-    position: dict[str, Any],
-    kept: Kept | None = None,
+    folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer, position: Position, kept: Kept
 ) -> None:
     """Write to a sibling folder, then swap it in: a kill mid-write leaves the previous checkpoint intact."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({n: p.detach().cpu().contiguous() for n, p in named.items()}, tmp / "weights.safetensors")
-    if kept and kept.best is not None:
+    if kept.best is not None:
         save_file({n: t.contiguous() for n, t in kept.best.items()}, tmp / "best.safetensors")
-    if kept and kept.total is not None:  # the running sum of the averaged passes; their steps go in the state
+    if kept.total is not None:  # the running sum of the averaged passes; their steps are in the position
         save_file({n: t.contiguous() for n, t in kept.total.items()}, tmp / "average.safetensors")
-        position = {**position, "averaged_steps": kept.averaged_steps}
     moments = {}
     for name, param in named.items():
         for key, value in optimizer.state.get(param, {}).items():
@@ -231,7 +244,7 @@ def save_checkpoint(
     if torch.cuda.is_available():
         rng |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
     save_file(rng, tmp / "rng.safetensors")
-    (tmp / STATE_FILE).write_text(json.dumps({**position, "schedule_step": schedule.last_epoch}))
+    (tmp / STATE_FILE).write_text(position.model_dump_json())
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         os.replace(folder, old)
@@ -241,9 +254,9 @@ def save_checkpoint(
 
 def load_checkpoint(
     folder: Path, named: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer, schedule
-) -> tuple[dict, Kept]:
+) -> tuple[Position, Kept]:
     """(position, weights kept so far) of a checkpoint; the parameters, AdamW moments, schedule and RNG restored."""
-    state = json.loads((folder / STATE_FILE).read_text())
+    state = Position.model_validate_json((folder / STATE_FILE).read_text())
     weights = load_file(folder / "weights.safetensors")
     if set(weights) != set(named):
         raise TrainingError(f"checkpoint {folder} holds other parameters than this model; delete it to start over")
@@ -257,13 +270,13 @@ def load_checkpoint(
             optimizer.state[param] = {k: v.to(param.device) for k, v in entries.items()}
     with warnings.catch_warnings():  # replaying the schedule without optimizer steps is intended here
         warnings.simplefilter("ignore")
-        for _ in range(state["schedule_step"]):
+        for _ in range(state.schedule_step):
             schedule.step()
     rng = load_file(folder / "rng.safetensors")
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
-    kept = Kept(averaged_steps=state.get("averaged_steps", []))
+    kept = Kept(averaged_steps=state.averaged_steps)
     if (folder / "best.safetensors").exists():
         kept.best = load_file(folder / "best.safetensors")
     if (folder / "average.safetensors").exists():

@@ -10,10 +10,11 @@ from lora_core import LoraConfig, inject, load_adapter, merge, save_adapter
 from pipelines import steps
 from pipelines.errors import SpecError
 from pipelines.models import load_model
+from pipelines.results import ValidationPass
 from pipelines.selection import Validation
 from pipelines.task_files import load_spec
 from pipelines.tracking import flatten
-from pipelines.train import train
+from pipelines.train import Position, train
 
 STEPS, EVERY = 12, 2
 
@@ -110,7 +111,7 @@ def test_smoothed_keeps_the_pass_best_over_three_and_best_keeps_the_lucky_one():
         kept[selection] = done.best_step
     assert kept == {"best": 2, "smoothed": 12}  # window means .67, .63, .73, .82 end at steps 6, 8, 10, 12
     by_window = Validation(run=dict, every=1, metric="accuracy", selection="smoothed")
-    passes = [{"step": i, "accuracy": a, "loss": 1.0} for i, a in enumerate(accuracies)]
+    passes = [ValidationPass(step=i, metrics={"accuracy": a, "loss": 1.0}) for i, a in enumerate(accuracies)]
     assert by_window.standing(passes, 1) is None and by_window.standing(passes, 2)["accuracy"] == pytest.approx(2 / 3)
 
 
@@ -217,3 +218,12 @@ def test_average_with_patience_is_refused_in_one_line(tmp_path):
         tmp_path, "r", tmp_path, tmp_path / "d.jsonl", data__validation_fraction=0.2, training__patience=2
     )
     assert load_spec(patient).training.selection == "best"  # patience stops at a pass: that pass is kept
+
+
+def test_a_checkpoint_written_before_typed_passes_still_resumes():
+    """state.json once stored each pass flat, {step, <metric>: value}; a run stopped then resumes after an upgrade."""
+    old = '{"epoch": 1, "batch": 3, "losses": [0.5], "best_step": 4, "schedule_step": 6, '
+    old += '"evaluations": [{"step": 4, "accuracy": 0.75, "loss": 0.5}]}'
+    position = Position.model_validate_json(old)
+    assert position.evaluations == [ValidationPass(step=4, metrics={"accuracy": 0.75, "loss": 0.5})]
+    assert Position.model_validate_json(position.model_dump_json()) == position
