@@ -5,6 +5,7 @@ what it uses (MLflow, torch and transformers take seconds).
 """
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -318,6 +319,22 @@ def exit_code(error: BaseException) -> int | None:
     return None
 
 
+def file_fault(error: BaseException) -> tuple[int, str] | None:
+    """(exit code, line) for a file the command could not read or write (a folder given that is read-only, a path
+    that does not exist, a full disk), or None. OSErrors with no file name (network errors among them) are not
+    files, a full disk aside: a write() that fills it names none."""
+    if not isinstance(error, OSError) or (error.filename is None and error.errno != errno.ENOSPC):
+        return None
+    where = "a file" if error.filename is None else str(error.filename)
+    if error.errno == errno.ENOSPC:
+        return 1, f"{where}: no space left on the disk: free some, or write to another disk"
+    if isinstance(error, PermissionError):
+        return 2, f"{where}: permission denied: choose a path you can write to, or change its permissions"
+    if isinstance(error, FileNotFoundError | NotADirectoryError | IsADirectoryError | FileExistsError):
+        return 2, f"{where}: {(error.strerror or type(error).__name__).lower()}: check the path"
+    return 1, f"{where}: {error.strerror or type(error).__name__}"
+
+
 def server_fault(error: BaseException) -> str | None:
     """One line for an MLflow server that is down or failing, or None."""
     if "mlflow.exceptions" not in sys.modules:
@@ -345,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         code, message = exit_code(e), str(e).strip()
         if code is None and (fault := server_fault(e)):
             code, message = 1, fault
+        if code is None and (failed := file_fault(e)):
+            code, message = failed
         if code is None:
             raise  # not a user-facing error: a bug, shown in full
         print(f"loraops: error: {message.splitlines()[0] if message else type(e).__name__}", file=sys.stderr)

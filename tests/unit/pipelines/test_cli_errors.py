@@ -1,6 +1,7 @@
 """Every error class a user can meet maps to one line and its documented exit code: 2 for bad input, 1 for a failure
 inside a run or of a server, 130/143 for an interrupt; anything else is a bug and keeps its traceback."""
 
+import errno
 import importlib
 import inspect
 import subprocess
@@ -66,6 +67,38 @@ def test_each_error_class_is_one_line_with_its_exit_code(cls, monkeypatch, capsy
 def test_an_interrupt_is_one_line_and_the_shell_convention_exit_code(error, code, line, monkeypatch, capsys):
     monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(error))
     assert cli.main(["adapters", "list"]) == code and capsys.readouterr().err == line
+
+
+@pytest.mark.parametrize(
+    "error, code, says",
+    [
+        (PermissionError(errno.EACCES, "Permission denied", "/srv/out"), 2, "/srv/out: permission denied: choose"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "a/b"), 2, "a/b: no such file or directory"),
+        (OSError(errno.ENOSPC, "No space left on device", "/srv/out/x"), 1, "/srv/out/x: no space left on the disk"),
+        (OSError(errno.ENOSPC, "No space left on device"), 1, "a file: no space left on the disk: free some"),
+    ],
+)
+def test_a_file_that_cannot_be_read_or_written_is_one_line(error, code, says, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(error))
+    assert cli.main(["adapters", "list"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"loraops: error: {says}")
+
+
+def test_an_os_error_without_a_file_is_not_taken_for_one(monkeypatch):
+    monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(ConnectionResetError(104, "reset")))
+    with pytest.raises(ConnectionResetError):
+        cli.main(["adapters", "list"])
+
+
+def test_an_out_folder_under_a_file_is_one_line_exit_2(tmp_path, capsys):
+    from test_rank_commands import adapter
+
+    adapter(tmp_path / "a")
+    (tmp_path / "file").write_text("")
+    assert cli.main(["analyze", str(tmp_path / "a"), "--out", str(tmp_path / "file" / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "file/report: not a directory: check the path" in err
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
