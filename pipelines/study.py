@@ -42,10 +42,14 @@ def storage_url(search: SearchSpec, settings: RegistrySettings) -> str:
 
 
 def shown(url: str) -> str:
-    """The storage URL without its password, for messages and tags."""
+    """The storage URL without its password, for messages and tags (one SQLAlchemy cannot parse: the text with
+    anything between `user:` and `@` masked)."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - ArgumentError, or ValueError for a port that is no number
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def plan_study(spec: TaskSpec, search: SearchSpec, prepared: PreparedData, settings: RegistrySettings) -> StudyPlan:

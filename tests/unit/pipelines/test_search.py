@@ -262,3 +262,12 @@ def test_a_validation_split_too_small_to_rank_trials_is_said_in_one_line():
     )
     assert noise_line("t", plan, SMALL_VALIDATION) is None
     assert noise_line("t", plan._replace(metric="loss", direction="minimize"), 100) is None
+
+
+@pytest.mark.parametrize("url", ["dbhost/optuna", "postgresql://tuner:s3cret@db:notaport/optuna"])
+def test_a_storage_url_that_does_not_parse_is_one_line_without_its_password(url):
+    from pipelines.study import open_storage
+
+    with pytest.raises(StudyError, match="cannot open the study storage .*fix training.search.storage") as e:
+        open_storage(url)
+    assert "s3cret" not in str(e.value) and "\n" not in str(e.value)
