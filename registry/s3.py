@@ -100,10 +100,14 @@ def shared_client(connections: int) -> S3Client:
 def read_object(uri: str) -> bytes:
     """The bytes of the object at s3://bucket/key."""
     bucket, key = parse_s3_uri(uri)
-    response = call(uri, s3_client().get_object, missing_ok=True, Bucket=bucket, Key=key)
-    if response is None:
+
+    def fetch() -> bytes:  # the body streams after the answer: its read can time out or break off too
+        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    body = call(uri, fetch, missing_ok=True)
+    if body is None:
         raise StoreError(f"{uri}: no such object; check the path")
-    return response["Body"].read()
+    return body
 
 
 def object_etag(uri: str) -> str:
@@ -117,7 +121,7 @@ def object_etag(uri: str) -> str:
 
 def call(where: str, method: Callable[..., Any], *args: Any, missing_ok: bool = False, **kwargs: Any) -> Any:
     """Run a boto3 call on `where` (an s3:// URI); turn its failures into one-line StoreErrors that name the fix.
-    With `missing_ok`, a missing key answers None."""
+    With `missing_ok`, a missing key (or multipart upload) answers None."""
     from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
         BotoCoreError,
@@ -131,7 +135,7 @@ def call(where: str, method: Callable[..., Any], *args: Any, missing_ok: bool = 
         return method(*args, **kwargs)
     except ClientError as e:
         code = str(e.response.get("Error", {}).get("Code", ""))
-        if missing_ok and code in ("NoSuchKey", "404"):
+        if missing_ok and code in ("NoSuchKey", "NoSuchUpload", "404"):
             return None
         raise _client_error(where, code, e) from None
     except S3UploadFailedError as e:

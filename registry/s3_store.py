@@ -231,8 +231,14 @@ class S3Store:
     def abort_stale(self, prefix: str) -> None:
         """Abort incomplete multipart uploads under `prefix` (left by a killed promotion)."""
         listed = self._call(self.client.list_multipart_uploads, Bucket=self.bucket, Prefix=self._key(prefix))
-        for upload in listed.get("Uploads", []):
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        for upload in listed.get("Uploads", []):  # one that another machine finished or aborted meanwhile is gone
+            self._call(
+                self.client.abort_multipart_upload,
+                missing_ok=True,
+                Bucket=self.bucket,
+                Key=upload["Key"],
+                UploadId=upload["UploadId"],
+            )
 
     def can_copy_from(self, uri: str) -> bool:
         """Objects in S3 (an MLflow server writing artifacts straight to the bucket) are copied server-side."""

@@ -131,3 +131,30 @@ def test_recorded_digests_come_back_before_they_are_trusted(tmp_path):
     path, entry, _ = weights(tmp_path)
     cache.get(path)  # hashed right after it was written: racy
     assert cache.cached(path) is None and cache.recorded(path).sha256 == entry.sha256
+
+
+class Finished(FakeS3):
+    """Lists two uploads left by killed promotions, one of which another machine finishes before it is aborted."""
+
+    def list_multipart_uploads(self, **kwargs):
+        return {"Uploads": [{"Key": f"{kwargs['Prefix']}/gone", "UploadId": "1"}, {"Key": "x", "UploadId": "2"}]}
+
+    def abort_multipart_upload(self, **kwargs):
+        from botocore.exceptions import ClientError
+
+        if kwargs["UploadId"] == "1":
+            raise ClientError({"Error": {"Code": "NoSuchUpload"}}, "AbortMultipartUpload")
+        if kwargs["UploadId"] == "denied":
+            raise ClientError({"Error": {"Code": "AccessDenied"}}, "AbortMultipartUpload")
+        super().abort_multipart_upload(**kwargs)
+
+
+def test_an_upload_gone_before_its_abort_is_passed_over_and_other_refusals_are_one_line():
+    from registry.errors import StoreError
+
+    client = Finished()
+    S3Store("b", "p", client=client).abort_stale("task")
+    assert client.aborted == 1  # the one still there
+    client.list_multipart_uploads = lambda **kwargs: {"Uploads": [{"Key": "k", "UploadId": "denied"}]}
+    with pytest.raises(StoreError, match="credentials rejected by s3://b"):
+        S3Store("b", "p", client=client).abort_stale("task")
