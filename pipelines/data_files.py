@@ -47,6 +47,8 @@ def csv_delimiter(header: str) -> str:
 
 
 def _csv_rows(text: str) -> list[dict]:
+    # a long text (a whole document in one cell) is data, not an attack: the file is in memory already
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     reader = csv.DictReader(io.StringIO(text), delimiter=csv_delimiter(text.partition("\n")[0]))
     if reader.fieldnames:
         reader.fieldnames = [name.strip() for name in reader.fieldnames]

@@ -110,7 +110,9 @@ def train_with_torchrun(
     announce = pending_dir(settings.home) / f"{run_id}.json"
     if spec.training.nnodes > 1:
         announce.parent.mkdir(parents=True, exist_ok=True)
-        announce.write_text(json.dumps({"launch": str(launch_path)}))
+        written = announce.with_suffix(".tmp")  # a joining node never reads half a file (it globs *.json)
+        written.write_text(json.dumps({"launch": str(launch_path)}))
+        os.replace(written, announce)
         print(
             f"{spec.task}: waiting for {spec.training.nnodes - 1} more node(s) at {launch.endpoint} "
             f"(run `loraops train-node` on each, with this LORAOPS_HOME mounted)"
@@ -129,23 +131,35 @@ def train_with_torchrun(
     return TrainedAdapter.model_validate_json((work / "train.json").read_text())
 
 
+def announced_runs(home: Path) -> list[Path]:
+    """The multi-node runs waiting for nodes, oldest first; one whose host ended it while listed is left out."""
+    found = []
+    for path in pending_dir(home).glob("*.json"):
+        try:
+            found.append((path.stat().st_mtime, path))
+        except FileNotFoundError:
+            continue
+    return [path for _, path in sorted(found)]
+
+
 def join_runs(home: Path, once: bool, wait: float | None, poll: float = 1.0) -> int:
     """A guest node: join each announced multi-node run, oldest first, one at a time. Returns the runs joined.
     `once`: stop after one run; `wait`: give up after that many seconds with nothing to join."""
-    joined: set[str] = set()
+    seen: set[str] = set()
+    joined = 0
     idle_since = time.monotonic()
     while True:
-        announced = (
-            sorted(pending_dir(home).glob("*.json"), key=lambda p: p.stat().st_mtime)
-            if pending_dir(home).is_dir()
-            else []
-        )
-        fresh = [p for p in announced if p.stem not in joined]
+        fresh = [p for p in announced_runs(home) if p.stem not in seen]
         if fresh:
-            join_run(Path(json.loads(fresh[0].read_text())["launch"]))
-            joined.add(fresh[0].stem)
+            seen.add(fresh[0].stem)
+            try:
+                launch = Path(json.loads(fresh[0].read_text())["launch"])
+            except FileNotFoundError:
+                continue  # the run ended (its host removed the file) between the listing and the read
+            join_run(launch)
+            joined += 1
             if once:
-                return len(joined)
+                return joined
             idle_since = time.monotonic()
         elif wait is not None and time.monotonic() - idle_since > wait:
             if not joined:
@@ -153,7 +167,7 @@ def join_runs(home: Path, once: bool, wait: float | None, poll: float = 1.0) -> 
                     f"no multi-node run was announced under {pending_dir(home)} in {wait:g} s; "
                     f"start one with training.nnodes > 1 on the same LORAOPS_HOME"
                 )
-            return len(joined)
+            return joined
         else:
             time.sleep(poll)
 

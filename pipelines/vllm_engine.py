@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from .engine_watchdog import group_alive
-from .errors import EngineFailed, ServeError
+from .errors import EngineFailed, ServeError, SettingError
 from .prefect_server import die_with_parent
 from .vllm_api import healthy
 
@@ -53,7 +53,12 @@ class EngineSettings(BaseModel):
         import shlex
 
         executable = Path(os.environ.get("LORAOPS_VLLM") or DEFAULT_PYTHON).expanduser()
-        return cls(executable=executable, extra_args=shlex.split(os.environ.get("LORAOPS_VLLM_ARGS", "")))
+        args = os.environ.get("LORAOPS_VLLM_ARGS", "")
+        try:
+            extra = shlex.split(args)
+        except ValueError as e:  # an unbalanced quote
+            raise SettingError(f"LORAOPS_VLLM_ARGS={args!r}: {e}; quote it as a shell would") from None
+        return cls(executable=executable, extra_args=extra)
 
     def check(self) -> None:
         """Refuse (ServeError) an engine that is not there, in one line that says how to install it."""

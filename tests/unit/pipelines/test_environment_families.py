@@ -165,3 +165,14 @@ def test_the_check_refuses_what_it_names(env, tmp_path):
     env.setenv("LORAOPS_HOME", str(home_file(tmp_path)))
     with pytest.raises(EnvironmentSettingError, match="LORAOPS_HOME="):
         RegistrySettings.from_env()
+
+
+def test_vllm_args_with_an_unbalanced_quote_are_one_line_naming_the_variable(env):
+    from pipelines.errors import SettingError
+    from pipelines.vllm_engine import EngineSettings
+
+    env.setenv("LORAOPS_VLLM_ARGS", "--max-model-len 512 --served-model-name 'base")
+    with pytest.raises(SettingError, match="LORAOPS_VLLM_ARGS=.*No closing quotation; quote it as a shell would"):
+        EngineSettings.from_env()
+    env.setenv("LORAOPS_VLLM_ARGS", "--max-model-len 512 --served-model-name 'the base'")
+    assert EngineSettings.from_env().extra_args == ["--max-model-len", "512", "--served-model-name", "the base"]

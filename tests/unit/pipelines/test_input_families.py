@@ -261,6 +261,16 @@ def test_a_csv_saved_by_a_spreadsheet_reads_like_plain_rows(member, raw, tmp_pat
     assert datasets.load_examples(str(tmp_path / "d.csv")) == [datasets.Example(t, label) for t, label in ROWS]
 
 
+def test_a_csv_cell_longer_than_the_csv_modules_limit_reads(tmp_path):
+    """A whole document in one cell: past the csv module's default 131,072 characters, which it refuses."""
+    document = "word " * 40_000
+    (tmp_path / "d.csv").write_text(f'text,label\n"{document}",a\nshort,b\n')
+    assert datasets.load_examples(str(tmp_path / "d.csv")) == [
+        datasets.Example(document, "a"),
+        datasets.Example("short", "b"),
+    ]
+
+
 def test_a_jsonl_file_with_a_byte_order_mark_reads(tmp_path):
     (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"text": "a", "label": "x"}\n')
     assert datasets.load_examples(str(tmp_path / "d.jsonl")) == [datasets.Example("a", "x")]
