@@ -21,12 +21,12 @@ from .errors import AdapterMismatchError, MergeError, WeightFileError
 from .layer import add_delta_, check_delta
 from .model_files import open_regular, read_json_object
 from .peft_format import (
+    CONFIG_FILE,
     PICKLE_FILES,
     PREFIX,
     a_factor,
     factor_keys,
     is_factor,
-    lora_config_from_peft,
     read_adapter_tensors,
     read_peft_config,
 )
@@ -97,8 +97,8 @@ def indexed_shards(index: Path) -> list[str]:
 
 def _updates(adapter_dir: Path) -> tuple[dict[str, _Update], dict[str, torch.Tensor]]:
     """({module path: update}, {tensor name in the task model: saved-module tensor})."""
-    raw = read_peft_config(adapter_dir)
-    config = lora_config_from_peft(raw, adapter_dir / "adapter_config.json")
+    peft = read_peft_config(adapter_dir)
+    config = peft.lora_config(adapter_dir / CONFIG_FILE)
     tensors = read_adapter_tensors(adapter_dir)
     updates, saved = {}, {}
     for key, value in tensors.items():
@@ -111,7 +111,7 @@ def _updates(adapter_dir: Path) -> tuple[dict[str, _Update], dict[str, torch.Ten
                     f"{None if b is None else tuple(b.shape)}, not rank {config.rank_for(path)}; "
                     "the adapter is damaged, re-save it"
                 )
-            transposed = embedding or bool(raw.get("fan_in_fan_out"))
+            transposed = embedding or peft.fan_in_fan_out
             updates[path] = _Update(value.float(), b.float(), config.scaling_for(path), transposed)
         elif not is_factor(key):
             saved[key.removeprefix(PREFIX)] = value

@@ -10,10 +10,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from safetensors.torch import save_file
 from torch import nn
 
@@ -88,25 +88,111 @@ def adapter_tensors(model: nn.Module, adapter_name: str = "default") -> dict[str
     return tensors
 
 
-def peft_config_dict(config: LoraConfig, fan_in_fan_out: bool, base_model_name_or_path: str | None) -> dict[str, Any]:
-    """adapter_config.json content for `config`: only keys every PEFT version understands."""
-    return {
-        "peft_type": "LORA",
-        "task_type": config.task_type,
-        "base_model_name_or_path": base_model_name_or_path,
-        "r": config.r,
-        "lora_alpha": config.alpha,
-        "lora_dropout": config.dropout,
-        "target_modules": config.target_modules,
-        "use_rslora": config.use_rslora,
-        "fan_in_fan_out": fan_in_fan_out,
-        "modules_to_save": list(config.modules_to_save) or None,
-        "bias": config.bias,
-        "rank_pattern": config.rank_pattern,
-        "alpha_pattern": config.alpha_pattern,
-        "init_lora_weights": "gaussian" if config.init == "gaussian" else True,
-        "inference_mode": True,
-    }
+class PeftConfig(BaseModel):
+    """adapter_config.json as PEFT writes it: the keys loraops reads, PEFT's defaults where one is absent or null.
+    PEFT writes many more; they are kept (extra), never read."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    peft_type: Literal["LORA"] = "LORA"  # read_peft_config refuses another kind by name
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    r: int
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    use_rslora: bool = False
+    fan_in_fan_out: bool = False
+    modules_to_save: list[str] | None = None
+    bias: str = "none"
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+    init_lora_weights: bool | str = True
+    use_dora: bool = False
+    lora_bias: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        """PEFT writes null for an unset pattern or flag: the default, as PEFT reads it."""
+        if not isinstance(data, dict):
+            return data
+        nullable = {"task_type", "base_model_name_or_path", "target_modules", "modules_to_save"}
+        return {k: v for k, v in data.items() if v is not None or k in nullable}
+
+    @classmethod
+    def of(cls, config: LoraConfig, fan_in_fan_out: bool, base_model_name_or_path: str | None) -> "PeftConfig":
+        """The config written for `config`: only keys every PEFT version understands (as_json writes what is set)."""
+        return cls(
+            peft_type="LORA",
+            task_type=config.task_type,
+            base_model_name_or_path=base_model_name_or_path,
+            r=config.r,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=config.target_modules,
+            use_rslora=config.use_rslora,
+            fan_in_fan_out=fan_in_fan_out,
+            modules_to_save=list(config.modules_to_save) or None,
+            bias=config.bias,
+            rank_pattern=config.rank_pattern,
+            alpha_pattern=config.alpha_pattern,
+            init_lora_weights="gaussian" if config.init == "gaussian" else True,
+            inference_mode=True,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """adapter_config.json's content: the keys read or given, PEFT's extras among them."""
+        return self.model_dump(exclude_unset=True)
+
+    @property
+    def max_rank(self) -> int:
+        """The largest rank of any module (rank_pattern's included)."""
+        return max([self.r, *self.rank_pattern.values()])
+
+    def lora_config(self, source: str | Path = CONFIG_FILE) -> LoraConfig:
+        """LoraConfig from PEFT's keys; refuses what lora_core cannot reproduce."""
+        for flag in ("use_dora", "lora_bias"):
+            if getattr(self, flag):
+                raise AdapterMismatchError(
+                    f"{source}: {flag}=true is not supported by lora_core; merge it in PEFT first"
+                )
+        if self.bias != "none":
+            raise AdapterMismatchError(
+                f"{source}: bias={self.bias!r} is not supported; only bias='none' adapters load here"
+            )
+        if str(self.init_lora_weights).lower() in ("pissa", "olora", "corda", "eva", "loftq"):
+            raise AdapterMismatchError(
+                f"{source}: init_lora_weights={self.init_lora_weights!r} needs a rewritten base; "
+                "save it from PEFT with path_initial_model_for_weight_conversion to get a plain LoRA"
+            )
+        if not self.target_modules:  # a saved adapter names its modules; None would mean "pick defaults" here
+            raise AdapterMismatchError(
+                f"{source}: target_modules is missing; the adapter config is damaged, re-save the adapter"
+            )
+        try:
+            return LoraConfig(
+                r=self.r,
+                alpha=self.lora_alpha,
+                dropout=self.lora_dropout,
+                target_modules=self.target_modules,
+                use_rslora=self.use_rslora,
+                modules_to_save=self.modules_to_save or [],
+                rank_pattern=self.rank_pattern,
+                alpha_pattern=self.alpha_pattern,
+                task_type=self.task_type,
+                init="gaussian" if self.init_lora_weights == "gaussian" else "default",
+            )
+        except ValidationError as e:
+            raise AdapterMismatchError(
+                f"{source}: {damage(e)}; the adapter config is damaged, re-save the adapter"
+            ) from None
+
+
+def damage(error: ValidationError) -> str:
+    """The first thing pydantic found wrong: where, and what."""
+    first = error.errors()[0]
+    return f"{'.'.join(map(str, first['loc'])) or 'config'}: {first['msg']}"
 
 
 def write_adapter(
@@ -121,7 +207,7 @@ def write_adapter(
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    content = peft_config_dict(config, fan_in_fan_out, base_model_name_or_path)
+    content = PeftConfig.of(config, fan_in_fan_out, base_model_name_or_path).as_json()
     (out / CONFIG_FILE).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -167,64 +253,26 @@ def save_adapter(
     )
 
 
-def read_peft_config(path: str | Path) -> dict[str, Any]:
-    """adapter_config.json of an adapter folder, as written (a JSON object, read by model_files' rules)."""
+def read_peft_config(path: str | Path) -> PeftConfig:
+    """adapter_config.json of an adapter folder (a JSON object, read by model_files' rules)."""
     folder = Path(path)
     file = folder / CONFIG_FILE
     if not os.path.lexists(file):
         raise LoraError(
             f"{folder} has no {CONFIG_FILE}: not a PEFT adapter folder; point at the folder save_adapter() wrote"
         )
-    return read_json_object(file, "re-save the adapter")
-
-
-def lora_config_from_peft(raw: dict[str, Any], source: str | Path = CONFIG_FILE) -> LoraConfig:
-    """LoraConfig from PEFT's config keys; refuses what lora_core cannot reproduce."""
+    raw = read_json_object(file, "re-save the adapter")
     if raw.get("peft_type", "LORA") != "LORA":
-        raise AdapterMismatchError(
-            f"{source}: peft_type {raw.get('peft_type')!r} is not LORA; only LoRA adapters load here"
-        )
-    for flag in ("use_dora", "lora_bias"):
-        if raw.get(flag):
-            raise AdapterMismatchError(f"{source}: {flag}=true is not supported by lora_core; merge it in PEFT first")
-    if raw.get("bias", "none") != "none":
-        raise AdapterMismatchError(
-            f"{source}: bias={raw['bias']!r} is not supported; only bias='none' adapters load here"
-        )
-    if str(raw.get("init_lora_weights")).lower() in ("pissa", "olora", "corda", "eva", "loftq"):
-        raise AdapterMismatchError(
-            f"{source}: init_lora_weights={raw['init_lora_weights']!r} needs a rewritten base; "
-            "save it from PEFT with path_initial_model_for_weight_conversion to get a plain LoRA"
-        )
-    if not raw.get("target_modules"):  # a saved adapter names its modules; None would mean "pick defaults" here
-        raise AdapterMismatchError(
-            f"{source}: target_modules is missing; the adapter config is damaged, re-save the adapter"
-        )
+        raise AdapterMismatchError(f"{file}: peft_type {raw['peft_type']!r} is not LORA; only LoRA adapters load here")
     try:
-        return LoraConfig(
-            r=raw["r"],
-            alpha=raw.get("lora_alpha", 8),
-            dropout=raw.get("lora_dropout", 0.0),
-            target_modules=raw["target_modules"],
-            use_rslora=raw.get("use_rslora", False),
-            modules_to_save=raw.get("modules_to_save") or [],
-            rank_pattern=raw.get("rank_pattern") or {},
-            alpha_pattern=raw.get("alpha_pattern") or {},
-            task_type=raw.get("task_type"),
-            init="gaussian" if raw.get("init_lora_weights") == "gaussian" else "default",
-        )
-    except (KeyError, ValidationError) as e:
-        if isinstance(e, KeyError):
-            detail = f"missing key {e}"
-        else:
-            first = e.errors()[0]
-            detail = f"{'.'.join(map(str, first['loc'])) or 'config'}: {first['msg']}"
-        raise AdapterMismatchError(f"{source}: {detail}; the adapter config is damaged, re-save the adapter") from None
+        return PeftConfig.model_validate(raw)
+    except ValidationError as e:
+        raise AdapterMismatchError(f"{file}: {damage(e)}; the adapter config is damaged, re-save the adapter") from None
 
 
 def read_adapter_config(path: str | Path) -> LoraConfig:
     """LoraConfig from a PEFT adapter folder's adapter_config.json."""
-    return lora_config_from_peft(read_peft_config(path), Path(path) / CONFIG_FILE)
+    return read_peft_config(path).lora_config(Path(path) / CONFIG_FILE)
 
 
 def read_adapter_tensors(path: str | Path) -> dict[str, torch.Tensor]:

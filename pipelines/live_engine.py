@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict
 
 from lora_core.peft_format import read_peft_config
 from registry import AdapterRegistry
-from registry.engines import max_rank
 from registry.locks import exclusive
 
 from .errors import EngineFailed, ServeError
@@ -83,7 +82,7 @@ def check_live_rank(registry: AdapterRegistry, task: str, version: str | int) ->
     folder = registry.fetch(record.task, record.version)
     if not is_causal_lm(folder):
         return False
-    rank = max_rank(read_peft_config(folder))
+    rank = read_peft_config(folder).max_rank
     if rank > live.max_lora_rank:
         raise ServeError(
             f"{record.task} v{record.version} has rank {rank}, above the --max-lora-rank {live.max_lora_rank} of the "

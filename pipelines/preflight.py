@@ -18,7 +18,7 @@ from lora_core import LoraConfig, TargetError
 from lora_core.checkpoint_merge import INDEX_FILE, base_shards
 from lora_core.inject import resolve_saved_modules, resolve_targets
 from lora_core.model_files import read_json_object
-from lora_core.peft_format import peft_config_dict
+from lora_core.peft_format import PeftConfig
 from lora_core.safetensors_io import read_header
 from registry import RegistrySettings
 from registry.engines import AdapterTraits, check_engine_rules
@@ -164,7 +164,7 @@ def check_serving(spec: TaskSpec, lora: LoraConfig, model_type: str | None, name
     if spec.promotion.serve_with == "any" or spec.promotion.mode != "adapter":
         return
     modules = frozenset(t.rsplit(".", 1)[-1] for t in lora.target_modules or [])
-    traits = AdapterTraits(peft_config_dict(lora, False, name), modules, model_type, name)
+    traits = AdapterTraits(PeftConfig.of(lora, False, name), modules, model_type, name)
     check_engine_rules(spec.promotion.serve_with, traits, f"{spec.source or spec.task}")
 
 

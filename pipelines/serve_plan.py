@@ -22,9 +22,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from lora_core.model_files import read_json_object
+from lora_core.peft_format import WEIGHTS_FILE, read_peft_config
 from registry import AdapterRegistry, RegistryError, VersionRecord
-from registry.engines import max_lora_rank, max_rank
+from registry.engines import max_lora_rank
 from registry.s3 import is_s3_uri
 
 from .production import production_versions
@@ -32,7 +32,6 @@ from .production import production_versions
 MAX_LORAS = 16  # vLLM adapters per batch (GPU slots); see the module docstring
 INLINE_LIMIT = 16  # up to this many adapters vLLM is given them all with --lora-modules at start
 CPU_CACHE_BYTES = 16 * 2**30  # host memory one replica gives its adapter cache: a quarter of a 64 GiB GPU host
-WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 class ServedAdapter(BaseModel):
@@ -125,7 +124,6 @@ def placed(record: VersionRecord, folder: Path, lora_dir: str) -> ServedAdapter:
     if is_s3_uri(uri):
         path = f"{lora_dir}/{record.task}"
         fetch = f"aws s3 sync {shlex.quote(uri)} {shlex.quote(path)}"
-    config = read_json_object(folder / "adapter_config.json", "fetch the adapter again")
     size_bytes = (folder / WEIGHTS_FILE).stat().st_size
     return ServedAdapter(
         name=record.task,
@@ -133,7 +131,7 @@ def placed(record: VersionRecord, folder: Path, lora_dir: str) -> ServedAdapter:
         uri=uri,
         path=path,
         fetch=fetch,
-        rank=max_rank(config),
+        rank=read_peft_config(folder).max_rank,
         bytes=size_bytes,
     )
 

@@ -69,7 +69,7 @@ def local_adapter(registry: AdapterRegistry, record: VersionRecord, base_path: P
 
 
 def is_causal_lm(folder: Path) -> bool:
-    return read_peft_config(folder).get("task_type") == "CAUSAL_LM"
+    return read_peft_config(folder).task_type == "CAUSAL_LM"
 
 
 def serve_set(registry: AdapterRegistry, base: str | None, max_rank: int | None = None) -> ServeSet:

@@ -41,7 +41,7 @@ class AdapterSwitcher:
             set_active_adapter(self.model, name)
             return name, record
         folder = self.registry.fetch(record.task, record.version)
-        kind = str(read_peft_config(folder).get("task_type"))
+        kind = str(read_peft_config(folder).task_type)
         labels = read_labels(folder)
         if self.model is None:
             self._load_base(record, kind, labels)

@@ -15,9 +15,9 @@ MLflow (`serve_with: any`).
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from lora_core.peft_format import a_factor
+from lora_core.peft_format import PeftConfig, a_factor
 from lora_core.safetensors_io import read_header
 
 from .errors import RegistryError
@@ -63,14 +63,10 @@ class NotServableError(RegistryError):
 class AdapterTraits:
     """What the engines look at: adapter_config.json, the adapted modules' leaf names, and the base."""
 
-    config: dict[str, Any]
+    config: PeftConfig
     modules: frozenset[str] | None  # None when not known yet (a regex target before training)
     model_type: str | None  # the base's config.json model_type
     base_name: str  # the registered base's name: what the engine is started with
-
-
-def max_rank(config: dict[str, Any]) -> int:
-    return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
 
 
 def check_engine_rules(engine: str, adapter: AdapterTraits, where: str) -> None:
@@ -86,21 +82,21 @@ def check_engine_rules(engine: str, adapter: AdapterTraits, where: str) -> None:
             f"{where}: {name} will not load this adapter: {rule}; {fix}, or set promotion.serve_with: any"
         )
 
-    if config.get("task_type") != "CAUSAL_LM":
+    if config.task_type != "CAUSAL_LM":
         refuse(
-            f"task_type is {config.get('task_type')!r}, and {name} serves adapters of causal LMs only",
+            f"task_type is {config.task_type!r}, and {name} serves adapters of causal LMs only",
             "ship a classifier merged (promotion.mode: merged) or through MLflow",
         )
-    if config.get("modules_to_save"):
+    if config.modules_to_save:
         refuse(
-            f"modules_to_save {config['modules_to_save']} (full copies of modules) is not supported",
+            f"modules_to_save {config.modules_to_save} (full copies of modules) is not supported",
             "train without lora.modules_to_save",
         )
-    if config.get("use_dora"):
+    if config.use_dora:
         refuse("DoRA adapters are not supported", "train without DoRA")
-    if config.get("bias", "none") != "none":
-        refuse(f"bias {config['bias']!r} is not supported", "train with bias: none")
-    rank = max_rank(config)
+    if config.bias != "none":
+        refuse(f"bias {config.bias!r} is not supported", "train with bias: none")
+    rank = config.max_rank
     if engine == "vllm" and rank > VLLM_MAX_LORA_RANKS[-1]:
         refuse(
             f"rank {rank} is above the largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]})",
@@ -119,9 +115,9 @@ def check_engine_rules(engine: str, adapter: AdapterTraits, where: str) -> None:
             f"{adapter.model_type} ({', '.join(sorted(supported))})",
             "target only those",
         )
-    if config.get("base_model_name_or_path") != adapter.base_name:
+    if config.base_model_name_or_path != adapter.base_name:
         refuse(
-            f"base_model_name_or_path {config.get('base_model_name_or_path')!r} is not the base it is started "
+            f"base_model_name_or_path {config.base_model_name_or_path!r} is not the base it is started "
             f"with ({adapter.base_name!r})",
             "save the adapter with base_model_name_or_path set to the base's name",
         )

@@ -5,7 +5,8 @@ import math
 import re
 from pathlib import Path
 
-from lora_core.model_files import read_json_object
+from lora_core.errors import LoraError
+from lora_core.peft_format import read_peft_config
 
 from .errors import RegistryError
 from .fingerprint import CONFIG_FILE
@@ -23,15 +24,12 @@ def adapter_summary(folder: Path) -> tuple[LoraSummary, str | None]:
             f"{folder}: missing {', '.join(missing)}; pass a folder written by save_adapter (PEFT format)"
         )
     try:
-        config = read_json_object(folder / ADAPTER_FILES[0], "re-save it with save_adapter")
-        if config.get("peft_type") != "LORA":
-            raise ValueError(f"peft_type is {config.get('peft_type')!r}")
-        lora = LoraSummary(r=config["r"], alpha=config["lora_alpha"], targets=config["target_modules"])
-        return lora, config.get("task_type")
-    except (ValueError, KeyError, TypeError) as e:
-        raise RegistryError(
-            f"{folder / ADAPTER_FILES[0]}: not a LoRA adapter config ({e}); re-save it with save_adapter"
-        ) from None
+        config = read_peft_config(folder)
+    except LoraError as e:
+        raise RegistryError(str(e)) from None
+    if not config.target_modules:
+        raise RegistryError(f"{folder / ADAPTER_FILES[0]}: names no target_modules; re-save it with save_adapter")
+    return LoraSummary(r=config.r, alpha=config.lora_alpha, targets=config.target_modules), config.task_type
 
 
 def check_inputs(

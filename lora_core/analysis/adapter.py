@@ -13,7 +13,6 @@ from ..peft_format import (
     a_factor,
     factor_keys,
     is_factor,
-    lora_config_from_peft,
     read_adapter_tensors,
     read_peft_config,
     write_adapter,
@@ -57,8 +56,8 @@ class Adapter:
 def read_adapter(path: str | Path) -> Adapter:
     """Load a PEFT-format adapter folder as factors (no model needed)."""
     folder = Path(path)
-    raw = read_peft_config(folder)
-    config = lora_config_from_peft(raw, folder / CONFIG_FILE)
+    peft = read_peft_config(folder)
+    config = peft.lora_config(folder / CONFIG_FILE)
     tensors = read_adapter_tensors(folder)
     modules, extra = {}, {}
     for key, value in tensors.items():
@@ -79,8 +78,8 @@ def read_adapter(path: str | Path) -> Adapter:
         config,
         dict(sorted(modules.items())),
         extra,
-        bool(raw.get("fan_in_fan_out")),
-        raw.get("base_model_name_or_path"),
+        peft.fan_in_fan_out,
+        peft.base_model_name_or_path,
     )
 
 

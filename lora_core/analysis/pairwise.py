@@ -30,7 +30,7 @@ import torch
 
 from ..errors import AdapterMismatchError, LoraError
 from ..model_files import open_regular
-from ..peft_format import CONFIG_FILE, WEIGHTS_FILE, a_factor, lora_config_from_peft, read_peft_config
+from ..peft_format import CONFIG_FILE, WEIGHTS_FILE, a_factor, read_peft_config
 from ..safetensors_io import TensorEntry, read_header, read_tensor
 
 BUDGET_BYTES = 64 * 2**20  # stacked bases of one chunk of modules
@@ -87,7 +87,7 @@ def _index(folders: Sequence[str | Path]) -> tuple[list[Path], dict[str, list[_F
     files: list[Path] = []
     modules: dict[str, list[_Factor]] = {}
     for i, folder in enumerate(map(Path, folders)):
-        lora_config_from_peft(read_peft_config(folder), folder / CONFIG_FILE)  # a LoRA adapter, or a clear error
+        read_peft_config(folder).lora_config(folder / CONFIG_FILE)  # a LoRA adapter, or a clear error
         file = folder / WEIGHTS_FILE
         if not os.path.lexists(file):
             raise LoraError(f"{folder} has no {WEIGHTS_FILE}; point at the folder save_adapter() wrote")

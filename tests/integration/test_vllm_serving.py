@@ -218,11 +218,9 @@ def rename_module(folder: Path, old: str, new: str) -> None:
 
 
 def ours_refuses(folder: Path, max_lora_rank: int) -> str | None:
-    from registry.engines import max_rank
-
     config = read_peft_config(folder)
-    if max_rank(config) > max_lora_rank:  # what serve and promote check against the live engine
-        return f"rank {max_rank(config)} > {max_lora_rank}"
+    if config.max_rank > max_lora_rank:  # what serve and promote check against the live engine
+        return f"rank {config.max_rank} > {max_lora_rank}"
     try:
         check_engine_rules("vllm", AdapterTraits(config, adapted_modules(folder), "llama", BASE_NAME), "case")
     except NotServableError as e:

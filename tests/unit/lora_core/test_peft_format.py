@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from lora_core import AdapterMismatchError, LoraConfig, LoraError, UnsafeFormatError, inject, load_adapter, save_adapter
 from lora_core.inject import lora_layers
+from lora_core.peft_format import read_peft_config
 
 INTEROP = ["bert", "gpt2", "llama", "mlp"]
 
@@ -57,7 +58,8 @@ def test_saved_files_follow_peft_names_and_config(tmp_path):
         "alpha_pattern": {},
     }
     assert {k: config[k] for k in expected} == expected
-    assert not any(k.startswith("loraops") for k in config)
+    written = expected.keys() | {"task_type", "lora_dropout", "init_lora_weights", "inference_mode"}
+    assert set(config) == written  # no key an older PEFT would not know (use_dora, lora_bias)
 
 
 @pytest.mark.parametrize(
@@ -158,6 +160,8 @@ def test_unsupported_peft_variants_are_refused(tmp_path):
     [
         ({"r": 0}, "r=0: the rank must be a positive integer"),
         ({"target_modules": None}, "target_modules"),
+        ({"r": "four"}, "adapter_config.json: r: Input should be a valid integer"),
+        ({"peft_type": "IA3"}, "peft_type 'IA3' is not LORA"),
     ],
 )
 def test_damaged_config_is_refused_with_the_cause(tmp_path, damage, match):
@@ -166,3 +170,16 @@ def test_damaged_config_is_refused_with_the_cause(tmp_path, damage, match):
     (tmp_path / "adapter_config.json").write_text(json.dumps(config | damage))
     with pytest.raises(AdapterMismatchError, match=match):
         load_adapter(build("mlp"), tmp_path)
+
+
+def test_nulls_and_keys_of_newer_peft_versions_read_as_peft_reads_them(tmp_path):
+    """PEFT writes null for an unset pattern or flag, and each version adds keys: both load."""
+    model = trained("mlp")
+    save_adapter(model, tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    nulls = {"rank_pattern": None, "alpha_pattern": None, "use_dora": None, "use_rslora": None, "lora_bias": None}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config | nulls | {"layer_replication": None, "x": 1}))
+    read = read_peft_config(tmp_path)
+    assert read.rank_pattern == {} and not read.use_dora and read.max_rank == 4 and read.as_json()["x"] == 1
+    x = inputs("mlp")
+    assert rel_diff(output(load_adapter(build("mlp"), tmp_path), x), output(model, x)) < 1e-6

@@ -10,6 +10,7 @@ import pytest
 from conftest import build, randomize_b
 
 from lora_core import LoraConfig, inject, save_adapter
+from lora_core.peft_format import PeftConfig
 from pipelines.cli.main import main
 from registry import AdapterRegistry, RegistrySettings
 from registry.engines import AdapterTraits, NotServableError, check_engine_rules, max_lora_rank
@@ -29,7 +30,7 @@ VALID = {
 
 
 def adapter(config: dict | None = None, modules=("q_proj", "v_proj"), model_type="llama") -> AdapterTraits:
-    return AdapterTraits({**VALID, **(config or {})}, frozenset(modules), model_type, "org/llama")
+    return AdapterTraits(PeftConfig(**VALID | (config or {})), frozenset(modules), model_type, "org/llama")
 
 
 @pytest.mark.parametrize("engine", ["vllm", "lorax", "tgi"])

@@ -149,7 +149,7 @@ def test_lineage_is_typed_and_names_a_base_it_cannot_find(registered):
         (lambda a: (a["adapter"] / "adapter_model.safetensors").unlink(), "missing adapter_model.safetensors"),
         (
             lambda a: (a["adapter"] / "adapter_config.json").write_text('{"peft_type": "IA3"}'),
-            "not a LoRA adapter config",
+            "peft_type 'IA3' is not LORA; only LoRA adapters load here",
         ),
         (lambda a: (a["merged"] / "config.json").unlink(), "merged model needs config.json"),
     ],
