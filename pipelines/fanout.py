@@ -32,7 +32,7 @@ from uuid import UUID
 from registry.errors import ServerUnavailable
 
 from .errors import DataError, SpecError
-from .spec import TaskSpec
+from .spec import SearchSpec, TaskSpec
 
 DEFAULT_POOL = "loraops-cpu"
 ROOTS_VARIABLE = "LORAOPS_SHARED_ROOTS"
@@ -215,13 +215,15 @@ def check_pool_tasks(name: str, specs: Sequence[TaskSpec]) -> CheckedPool:
     return CheckedPool(pool, view)
 
 
-def submit(pool: str, specs: Sequence[TaskSpec], parameters: Mapping[str, Any] | None = None) -> list[Submitted]:
-    """One flow run per task on `pool`, from the pool's deployment (created or updated here), with `parameters`
-    beside the task file's path. If a submission fails, the runs already submitted are cancelled: a call submits
-    all its tasks or none."""
+def submit(
+    pool: str, specs: Sequence[TaskSpec], search: SearchSpec | None = None, run_id: str | None = None
+) -> list[Submitted]:
+    """One train_adapter flow run per task on `pool`, from the pool's deployment (created or updated here); `search`
+    and `run_id` as train_adapter takes them. If a submission fails, the runs already submitted are cancelled: a
+    call submits all its tasks or none."""
     from prefect.client.orchestration import get_client
 
-    from .flows import train_adapter
+    from .flows import TrainParameters, train_adapter
 
     deployment_id = UUID(apply_deployment(pool, train_adapter, deployment_name(pool)))
     submitted: list[Submitted] = []
@@ -231,7 +233,7 @@ def submit(pool: str, specs: Sequence[TaskSpec], parameters: Mapping[str, Any] |
             for spec in specs:
                 run = client.create_flow_run_from_deployment(
                     deployment_id,
-                    parameters={"spec_path": str(spec.source), **(parameters or {})},
+                    parameters=TrainParameters(spec_path=str(spec.source), search=search, run_id=run_id).sent(),
                     tags=["loraops", spec.task],
                 )
                 submitted.append(Submitted(spec.task, str(spec.source), str(run.id)))

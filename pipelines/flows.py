@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prefect import flow
+from pydantic import BaseModel, ConfigDict
 
 from registry import AdapterRegistry, BaseRecord, RegistrySettings
 from registry.faults import network_defaults
@@ -141,6 +142,33 @@ def set_up(spec_path: str, prepared: PreparedData | None, search: SearchSpec | N
         data_artifact(spec, prepared)
     base_path, base = register_task_base(registry, spec.base)
     return Ground(spec, settings, registry, prepared, base_path, base, work, threads)
+
+
+class FlowParameters(BaseModel):
+    """A flow run's parameters as a caller submits them to a deployment (JSON; Prefect validates them against the
+    flow's signature on the worker): typed here so that a misspelt or missing one fails where it is built."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def sent(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class TrainParameters(FlowParameters):
+    """train_adapter's (a pool run prepares its own data: no `prepared`)."""
+
+    spec_path: str
+    search: SearchSpec | None = None
+    run_id: str | None = None
+
+
+class TrialParameters(FlowParameters):
+    """search_trial's."""
+
+    spec_path: str
+    search: SearchSpec
+    trial: int
+    parent_run_id: str
 
 
 @flow(name="train_adapter", flow_run_name=run_name, log_prints=True)

@@ -79,7 +79,7 @@ def search_on_pool(
     study, or when none completed."""
     from prefect.client.orchestration import get_client
 
-    from .flows import search_trial
+    from .flows import TrialParameters, search_trial
 
     opened = open_study(plan, spec.training.seed, heartbeat=False)
     study = opened.study
@@ -93,11 +93,12 @@ def search_on_pool(
                 while len(flying) < room and room_in_budget(study, search, flying):
                     trial = study.ask()
                     params = suggest(trial, search)
-                    parameters: dict[str, Any] = {"spec_path": str(spec.source), "trial": trial.number}
-                    parameters |= {"search": search.model_dump(mode="json"), "parent_run_id": parent_run_id}
+                    sent = TrialParameters(
+                        spec_path=str(spec.source), search=search, trial=trial.number, parent_run_id=parent_run_id
+                    )
                     try:
                         run = client.create_flow_run_from_deployment(
-                            deployment, parameters=parameters, tags=["loraops", spec.task, "trial"]
+                            deployment, parameters=sent.sent(), tags=["loraops", spec.task, "trial"]
                         )
                     except BaseException:
                         fail(opened, trial.number)  # asked for, never submitted

@@ -90,7 +90,7 @@ def tune_on_pool(spec: TaskSpec, search: SearchSpec, settings: RegistrySettings,
     print_(f"{spec.task}: study {plan.name}: trials on work pool {pool_name}, {room} at once (MLflow run {run_id})")
     try:
         print_(summary_line(spec.task, search_on_pool(spec, pinned, plan, pool_name, room, run_id, print_)))
-        submitted = submit(pool_name, [spec], {"search": pinned.model_dump(mode="json"), "run_id": run_id})
+        submitted = submit(pool_name, [spec], pinned, run_id)
     except BaseException as e:
         end_parent(registry.runs, run_id, e)
         raise

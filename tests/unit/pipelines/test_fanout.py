@@ -185,3 +185,21 @@ def test_plain_lines_come_on_a_change_of_state_or_step_only():
     row.state, row.state_type = "Completed", "COMPLETED"
     show([row])
     assert lines == ["t: Submitted", "t: Running at train, loss 0.700", "t: Completed, loss 0.400"]
+
+
+def test_the_parameters_a_caller_sends_are_what_the_flows_take():
+    """Prefect checks a flow run's parameters against the flow's signature on the worker: what the pool submits
+    must pass that check, each value coming back as the type the flow takes."""
+    from pipelines.flows import TrainParameters, TrialParameters, search_trial, train_adapter
+    from pipelines.spec import SearchSpec
+
+    search = SearchSpec(trials=3, space={"lr": (1e-4, 1e-2)}, study="s")
+    sent = TrainParameters(spec_path="t.yaml", search=search, run_id="r1").sent()
+    checked = {"spec_path": "t.yaml", "prepared": None, "search": search, "run_id": "r1"}
+    assert train_adapter.validate_parameters(sent) == checked
+    alone = train_adapter.validate_parameters(TrainParameters(spec_path="t.yaml").sent())
+    assert alone == checked | {"search": None, "run_id": None}
+    trial = TrialParameters(spec_path="t.yaml", search=search, trial=4, parent_run_id="r1").sent()
+    assert search_trial.validate_parameters(trial)["search"] == search
+    with pytest.raises(ValueError, match="run_idd"):
+        TrainParameters(spec_path="t.yaml", run_idd="r1")  # a misspelt one fails where it is built
