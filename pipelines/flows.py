@@ -26,7 +26,7 @@ from .lifecycle import RunLifecycle
 from .models import register_task_base
 from .preflight import preflight
 from .results import FlowResult, PreparedData, ProductionVersion, SearchSummary, TrainedAdapter, TrialOutcome
-from .search import run_asked_trial, run_search, search_tags, trial_task
+from .search import refit_spec, run_asked_trial, run_search, search_tags, trial_task
 from .spec import SearchSpec, TaskSpec
 from .study import check_study, plan_study
 from .task_files import load_spec, searched
@@ -207,7 +207,15 @@ def run_task(
         run.at("search")
         found = run_search(spec, search, plan, ground.for_trials(run_id), trial_task)
         registry.runs.log_params(run_id, {f"search.best.{k}": f"{v:g}" for k, v in found.summary.best_params.items()})
-        return run_steps(ground, found.spec, run, found.trained, found.summary)
+        refit = refit_spec(found.spec, search)
+        if refit is None:
+            return run_steps(ground, found.spec, run, found.trained, found.summary)
+        run.at("prepare")  # the same files, the validation split folded back into training
+        prepared = prepare_data_task(refit, str(ground.work), key=ground.key(source_key(refit, registry)))
+        tracking.log_data(registry.runs, run_id, spec.task, prepared)
+        print(f"{spec.task}: refit: the best trial's settings on all {prepared.train} training examples")
+        summary = found.summary.model_copy(update={"refit": True})
+        return run_steps(ground._replace(prepared=prepared), refit, run, None, summary)
 
 
 def trial_run_name() -> str:

@@ -139,6 +139,7 @@ class SearchSummary(Result):
     best_trial: int
     best_value: float
     best_params: dict[str, float]
+    refit: bool = False  # the version shipped is the best trial's settings trained again on all the training data
 
 
 class FlowResult(Result):

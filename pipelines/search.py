@@ -177,4 +177,14 @@ def search_tags(summary: SearchSummary) -> dict[str, str]:
         "loraops.search.best_trial": str(summary.best_trial),
         f"loraops.search.best_val_{summary.metric}": f"{summary.best_value:.6g}",
         "loraops.search.best_params": json.dumps(summary.best_params, sort_keys=True),
+        "loraops.search.refit": str(summary.refit).lower(),
     }
+
+
+def refit_spec(spec: TaskSpec, search: SearchSpec) -> TaskSpec | None:
+    """The best trial's settings (`spec`) as a refit trains them: on all the training data, for the same epochs or
+    steps; None where the trial's own adapter ships (refit off, or a selection that chooses a pass on the split)."""
+    t = spec.training
+    if not search.refit or t.selection != "average" or t.patience is not None:
+        return None
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"validation_fraction": 0.0})})

@@ -101,6 +101,12 @@ class SearchSpec(Strict):
         {"lr": (2e-4, 2e-2), "r": (4.0, 32.0), "epochs": (2.0, 10.0)},
         description="parameter -> [low, high]: lr, r, alpha (log scale), epochs; r alone keeps alpha/r as set",
     )
+    refit: bool = Field(
+        True,
+        description="after the search, train the best trial's settings once more on all the training data (the "
+        "validation split folded back in) and ship that; false ships the best trial's own adapter. With "
+        "training.selection best or smoothed, or patience, the trial's adapter ships (they choose on the split)",
+    )
     study: str | None = Field(None, description="the Optuna study's name; default <task>-<base>-<data digest>")
     storage: str | None = Field(
         None,

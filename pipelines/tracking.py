@@ -36,19 +36,25 @@ def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData,
         {
             "loraops.task": spec.task,
             "loraops.base.fingerprint": base.fingerprint,
-            "loraops.dataset.fingerprint": prepared.digest,
             "loraops.code.version": code_version(),
         },
     )
     runs.log_params(run_id, flatten(spec.model_dump(mode="json", exclude={"source"})))
+    log_data(runs, run_id, spec.task, prepared)
+    return run_id
+
+
+def log_data(runs: RunTracking, run_id: str, task: str, prepared: PreparedData) -> None:
+    """The run's dataset (an MLflow dataset input) and its fingerprint tag: at the start, and again for a refit, which
+    trains on other splits of the same files than the search did."""
+    runs.set_tags(run_id, {"loraops.dataset.fingerprint": prepared.digest})
     runs.log_dataset(
         run_id,
-        f"{spec.task}-data",
+        f"{task}-data",
         prepared.digest[:36],
         prepared.source,
         {"train": prepared.train, "validation": prepared.validation, "test": prepared.test, "labels": prepared.labels},
     )
-    return run_id
 
 
 def log_threads(runs: RunTracking, run_id: str, threads: Threads) -> None:

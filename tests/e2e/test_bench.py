@@ -155,5 +155,6 @@ def test_quick_tuning_ships_a_searched_version_beside_a_default_run(tmp_path):
     assert row["tune"]["complete"] + row["tune"]["pruned"] == 2 and set(row["tune"]["best_params"]) == {"lr"}
     assert all(0 <= row[kind]["accuracy"] <= 1 and row[kind]["seconds"] > 0 for kind in ("run", "tune"))
     assert row["run"]["validation"] is None and 0 <= row["tune"]["validation"] <= 1  # a search holds a split out
+    assert row["tune"]["refit"]  # and ships its best settings trained again on all the data
     table = (tmp_path / "TUNING.md").read_text()
     assert "| server-sections |" in table and f"{100 * row['tune']['accuracy'] - 50:+.1f} |" in table

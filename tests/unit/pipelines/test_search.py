@@ -16,7 +16,7 @@ from pipelines.cli.main import main
 from pipelines.errors import SearchFailed, SpecError, StudyError
 from pipelines.follow import Progress
 from pipelines.pool_search import Flying, landed, room_in_budget
-from pipelines.search import SMALL_VALIDATION, defaults_first, noise_line, run_asked_trial, run_search
+from pipelines.search import SMALL_VALIDATION, defaults_first, noise_line, refit_spec, run_asked_trial, run_search
 from pipelines.spec import SearchSpec
 from pipelines.study import StudyPlan, check_study, open_study, plan_study
 from pipelines.task_files import load_spec, searched
@@ -113,6 +113,39 @@ def test_trials_keep_alpha_over_r_unless_alpha_is_searched(tmp_path):
     assert (one.lora.r, one.lora.alpha, one.training.lr) == (16, 32.0, 1e-3)
     assert (one.training.epochs, one.training.max_steps, one.training.search) == (3, None, None)
     assert trial_spec(spec, {"r": 16, "alpha": 4}).lora.alpha == 4
+
+
+@pytest.mark.parametrize(
+    "training, search, refits",
+    [
+        ({}, {}, True),
+        ({}, {"refit": False}, False),
+        ({"selection": "best"}, {}, False),  # chooses a pass on the split: the trial's adapter ships
+        ({"selection": "smoothed", "patience": 2}, {}, False),
+    ],
+)
+def test_the_best_trials_settings_train_again_on_all_the_data_unless_a_pass_is_chosen(
+    tmp_path, training, search, refits
+):
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "task": "t",
+                "type": "classification",
+                "data": {"path": "d.jsonl"},
+                "training": training | {"search": search | {"trials": 3}},
+            }
+        )
+    )
+    spec = load_spec(path)
+    best = trial_spec(spec, {"lr": 1e-3, "r": 16, "epochs": 3})
+    refit = refit_spec(best, spec.training.search)
+    assert (refit is not None) == refits
+    if refit:
+        assert refit.data.validation_fraction == 0 and spec.data.validation_fraction == 0.1
+        assert refit.training == best.training and refit.lora == best.lora  # the trial's settings, its epochs
+        assert refit.model_dump(exclude={"data"}) == best.model_dump(exclude={"data"})
 
 
 def test_a_study_name_of_another_task_or_space_is_refused_before_any_trial(tmp_path, embedded_home):
