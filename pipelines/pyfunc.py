@@ -10,7 +10,6 @@ was registered from (or the packaged default base); refuses a base whose weight 
 adapter was trained on; and merges the adapter into it (W = W0 + s·B·A, then plain layers).
 """
 
-import json
 import os
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 from lora_core import load_adapter, merge_and_unload
 from registry import BaseMismatchError, RegistrySettings, fingerprint_weights
 from registry.digests import DigestCache
-from registry.mlflow_model import DESCRIPTION
+from registry.mlflow_model import DESCRIPTION, ModelDescription
 
 from .adapter_files import read_labels, trained_with_chat_template
 from .models import load_model, locate_base
@@ -28,25 +27,26 @@ from .serving import classify, complete
 
 def _load_pyfunc(data_path: str, model_config: dict | None = None) -> "TaskModel":
     """MLflow's entry point: `data_path` is <model>/data/loraops; the weights are in <model>/adapter and merged."""
-    description = json.loads((Path(data_path) / DESCRIPTION).read_text())
+    description = ModelDescription.model_validate_json((Path(data_path) / DESCRIPTION).read_text())
     base_path = (model_config or {}).get("base_path") or os.environ.get("LORAOPS_BASE_PATH")
-    return TaskModel(Path(data_path).parents[1], description["kind"], description["base"], base_path)
+    return TaskModel(Path(data_path).parents[1], description, base_path)
 
 
 class TaskModel:
-    def __init__(self, root: Path, kind: str, base: dict[str, str], base_path: str | None = None):
+    def __init__(self, root: Path, description: ModelDescription, base_path: str | None = None):
+        kind, base = description.kind, description.base
         self.kind = kind
         self.labels = read_labels(root / "adapter")
         self.chat = trained_with_chat_template(root / "adapter")
         if (root / "merged").is_dir():
             self.model, self.tokenizer = load_model(root / "merged", kind, self.labels)
             return
-        path = Path(base_path) if base_path else locate_base(base["name"], base["source"])
+        path = Path(base_path) if base_path else locate_base(base.name, base.source)
         cache = DigestCache(RegistrySettings.from_env().digests) if "LORAOPS_HOME" in os.environ else None
         actual = fingerprint_weights(path, cache)
-        if actual != base["fingerprint"]:
+        if actual != base.fingerprint:
             raise BaseMismatchError(
-                f"this adapter was trained on {base['name']} (fingerprint {base['fingerprint'][:12]}), but {path} has "
+                f"this adapter was trained on {base.name} (fingerprint {base.fingerprint[:12]}), but {path} has "
                 f"fingerprint {actual[:12]}; load it with model_config={{'base_path': <folder of that base>}} "
                 f"or LORAOPS_BASE_PATH"
             )

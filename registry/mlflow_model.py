@@ -10,11 +10,12 @@ adapter-only version never copies its base into MLflow.
 
 import importlib.metadata
 import importlib.util
-import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from .errors import RegistryError
 from .records import BaseRecord
@@ -25,7 +26,16 @@ if TYPE_CHECKING:  # mlflow.models is imported when a model is written, not with
 MODEL_DIR = "model"  # run-relative folder of the MLflow Model
 DESCRIPTION = "description.json"  # in data/loraops/, the pyfunc flavour's data folder
 PACKAGES = ("lora_core", "registry")  # shipped in code/, with the loader module's package
-KINDS = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
+Kind = Literal["classification", "causal-lm"]
+KINDS: dict[str, Kind] = {"SEQ_CLS": "classification", "CAUSAL_LM": "causal-lm"}
+
+
+class ModelDescription(BaseModel):
+    """description.json: what the pyfunc loader needs beside the weights, the task's kind and the base it needs."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: Kind
+    base: BaseRecord
 
 
 def signature(kind: str) -> "ModelSignature":
@@ -76,7 +86,7 @@ def write_model(
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "loraops"
         data.mkdir()
-        (data / DESCRIPTION).write_text(json.dumps({"kind": kind, "base": base.model_dump()}, indent=1))
+        (data / DESCRIPTION).write_text(ModelDescription(kind=kind, base=base).model_dump_json(indent=1))
         packages = dict.fromkeys([*PACKAGES, loader_module.split(".")[0]])
         code = [_copy_package(name, Path(tmp) / "code") for name in packages]
         mlflow.pyfunc.save_model(
