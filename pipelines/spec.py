@@ -64,7 +64,20 @@ class DataSpec(Strict):
 
 
 class LoraSpec(LoraConfig):
-    """The adapter (lora_core.LoraConfig: r, alpha, target_modules, ...) plus how its factors train."""
+    """The adapter (lora_core.LoraConfig: r, alpha, target_modules, ...) plus how its factors train. A task's rank
+    defaults to 32 (lora_core's own default is PEFT's 8) and alpha to 2 × r, so the update's scale s = alpha / r is 2
+    whatever rank a task file gives: docs/quality.md."""
+
+    r: int = Field(32, description="rank of the update")
+    alpha: float = Field(64.0, description="scale numerator: s = alpha / r; default 2 x r (s = 2 at any rank)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alpha_follows_r(cls, raw):
+        r = raw.get("r") if isinstance(raw, dict) else None
+        if isinstance(r, int) and not isinstance(r, bool) and "alpha" not in raw:
+            return {**raw, "alpha": 2.0 * r}
+        return raw
 
     lr_ratio: float = Field(
         1.0,
@@ -160,7 +173,7 @@ class TrainingSpec(Strict):
     grad_accumulation: int = Field(
         1, gt=0, le=MAX_BATCH, description="batches whose gradients add up to one optimizer step"
     )
-    lr: float = Field(2e-3, gt=0, description="AdamW; LoRA wants about 10x the rate of full fine-tuning")
+    lr: float = Field(1e-3, gt=0, description="AdamW; LoRA wants about 10x the rate of full fine-tuning")
     warmup_fraction: float = Field(
         0.1,
         ge=0,
