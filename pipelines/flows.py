@@ -212,6 +212,7 @@ def run_task(
             return run_steps(ground, found.spec, run, found.trained, found.summary)
         run.at("prepare")  # the same files, the validation split folded back into training
         prepared = prepare_data_task(refit, str(ground.work), key=ground.key(source_key(refit, registry)))
+        registry.runs.set_tags(run_id, {"loraops.dataset.fingerprint": prepared.digest})  # the data it ships from
         tracking.log_data(registry.runs, run_id, spec.task, prepared)
         print(f"{spec.task}: refit: the best trial's settings on all {prepared.train} training examples")
         summary = found.summary.model_copy(update={"refit": True})

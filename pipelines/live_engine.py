@@ -79,10 +79,10 @@ def check_live_rank(registry: AdapterRegistry, task: str, version: str | int) ->
     live = find_live(registry.settings.home, record.base_fingerprint)
     if live is None or not running(live):
         return False
-    folder = registry.fetch(record.task, record.version)
-    if not is_causal_lm(folder):
+    config = read_peft_config(registry.fetch(record.task, record.version))
+    if config.task_type != "CAUSAL_LM":
         return False
-    rank = read_peft_config(folder).max_rank
+    rank = config.max_rank
     if rank > live.max_lora_rank:
         raise ServeError(
             f"{record.task} v{record.version} has rank {rank}, above the --max-lora-rank {live.max_lora_rank} of the "

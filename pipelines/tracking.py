@@ -36,6 +36,7 @@ def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData,
         {
             "loraops.task": spec.task,
             "loraops.base.fingerprint": base.fingerprint,
+            "loraops.dataset.fingerprint": prepared.digest,
             "loraops.code.version": code_version(),
         },
     )
@@ -45,9 +46,8 @@ def start_run(registry: AdapterRegistry, spec: TaskSpec, prepared: PreparedData,
 
 
 def log_data(runs: RunTracking, run_id: str, task: str, prepared: PreparedData) -> None:
-    """The run's dataset (an MLflow dataset input) and its fingerprint tag: at the start, and again for a refit, which
-    trains on other splits of the same files than the search did."""
-    runs.set_tags(run_id, {"loraops.dataset.fingerprint": prepared.digest})
+    """The run's dataset (an MLflow dataset input): at the start, and again for a refit, which trains on other
+    splits of the same files than the search did."""
     runs.log_dataset(
         run_id,
         f"{task}-data",
