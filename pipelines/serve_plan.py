@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from lora_core.peft_format import WEIGHTS_FILE, read_peft_config
+from lora_core.peft_format import WEIGHTS_FILE, PeftConfig, read_peft_config
 from registry import AdapterRegistry, RegistryError, VersionRecord
 from registry.engines import max_lora_rank
 from registry.s3 import is_s3_uri
@@ -117,8 +117,9 @@ def in_production(registry: AdapterRegistry, task: str | None, base: str | None)
     return records
 
 
-def placed(record: VersionRecord, folder: Path, lora_dir: str) -> ServedAdapter:
-    """Where the engine host reads the adapter: an S3 copy synced to <lora_dir>/<task>, a local copy where it is."""
+def placed(record: VersionRecord, folder: Path, config: PeftConfig, lora_dir: str) -> ServedAdapter:
+    """Where the engine host reads the adapter: an S3 copy synced to <lora_dir>/<task>, a local copy where it is;
+    `config`: the folder's adapter_config.json."""
     uri = record.promoted["adapter"]
     path, fetch = uri, None
     if is_s3_uri(uri):
@@ -131,7 +132,7 @@ def placed(record: VersionRecord, folder: Path, lora_dir: str) -> ServedAdapter:
         uri=uri,
         path=path,
         fetch=fetch,
-        rank=read_peft_config(folder).max_rank,
+        rank=config.max_rank,
         bytes=size_bytes,
     )
 
@@ -161,8 +162,9 @@ def plan(registry: AdapterRegistry, engine: str, task: str | None, base: str | N
             )
             continue
         folder = registry.fetch(record.task, record.version)
-        registry.check_servable(record, engine, folder)
-        adapters[record.base_fingerprint].append(placed(record, folder, lora_dir))
+        config = read_peft_config(folder)
+        registry.check_servable(record, engine, folder, config)
+        adapters[record.base_fingerprint].append(placed(record, folder, config, lora_dir))
     groups = []
     for fingerprint, served in adapters.items():
         sizing = size(served) if served else None

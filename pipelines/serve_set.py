@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from lora_core.peft_format import read_peft_config
+from lora_core.peft_format import PeftConfig, read_peft_config
 from registry import AdapterRegistry, VersionRecord
 from registry.engines import VLLM_MAX_LORA_RANKS, max_lora_rank
 
@@ -60,12 +60,14 @@ def production_on_base(registry: AdapterRegistry, base: str | None) -> list[Vers
     return records
 
 
-def local_adapter(registry: AdapterRegistry, record: VersionRecord, base_path: Path, folder: Path) -> LocalAdapter:
-    """The adapter's verified local copy `folder` (registry.fetch: from the promotion store), checked against the
-    base's weights and vLLM's loading rules."""
+def local_adapter(
+    registry: AdapterRegistry, record: VersionRecord, base_path: Path, folder: Path, config: PeftConfig
+) -> LocalAdapter:
+    """The adapter's verified local copy `folder` (registry.fetch: from the promotion store; `config` its
+    adapter_config.json), checked against the base's weights and vLLM's loading rules."""
     registry.check_base(record, base_path)
-    registry.check_servable(record, ENGINE, folder)
-    return LocalAdapter(adapter=placed(record, folder, str(folder.parent)), folder=folder)
+    registry.check_servable(record, ENGINE, folder, config)
+    return LocalAdapter(adapter=placed(record, folder, config, str(folder.parent)), folder=folder)
 
 
 def is_causal_lm(folder: Path) -> bool:
@@ -97,13 +99,14 @@ def serve_set(registry: AdapterRegistry, base: str | None, max_rank: int | None 
             )
             continue
         folder = registry.fetch(record.task, record.version)
-        if not is_causal_lm(folder):
+        config = read_peft_config(folder)
+        if config.task_type != "CAUSAL_LM":
             not_served.append(
                 f"{record.task} v{record.version} is a classifier: serve it with "
                 f"`mlflow models serve -m models:/{record.task}@production` (vLLM generates text)"
             )
             continue
-        adapters.append(local_adapter(registry, record, base_path, folder))
+        adapters.append(local_adapter(registry, record, base_path, folder, config))
     if not adapters:
         raise ServeError(
             f"base {found.name} has no causal-LM adapter in production for vLLM to serve ({'; '.join(not_served)})"

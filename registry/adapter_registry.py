@@ -10,6 +10,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from lora_core.peft_format import PeftConfig
+
 from .aliases import AliasBook, Drift
 from .digests import DigestCache
 from .errors import UnknownTaskError
@@ -154,9 +156,12 @@ class AdapterRegistry:
         done = promote_all(self.promotions, chosen, mode, target, jobs, reason, serve_with, drift)
         return sorted(skipped + done, key=lambda outcome: outcome.task)
 
-    def check_servable(self, record: VersionRecord, engine: str, folder: Path) -> None:
-        """Refuse (NotServableError) an adapter that `engine` would not load next to its base."""
-        self.promotions.check_servable(record, engine, folder)
+    def check_servable(
+        self, record: VersionRecord, engine: str, folder: Path, config: PeftConfig | None = None
+    ) -> None:
+        """Refuse (NotServableError) an adapter that `engine` would not load next to its base; `config`: the
+        folder's adapter_config.json when the caller has read it already."""
+        self.promotions.check_servable(record, engine, folder, config)
 
     def rollback(self, task: str, reason: str = "", drift: str | None = None) -> list[HistoryEvent]:
         """production <- previous-production; previous-production <- the version before that, if any.

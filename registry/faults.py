@@ -103,5 +103,32 @@ def server_message(error: BaseException, tracking_uri: str) -> str | None:
     )
 
 
+def login_message(error: BaseException, tracking_uri: str) -> str | None:
+    """One line for an MLflow server (its basic-auth app, or a gateway in front) that refused this client's login
+    (401) or this account's permission (403), or None if `error` is something else."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(error, MlflowException):
+        return None
+    if error.error_code == "UNAUTHENTICATED":
+        return (
+            f"the MLflow tracking server at {tracking_uri} refused the login (401); set MLFLOW_TRACKING_USERNAME and "
+            f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server"
+        )
+    if error.error_code == "PERMISSION_DENIED":
+        who = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        return (
+            f"the MLflow tracking server at {tracking_uri} refused {who or 'this client'} (403: "
+            f"{_answer(error.message)}); have an admin grant the permission, or log in as an account that has it"
+        )
+    return None
+
+
+def _answer(text: str) -> str:
+    """What the server said: the body MLflow's client quotes for a plain-text answer, else the first line."""
+    _, quoted, body = text.partition("Response body: '")
+    return (body.removesuffix("'") if quoted else text).splitlines()[0][:120]
+
+
 def _reason(text: str) -> str:
     return next((t for t in TRANSIENT_TEXT if t in text), text.splitlines()[0][:120])

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow.artifacts
 from mlflow import MlflowClient
 
-from lora_core.peft_format import read_peft_config
+from lora_core.peft_format import PeftConfig, read_peft_config
 
 from .aliases import AliasBook
 from .digests import DigestCache
@@ -144,11 +144,17 @@ class Promotions:
             events=events,
         )
 
-    def check_servable(self, record: VersionRecord, engine: str, folder: Path) -> None:
-        """Refuse (NotServableError) an adapter that `engine` would not load next to its base."""
+    def check_servable(
+        self, record: VersionRecord, engine: str, folder: Path, config: PeftConfig | None = None
+    ) -> None:
+        """Refuse (NotServableError) an adapter that `engine` would not load next to its base; `config`: the
+        folder's adapter_config.json when the caller has read it already."""
         base = self.catalog.find_base(record.base_fingerprint)
         traits = AdapterTraits(
-            read_peft_config(folder), adapted_modules(folder), base.model_type if base else None, record.base_name
+            config or read_peft_config(folder),
+            adapted_modules(folder),
+            base.model_type if base else None,
+            record.base_name,
         )
         check_engine_rules(engine, traits, f"{record.task} v{record.version}")
 

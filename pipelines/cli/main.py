@@ -335,14 +335,20 @@ def file_fault(error: BaseException) -> tuple[int, str] | None:
     return 1, f"{where}: {error.strerror or type(error).__name__}"
 
 
-def server_fault(error: BaseException) -> str | None:
-    """One line for an MLflow server that is down or failing, or None."""
+def server_fault(error: BaseException) -> tuple[int, str] | None:
+    """(exit code, line) for an MLflow server that is down or failing (1), or that refused the login or the
+    account's permission (2: the user's settings), or None."""
     if "mlflow.exceptions" not in sys.modules:
         return None
-    from registry.faults import server_message
+    from registry.faults import login_message, server_message
     from registry.settings import RegistrySettings
 
-    return server_message(error, RegistrySettings.from_env().tracking_uri)
+    uri = RegistrySettings.from_env().tracking_uri
+    if line := login_message(error, uri):
+        return 2, line
+    if line := server_message(error, uri):
+        return 1, line
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         code, message = exit_code(e), str(e).strip()
         if code is None and (fault := server_fault(e)):
-            code, message = 1, fault
+            code, message = fault
         if code is None and (failed := file_fault(e)):
             code, message = failed
         if code is None:

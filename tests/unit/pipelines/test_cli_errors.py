@@ -2,10 +2,12 @@
 inside a run or of a server, 130/143 for an interrupt; anything else is a bug and keeps its traceback."""
 
 import errno
+import http.server
 import importlib
 import inspect
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,58 @@ def test_help_and_version_answer_from_a_fresh_process():
     for flag in ("--help", "--version"):
         done = subprocess.run([LORAOPS, flag], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stdout.startswith("usage: loraops" if flag == "--help" else "loraops ")
+
+
+class Refusing(http.server.BaseHTTPRequestHandler):
+    """Answers every request as MLflow's basic-auth app does: 401 without a login, 403 for an account without the
+    permission (plain-text bodies)."""
+
+    def answer(self):
+        if "Authorization" not in self.headers:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+            body = b"You are not authenticated. Please see the MLflow docs on authentication."
+        else:
+            self.send_response(403)
+            body = b"Permission denied"
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def refusing_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "login, code, says",
+    [
+        ({}, 2, "refused the login (401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+        (
+            {"MLFLOW_TRACKING_USERNAME": "ci", "MLFLOW_TRACKING_PASSWORD": "pw"},
+            2,
+            "refused ci (403: Permission denied); have an admin grant the permission",
+        ),
+    ],
+)
+def test_a_server_that_refuses_the_login_or_the_permission_is_one_line(
+    login, code, says, refusing_server, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", refusing_server)
+    monkeypatch.setenv("LORAOPS_HOME", str(tmp_path / "home"))
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in login.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["adapters", "list"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and refusing_server in err, err

@@ -59,7 +59,7 @@ class StandIn:
         self.fetched.append((task, ref))
         return self.folders[task]
 
-    def check_servable(self, record, engine, folder):
+    def check_servable(self, record, engine, folder, config=None):
         pass
 
 

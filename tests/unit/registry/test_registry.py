@@ -317,3 +317,26 @@ def test_check_drift_passes_a_new_task_and_refuses_an_alias_moved_outside_loraop
     ]
     with pytest.raises(DriftError, match="topics candidate is v1 in the registry but v2"):
         registry.check_drift("topics")
+
+
+@pytest.mark.parametrize(
+    "tag, value, says",
+    [
+        ("loraops.lora.r", "eight", "topics v1: tag loraops.lora.r='eight' is damaged"),
+        ("loraops.metrics", "{accuracy: 0.8", "topics v1: tag loraops.metrics='{accuracy: 0.8' is damaged"),
+        ("loraops.metrics", '{"accuracy": "high"}', "topics v1: a tag is damaged (metrics.accuracy: Input should be"),
+        ("loraops.spectrum.elbow", "", "topics v1: tag loraops.spectrum.elbow='' is damaged"),
+        ("loraops.lora.targets", None, "topics v1: tag loraops.lora.targets is missing"),
+    ],
+)
+def test_a_version_tag_edited_by_hand_is_one_error_naming_the_version_and_the_tag(registered, tag, value, says):
+    registry, _, _ = registered
+    client = MlflowClient(registry.settings.tracking_uri)
+    if value is None:
+        client.delete_model_version_tag("topics", "1", tag)
+    else:
+        client.set_model_version_tag("topics", "1", tag, value)
+    for read in (lambda: registry.resolve("topics", 1), lambda: registry.list_versions(task="topics")):
+        with pytest.raises(RegistryError) as raised:
+            read()
+        assert str(raised.value).startswith(says) and "register the version again" in str(raised.value)
