@@ -99,12 +99,14 @@ def test_quick_quality_runs_loraops_beside_peft_and_full_fine_tuning(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "quality-results.json").read_text())
     assert sorted((r["method"], r["seed"]) for r in results["runs"]) == [
-        (m, s) for m in ("full", "loraops", "peft") for s in (0, 1)
+        (m, s) for m in ("full", "loraops", "loraops-qv", "peft") for s in (0, 1)
     ]
     assert all(0 <= r["accuracy"] <= 1 and r["peak"] > 0 and r["seconds"] > 0 for r in results["runs"])
     trainable = {r["method"]: r["trainable"] for r in results["runs"]}
     assert trainable["peft"] < trainable["loraops"] < trainable["full"] / 10  # q,v < every projection << everything
-    assert "| server-sections | loraops |" in (tmp_path / "QUALITY.md").read_text()
+    assert trainable["loraops-qv"] == trainable["peft"]  # equal targets: the same weights train
+    report = (tmp_path / "QUALITY.md").read_text()
+    assert "| server-sections | loraops |" in report and "| server-sections | loraops-qv |" in report
 
     # loraops again, the anchors reused: each reused run keeps the file and the commit it ran at
     again = tmp_path / "again"
