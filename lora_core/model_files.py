@@ -12,6 +12,8 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from .errors import ModelFileError
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # a 1000-shard index is under 1 MiB; a config is a few KiB
@@ -89,3 +91,35 @@ def read_json_object(path: str | Path, fix: str = "re-save or re-download it") -
     if len(raw) > MAX_JSON_BYTES:
         raise ModelFileError(f"{path}: over {MAX_JSON_BYTES // 2**20} MiB, too large for a JSON settings file; {fix}")
     return parse_json_object(raw, path, fix)
+
+
+class ModelConfig(BaseModel):
+    """A model folder's config.json: the keys loraops reads (a value not of its kind reads as absent, as
+    transformers would fail on it with its own message)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    model_type: str | None = None
+    name_or_path: str | None = Field(None, alias="_name_or_path")
+    max_position_embeddings: int | None = None
+    n_positions: int | None = None  # GPT-2's name for the same
+
+    @field_validator("model_type", "name_or_path", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> str | None:
+        return value if isinstance(value, str) and value else None
+
+    @field_validator("max_position_embeddings", "n_positions", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def positions(self) -> int | None:
+        """How many token positions the model has, when its config says."""
+        return self.max_position_embeddings or self.n_positions
+
+
+def read_model_config(folder: str | Path, fix: str = "re-save the model with save_pretrained") -> ModelConfig:
+    """config.json of a model folder (read_json_object's rules); ModelConfig() when the folder has none."""
+    path = Path(folder) / "config.json"
+    return ModelConfig.model_validate(read_json_object(path, fix)) if os.path.lexists(path) else ModelConfig()

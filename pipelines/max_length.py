@@ -7,7 +7,8 @@ is refused before any work; a length that keeps less than half of most texts tra
 
 import statistics
 from pathlib import Path
-from typing import Any
+
+from lora_core.model_files import ModelConfig
 
 from . import data as datasets
 from .errors import BaseModelError, SpecError
@@ -18,7 +19,7 @@ HARD_CUT = 0.5  # a text cut to less than this share of its tokens is cut hard
 MOST = 0.5  # warn when more than this share of texts is cut hard
 
 
-def check_max_length(spec: TaskSpec, base_path: Path, config: dict[str, Any]) -> None:
+def check_max_length(spec: TaskSpec, base_path: Path, config: ModelConfig) -> None:
     """SpecError when training.max_length leaves no token of text after the special tokens (classification: [CLS]
     and [SEP]; causal LM: the chat template's turn markers and the end of the completion), or exceeds the base's
     position embeddings."""
@@ -30,8 +31,8 @@ def check_max_length(spec: TaskSpec, base_path: Path, config: dict[str, Any]) ->
             f"{spec.source}: training.max_length {length} leaves no token of text: the tokenizer's special tokens "
             f"take {need - 1}; use at least {need} (texts longer than max_length are cut)"
         )
-    positions = config.get("max_position_embeddings") or config.get("n_positions")
-    if isinstance(positions, int) and length > positions:
+    positions = config.positions
+    if positions is not None and length > positions:
         raise SpecError(
             f"{spec.source}: training.max_length {length} is more than the {positions} positions of base "
             f"{base_path.name}; use at most {positions}"

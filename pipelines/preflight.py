@@ -10,14 +10,13 @@ checked by prepare_data, right after.
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from lora_core import LoraConfig, TargetError
 from lora_core.checkpoint_merge import INDEX_FILE, base_shards
 from lora_core.inject import resolve_saved_modules, resolve_targets
-from lora_core.model_files import read_json_object
+from lora_core.model_files import ModelConfig, read_model_config
 from lora_core.peft_format import PeftConfig
 from lora_core.safetensors_io import read_header
 from registry import RegistrySettings
@@ -51,7 +50,7 @@ def preflight(spec: TaskSpec, settings: RegistrySettings) -> None:
     config = check_base_folder(base_path)
     lora = check_targets(spec, base_path)
     check_max_length(spec, base_path, config)
-    check_serving(spec, lora, config.get("model_type"), base_name)
+    check_serving(spec, lora, config.model_type, base_name)
     check_space(run_needs(spec, settings, base_path))  # the merged model and its copies, before any is written
     if spec.promotion.auto:
         open_store(spec.promotion.target or settings.promotion_target).check()
@@ -81,13 +80,13 @@ def check_device(spec: TaskSpec) -> None:
         )
 
 
-def check_base_folder(path: Path) -> dict[str, Any]:
+def check_base_folder(path: Path) -> ModelConfig:
     """The base's config.json (a JSON object naming a model_type transformers knows), after checking that the
     folder has tokenizer files and that every weight file, and every shard its index names, is complete safetensors.
     Files are read by lora_core's rules (regular files only, bounded JSON): a damaged one is one line naming it."""
     if not os.path.lexists(path / "config.json"):
         raise BaseModelError(f"base {path}: no config.json; a base is a folder saved with save_pretrained")
-    config = read_json_object(path / "config.json", "re-save the base with save_pretrained")
+    config = read_model_config(path, "re-save the base with save_pretrained")
     check_model_type(path, config)
     weights = sorted(path.glob("*.safetensors"))
     if not weights and not os.path.lexists(path / INDEX_FILE):
@@ -107,13 +106,13 @@ def check_base_folder(path: Path) -> dict[str, Any]:
     return config
 
 
-def check_model_type(path: Path, config: dict[str, Any]) -> None:
+def check_model_type(path: Path, config: ModelConfig) -> None:
     """config.json names a model_type this transformers knows (else AutoConfig fails with a traceback)."""
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    model_type = config.get("model_type")
-    if not isinstance(model_type, str) or not model_type:
+    model_type = config.model_type
+    if model_type is None:
         raise BaseModelError(f"base {path / 'config.json'}: names no model_type; re-save the base with save_pretrained")
     if model_type not in CONFIG_MAPPING_NAMES:
         raise BaseModelError(

@@ -5,7 +5,6 @@ fingerprint. A new adapter version is an MLflow Model (mlflow_model.py) whose we
 run, its lineage in tags (tags.py), alias `candidate`.
 """
 
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from lora_core.model_files import read_json_object
+from lora_core.model_files import read_model_config
 
 from .aliases import AliasBook
 from .code_version import code_version
@@ -68,13 +67,13 @@ class VersionCatalog:
         """Register a base model folder once per weight fingerprint; the same weights return the same record."""
         path = Path(path)
         fingerprint = fingerprint_weights(path, self.digests)
-        config = read_json_object(path / CONFIG_FILE) if os.path.lexists(path / CONFIG_FILE) else {}
-        name = name or config.get("_name_or_path") or path.name
+        config = read_model_config(path)
+        name = name or config.name_or_path or path.name
         model = base_model_name(name)
         if found := self.find_base(fingerprint):
             return found
         self._ensure_model(model, {KIND: "base", TAG + "base.name": name})
-        tags = base_tags(name, fingerprint, source or str(path.resolve()), revision, config.get("model_type"))
+        tags = base_tags(name, fingerprint, source or str(path.resolve()), revision, config.model_type)
         run = self.client.create_run(self.runs.experiment("loraops-bases"), run_name=f"base {name}", tags=tags)
         if (path / CONFIG_FILE).exists():
             self.client.log_artifact(run.info.run_id, str(path / CONFIG_FILE), "base")

@@ -15,7 +15,7 @@ from conftest import build, randomize_b, targets
 from lora_core import LoraConfig, inject, save_adapter
 from lora_core.checkpoint_merge import INDEX_FILE, merge_checkpoint
 from lora_core.errors import LoraError, ModelFileError, WeightFileError
-from lora_core.model_files import MAX_JSON_DEPTH, read_json_object
+from lora_core.model_files import MAX_JSON_DEPTH, ModelConfig, read_json_object, read_model_config
 from lora_core.peft_format import read_adapter_config, read_adapter_tensors
 from lora_core.safetensors_io import read_header, read_tensors
 
@@ -329,3 +329,17 @@ def test_adapter_tensors_are_read_through_the_checked_header(folders):
     assert tensors and all(t.dtype == torch.float32 for t in tensors.values())
     merge_checkpoint(folders / "base", folders / "adapter", folders / "out")  # the undamaged pair still merges
     assert (folders / "out" / INDEX_FILE).is_file()
+
+
+def test_a_model_config_reads_the_keys_loraops_uses_and_takes_odd_values_as_absent(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"_name_or_path": "org/base", "model_type": "llama", "n_positions": 2048, "hidden_size": 64})
+    )
+    config = read_model_config(tmp_path)
+    assert (config.name_or_path, config.model_type, config.positions) == ("org/base", "llama", 2048)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": 3, "max_position_embeddings": True}))
+    assert read_model_config(tmp_path) == ModelConfig()  # transformers refuses these with its own message
+    assert read_model_config(tmp_path / "absent") == ModelConfig()
+    (tmp_path / "config.json").write_text("[1]")
+    with pytest.raises(ModelFileError, match=r"config.json: the JSON is list, not an object; re-save the model"):
+        read_model_config(tmp_path)

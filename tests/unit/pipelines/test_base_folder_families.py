@@ -107,7 +107,7 @@ def damaged(saved_base: Path, tmp_path: Path, damage) -> Path:
 
 
 def test_the_undamaged_base_passes(saved_base):
-    assert check_base_folder(saved_base)["model_type"] == "bert"
+    assert check_base_folder(saved_base).model_type == "bert"
 
 
 @pytest.mark.parametrize("member, damage, says", MEMBERS, ids=[m[0] for m in MEMBERS])

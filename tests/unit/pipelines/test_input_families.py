@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel
 from test_input_files import NOT_REGULAR
 
+from lora_core.model_files import ModelConfig
 from pipelines import data as datasets
 from pipelines.errors import DataError, InputError, InputFileError, SpecError
 from pipelines.evaluation import decide
@@ -427,17 +428,17 @@ def spec_with(tmp: Path, **training) -> TaskSpec:
 def test_a_max_length_the_special_tokens_fill_is_refused(length, tmp_path, minilm):
     assert special_tokens(spec_with(tmp_path, max_length=8), minilm) == 2  # [CLS] and [SEP]
     with pytest.raises(SpecError, match=rf"training.max_length {length} leaves no token of text: .* at least 3"):
-        check_max_length(spec_with(tmp_path, max_length=length), default_base_model(), {})
+        check_max_length(spec_with(tmp_path, max_length=length), default_base_model(), ModelConfig())
 
 
 def test_the_smallest_max_length_with_room_for_text_passes(tmp_path):
-    check_max_length(spec_with(tmp_path, max_length=3), default_base_model(), {"max_position_embeddings": 512})
+    check_max_length(spec_with(tmp_path, max_length=3), default_base_model(), ModelConfig(max_position_embeddings=512))
 
 
 @pytest.mark.parametrize("config", [{"max_position_embeddings": 512}, {"n_positions": 512}])
 def test_a_max_length_past_the_base_positions_is_refused(config, tmp_path):
     with pytest.raises(SpecError, match=r"max_length 513 is more than the 512 positions"):
-        check_max_length(spec_with(tmp_path, max_length=513), default_base_model(), config)
+        check_max_length(spec_with(tmp_path, max_length=513), default_base_model(), ModelConfig.model_validate(config))
 
 
 @pytest.mark.parametrize("length, warned", [(4, True), (8, True), (64, False)])
