@@ -105,21 +105,28 @@ def server_message(error: BaseException, tracking_uri: str) -> str | None:
 
 def login_message(error: BaseException, tracking_uri: str) -> str | None:
     """One line for an MLflow server (its basic-auth app, or a gateway in front) that refused this client's login
-    (401) or this account's permission (403), or None if `error` is something else."""
+    (401) or this account's permission (403), from its REST API or its artifact proxy, or None if `error` is
+    something else."""
     from mlflow.exceptions import MlflowException
+    from requests import HTTPError
 
-    if not isinstance(error, MlflowException):
+    if isinstance(error, MlflowException):
+        status = {"UNAUTHENTICATED": 401, "CUSTOMER_UNAUTHORIZED": 401, "PERMISSION_DENIED": 403}.get(error.error_code)
+        said = error.message
+    elif isinstance(error, HTTPError) and error.response is not None:
+        status, said = error.response.status_code, error.response.text
+    else:
         return None
-    if error.error_code == "UNAUTHENTICATED":
+    if status == 401:
         return (
             f"the MLflow tracking server at {tracking_uri} refused the login (401); set MLFLOW_TRACKING_USERNAME and "
             f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server"
         )
-    if error.error_code == "PERMISSION_DENIED":
+    if status == 403:
         who = os.environ.get("MLFLOW_TRACKING_USERNAME")
         return (
             f"the MLflow tracking server at {tracking_uri} refused {who or 'this client'} (403: "
-            f"{_answer(error.message)}); have an admin grant the permission, or log in as an account that has it"
+            f"{_answer(said)}); have an admin grant the permission, or log in as an account that has it"
         )
     return None
 
@@ -127,8 +134,8 @@ def login_message(error: BaseException, tracking_uri: str) -> str | None:
 def _answer(text: str) -> str:
     """What the server said: the body MLflow's client quotes for a plain-text answer, else the first line."""
     _, quoted, body = text.partition("Response body: '")
-    return (body.removesuffix("'") if quoted else text).splitlines()[0][:120]
+    return ((body.removesuffix("'") if quoted else text).splitlines() or ["no reason given"])[0][:120]
 
 
 def _reason(text: str) -> str:
-    return next((t for t in TRANSIENT_TEXT if t in text), text.splitlines()[0][:120])
+    return next((t for t in TRANSIENT_TEXT if t in text), (text.splitlines() or ["no reason given"])[0][:120])

@@ -136,7 +136,7 @@ def parsed(tags: dict[str, str], name: str, parse: Callable[[str], T]) -> T:
     """Tag `name` read by `parse`; a value it refuses is a ValueError naming the tag (KeyError when absent)."""
     try:
         return parse(tags[name])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested past the decoder's stack
         raise ValueError(f"tag {name}={tags[name][:60]!r} is damaged") from None
 
 

@@ -175,3 +175,22 @@ def test_a_server_that_refuses_the_login_or_the_permission_is_one_line(
     assert cli.main(["adapters", "list"]) == code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err and refusing_server in err, err
+
+
+@pytest.mark.parametrize(
+    "body, says", [("Permission denied", "(403: Permission denied)"), ("", "(403: no reason given)")]
+)
+def test_a_403_from_the_artifact_proxy_is_one_line_too(body, says, monkeypatch, capsys):
+    """Artifacts through the server's proxy are read with requests, whose HTTPError is not an MlflowException."""
+    import requests
+
+    answer = requests.Response()
+    answer.status_code, answer._content = 403, body.encode()
+    error = requests.HTTPError("403 Client Error: FORBIDDEN", response=answer)
+    monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(error))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ci")
+    import mlflow.exceptions  # noqa: F401  (the CLI reads server faults once MLflow is loaded)
+
+    assert cli.main(["adapters", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"refused ci {says}" in err, err

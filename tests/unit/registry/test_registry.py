@@ -327,6 +327,7 @@ def test_check_drift_passes_a_new_task_and_refuses_an_alias_moved_outside_loraop
         ("loraops.metrics", '{"accuracy": "high"}', "topics v1: a tag is damaged (metrics.accuracy: Input should be"),
         ("loraops.spectrum.elbow", "", "topics v1: tag loraops.spectrum.elbow='' is damaged"),
         ("loraops.lora.targets", None, "topics v1: tag loraops.lora.targets is missing"),
+        ("loraops.lora.targets", "[" * 5000, "topics v1: tag loraops.lora.targets='[[[["),  # past the JSON stack
     ],
 )
 def test_a_version_tag_edited_by_hand_is_one_error_naming_the_version_and_the_tag(registered, tag, value, says):
