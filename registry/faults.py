@@ -134,8 +134,12 @@ def login_message(error: BaseException, tracking_uri: str) -> str | None:
 def _answer(text: str) -> str:
     """What the server said: the body MLflow's client quotes for a plain-text answer, else the first line."""
     _, quoted, body = text.partition("Response body: '")
-    return ((body.removesuffix("'") if quoted else text).splitlines() or ["no reason given"])[0][:120]
+    return _first_line(body.removesuffix("'") if quoted else text)
 
 
 def _reason(text: str) -> str:
-    return next((t for t in TRANSIENT_TEXT if t in text), (text.splitlines() or ["no reason given"])[0][:120])
+    return next((t for t in TRANSIENT_TEXT if t in text), _first_line(text))
+
+
+def _first_line(text: str) -> str:
+    return (text.splitlines() or ["no reason given"])[0][:120]
