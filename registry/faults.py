@@ -5,11 +5,15 @@ else (bad input, a missing bucket, rejected credentials, a checksum mismatch) fa
 never retried.
 """
 
+import json
 import math
 import os
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import RegistryError, ServerUnavailable
+
+if TYPE_CHECKING:
+    from mlflow.exceptions import RestException
 
 # MLflow's client retries 7 times with backoff factor 2 by default: minutes before a dead server is reported. Ours:
 # 3 tries of at most 30 s each (a stalled read), with 1 s and 2 s (+ up to 1 s jitter each) between: <= 96 s.
@@ -86,8 +90,11 @@ def is_transient(error: BaseException) -> bool:
 
 def retry_step(error: BaseException) -> bool:
     """Whether a flow step that failed with `error` is worth running again: a transient fault, unless it is a
-    timeout, whose client already waited out its whole bound (MLflow: timeout x tries; S3: StoreBound)."""
-    return is_transient(error) and "timed out" not in str(error)
+    timeout, whose client already waited out its whole bound (MLflow: timeout x tries; S3: StoreBound), or a
+    refused login that MLflow's client took for a server error (a gateway's JSON 401/403)."""
+    if not is_transient(error) or "timed out" in str(error):
+        return False
+    return login_message(error, os.environ.get("MLFLOW_TRACKING_URI", "")) is None
 
 
 def server_message(error: BaseException, tracking_uri: str) -> str | None:
@@ -107,10 +114,13 @@ def login_message(error: BaseException, tracking_uri: str) -> str | None:
     """One line for an MLflow server (its basic-auth app, or a gateway in front) that refused this client's login
     (401) or this account's permission (403), from its REST API or its artifact proxy, or None if `error` is
     something else."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException, RestException
     from requests import HTTPError
 
-    if isinstance(error, MlflowException):
+    if isinstance(error, RestException) and _not_mlflows(error):
+        status, probed = _status_of(tracking_uri)
+        said = _message(error.json) or probed
+    elif isinstance(error, MlflowException):
         status = {"UNAUTHENTICATED": 401, "CUSTOMER_UNAUTHORIZED": 401, "PERMISSION_DENIED": 403}.get(error.error_code)
         said = error.message
     elif isinstance(error, HTTPError) and error.response is not None:
@@ -131,10 +141,50 @@ def login_message(error: BaseException, tracking_uri: str) -> str | None:
     return None
 
 
+def _not_mlflows(error: "RestException") -> bool:
+    """A JSON answer without an error code MLflow knows: a gateway in front of MLflow answered (MLflow's client
+    calls it an INTERNAL_ERROR and drops the HTTP status)."""
+    return error.error_code == "INTERNAL_ERROR" and error.json.get("error_code") != "INTERNAL_ERROR"
+
+
+def _status_of(tracking_uri: str) -> tuple[int | None, str]:
+    """The HTTP status and body of one plain read of the server with this client's login (at most 5 s to connect
+    and 5 s to answer, no retries). It reads the experiment list: a gateway that refuses only some paths answers
+    it, and the first error stands."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        answer = http_request(
+            get_default_host_creds(tracking_uri),
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            max_retries=0,
+            timeout=(5, 5),
+            params={"max_results": 1},
+        )
+    except Exception:  # noqa: BLE001  (the server's first answer stands; this read only names its cause)
+        return None, ""
+    return answer.status_code, answer.text
+
+
 def _answer(text: str) -> str:
-    """What the server said: the body MLflow's client quotes for a plain-text answer, else the first line."""
+    """What the server said: the body MLflow's client quotes for a plain-text answer, a JSON answer's message, else
+    the first line."""
     _, quoted, body = text.partition("Response body: '")
-    return _first_line(body.removesuffix("'") if quoted else text)
+    text = body.removesuffix("'") if quoted else text
+    try:
+        message = _message(json.loads(text))
+    except (ValueError, RecursionError):
+        message = None
+    return _first_line(message or text)
+
+
+def _message(answer: object) -> str | None:
+    """The message of a JSON error answer: MLflow's and most gateways' `message`, FastAPI's `detail`, or `error`."""
+    if not isinstance(answer, dict):
+        return None
+    return next((answer[k] for k in ("message", "detail", "error") if isinstance(answer.get(k), str)), None)
 
 
 def _reason(text: str) -> str:

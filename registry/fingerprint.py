@@ -9,9 +9,10 @@ cache: an unchanged base costs a stat per file.
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from lora_core.model_files import read_json_object
+from lora_core.model_files import ModelConfig, read_json_object
 
 from .digests import DigestCache
 from .errors import RegistryError
@@ -24,8 +25,21 @@ def sha256_file(path: Path) -> str:
     return DigestCache().sha256(Path(path))
 
 
+@dataclass(frozen=True)
+class BaseIdentity:
+    """A base folder's weight fingerprint and its config.json, from one read of that file."""
+
+    fingerprint: str
+    config: ModelConfig
+
+
 def fingerprint_weights(folder: str | Path, cache: DigestCache | None = None) -> str:
     """sha256 over config.json (canonical) and every tensor of every *.safetensors file in the folder."""
+    return identify_base(folder, cache).fingerprint
+
+
+def identify_base(folder: str | Path, cache: DigestCache | None = None) -> BaseIdentity:
+    """The folder's fingerprint (see fingerprint_weights) and config (ModelConfig() when it has none)."""
     folder = Path(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -38,9 +52,11 @@ def fingerprint_weights(folder: str | Path, cache: DigestCache | None = None) ->
         raise RegistryError(f"{folder}: no *.safetensors weights to fingerprint{hint}")
     cache = cache or DigestCache()
     digest = hashlib.sha256()
-    config = folder / CONFIG_FILE
-    if os.path.lexists(config):
-        values = {k: v for k, v in read_json_object(config).items() if k not in VOLATILE_CONFIG_KEYS}
+    config = ModelConfig()
+    if os.path.lexists(folder / CONFIG_FILE):
+        raw = read_json_object(folder / CONFIG_FILE)
+        config = ModelConfig.model_validate(raw)
+        values = {k: v for k, v in raw.items() if k not in VOLATILE_CONFIG_KEYS}
         digest.update(json.dumps(values, sort_keys=True).encode())
     tensors = {}
     for path in files:
@@ -50,4 +66,4 @@ def fingerprint_weights(folder: str | Path, cache: DigestCache | None = None) ->
             tensors[name] = entry
     for name in sorted(tensors):
         digest.update(json.dumps([name, *tensors[name]]).encode())
-    return digest.hexdigest()
+    return BaseIdentity(digest.hexdigest(), config)

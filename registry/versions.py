@@ -12,13 +12,11 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from lora_core.model_files import read_model_config
-
 from .aliases import AliasBook
 from .code_version import code_version
 from .digests import DigestCache
 from .errors import BaseMismatchError, RegistryError
-from .fingerprint import CONFIG_FILE, fingerprint_weights
+from .fingerprint import CONFIG_FILE, fingerprint_weights, identify_base
 from .manifest import MANIFEST_FILE, Manifest, scan_folder
 from .mlflow_model import MODEL_DIR, write_model
 from .names import (
@@ -66,8 +64,8 @@ class VersionCatalog:
     ) -> BaseRecord:
         """Register a base model folder once per weight fingerprint; the same weights return the same record."""
         path = Path(path)
-        fingerprint = fingerprint_weights(path, self.digests)
-        config = read_model_config(path)
+        identity = identify_base(path, self.digests)
+        fingerprint, config = identity.fingerprint, identity.config
         name = name or config.name_or_path or path.name
         model = base_model_name(name)
         if found := self.find_base(fingerprint):

@@ -126,14 +126,16 @@ class Refusing(http.server.BaseHTTPRequestHandler):
     """Answers every request as MLflow's basic-auth app does: 401 without a login, 403 for an account without the
     permission (plain-text bodies)."""
 
+    said = {401: b"You are not authenticated. Please see the MLflow docs on authentication.", 403: b"Permission denied"}
+
     def answer(self):
         if "Authorization" not in self.headers:
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
-            body = b"You are not authenticated. Please see the MLflow docs on authentication."
+            body = self.said[401]
         else:
             self.send_response(403)
-            body = b"Permission denied"
+            body = self.said[403]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -144,9 +146,16 @@ class Refusing(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def refusing_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+class GatewayRefusing(Refusing):
+    """A gateway in front of MLflow that refuses with JSON bodies of its own (no MLflow error_code), which MLflow's
+    client reads as an INTERNAL_ERROR without the status."""
+
+    said = {401: b'{"message": "Unauthorized"}', 403: b'{"message": "Permission denied"}'}
+
+
+@pytest.fixture(params=[Refusing, GatewayRefusing])
+def refusing_server(request):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), request.param)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -175,6 +184,21 @@ def test_a_server_that_refuses_the_login_or_the_permission_is_one_line(
     assert cli.main(["adapters", "list"]) == code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err and refusing_server in err, err
+
+
+def test_a_flow_step_refused_by_a_gateway_is_not_retried(refusing_server, monkeypatch):
+    """MLflow's client reads a gateway's JSON 401 as an INTERNAL_ERROR, which alone would be retried."""
+    from mlflow.exceptions import RestException
+
+    from registry.faults import is_transient, retry_step
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", refusing_server)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    refused = RestException({"message": "Unauthorized"})
+    assert is_transient(refused) and not retry_step(refused)
+    assert retry_step(RestException({"error_code": "INTERNAL_ERROR", "message": "database is locked"}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # a gateway's JSON error, then no answer at all
+    assert retry_step(RestException({"error_code": None, "message": "upstream reset"}))
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,6 +131,16 @@ def test_register_records_lineage_and_base_is_registered_once(registered, artifa
     assert [r.version for r in registry.list_versions(base="tiny/bert")] == [1]
     assert registry.list_versions(base="other/model") == []
     assert mv.tags["loraops.lora.alpha"] == "8.0" and json.loads(mv.tags["loraops.lora.targets"]) == ["query", "value"]
+
+
+def test_register_base_reads_the_config_once_for_fingerprint_name_and_type(registry, artifacts, monkeypatch):
+    import lora_core.model_files as model_files
+
+    opened = []
+    real = model_files.open_regular
+    monkeypatch.setattr(model_files, "open_regular", lambda path: opened.append(Path(path).name) or real(path))
+    base = registry.register_base(artifacts["base"], revision="r1")
+    assert opened.count("config.json") == 1 and base.model_type == "bert"
 
 
 def test_lineage_is_typed_and_names_a_base_it_cannot_find(registered):
