@@ -16,11 +16,11 @@ torch.set_num_threads(2)
 
 def minilm_step(impl: str, steps: int) -> dict:
     """Median seconds of an AdamW train step (MiniLM classifier, batch 32 x 64 tokens, float32 weights) and the peak
-    RSS. `ours` and `full` (full fine-tuning) step as loraops's training loop does: its CPU dropout, and bf16
-    autocast where the CPU has native bf16 (pipelines.device); `peft` as a plain PyTorch loop in float32, as PEFT's
-    users train on a CPU, and `peft-bf16` the same under torch.autocast("cpu", bfloat16); `ours-compiled` is `ours`
-    under torch.compile (inductor, dynamic shapes, as batches padded to their own longest vary in length), its first
-    step (the compile) reported apart."""
+    RSS. `ours` and `full` (full fine-tuning) step as loraops's training loop does: its CPU dropout, its AdamW (fused
+    where torch has it) and bf16 autocast where the CPU has native bf16 (pipelines.device); `peft` as a plain
+    PyTorch loop in float32, as PEFT's users train on a CPU, and `peft-bf16` the same under
+    torch.autocast("cpu", bfloat16); `ours-compiled` is `ours` under torch.compile (inductor, dynamic shapes, as
+    batches padded to their own longest vary in length), its first step (the compile) reported apart."""
     import contextlib
 
     from transformers import AutoModelForSequenceClassification
@@ -28,6 +28,7 @@ def minilm_step(impl: str, steps: int) -> dict:
     from pipelines.cpu_dropout import cpu_dropout
     from pipelines.device import autocast
     from pipelines.models import default_base_model
+    from pipelines.train import adamw
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(default_base_model(), num_labels=4)
@@ -41,8 +42,12 @@ def minilm_step(impl: str, steps: int) -> dict:
         model = peft.get_peft_model(
             model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], task_type="SEQ_CLS")
         )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
+    # ours and full: the loop's AdamW (fused where torch has it); PEFT: torch.optim.AdamW as a plain loop writes it
+    optimizer = (
+        adamw(named, 1e-4, 1.0, 0.0) if impl.startswith(("ours", "full")) else torch.optim.AdamW(params, lr=1e-4)
+    )
     g = torch.Generator().manual_seed(1)
     batch = {
         "input_ids": torch.randint(1000, 20000, (32, 64), generator=g),

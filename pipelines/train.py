@@ -94,6 +94,17 @@ def param_groups(named: dict[str, nn.Parameter], lr: float, lr_ratio: float) -> 
     return [g for g in ({"params": rest, "lr": lr}, {"params": b, "lr": lr * lr_ratio}) if g["params"]]
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused AdamW runs
+
+
+def adamw(named: dict[str, nn.Parameter], lr: float, lr_ratio: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over `named`, fused (one kernel over every tensor, as HF Trainer's default adamw_torch_fused) where torch
+    has that kernel: the adapter is some 70 small tensors, and the unfused update cost 4.6 ms of a 100 ms MiniLM step
+    (fused 1.7 ms). The same update, rounded differently."""
+    fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in named.values())
+    return torch.optim.AdamW(param_groups(named, lr, lr_ratio), lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def train(
     model: nn.Module,
     make_batches: Callable[[int], Iterable[dict]],
@@ -123,7 +134,7 @@ def train(
         raise TrainingError("the model has no trainable parameters; inject an adapter first")
     rank, size = world()
     runner = nn.parallel.DistributedDataParallel(model) if size > 1 else model
-    optimizer = torch.optim.AdamW(param_groups(named, lr, lr_ratio), lr=lr, weight_decay=weight_decay)
+    optimizer = adamw(named, lr, lr_ratio, weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear_decay(max(1, math.ceil(warmup_fraction * steps)), steps)
     )

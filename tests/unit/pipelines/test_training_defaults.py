@@ -16,7 +16,7 @@ from pipelines import steps
 from pipelines.device import autocast
 from pipelines.models import head_modules, load_model
 from pipelines.task_files import load_spec
-from pipelines.train import param_groups, train
+from pipelines.train import adamw, param_groups, train
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +159,31 @@ def test_lora_plus_gives_b_its_own_learning_rate():
     assert {id(p) for p in b["params"]} == {id(p) for n, p in named.items() if ".lora_B." in n}
     assert len(rest["params"]) + len(b["params"]) == len(named)
     assert len(param_groups(named, 1e-3, 1.0)) == 2  # same groups; ratio 1 is plain LoRA
+
+
+def test_the_cpu_update_is_fused_and_is_the_unfused_adamw_step_up_to_rounding():
+    model = inject(tiny_bert(), LoraConfig(r=4, modules_to_save=["classifier"])).eval()  # no dropout: same losses
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    start = {n: p.detach().clone() for n, p in named.items()}
+    batch = {"input_ids": torch.randint(5, 60, (4, 12)), "labels": torch.tensor([0, 1, 0, 1])}
+
+    def three_steps(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(start[n])
+        for _ in range(3):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return {n: p.detach().clone() for n, p in named.items()}
+
+    fused = adamw(named, 1e-2, 4.0, 0.01)
+    assert fused.defaults["fused"] is True
+    ours = three_steps(fused)
+    plain = three_steps(torch.optim.AdamW(param_groups(named, 1e-2, 4.0), weight_decay=0.01))
+    for n in named:
+        assert not torch.equal(ours[n], start[n]), n  # every tensor moved (B from zero), by the same update
+        torch.testing.assert_close(ours[n], plain[n], rtol=0, atol=1e-5)  # a thousandth of one step (lr 1e-2)
 
 
 def test_gradient_checkpointing_trains_the_same_adapter(bert_base, tmp_path):
