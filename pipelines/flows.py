@@ -41,6 +41,7 @@ from .tasks import (
     register_task,
     source_key,
     train_task,
+    unless_gone,
 )
 from .threads import Threads, use_threads
 from .trial import TrialGround
@@ -137,7 +138,8 @@ def set_up(spec_path: str, prepared: PreparedData | None, search: SearchSpec | N
     registry = AdapterRegistry(settings)
     work = settings.home / "work" / spec.task
     if prepared is None:
-        prepared = prepare_data_task(spec, str(work), key=steps.cache_key(str(work), source_key(spec, registry)))
+        key = steps.cache_key(str(work), source_key(spec, registry))
+        prepared = unless_gone(prepare_data_task, lambda p: p.folder, spec, str(work), key=key)
     else:
         data_artifact(spec, prepared)
     base_path, base = register_task_base(registry, spec.base)
@@ -211,7 +213,8 @@ def run_task(
         if refit is None:
             return run_steps(ground, found.spec, run, found.trained, found.summary)
         run.at("prepare")  # the same files, the validation split folded back into training
-        prepared = prepare_data_task(refit, str(ground.work), key=ground.key(source_key(refit, registry)))
+        key = ground.key(source_key(refit, registry))
+        prepared = unless_gone(prepare_data_task, lambda p: p.folder, refit, str(ground.work), key=key)
         registry.runs.set_tags(run_id, {"loraops.dataset.fingerprint": prepared.digest})  # the data it ships from
         tracking.log_data(registry.runs, run_id, spec.task, prepared)
         print(f"{spec.task}: refit: the best trial's settings on all {prepared.train} training examples")
@@ -266,10 +269,16 @@ def run_steps(
     folder = work / train_key[:16]
     run.at("train")
     if trained is None:
-        trained = train_task(spec, prepared, str(base_path), str(folder), registry, run_id, key=key(train_key))
-    if not Path(trained.adapter).is_dir():  # cached result whose files were deleted: train again
-        trained = train_task.with_options(refresh_cache=True)(
-            spec, prepared, str(base_path), str(folder), registry, run_id, key=key(train_key)
+        trained = unless_gone(
+            train_task,
+            lambda t: t.adapter,
+            spec,
+            prepared,
+            str(base_path),
+            str(folder),
+            registry,
+            run_id,
+            key=key(train_key),
         )
     run.at("evaluate")
     production = production_for(registry, spec.task, base.fingerprint)
@@ -286,7 +295,9 @@ def run_steps(
     adapter, ranking = trained.adapter, None
     if spec.promotion.rank is not None:
         run.at("rank")
-        ranking = rank_task(
+        ranking = unless_gone(
+            rank_task,
+            lambda r: r.adapter,
             spec,
             prepared,
             str(base_path),
@@ -300,12 +311,25 @@ def run_steps(
     merged = None
     if spec.promotion.mode == "merged":
         run.at("merge")
-        merged = merge_task(
-            spec, prepared, str(base_path), adapter, str(folder / "merged"), key=key("merge", train_key, adapter)
+        merged = unless_gone(
+            merge_task,
+            str,
+            spec,
+            prepared,
+            str(base_path),
+            adapter,
+            str(folder / "merged"),
+            key=key("merge", train_key, adapter),
         )
     run.at("analyze")
-    analysis = analyze_task(
-        spec, trained.adapter, str(base_path), str(folder / "analysis"), key=key("analyze", train_key)
+    analysis = unless_gone(
+        analyze_task,
+        lambda a: a.folder,
+        spec,
+        trained.adapter,
+        str(base_path),
+        str(folder / "analysis"),
+        key=key("analyze", train_key),
     )
     registry.runs.log_artifacts(run_id, analysis.folder, "analysis")
     run.at("register")

@@ -42,6 +42,16 @@ def cached(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     return task(name=name, persist_result=True, result_serializer="json", cache_key_fn=by_key)
 
 
+def unless_gone(step: Task[P, R], files: Callable[[R], str], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`step`'s result, from its cache unless the files that result names are gone: then the step runs again. Prefect
+    keeps its cache under PREFECT_HOME; where that is not inside the loraops home, a deleted home (or work folder)
+    would otherwise serve results naming folders that no longer exist."""
+    result = step(*args, **kwargs)
+    if Path(files(result)).exists():
+        return result
+    return step.with_options(refresh_cache=True)(*args, **kwargs)
+
+
 def table(rows: dict[str, object]) -> str:
     """A two-column markdown table for a Prefect artifact."""
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows.items()]

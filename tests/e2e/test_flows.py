@@ -2,6 +2,7 @@
 server), with the embedded registry (MLflow on SQLite, promotion into a folder) in a tmp dir."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,12 @@ def test_classification_flow_registers_promotes_merged_and_an_unchanged_rerun_is
     assert task_runs(again.state_details.flow_run_id)["train"] == "Cached"
     assert isinstance(again.result(), FlowResult) and again.result().version == 1  # typed from the JSON cache
     assert again.result().trained == first.trained and [r.version for r in registry.list_versions("sections")] == [1]
+    # The home's work folder deleted, Prefect's cache (under its own storage path) kept: the steps whose cached results
+    # name files there run again instead of handing later steps folders that are gone
+    shutil.rmtree(home / "work" / "sections")
+    third = train_adapter(str(path))
+    assert Path(third.trained.adapter, "adapter_model.safetensors").is_file()
+    assert Path(third.analysis.folder, "report.json").is_file() and third.promotion.mode == "merged"
 
 
 def test_a_minimal_task_file_trains_registers_and_promotes(prefect_server, home, tmp_path):
@@ -238,7 +245,7 @@ def test_causal_lm_flow_trains_on_completions_and_lowers_perplexity(prefect_serv
 
 
 def test_predict_switches_adapters_on_one_base_and_refuses_another_base(prefect_server, bases, home, tmp_path):
-    from lora_core.inject import lora_layers
+    from lora_core.injection import lora_layers
     from pipelines.flows import train_adapter
     from pipelines.serving import AdapterSwitcher
 
