@@ -78,7 +78,7 @@ def merge_in_memory(quick: bool) -> list[dict]:
     import peft
 
     from lora_core import LoraConfig, inject, merge_and_unload
-    from lora_core.inject import lora_layers
+    from lora_core.injection import lora_layers
 
     base = llama("tiny" if quick else "100m")
     names = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -487,30 +487,47 @@ def flow_overhead(quick: bool, home: Path) -> list[dict]:
 
 
 def cli_start(quick: bool) -> list[dict]:
-    """Wall time of `loraops --help` and `loraops --version` as a user's shell starts them, beside `python -c pass`."""
+    """Wall time of `loraops --help`, `loraops --version` and `loraops run` of a task file with an error (to its
+    one-line refusal) as a user's shell starts them, beside `python -c pass`."""
     import subprocess
+    import tempfile
 
     loraops = str(Path(sys.executable).parent / "loraops")
+    bad = Path(tempfile.mkdtemp(prefix="loraops-bad-")) / "no-data.yaml"
+    bad.write_text("task: no-data\ntype: classification\n")
 
-    def call(*command: str):
-        return lambda: subprocess.run(command, capture_output=True, check=True)
+    def call(*command: str, code: int = 0):
+        def started():
+            done = subprocess.run(command, capture_output=True)
+            if done.returncode != code:
+                raise RuntimeError(f"{' '.join(command)} exited {done.returncode}, not {code}: {done.stderr[-2000:]!r}")
+
+        return started
 
     runs = {
         "help": call(loraops, "--help"),
         "version": call(loraops, "--version"),
+        "refused": call(loraops, "run", str(bad), code=2),
         "python": call(sys.executable, "-c", "pass"),
     }
-    times = interleaved(runs, repeats=3 if quick else 10)
+    try:
+        times = interleaved(runs, repeats=3 if quick else 10)
+    finally:
+        shutil.rmtree(bad.parent)
+    light = "the CLI imports argparse and its own light modules only; anchor = `python -c pass`"
     return [
+        row(f"`loraops {flag}` wall time (s)", times[name], times["python"], "s", "< 0.5 s", light)
+        for name, flag in (("help", "--help"), ("version", "--version"))
+    ] + [
         row(
-            f"`loraops {flag}` wall time (s)",
-            times[name],
+            "`loraops run` of a task file without data, to its one-line refusal (s)",
+            times["refused"],
             times["python"],
             "s",
-            "< 0.5 s",
-            "the CLI imports argparse and its own light modules only; anchor = `python -c pass`",
+            "< 1 s",
+            "the task file is read and checked before torch, transformers, MLflow or Prefect load; "
+            "anchor = `python -c pass`",
         )
-        for name, flag in (("help", "--help"), ("version", "--version"))
     ]
 
 

@@ -16,7 +16,7 @@ import torch
 
 from bench.harness import interleaved
 from lora_core import LoraConfig, inject, merge_and_unload
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 
 ROOT = Path(__file__).resolve().parent.parent
 

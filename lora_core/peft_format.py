@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import ALL_LINEAR, LoraConfig
 from .errors import AdapterMismatchError, LoraError, UnsafeFormatError
-from .inject import (
+from .injection import (
     adapter_configs,
     inject,
     lora_layers,

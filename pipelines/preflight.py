@@ -15,7 +15,7 @@ import torch
 
 from lora_core import LoraConfig, TargetError
 from lora_core.checkpoint_merge import INDEX_FILE, base_shards
-from lora_core.inject import resolve_saved_modules, resolve_targets
+from lora_core.injection import resolve_saved_modules, resolve_targets
 from lora_core.model_files import ModelConfig, read_model_config
 from lora_core.peft_format import PeftConfig
 from lora_core.safetensors_io import read_header

@@ -35,10 +35,10 @@ from .evaluation import classification_metrics, decide, lm_outputs, predict_logi
 from .held_out import check_not_training_file, overlap_warning
 from .label_spellings import merge_spellings
 from .max_length import truncation_warning
-from .models import base_name, head_modules, load_model
+from .models import head_modules, load_model
 from .results import Evaluation, Metrics, PreparedData, ProductionVersion, TrainedAdapter, ValidationPass
 from .run_space import base_bytes
-from .spec import TaskSpec
+from .spec import TaskSpec, base_name
 from .token_cache import tokenized_split
 from .train import Validation, train, world
 

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from registry import RegistrySettings
 
 from .errors import StudyError
-from .models import base_name
 from .results import PreparedData
-from .spec import SearchSpec, TaskSpec
+from .spec import SearchSpec, TaskSpec, base_name
 
 if TYPE_CHECKING:
     import optuna

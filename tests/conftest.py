@@ -13,7 +13,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 
 transformers.logging.set_verbosity_error()
 TIERS = ("unit", "integration", "e2e")

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import LoraConfig
 from ..errors import AdapterMismatchError, LoraError
-from ..inject import resolve_targets
+from ..injection import resolve_targets
 from ..layer import is_conv1d, stored_in_out
 from .adapter import AdaptedModule, Adapter, as_adapter
 from .spectrum import Spectrum, check_pve, dense_spectrum, spectrum, truncate

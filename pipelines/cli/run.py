@@ -3,37 +3,23 @@
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from registry import AdapterRegistry, RegistrySettings
 from registry.names import check_task_name
-from registry.run_watch import RunWatch
+from registry.settings import RegistrySettings
 
-from .. import steps
 from ..errors import InputError, RunError, SpecError
-from ..fanout import (
-    DEFAULT_POOL,
-    Submitted,
-    ask_pool,
-    cancel,
-    check_pool_tasks,
-    deployment_name,
-    submit,
-    sync_pool_slots,
-)
-from ..follow import Follower, Progress, follow, max_overlap
+from ..fanout import DEFAULT_POOL, ask_pool, deployment_name, sync_pool_slots
 from ..prefect_server import local_prefect_server, prefect_environment
-from ..preflight import preflight
 from ..results import FlowResult, Prediction, PreparedData
 from ..spec import TaskSpec
 from ..tables import render_table
 from ..task_files import check_unique_tasks, expand_task_paths, load_spec
-from .watch import ChangeLines, LiveTable
 
-CLOCK_SLACK_MS = 60_000  # a worker's clock may lag this one: its MLflow run counts if it started up to this early
+if TYPE_CHECKING:
+    from ..follow import Progress
 
 
 class CheckedTask(NamedTuple):
@@ -70,11 +56,17 @@ def check_tasks(paths: list[str], settings: RegistrySettings) -> list[CheckedTas
 
 
 def prepare(path: Path, spec: TaskSpec, settings: RegistrySettings) -> CheckedTask:
+    """The task's base, targets and servers checked (preflight) and its data prepared. Torch, transformers and MLflow
+    load here, after the task files parsed (a bad one is refused in a fraction of a second) and while a local Prefect
+    server starts (run, schedule, tune)."""
+    from .. import steps
+    from ..preflight import preflight
+
     preflight(spec, settings)
     return CheckedTask(path, spec, steps.prepare_data(spec, settings.home / "work" / spec.task))
 
 
-def run(paths: list[str], print_=print, local: bool = False) -> list[FlowResult] | list[Progress]:
+def run(paths: list[str], print_=print, local: bool = False) -> "list[FlowResult] | list[Progress]":
     """The tasks of `paths` (task files, or folders of them). With a Prefect server (PREFECT_API_URL) and not
     `local`: one flow run each on the work pool (run_on_pool). Else each task's flow in this process, one after
     another; a failed task does not stop the others, and the run fails naming it."""
@@ -82,6 +74,8 @@ def run(paths: list[str], print_=print, local: bool = False) -> list[FlowResult]
     specs = [load_spec(path) for path in expand_task_paths(paths)]  # a task file that does not parse starts nothing
     check_unique_tasks(specs)
     if os.environ.get("PREFECT_API_URL") and not local:
+        from .pool_run import run_on_pool
+
         return run_on_pool(specs, settings, print_)
     results, failed = [], []
     with local_prefect_server(settings.home) as prefect_ready:
@@ -101,65 +95,6 @@ def run(paths: list[str], print_=print, local: bool = False) -> list[FlowResult]
     if failed:
         raise RunError(f"{len(failed)} of {len(tasks)} tasks failed: {', '.join(failed)}; see the lines above")
     return results
-
-
-def run_on_pool(specs: list[TaskSpec], settings: RegistrySettings, print_=print) -> list[Progress]:
-    """Every task checked first (the pool ready, every file where its workers can read it, the data and base as
-    for a local run), then one flow run per task on $LORAOPS_WORK_POOL, followed until all end: a live table on a
-    terminal, a line per change elsewhere. Ctrl-C cancels the runs not finished. Raises RunError naming the tasks
-    that did not complete."""
-    pool = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL)
-    with prefect_settings(settings):
-        limit = check_pool_tasks(pool, specs).pool.concurrency_limit
-        for spec in specs:
-            prepare(Path(str(spec.source)), spec, settings)
-    since_ms = int(time.time() * 1000) - CLOCK_SLACK_MS
-    submitted = submit(pool, specs)
-    at_once = f"at most {limit} at once" if limit else "no concurrency limit"
-    print_(f"submitted {len(submitted)} flow run(s) to work pool {pool} ({at_once}); following them")
-    return follow_on_pool(submitted, specs, settings, pool, since_ms, print_)
-
-
-def follow_on_pool(
-    submitted: list[Submitted],
-    specs: list[TaskSpec],
-    settings: RegistrySettings,
-    pool: str,
-    since_ms: int,
-    print_=print,
-) -> list[Progress]:
-    """The submitted flow runs followed until all end (pool_report); Ctrl-C cancels those not finished."""
-    watch = RunWatch(AdapterRegistry(settings).runs, [s.task for s in specs], since_ms)
-    follower = Follower(submitted, {s.task: s.gate.metric for s in specs}, watch)
-    started = time.monotonic()
-    try:
-        with LiveTable() if sys.stdout.isatty() else ChangeLines(print_) as show:
-            rows = follow(follower, show)
-    except KeyboardInterrupt:
-        cancel([row.flow_run_id for row in follower.rows.values() if not row.final])
-        raise
-    return pool_report(rows, pool, time.monotonic() - started, print_)
-
-
-def pool_report(rows: list[Progress], pool: str, seconds: float, print_=print) -> list[Progress]:
-    for row in rows:
-        where = f"flow run {row.flow_run}" + (f", MLflow run {row.mlflow_run}" if row.mlflow_run else "")
-        outcome = row.metric if row.completed else row.reason()
-        print_(f"{row.task}: {row.state}: {outcome} ({where})")
-    spans = [(r.started, r.ended) for r in rows if r.started and r.ended]
-    failed = [r for r in rows if not r.completed]
-    print_(
-        f"{len(rows) - len(failed)} of {len(rows)} task(s) completed on work pool {pool} in {seconds:.0f}s, "
-        f"at most {max_overlap(spans)} at once"
-    )
-    if len(rows) == 1 and failed:
-        raise RunError(f"{failed[0].task}: {failed[0].state}: {failed[0].reason()}")
-    if failed:
-        names = ", ".join(f"{r.task} ({r.state})" for r in failed)
-        raise RunError(
-            f"{len(failed)} of {len(rows)} tasks did not complete on pool {pool}: {names}; see the lines above"
-        )
-    return rows
 
 
 def report(result: FlowResult, spec: TaskSpec, print_=print) -> FlowResult:

@@ -7,18 +7,21 @@ With a Prefect server (PREFECT_API_URL) and not --local, the trials fan out over
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from registry import RegistrySettings
 
 from ..errors import SpecError
 from ..fanout import DEFAULT_POOL, WorkerView, check_pool_tasks, submit
-from ..follow import Progress
 from ..prefect_server import local_prefect_server
 from ..results import FlowResult, SearchSummary
 from ..spec import SearchSpec, TaskSpec
 from ..study import StudyPlan, check_study, plan_study
 from ..task_files import load_spec, searched
-from .run import CLOCK_SLACK_MS, follow_on_pool, prefect_defaults, prefect_settings, prepare, report
+from .run import prefect_defaults, prefect_settings, prepare, report
+
+if TYPE_CHECKING:
+    from ..follow import Progress
 
 
 def with_search(spec: TaskSpec, trials: int | None, timeout: float | None) -> TaskSpec:
@@ -30,7 +33,7 @@ def with_search(spec: TaskSpec, trials: int | None, timeout: float | None) -> Ta
 
 def tune(
     path: str, trials: int | None, timeout: float | None, local: bool = False, print_=print
-) -> FlowResult | list[Progress]:
+) -> "FlowResult | list[Progress]":
     """Every check before the first trial: the task file with the budget, the data, the base, and the study (another
     task's name, other data or another space); then the flow with the search, here or on the pool."""
     settings = RegistrySettings.from_env()
@@ -61,7 +64,7 @@ def summary_line(task: str, found: SearchSummary) -> str:
     )
 
 
-def tune_on_pool(spec: TaskSpec, search: SearchSpec, settings: RegistrySettings, print_=print) -> list[Progress]:
+def tune_on_pool(spec: TaskSpec, search: SearchSpec, settings: RegistrySettings, print_=print) -> "list[Progress]":
     """The checks of a pool run (the pool ready, every file where its workers read it) and the study's storage
     reachable by the workers; then the trials on the pool (pool_search.py) in children of the task's MLflow run,
     started here, and the flow run that ships the best trial, followed until it ends."""
@@ -71,6 +74,7 @@ def tune_on_pool(spec: TaskSpec, search: SearchSpec, settings: RegistrySettings,
     from ..models import register_task_base
     from ..pool_search import end_parent, pool_room, search_on_pool
     from ..search import noise_line
+    from .pool_run import CLOCK_SLACK_MS, follow_on_pool
 
     pool_name = os.environ.get("LORAOPS_WORK_POOL", DEFAULT_POOL)
     with prefect_settings(settings):

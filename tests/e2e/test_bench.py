@@ -21,9 +21,10 @@ def test_quick_bench_runs_every_case_with_its_anchor(tmp_path):
     results = json.loads((tmp_path / "bench-results.json").read_text())
     cases = [r["case"] for r in results["rows"]]
     bf16 = cpu_bf16()  # PEFT and the Trainer under bf16 autocast run where the CPU has native bf16 only
-    assert results["failures"] == [] and len(cases) == 39 + 2 * bf16  # full mode adds flow overhead on a made home
+    assert results["failures"] == [] and len(cases) == 40 + 2 * bf16  # full mode adds flow overhead on a made home
     for needle in (
         "`loraops --help` wall time",
+        "to its one-line refusal",
         "train step",
         "torch.compile",
         "full fine-tune",

@@ -3,7 +3,7 @@
 import pytest
 
 from lora_core import load_adapter
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 from pipelines.cli import main
 from pipelines.demo import run_demo
 

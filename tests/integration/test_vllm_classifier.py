@@ -10,7 +10,7 @@ from llama_serving import needs_vllm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lora_core import LoraConfig, inject
-from lora_core.merge import merge_and_unload
+from lora_core.merging import merge_and_unload
 from pipelines.engine_watchdog import group_alive
 from pipelines.errors import EngineFailed
 from pipelines.models import default_base_model

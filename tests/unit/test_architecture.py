@@ -99,6 +99,26 @@ def test_the_cli_starts_without_importing_torch_mlflow_transformers_or_prefect()
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_a_bad_task_file_is_refused_before_torch_mlflow_transformers_or_prefect_load(tmp_path, command):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: x\n")
+    code = (
+        f"import sys; from pipelines.cli.main import main; print(main([{command!r}, {str(bad)!r}]))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'mlflow', 'transformers', 'prefect'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "[]"], done.stdout + done.stderr
+    assert "type: required field is missing" in done.stderr
+
+
+def test_the_lora_core_exports_load_lazily_and_all_of_them_resolve():
+    import lora_core
+
+    assert sorted(lora_core.__all__) == sorted(lora_core._MODULE_OF)
+    assert all(getattr(lora_core, name) for name in lora_core.__all__)
+
+
 def test_the_cli_knows_the_registry_choices_it_offers():
     import importlib
 

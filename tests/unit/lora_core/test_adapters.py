@@ -15,7 +15,7 @@ from lora_core import (
     set_active_adapter,
     unmerge,
 )
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 from lora_core.layer import LoraLayer
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from lora_core import LoraConfig, LoraError, TargetError, inject, load_adapter, merge_and_unload, save_adapter
 from lora_core.analysis import adapter_report, compress
 from lora_core.checkpoint_merge import merge_checkpoint
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 from registry.engines import adapted_modules
 
 TARGETS = ["query", "value", "word_embeddings"]

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from lora_core import LoraConfig, LoraError, TargetError, count_parameters, inject
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 from lora_core.layer import LoraLayer
 
 

@@ -6,7 +6,7 @@ from conftest import build, inputs, output, randomize_b, rel_diff, targets
 from torch import nn
 
 from lora_core import LoraConfig, MergeError, inject, merge, merge_and_unload, unmerge
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 from lora_core.layer import LoraLayer, ModulesToSave
 
 # bf16 keeps 8 mantissa bits: rounding W0 + ΔW to bf16 moves logits by a few parts in 1e3

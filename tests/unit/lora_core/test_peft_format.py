@@ -9,7 +9,7 @@ from conftest import build, inputs, output, randomize_b, rel_diff, targets
 from safetensors.torch import load_file
 
 from lora_core import AdapterMismatchError, LoraConfig, LoraError, UnsafeFormatError, inject, load_adapter, save_adapter
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 from lora_core.peft_format import read_peft_config
 
 INTEROP = ["bert", "gpt2", "llama", "mlp"]

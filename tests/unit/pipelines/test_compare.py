@@ -9,7 +9,7 @@ import torch
 from conftest import build
 
 from lora_core import LoraConfig, inject, save_adapter
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 from pipelines.cli import compare
 from pipelines.cli.main import main
 from registry import AdapterRegistry, RegistryError

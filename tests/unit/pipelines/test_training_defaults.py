@@ -11,7 +11,7 @@ from tasks import data_slice, tiny_base, write_task
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
 from lora_core import LoraConfig, inject, save_adapter
-from lora_core.inject import lora_layers
+from lora_core.injection import lora_layers
 from pipelines import steps
 from pipelines.device import autocast
 from pipelines.models import head_modules, load_model

@@ -3,7 +3,7 @@
 from torch import nn
 
 from .errors import MergeError
-from .inject import CONFIGS_ATTR, active_adapter, forget_wrappers, lora_layers, saved_modules
+from .injection import CONFIGS_ATTR, active_adapter, forget_wrappers, lora_layers, saved_modules
 
 
 def merge(model: nn.Module) -> nn.Module:
