@@ -1,5 +1,6 @@
 """`loraops run` with a Prefect server: every task checked here, then one flow run each on the work pool, followed
-until all end. Loaded only for a pool run: it brings in MLflow and the follower's table."""
+until all end (`loraops tune` follows its run the same way). Loaded only for a run on the pool: it brings in
+MLflow and the follower's table."""
 
 import os
 import sys
