@@ -298,7 +298,7 @@ def test_tune_fans_trials_out_over_the_pool_and_ships_the_best(tmp_path):
             return pending, datetime.fromisoformat(run["end_time"])
 
         # In parallel, and never past the pool's limit. A trial's work counts from the moment a worker took it: its
-        # RUNNING span alone (a few seconds of training after a process start of ten or more on 2 busy cores) can
+        # RUNNING span alone (2-3 s of training after a process start of about 8 s on 2 busy cores) can
         # end before the other worker's process has started, and then reads one at a time though both worked at once.
         spans = [taken(r) for r in trials]
         assert max_overlap(spans) == 2, sorted(spans)
