@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from .base_names import DEFAULT_BASE_NAME, base_name
 from .errors import BaseModelError
-from .spec import DEFAULT_BASE_NAME, BaseSpec, base_name
+from .spec import BaseSpec
 
 if TYPE_CHECKING:
     from registry import AdapterRegistry, BaseRecord

@@ -16,9 +16,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-DEFAULT_BASE_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # base.model: default (pipelines.models)
-
-
 class BaseSpec(Strict):
     model: str = Field(
         "default", description="Hugging Face id, a local folder, or 'default' (offline all-MiniLM-L6-v2)"
@@ -29,11 +26,6 @@ class BaseSpec(Strict):
     load_in_4bit: bool = Field(
         False, description="QLoRA: the frozen base in 4-bit NF4 through bitsandbytes (CUDA only)"
     )
-
-
-def base_name(base: BaseSpec) -> str:
-    """The base's name as recorded and written into adapters (base_model_name_or_path): what an engine loads."""
-    return DEFAULT_BASE_NAME if base.model == "default" else base.model
 
 
 MEASURED_VALIDATION = 0.1  # data.validation_fraction when a search, patience or selection chooses by validation

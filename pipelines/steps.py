@@ -30,6 +30,7 @@ from registry.free_space import SpaceNeed, check_space, disk_writes
 
 from . import data as datasets
 from .adapter_files import write_side_files
+from .base_names import base_name
 from .errors import DataError, MergeCheckError
 from .evaluation import classification_metrics, decide, lm_outputs, predict_logits, relative_gap
 from .held_out import check_not_training_file, overlap_warning
@@ -38,7 +39,7 @@ from .max_length import truncation_warning
 from .models import head_modules, load_model
 from .results import Evaluation, Metrics, PreparedData, ProductionVersion, TrainedAdapter, ValidationPass
 from .run_space import base_bytes
-from .spec import TaskSpec, base_name
+from .spec import TaskSpec
 from .token_cache import tokenized_split
 from .train import Validation, train, world
 

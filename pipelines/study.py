@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from registry import RegistrySettings
 
+from .base_names import base_name
 from .errors import StudyError
 from .results import PreparedData
-from .spec import SearchSpec, TaskSpec, base_name
+from .spec import SearchSpec, TaskSpec
 
 if TYPE_CHECKING:
     import optuna
